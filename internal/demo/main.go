@@ -1,0 +1,310 @@
+// Command demo runs Respite against real servers with one command:
+//
+//	go run ./internal/demo [-config config.yaml]
+//
+// It reads the config, uses the upstream Redis it names if that answers
+// PING and otherwise starts a throwaway redis-server (see
+// internal/testenv), locates or starts a PostgreSQL (RESPITE_DEMO_PG if it
+// answers, else a throwaway one; skipped with a note when PostgreSQL is not
+// installed), builds ./cmd/proxy and runs it in the foreground with a
+// config pointing at those servers. SIGINT and SIGTERM go to the proxy;
+// when it exits the throwaway servers are stopped.
+//
+// The PostgreSQL DSN is passed to the proxy in the environment variable
+// RESPITE_DEMO_PG, so a config can say dsn: ${RESPITE_DEMO_PG}.
+package main
+
+import (
+	"bufio"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/goccy/go-yaml"
+
+	"github.com/respite/respite/internal/config"
+	"github.com/respite/respite/internal/testenv"
+)
+
+func main() {
+	os.Exit(run())
+}
+
+func logf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "demo: "+format+"\n", args...)
+}
+
+func run() int {
+	cfgPath := flag.String("config", "config.yaml", "Respite configuration file")
+	flag.Parse()
+
+	cfg, err := config.Load(*cfgPath)
+	if err != nil {
+		logf("%v", err)
+		return 1
+	}
+
+	// Redis: the configured upstream, or a throwaway one.
+	adjusted := false
+	if err := pingRedis(cfg.Upstream.Addr, cfg.Upstream.Username, cfg.Upstream.Password); err == nil {
+		logf("using the upstream Redis at %s", cfg.Upstream.Addr)
+	} else {
+		logf("upstream Redis at %s unusable (%v): starting a throwaway redis-server", cfg.Upstream.Addr, err)
+		r, err := testenv.StartRedis()
+		if err != nil {
+			logf("%v", err)
+			return 1
+		}
+		defer r.Stop()
+		logf("throwaway redis-server on %s (dir %s)", r.Addr, r.Dir)
+		cfg.Upstream.Addr = r.Addr
+		cfg.Upstream.Username = ""
+		cfg.Upstream.Password = ""
+		adjusted = true
+	}
+
+	// PostgreSQL: RESPITE_DEMO_PG if it answers, or a throwaway one.
+	dsn := os.Getenv("RESPITE_DEMO_PG")
+	if dsn != "" && pgReachable(dsn) == nil {
+		logf("using PostgreSQL at RESPITE_DEMO_PG=%s", dsn)
+	} else {
+		if dsn != "" {
+			logf("RESPITE_DEMO_PG=%s unreachable (%v): starting a throwaway PostgreSQL", dsn, pgReachable(dsn))
+		}
+		pg, err := testenv.StartPostgres()
+		if err != nil {
+			logf("note: running without PostgreSQL: %v", err)
+			dsn = ""
+		} else {
+			defer pg.Stop()
+			dsn = pg.DSN
+			logf("throwaway PostgreSQL: %s (dir %s)", dsn, pg.Dir)
+		}
+	}
+
+	tmp, err := os.MkdirTemp("", "respite-demo-")
+	if err != nil {
+		logf("%v", err)
+		return 1
+	}
+	defer os.RemoveAll(tmp)
+
+	runCfg := *cfgPath
+	if adjusted {
+		runCfg = filepath.Join(tmp, "config.yaml")
+		if err := writeAdjusted(*cfgPath, runCfg, cfg); err != nil {
+			logf("write adjusted config: %v", err)
+			return 1
+		}
+	}
+
+	bin := filepath.Join(tmp, "respite")
+	logf("building ./cmd/proxy")
+	build := exec.Command(goTool(), "build", "-o", bin, "./cmd/proxy")
+	build.Dir = moduleRoot()
+	build.Stdout, build.Stderr = os.Stdout, os.Stderr
+	if err := build.Run(); err != nil {
+		logf("go build ./cmd/proxy: %v", err)
+		return 1
+	}
+
+	proxy := exec.Command(bin, "-config", runCfg)
+	proxy.Stdout, proxy.Stderr = os.Stdout, os.Stderr
+	proxy.Env = os.Environ()
+	if dsn != "" {
+		proxy.Env = append(proxy.Env, "RESPITE_DEMO_PG="+dsn)
+	}
+	// Its own process group: a Ctrl-C reaches it once, through us.
+	proxy.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+
+	if err := proxy.Start(); err != nil {
+		logf("start proxy: %v", err)
+		return 1
+	}
+	done := make(chan error, 1)
+	go func() { done <- proxy.Wait() }()
+
+	port := "6380"
+	if _, p, err := net.SplitHostPort(cfg.Listen); err == nil {
+		port = p
+	}
+	fmt.Printf("Respite is starting on %s: try  redis-cli -p %s PING   (Ctrl-C stops it)\n", cfg.Listen, port)
+
+	var killTimer <-chan time.Time
+	for {
+		select {
+		case sig := <-sigs:
+			logf("%v: stopping the proxy", sig)
+			proxy.Process.Signal(sig)
+			if killTimer == nil {
+				killTimer = time.After(10 * time.Second)
+			}
+		case <-killTimer:
+			logf("proxy still running 10s after the signal: killing it")
+			proxy.Process.Kill()
+		case err := <-done:
+			var exit *exec.ExitError
+			switch {
+			case err == nil:
+				return 0
+			case errors.As(err, &exit):
+				if killTimer != nil && exit.ExitCode() == -1 {
+					return 0 // ended by the signal we forwarded
+				}
+				logf("proxy: %v", err)
+				if exit.ExitCode() > 0 {
+					return exit.ExitCode()
+				}
+				return 1
+			default:
+				logf("proxy: %v", err)
+				return 1
+			}
+		}
+	}
+}
+
+// pingRedis checks that a Redis at addr answers PING, authenticating first
+// when a password is configured.
+func pingRedis(addr, username, password string) error {
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(2 * time.Second))
+	rd := bufio.NewReader(c)
+	send := func(args ...string) (string, error) {
+		var b strings.Builder
+		fmt.Fprintf(&b, "*%d\r\n", len(args))
+		for _, a := range args {
+			fmt.Fprintf(&b, "$%d\r\n%s\r\n", len(a), a)
+		}
+		if _, err := c.Write([]byte(b.String())); err != nil {
+			return "", err
+		}
+		line, err := rd.ReadString('\n')
+		return strings.TrimSpace(line), err
+	}
+	if password != "" {
+		args := []string{"AUTH", password}
+		if username != "" {
+			args = []string{"AUTH", username, password}
+		}
+		if line, err := send(args...); err != nil {
+			return err
+		} else if line != "+OK" {
+			return fmt.Errorf("AUTH answered %s", line)
+		}
+	}
+	line, err := send("PING")
+	if err != nil {
+		return err
+	}
+	if line != "+PONG" {
+		return fmt.Errorf("PING answered %s", line)
+	}
+	return nil
+}
+
+// pgReachable checks that something accepts TCP connections at the DSN's
+// host and port (default 5432).
+func pgReachable(dsn string) error {
+	u, err := url.Parse(dsn)
+	if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
+		return fmt.Errorf("not a postgres:// URL")
+	}
+	host, port := u.Hostname(), u.Port()
+	if host == "" {
+		host = "127.0.0.1"
+	}
+	if port == "" {
+		port = "5432"
+	}
+	c, err := net.DialTimeout("tcp", net.JoinHostPort(host, port), time.Second)
+	if err != nil {
+		return err
+	}
+	return c.Close()
+}
+
+// writeAdjusted copies the config at src to dst with the upstream replaced
+// by cfg's. It edits the YAML tree rather than marshalling config.Config so
+// that every other setting (durations included) stays exactly as written;
+// the result is loaded back as a check.
+func writeAdjusted(src, dst string, cfg config.Config) error {
+	data, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	var doc yaml.MapSlice
+	if err := yaml.UnmarshalWithOptions(data, &doc, yaml.UseOrderedMap()); err != nil {
+		return err
+	}
+	up, _ := get(doc, "upstream").(yaml.MapSlice)
+	up = set(up, "addr", cfg.Upstream.Addr)
+	up = set(up, "password", cfg.Upstream.Password)
+	up = set(up, "username", cfg.Upstream.Username)
+	doc = set(doc, "upstream", up)
+	out, err := yaml.Marshal(doc)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(dst, out, 0o600); err != nil {
+		return err
+	}
+	_, err = config.Load(dst)
+	return err
+}
+
+func get(m yaml.MapSlice, key string) any {
+	for _, it := range m {
+		if it.Key == key {
+			return it.Value
+		}
+	}
+	return nil
+}
+
+func set(m yaml.MapSlice, key string, v any) yaml.MapSlice {
+	for i, it := range m {
+		if it.Key == key {
+			m[i].Value = v
+			return m
+		}
+	}
+	return append(m, yaml.MapItem{Key: key, Value: v})
+}
+
+// goTool is the go command: from PATH, else the usual /usr/local/go.
+func goTool() string {
+	if p, err := exec.LookPath("go"); err == nil {
+		return p
+	}
+	return "/usr/local/go/bin/go"
+}
+
+// moduleRoot is the directory of the main module's go.mod, so the demo
+// builds the right ./cmd/proxy from any working directory inside the repo.
+func moduleRoot() string {
+	out, err := exec.Command(goTool(), "env", "GOMOD").Output()
+	if err == nil {
+		if gomod := strings.TrimSpace(string(out)); gomod != "" && gomod != os.DevNull {
+			return filepath.Dir(gomod)
+		}
+	}
+	return "."
+}
