@@ -1,0 +1,212 @@
+package server
+
+import (
+	"context"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/redis/go-redis/v9/push"
+	"github.com/tidwall/redcon"
+
+	"github.com/respite/respite/resp"
+	"github.com/respite/respite/router"
+)
+
+// pin is a session's own upstream connection, taken for WATCH/MULTI,
+// SELECT of another database, CLIENT TRACKING and the like. It comes from
+// go-redis' EphemeralConn, so closing it closes the socket: a pinned
+// connection never returns to a pool with its server-side state.
+type pin struct {
+	conn     *redis.Conn
+	multi    bool // inside MULTI
+	watch    bool // WATCH armed
+	tracking bool // CLIENT TRACKING on
+	sticky   bool // state the proxy cannot follow: keep until the client leaves
+	upID     int64
+}
+
+// pinUp gives the session a pinned connection if it has none. On failure
+// it has already answered the client.
+func (c *session) pinUp() bool {
+	if c.pin != nil {
+		return true
+	}
+	cn := c.s.up.pinned[index(c.proto)].EphemeralConn()
+	if c.proto == 3 {
+		// Invalidation pushes (CLIENT TRACKING) reach go-redis while it
+		// reads a reply on this connection; hand them to the client.
+		cn.RegisterPushNotificationHandler("invalidate", pushForwarder{c}, false)
+	}
+	c.pin = &pin{conn: cn}
+	return true
+}
+
+// unpin closes the pinned connection.
+func (c *session) unpin() {
+	if c.pin != nil {
+		c.pin.conn.Close()
+		c.pin = nil
+	}
+}
+
+// forwardPinned sends cmds on the pinned connection as one pipeline, writes
+// the replies in order, follows the connection state they reveal, and
+// releases the pin once no state is left.
+func (c *session) forwardPinned(cmds []redcon.Command) {
+	ctx, cancel := context.WithTimeout(context.Background(), c.s.up.timeout)
+	defer cancel()
+	raws := make([]*redis.RawCmd, len(cmds))
+	if len(cmds) == 1 {
+		raws[0] = redis.NewRawCmd(ctx, toArgs(cmds[0].Args)...)
+		c.pin.conn.Process(ctx, raws[0])
+	} else {
+		p := c.pin.conn.Pipeline()
+		for i, cmd := range cmds {
+			raws[i] = redis.NewRawCmd(ctx, toArgs(cmd.Args)...)
+			p.Process(ctx, raws[i])
+		}
+		p.Exec(ctx)
+	}
+	broken := false
+	for i, raw := range raws {
+		if raw.Err() != nil {
+			broken = true
+		}
+		c.sendRaw(raw)
+		c.follow(cmds[i].Args, raw.Val())
+	}
+	if broken {
+		// The connection's state is unknown now: drop it. Redis discards
+		// a dropped connection's MULTI and WATCH, as for any client.
+		c.unpin()
+		return
+	}
+	c.maybeUnpin()
+}
+
+// follow updates the pin's state from one command and its raw reply.
+func (c *session) follow(args [][]byte, reply []byte) {
+	p := c.pin
+	ok := len(reply) > 0 && reply[0] == '+'
+	name := args[0]
+	switch {
+	case p.multi && !router.Is(name, "exec") && !router.Is(name, "discard"):
+		if router.Is(name, "select") || router.Is(name, "client") || router.Is(name, "hello") {
+			p.sticky = true // takes effect at EXEC; the proxy cannot follow it
+		}
+	case router.Is(name, "multi"):
+		p.multi = p.multi || ok
+	case router.Is(name, "exec"), router.Is(name, "discard"):
+		p.multi, p.watch = false, false
+	case router.Is(name, "watch"):
+		p.watch = p.watch || ok
+	case router.Is(name, "unwatch"):
+		if ok {
+			p.watch = false
+		}
+	case router.Is(name, "select"):
+		if ok {
+			c.db, _ = strconv.Atoi(string(args[1]))
+		}
+	case router.Is(name, "client") && len(args) > 2 && router.Is(args[1], "tracking"):
+		if ok {
+			p.tracking = router.Is(args[2], "on")
+		}
+	case router.Is(name, "client"):
+		if router.LookupClient(args[1]) == router.ClientPin && !router.Is(args[1], "trackinginfo") && !router.Is(args[1], "getredir") {
+			p.sticky = p.sticky || ok
+		}
+	}
+}
+
+// maybeUnpin returns the session to the shared path when its pinned
+// connection holds no state any more.
+func (c *session) maybeUnpin() {
+	p := c.pin
+	if p == nil || p.multi || p.watch || p.tracking || p.sticky || c.db != c.s.cfg.Upstream.DB {
+		return
+	}
+	c.unpin()
+}
+
+// blocking runs a command that may block (BLPOP, WAIT, XREAD BLOCK, ...) on
+// a pinned connection with no read deadline, so "BLPOP q 0" waits as long
+// as on Redis. If the client disconnects meanwhile, the upstream command is
+// ended with CLIENT UNBLOCK, so an orphaned BLPOP cannot take an element
+// nobody will read.
+func (c *session) blocking(args [][]byte) {
+	if !c.pinUp() {
+		return
+	}
+	ctx := context.Background()
+	if c.pin.upID == 0 {
+		id, err := c.pin.conn.ClientID(ctx).Result()
+		if err != nil {
+			c.sendError(upstreamError(err))
+			c.unpin()
+			return
+		}
+		c.pin.upID = id
+	}
+	done := make(chan struct{})
+	if gc, ok := c.conn.NetConn().(*resp.Conn); ok && c.w == c.conn {
+		stop := gc.WatchClose()
+		defer stop()
+		go c.unblockOnClose(gc.Closed(), done, c.pin.upID)
+	}
+	raw := redis.NewRawCmd(ctx, toArgs(args)...)
+	c.pin.conn.Process(ctx, raw)
+	close(done)
+	c.sendRaw(raw)
+	if raw.Err() != nil {
+		c.unpin()
+		return
+	}
+	c.maybeUnpin()
+}
+
+// unblockOnClose sends CLIENT UNBLOCK for the upstream connection upID once
+// closed fires, until the blocked command has returned (done).
+func (c *session) unblockOnClose(closed <-chan struct{}, done <-chan struct{}, upID int64) {
+	select {
+	case <-done:
+		return
+	case <-closed:
+	}
+	shared := c.s.up.shared[0]
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		n, err := shared.ClientUnblock(ctx, upID).Result()
+		cancel()
+		if err == nil && n == 1 {
+			return
+		}
+		select {
+		case <-done:
+			return
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// pushForwarder hands RESP3 invalidation pushes read on a pinned
+// connection to the client, re-encoded as ">2 invalidate [keys]".
+type pushForwarder struct{ c *session }
+
+func (f pushForwarder) HandlePushNotification(_ context.Context, _ push.NotificationHandlerContext, n []interface{}) error {
+	b := resp.AppendPush(nil, 2, 3)
+	b = resp.AppendBulk(b, "invalidate")
+	keys, _ := n[len(n)-1].([]interface{})
+	if len(n) < 2 || keys == nil {
+		b = resp.AppendNull(b, 3)
+	} else {
+		b = resp.AppendArray(b, len(keys))
+		for _, k := range keys {
+			s, _ := k.(string)
+			b = resp.AppendBulk(b, s)
+		}
+	}
+	f.c.w.WriteRaw(b) // pushes bypass CLIENT REPLY OFF, as in Redis
+	return nil
+}

@@ -1,0 +1,162 @@
+// Package server is Respite's RESP front end: it accepts clients with
+// redcon, keeps each client's connection state, and carries every command
+// to the upstream Redis the way router says (shared and multiplexed, on a
+// pinned connection, or answered locally).
+//
+// A request's path: redcon reads a batch of commands from a guarded
+// connection (resp.NewListener bounds what a client may send) → handle
+// takes the whole pipelined batch → session.run walks it, sending runs of
+// stateless commands to the upstream as one pipeline → the upstream's exact
+// reply bytes are written back in order.
+package server
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/tidwall/redcon"
+
+	"github.com/respite/respite/internal/config"
+	"github.com/respite/respite/resp"
+)
+
+// Server is one Respite RESP listener and its upstream clients.
+type Server struct {
+	cfg config.Config
+	log *slog.Logger
+	up  *upstream
+	rs  *redcon.Server
+
+	clients atomic.Int64 // connected clients, for max_clients
+	nextID  atomic.Int64 // CLIENT ID / HELLO id of the next client
+
+	mu       sync.Mutex
+	version  string // upstream redis_version, for HELLO
+	sessions map[*session]struct{}
+}
+
+// New builds a server for cfg. It does not contact the upstream yet: a
+// Redis that is down at start-up is reported per command, like one that
+// goes down later.
+func New(cfg config.Config, log *slog.Logger) (*Server, error) {
+	up, err := newUpstream(cfg.Upstream)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, log: log, up: up, sessions: map[*session]struct{}{}}
+	s.rs = redcon.NewServerNetwork("tcp", cfg.Listen, s.handle, s.accept, s.closed)
+	return s, nil
+}
+
+// Serve accepts clients on l until Close. Every accepted connection is
+// wrapped by resp.NewConn, which enforces the configured limits before
+// redcon parses a byte.
+func (s *Server) Serve(l net.Listener) error {
+	lim := resp.Limits{
+		MaxBulk:   s.cfg.Limits.MaxBulkBytes,
+		MaxArgs:   s.cfg.Limits.MaxArgs,
+		MaxInline: s.cfg.Limits.MaxInlineBytes,
+	}
+	return s.rs.Serve(resp.NewListener(l, lim))
+}
+
+// ListenAndServe listens on the configured address and serves.
+func (s *Server) ListenAndServe() error {
+	l, err := net.Listen("tcp", s.cfg.Listen)
+	if err != nil {
+		return err
+	}
+	return s.Serve(l)
+}
+
+// Close stops accepting, closes every client and the upstream clients.
+func (s *Server) Close() error {
+	err := s.rs.Close()
+	s.mu.Lock()
+	for sess := range s.sessions {
+		sess.end()
+	}
+	s.mu.Unlock()
+	s.up.close()
+	return err
+}
+
+// accept admits a client unless max_clients are connected, answering like
+// Redis: "-ERR max number of clients reached".
+func (s *Server) accept(conn redcon.Conn) bool {
+	if s.clients.Add(1) > int64(s.cfg.Limits.MaxClients) {
+		s.clients.Add(-1)
+		conn.NetConn().Write([]byte("-ERR max number of clients reached\r\n"))
+		return false
+	}
+	sess := newSession(s, conn)
+	conn.SetContext(sess)
+	s.mu.Lock()
+	s.sessions[sess] = struct{}{}
+	s.mu.Unlock()
+	return true
+}
+
+// closed runs when redcon drops a client. A detached client (pub/sub,
+// MONITOR) is closed by its own loop instead.
+func (s *Server) closed(conn redcon.Conn, err error) {
+	if err != nil && err.Error() == "detached" {
+		return
+	}
+	if sess, ok := conn.Context().(*session); ok {
+		s.drop(sess)
+	}
+}
+
+func (s *Server) drop(sess *session) {
+	sess.end()
+	s.mu.Lock()
+	_, ok := s.sessions[sess]
+	delete(s.sessions, sess)
+	s.mu.Unlock()
+	if ok {
+		s.clients.Add(-1)
+	}
+}
+
+// handle is redcon's handler: it takes the rest of the pipelined batch too,
+// so the batch reaches the upstream as one pipeline.
+func (s *Server) handle(conn redcon.Conn, cmd redcon.Command) {
+	sess, ok := conn.Context().(*session)
+	if !ok {
+		return
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			s.log.Error("panic serving client; connection closed", "panic", r, "client", sess.id)
+			conn.WriteError("ERR internal error in proxy")
+			conn.Close()
+		}
+	}()
+	cmds := append(sess.batch[:0], cmd)
+	cmds = append(cmds, conn.ReadPipeline()...)
+	sess.run(cmds)
+	clear(cmds)
+	sess.batch = cmds[:0]
+}
+
+// upstreamVersion returns the upstream's redis_version, asking once.
+func (s *Server) upstreamVersion() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.version == "" {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		if v, err := s.up.version(ctx); err == nil && v != "" {
+			s.version = v
+		}
+	}
+	if s.version == "" {
+		return "7.0.0"
+	}
+	return s.version
+}

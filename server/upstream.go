@@ -1,0 +1,97 @@
+package server
+
+import (
+	"context"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/respite/respite/internal/config"
+)
+
+// upstream holds the go-redis clients Respite talks to Redis with. There is
+// one of each per RESP version, because a client's protocol is fixed by the
+// HELLO it sent on connect and raw replies are forwarded as they are.
+type upstream struct {
+	// shared carries stateless commands; ap multiplexes many clients'
+	// commands onto few of its connections as one pipeline.
+	shared [2]*redis.Client
+	ap     [2]*redis.AutoPipeliner
+	// pinned hands out connections that are never returned to a pool
+	// (EphemeralConn): read timeout off, no retries, so a blocking command
+	// waits as long as the client asked and nothing runs twice.
+	pinned [2]*redis.Client
+	// timeout bounds one non-blocking round trip.
+	timeout time.Duration
+	opts    config.Upstream
+}
+
+func newUpstream(cfg config.Upstream) (*upstream, error) {
+	u := &upstream{timeout: time.Duration(cfg.Timeout), opts: cfg}
+	for i, proto := range []int{2, 3} {
+		u.shared[i] = redis.NewClient(u.options(proto, cfg.PoolSize, time.Duration(cfg.Timeout)))
+		ap, err := u.shared[i].AsyncAutoPipeline()
+		if err != nil {
+			return nil, err
+		}
+		u.ap[i] = ap
+		u.pinned[i] = redis.NewClient(u.options(proto, cfg.PoolSize, -1))
+	}
+	return u, nil
+}
+
+// options are the go-redis options for one protocol version; readTimeout -1
+// disables the socket read deadline.
+func (u *upstream) options(proto, pool int, readTimeout time.Duration) *redis.Options {
+	return &redis.Options{
+		Addr:                  u.opts.Addr,
+		Username:              u.opts.Username,
+		Password:              u.opts.Password,
+		DB:                    u.opts.DB,
+		Protocol:              proto,
+		DisableIdentity:       true,
+		MaxRetries:            -1,
+		PoolSize:              pool,
+		DialTimeout:           time.Duration(u.opts.DialTimeout),
+		ReadTimeout:           readTimeout,
+		WriteTimeout:          time.Duration(u.opts.Timeout),
+		ContextTimeoutEnabled: true,
+	}
+}
+
+// index maps a RESP version (2 or 3) to the slot of its clients.
+func index(proto int) int {
+	if proto == 3 {
+		return 1
+	}
+	return 0
+}
+
+// dedicated returns a new single-connection client for a session that owns
+// its connection for its whole life (MONITOR). Close it when done.
+func (u *upstream) dedicated(proto int) *redis.Client {
+	return redis.NewClient(u.options(proto, 1, -1))
+}
+
+// version asks the upstream for its redis_version ("7.0.15").
+func (u *upstream) version(ctx context.Context) (string, error) {
+	info, err := u.shared[0].Info(ctx, "server").Result()
+	if err != nil {
+		return "", err
+	}
+	for _, line := range strings.Split(info, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "redis_version:"); ok {
+			return v, nil
+		}
+	}
+	return "", nil
+}
+
+func (u *upstream) close() {
+	for i := range u.shared {
+		u.ap[i].Close()
+		u.shared[i].Close()
+		u.pinned[i].Close()
+	}
+}
