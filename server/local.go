@@ -44,33 +44,36 @@ func (c *session) local(args [][]byte) {
 // user has "nopass": AUTH default <any> succeeds and the one-argument form
 // is an error, as on Redis.
 func (c *session) auth(args [][]byte) {
+	var ok bool
 	switch len(args) {
 	case 2:
 		if c.s.cfg.RequirePass == "" {
 			c.sendError(errNoPassword)
 			return
 		}
-		c.login("default", args[1])
+		ok = c.login("default", args[1])
 	case 3:
-		c.login(string(args[1]), args[2])
+		ok = c.login(string(args[1]), args[2])
 	default:
 		c.sendError(errArity("auth"))
 		return
 	}
-	if c.authed {
+	if ok {
 		c.sendStatus("OK")
 	} else {
 		c.sendError(errWrongPass)
 	}
 }
 
-// login checks credentials for the default user and records the result.
-func (c *session) login(user string, pass []byte) {
+// login checks credentials for the default user; success authenticates
+// the client, failure leaves its state as it was (as in Redis).
+func (c *session) login(user string, pass []byte) bool {
 	want := c.s.cfg.RequirePass
 	ok := user == "default" && (want == "" || subtle.ConstantTimeCompare(pass, []byte(want)) == 1)
 	if ok {
 		c.authed = true
 	}
+	return ok
 }
 
 // hello answers HELLO [protover [AUTH user pass] [SETNAME name]] the way
@@ -107,8 +110,7 @@ func (c *session) hello(args [][]byte) {
 		}
 	}
 	if user != nil {
-		c.login(string(user), pass)
-		if !c.authed {
+		if !c.login(string(user), pass) {
 			c.sendError(errWrongPass)
 			return
 		}
