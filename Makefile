@@ -1,0 +1,37 @@
+# Respite. `make test` is what CI runs (see .ci/run).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+
+GO ?= go
+FUZZTIME ?= 60s
+
+.PHONY: demo test build bench
+
+# Run the proxy against the configured Redis, or throwaway servers.
+demo:
+	$(GO) run ./internal/demo -config config.yaml
+
+# vet, all tests, then fuzz the RESP request reader. Output is streamed
+# through internal/testsum, which ends with "N passed, N failed, N skipped";
+# the target fails if vet, any test, any package build or the fuzz run fails.
+# The fuzz run is skipped when the tests already failed.
+test:
+	$(GO) vet ./...
+	$(GO) build -o bin/testsum ./internal/testsum
+	{ status=0; \
+	  $(GO) test -json -count=1 -timeout 20m ./... || status=$$?; \
+	  if [ $$status -ne 0 ]; then \
+	    echo "fuzz run skipped: tests failed"; \
+	  elif ! grep -qs 'func FuzzRequestStream' resp/*_test.go; then \
+	    echo "FAIL: resp: fuzz target FuzzRequestStream not found"; status=1; \
+	  else \
+	    $(GO) test -json -run '^$$' -fuzz FuzzRequestStream -fuzztime $(FUZZTIME) ./resp/ || status=$$?; \
+	  fi; \
+	  exit $$status; } | bin/testsum
+
+build:
+	CGO_ENABLED=0 $(GO) build -o bin/respite ./cmd/proxy
+
+bench:
+	bash bench/passthrough.sh
