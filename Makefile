@@ -10,6 +10,7 @@ FUZZTIME ?= 60s
 
 # Run the proxy against the configured Redis, or throwaway servers.
 demo:
+	bash scripts/deps.sh
 	$(GO) run ./internal/demo -config config.yaml
 
 # vet, all tests, then fuzz the RESP request reader. Output is streamed
@@ -17,6 +18,7 @@ demo:
 # the target fails if vet, any test, any package build or the fuzz run fails.
 # The fuzz run is skipped when the tests already failed.
 test:
+	bash scripts/deps.sh
 	$(GO) vet ./...
 	$(GO) build -o bin/testsum ./internal/testsum
 	{ status=0; \
