@@ -1,6 +1,8 @@
 package server
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"strconv"
 	"sync"
@@ -51,6 +53,7 @@ type session struct {
 
 	batch []redcon.Command
 	futs  []redis.AutoFuture
+	call  *call
 	out   []byte // scratch for locally encoded replies
 
 	mu    sync.Mutex // held while a detached session runs or writes
@@ -188,9 +191,39 @@ func predictMulti(args [][]byte, multi bool) bool {
 	return multi
 }
 
-// forwardShared sends cmds on the shared multiplexed upstream as one
-// pipeline and writes the replies back in order.
+// forwardShared sends cmds on the shared upstream as one pipeline and
+// writes the replies back in order.
 func (c *session) forwardShared(cmds []redcon.Command) {
+	if c.s.up.autopipeline {
+		c.forwardAutoPipeline(cmds)
+		return
+	}
+	if c.call == nil {
+		c.call = newCall()
+	}
+	cl := c.call
+	m := c.s.up.mux[index(c.proto)]
+	m.conns[int(c.id)%len(m.conns)].do(cl, cmds)
+	if c.reply == replyOn {
+		c.w.WriteRaw(cl.out) // the common case: all replies in one write
+	} else {
+		for rest := cl.out; len(rest) > 0; {
+			n := replyLen(rest)
+			c.send(rest[:n])
+			rest = rest[n:]
+		}
+	}
+	for i := cl.got; i < len(cmds); i++ {
+		c.sendError(upstreamError(cl.err))
+	}
+	if cap(cl.out) > 1<<20 {
+		cl.out = nil // do not keep a large reply's buffer for the session's life
+	}
+}
+
+// forwardAutoPipeline is forwardShared through go-redis' AutoPipeliner
+// (upstream.multiplexer: go-redis), kept to compare the two.
+func (c *session) forwardAutoPipeline(cmds []redcon.Command) {
 	ap := c.s.up.ap[index(c.proto)]
 	ctx := context.Background()
 	futs := c.futs[:0]
@@ -203,6 +236,14 @@ func (c *session) forwardShared(cmds []redcon.Command) {
 		futs[i] = redis.AutoFuture{}
 	}
 	c.futs = futs[:0]
+}
+
+// replyLen returns the length of the first complete reply in b, which
+// holds whole replies only.
+func replyLen(b []byte) int {
+	br := bufio.NewReader(bytes.NewReader(b))
+	r, _ := resp.AppendReply(nil, br)
+	return len(r)
 }
 
 // sendRaw writes an upstream reply, or a Redis-style error when the

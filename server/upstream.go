@@ -16,8 +16,12 @@ import (
 type upstream struct {
 	// shared carries stateless commands; ap multiplexes many clients'
 	// commands onto few of its connections as one pipeline.
+	mux    [2]*mux
 	shared [2]*redis.Client
 	ap     [2]*redis.AutoPipeliner
+	// autopipeline sends the shared path through go-redis' AutoPipeliner
+	// instead of mux (upstream.multiplexer: go-redis).
+	autopipeline bool
 	// pinned hands out connections that are never returned to a pool
 	// (EphemeralConn): read timeout off, no retries, so a blocking command
 	// waits as long as the client asked and nothing runs twice.
@@ -28,8 +32,9 @@ type upstream struct {
 }
 
 func newUpstream(cfg config.Upstream) (*upstream, error) {
-	u := &upstream{timeout: time.Duration(cfg.Timeout), opts: cfg}
+	u := &upstream{timeout: time.Duration(cfg.Timeout), opts: cfg, autopipeline: cfg.Multiplexer == "go-redis"}
 	for i, proto := range []int{2, 3} {
+		u.mux[i] = newMux(cfg, proto, cfg.MuxConns)
 		u.shared[i] = redis.NewClient(u.options(proto, cfg.PoolSize, time.Duration(cfg.Timeout)))
 		ap, err := u.shared[i].AsyncAutoPipeline()
 		if err != nil {
@@ -90,6 +95,7 @@ func (u *upstream) version(ctx context.Context) (string, error) {
 
 func (u *upstream) close() {
 	for i := range u.shared {
+		u.mux[i].close()
 		u.ap[i].Close()
 		u.shared[i].Close()
 		u.pinned[i].Close()

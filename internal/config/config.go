@@ -41,6 +41,13 @@ type Upstream struct {
 	// PoolSize bounds the shared upstream connections per RESP protocol
 	// version (default 64). Pinned sessions use connections of their own.
 	PoolSize int `yaml:"pool_size"`
+	// Multiplexer picks how the shared path reaches Redis: "builtin" (the
+	// default: mux_conns pipelined connections, twemproxy's design) or
+	// "go-redis" (go-redis' AutoPipeliner over pool_size connections).
+	Multiplexer string `yaml:"multiplexer"`
+	// MuxConns is the number of multiplexed connections per RESP version
+	// on the builtin path (default 2).
+	MuxConns int `yaml:"mux_conns"`
 	// DialTimeout bounds connecting to the upstream (default 5s).
 	DialTimeout Duration `yaml:"dial_timeout"`
 	// Timeout bounds one non-blocking command's round trip (default 10s).
@@ -88,6 +95,8 @@ func Default() Config {
 		Upstream: Upstream{
 			Addr:        "127.0.0.1:6379",
 			PoolSize:    64,
+			Multiplexer: "builtin",
+			MuxConns:    2,
 			DialTimeout: Duration(5 * time.Second),
 			Timeout:     Duration(10 * time.Second),
 		},
@@ -143,6 +152,12 @@ func (c *Config) validate() error {
 	}
 	if c.Upstream.PoolSize <= 0 {
 		return fmt.Errorf("upstream.pool_size: %d must be positive", c.Upstream.PoolSize)
+	}
+	if c.Upstream.Multiplexer != "builtin" && c.Upstream.Multiplexer != "go-redis" {
+		return fmt.Errorf("upstream.multiplexer: %q is not builtin or go-redis", c.Upstream.Multiplexer)
+	}
+	if c.Upstream.MuxConns <= 0 {
+		return fmt.Errorf("upstream.mux_conns: %d must be positive", c.Upstream.MuxConns)
 	}
 	l := c.Limits
 	if l.MaxClients <= 0 || l.MaxBulkBytes <= 0 || l.MaxArgs <= 0 || l.MaxInlineBytes <= 0 {

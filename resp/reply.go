@@ -1,0 +1,100 @@
+package resp
+
+import (
+	"bufio"
+	"errors"
+	"io"
+	"strconv"
+)
+
+// ErrReply reports a malformed reply from the upstream server.
+var ErrReply = errors.New("resp: malformed reply from upstream")
+
+// maxDepth bounds nesting of aggregate replies read by AppendReply.
+const maxDepth = 64
+
+// AppendReply reads one complete RESP2 or RESP3 reply from br and appends
+// its exact bytes to dst. Aggregates (arrays, maps, sets, pushes) are read
+// whole, and an attribute (|) is read together with the reply it
+// annotates. Errors: io errors from br, or ErrReply for bytes that are not
+// RESP (types per https://github.com/redis/redis-specification).
+func AppendReply(dst []byte, br *bufio.Reader) ([]byte, error) {
+	return appendReply(dst, br, 0)
+}
+
+func appendReply(dst []byte, br *bufio.Reader, depth int) ([]byte, error) {
+	if depth > maxDepth {
+		return dst, ErrReply
+	}
+	start := len(dst)
+	for {
+		part, err := br.ReadSlice('\n')
+		dst = append(dst, part...)
+		if err == nil {
+			break
+		}
+		if err != bufio.ErrBufferFull {
+			return dst[:start], err
+		}
+	}
+	line := dst[start:]
+	if len(line) < 3 || line[len(line)-2] != '\r' {
+		return dst, ErrReply
+	}
+	kind := line[0]
+	switch kind {
+	case '+', '-', ':', ',', '_', '#', '(':
+		return dst, nil
+	}
+	n, err := strconv.ParseInt(string(line[1:len(line)-2]), 10, 64)
+	if err != nil {
+		return dst, ErrReply
+	}
+	switch kind {
+	case '$', '=', '!':
+		if n < 0 {
+			return dst, nil
+		}
+		body := len(dst)
+		dst = grow(dst, int(n)+2)
+		if _, err := io.ReadFull(br, dst[body:]); err != nil {
+			return dst[:start], err
+		}
+		return dst, nil
+	case '*', '~', '>', '%', '|':
+		if kind == '%' || kind == '|' {
+			n *= 2
+		}
+		for i := int64(0); i < n; i++ {
+			if dst, err = appendReply(dst, br, depth+1); err != nil {
+				return dst, err
+			}
+		}
+		if kind == '|' {
+			return appendReply(dst, br, depth+1)
+		}
+		return dst, nil
+	}
+	return dst, ErrReply
+}
+
+// grow extends b by n bytes, reusing capacity when it can.
+func grow(b []byte, n int) []byte {
+	if cap(b)-len(b) >= n {
+		return b[:len(b)+n]
+	}
+	nb := make([]byte, len(b)+n, 2*len(b)+n)
+	copy(nb, b)
+	return nb
+}
+
+// AppendCommand encodes args as a RESP multibulk request onto dst.
+func AppendCommand(dst []byte, args [][]byte) []byte {
+	dst = appendHeader(dst, '*', len(args))
+	for _, a := range args {
+		dst = appendHeader(dst, '$', len(a))
+		dst = append(dst, a...)
+		dst = append(dst, '\r', '\n')
+	}
+	return dst
+}
