@@ -1,0 +1,67 @@
+package resp
+
+import (
+	"bufio"
+	"io"
+	"strings"
+	"testing"
+	"testing/iotest"
+)
+
+func TestAppendReplyKeepsExactBytes(t *testing.T) {
+	replies := []string{
+		"+OK\r\n", "-ERR bad\r\n", ":42\r\n", "$-1\r\n", "*-1\r\n", "*0\r\n", "$0\r\n\r\n",
+		"$5\r\nhe\r\nl\r\n", "*2\r\n$1\r\na\r\n*1\r\n:1\r\n", "_\r\n", ",1.5\r\n", "#t\r\n", "(123\r\n",
+		"=8\r\ntxt:abcd\r\n", "!3\r\nerr\r\n", "%1\r\n$1\r\nf\r\n$1\r\nv\r\n", "~1\r\n$1\r\nm\r\n",
+		">2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nk\r\n", "|1\r\n+key\r\n:1\r\n*1\r\n:2\r\n",
+		"+" + strings.Repeat("x", 100000) + "\r\n",
+	}
+	stream := strings.Join(replies, "")
+	// One byte at a time, so every partial-read path is taken.
+	br := bufio.NewReaderSize(iotest.OneByteReader(strings.NewReader(stream)), 16)
+	for _, want := range replies {
+		got, err := AppendReply(nil, br)
+		if err != nil || string(got) != want {
+			t.Fatalf("AppendReply = %q, %v; want %q", got, err, want)
+		}
+	}
+	if _, err := AppendReply(nil, br); err != io.EOF {
+		t.Fatalf("at end of stream: %v", err)
+	}
+}
+
+func TestAppendReplyRejectsGarbage(t *testing.T) {
+	for _, in := range []string{"?x\r\n", "$abc\r\n", "*1\n", "x\r\n", strings.Repeat("*1\r\n", 100) + ":1\r\n"} {
+		if _, err := AppendReply(nil, bufio.NewReader(strings.NewReader(in))); err == nil {
+			t.Errorf("%q: no error", in)
+		}
+	}
+	if _, err := AppendReply(nil, bufio.NewReader(strings.NewReader("$5\r\nab"))); err != io.ErrUnexpectedEOF {
+		t.Errorf("truncated bulk: %v", err)
+	}
+}
+
+func TestAppendCommand(t *testing.T) {
+	got := string(AppendCommand(nil, [][]byte{[]byte("SET"), []byte("k"), {}}))
+	if want := "*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$0\r\n\r\n"; got != want {
+		t.Fatalf("got %q want %q", got, want)
+	}
+}
+
+func TestEncodeByProtocol(t *testing.T) {
+	for _, tc := range []struct{ got, want string }{
+		{string(AppendNull(nil, 2)), "$-1\r\n"},
+		{string(AppendNull(nil, 3)), "_\r\n"},
+		{string(AppendMap(nil, 2, 2)), "*4\r\n"},
+		{string(AppendMap(nil, 2, 3)), "%2\r\n"},
+		{string(AppendPush(nil, 3, 2)), "*3\r\n"},
+		{string(AppendPush(nil, 3, 3)), ">3\r\n"},
+		{string(AppendError(nil, "ERR x")), "-ERR x\r\n"},
+		{string(AppendInt(nil, -7)), ":-7\r\n"},
+		{string(AppendBulk(nil, "")), "$0\r\n\r\n"},
+	} {
+		if tc.got != tc.want {
+			t.Errorf("got %q want %q", tc.got, tc.want)
+		}
+	}
+}
