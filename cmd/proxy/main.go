@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 
 	"github.com/respite/respite/internal/config"
@@ -22,6 +23,7 @@ var version = "dev"
 func main() {
 	path := flag.String("config", "config.yaml", "path of the YAML configuration file")
 	showVersion := flag.Bool("version", false, "print the version and exit")
+	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile (go tool pprof) to this file until exit")
 	flag.Parse()
 	if *showVersion {
 		fmt.Println("respite", version)
@@ -38,6 +40,15 @@ func main() {
 		fmt.Fprintln(os.Stderr, "respite:", err)
 		os.Exit(1)
 	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "respite:", err)
+			os.Exit(1)
+		}
+		pprof.StartCPUProfile(f)
+		defer pprof.StopCPUProfile()
+	}
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	go func() {
@@ -48,6 +59,7 @@ func main() {
 	log.Info("respite listening", "addr", cfg.Listen, "upstream", cfg.Upstream.Addr, "version", version)
 	if err := srv.ListenAndServe(); err != nil && !isClosed(err) {
 		log.Error("serve", "err", err)
+		pprof.StopCPUProfile()
 		os.Exit(1)
 	}
 }
