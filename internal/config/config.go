@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -28,6 +29,96 @@ type Config struct {
 	LogLevel string   `yaml:"log_level"`
 	Upstream Upstream `yaml:"upstream"`
 	Limits   Limits   `yaml:"limits"`
+	// Postgres is the database behind routes; required when Routes is set.
+	Postgres Postgres `yaml:"postgres"`
+	// Routes put key prefixes under a caching policy backed by PostgreSQL.
+	// A key belongs to the route with the longest matching prefix; keys
+	// with no route pass through to the upstream unchanged.
+	Routes []Route `yaml:"routes"`
+}
+
+// Postgres configures the pgx pools.
+type Postgres struct {
+	// DSN is a PostgreSQL connection string (postgres://user@host:5432/db).
+	DSN string `yaml:"dsn"`
+	// MaxConns bounds connections for cache-miss loads and direct writes
+	// (default 8).
+	MaxConns int32 `yaml:"max_conns"`
+	// FlushConns bounds connections for write-back flushes (default 2), a
+	// separate budget so a flush storm cannot starve reads.
+	FlushConns int32 `yaml:"flush_conns"`
+}
+
+// Policies and formats a route may name.
+const (
+	CacheAside   = "cache-aside"
+	WriteThrough = "write-through"
+	WriteBack    = "write-back"
+
+	FormatJSON  = "json"  // the value is one JSON object of the row's columns
+	FormatHash  = "hash"  // a Redis hash whose fields are the row's columns
+	FormatValue = "value" // a string holding one column
+)
+
+// Route maps the keys under Prefix to rows of Table: the part of the key
+// after the prefix is the value of KeyColumn.
+type Route struct {
+	Name        string `yaml:"name"`
+	Prefix      string `yaml:"prefix"`
+	Policy      string `yaml:"policy"` // cache-aside | write-through | write-back
+	Table       string `yaml:"table"`
+	KeyColumn   string `yaml:"key_column"`
+	Format      string `yaml:"format"`       // json | hash | value
+	ValueColumn string `yaml:"value_column"` // format value only
+	// TTL of a cached row (default 1h); write-back keys stay cached until
+	// flushed.
+	TTL Duration `yaml:"ttl"`
+	// TTLJitter spreads expiries by up to ± this fraction of TTL, written
+	// as a percentage ("10%", the default), so keys loaded together do
+	// not expire together.
+	TTLJitter Percent `yaml:"ttl_jitter"`
+	// NegativeTTL caches "no such row" for this long (default 30s; "0s"
+	// turns negative caching off).
+	NegativeTTL *Duration `yaml:"negative_ttl"`
+	// Sliding renews a key's TTL on every hit.
+	Sliding bool `yaml:"sliding"`
+	// EarlyRefresh reloads hot keys in the background shortly before they
+	// expire (XFetch, with EarlyRefreshBeta, default 1).
+	EarlyRefresh     bool    `yaml:"early_refresh"`
+	EarlyRefreshBeta float64 `yaml:"early_refresh_beta"`
+	// DistributedLock makes concurrent misses on one key load it once
+	// across all proxy instances (a SET NX PX lease of LockTTL, default 5s).
+	DistributedLock bool     `yaml:"distributed_lock"`
+	LockTTL         Duration `yaml:"lock_ttl"`
+	// LocalCache adds an in-process LRU tier in front of Redis.
+	LocalCache *LocalCache `yaml:"local_cache"`
+	// Write-back: entries per flush statement (default 100), time between
+	// flushes (default 1s), attempts before an entry goes to the
+	// dead-letter queue (default 5), and high or low (default) priority.
+	BatchSize     int      `yaml:"batch_size"`
+	FlushInterval Duration `yaml:"flush_interval"`
+	MaxRetries    int      `yaml:"max_retries"`
+	Priority      string   `yaml:"priority"`
+}
+
+// LocalCache sizes the in-process tier.
+type LocalCache struct {
+	Size int      `yaml:"size"` // entries (default 10000)
+	TTL  Duration `yaml:"ttl"`  // longest life of an entry (default 1s)
+}
+
+// Percent is a fraction written as "10%" (or a plain number of percent).
+type Percent float64
+
+// UnmarshalYAML parses "10%" as 0.10.
+func (p *Percent) UnmarshalYAML(b []byte) error {
+	s := strings.TrimSuffix(strings.Trim(strings.TrimSpace(string(b)), `"'`), "%")
+	v, err := strconv.ParseFloat(s, 64)
+	if err != nil || v < 0 || v > 100 {
+		return fmt.Errorf("invalid percentage %q (use 0%% to 100%%, e.g. 10%%)", string(b))
+	}
+	*p = Percent(v / 100)
+	return nil
 }
 
 // Upstream is the Redis server every unrouted key goes to.
@@ -162,6 +253,116 @@ func (c *Config) validate() error {
 	l := c.Limits
 	if l.MaxClients <= 0 || l.MaxBulkBytes <= 0 || l.MaxArgs <= 0 || l.MaxInlineBytes <= 0 {
 		return errors.New("limits: max_clients, max_bulk_bytes, max_args and max_inline_bytes must be positive")
+	}
+	return c.validateRoutes()
+}
+
+// validateRoutes fills route defaults and checks every route; errors name
+// the route by position and name.
+func (c *Config) validateRoutes() error {
+	if len(c.Routes) == 0 {
+		return nil
+	}
+	if c.Postgres.DSN == "" {
+		return errors.New("postgres.dsn: required when routes are configured")
+	}
+	if c.Postgres.MaxConns == 0 {
+		c.Postgres.MaxConns = 8
+	}
+	if c.Postgres.FlushConns == 0 {
+		c.Postgres.FlushConns = 2
+	}
+	names, prefixes := map[string]bool{}, map[string]bool{}
+	for i := range c.Routes {
+		r := &c.Routes[i]
+		at := fmt.Sprintf("routes[%d]", i)
+		if r.Name != "" {
+			at += fmt.Sprintf(" (%s)", r.Name)
+		}
+		fail := func(field, msg string, args ...any) error {
+			return fmt.Errorf("%s.%s: %s", at, field, fmt.Sprintf(msg, args...))
+		}
+		switch {
+		case r.Name == "":
+			return fail("name", "required")
+		case names[r.Name]:
+			return fail("name", "%q is used by another route", r.Name)
+		case r.Prefix == "":
+			return fail("prefix", "required")
+		case prefixes[r.Prefix]:
+			return fail("prefix", "%q is used by another route", r.Prefix)
+		case r.Table == "":
+			return fail("table", "required")
+		case r.KeyColumn == "":
+			return fail("key_column", "required")
+		}
+		names[r.Name], prefixes[r.Prefix] = true, true
+		switch r.Policy {
+		case CacheAside, WriteThrough, WriteBack:
+		default:
+			return fail("policy", "%q is not cache-aside, write-through or write-back", r.Policy)
+		}
+		switch r.Format {
+		case FormatJSON, FormatHash:
+			if r.ValueColumn != "" {
+				return fail("value_column", "only for format value")
+			}
+		case FormatValue:
+			if r.ValueColumn == "" {
+				return fail("value_column", "required for format value")
+			}
+		default:
+			return fail("format", "%q is not json, hash or value", r.Format)
+		}
+		if r.TTL == 0 {
+			r.TTL = Duration(time.Hour)
+		}
+		if r.TTLJitter == 0 {
+			r.TTLJitter = 0.10
+		}
+		if r.NegativeTTL == nil {
+			d := Duration(30 * time.Second)
+			r.NegativeTTL = &d
+		}
+		if r.EarlyRefreshBeta == 0 {
+			r.EarlyRefreshBeta = 1
+		}
+		if r.EarlyRefreshBeta < 0 {
+			return fail("early_refresh_beta", "must be positive")
+		}
+		if r.LockTTL == 0 {
+			r.LockTTL = Duration(5 * time.Second)
+		}
+		if lc := r.LocalCache; lc != nil {
+			if lc.Size == 0 {
+				lc.Size = 10000
+			}
+			if lc.TTL == 0 {
+				lc.TTL = Duration(time.Second)
+			}
+			if lc.Size < 0 {
+				return fail("local_cache.size", "must be positive")
+			}
+		}
+		if r.BatchSize == 0 {
+			r.BatchSize = 100
+		}
+		if r.FlushInterval == 0 {
+			r.FlushInterval = Duration(time.Second)
+		}
+		if r.MaxRetries == 0 {
+			r.MaxRetries = 5
+		}
+		if r.BatchSize < 0 || r.MaxRetries < 0 {
+			return fail("batch_size", "batch_size and max_retries must be positive")
+		}
+		switch r.Priority {
+		case "":
+			r.Priority = "low"
+		case "low", "high":
+		default:
+			return fail("priority", "%q is not high or low", r.Priority)
+		}
 	}
 	return nil
 }
