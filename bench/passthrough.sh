@@ -1,0 +1,301 @@
+#!/usr/bin/env bash
+# Passthrough benchmark: redis-benchmark against a throwaway Redis directly,
+# through Respite, and through twemproxy (nutcracker), all in one run, then
+# tables of requests per second and ratios, unpipelined and with -P 16.
+#
+#   bash bench/passthrough.sh
+#
+# Env overrides: N (requests per test, default 200000), CLIENTS (default 50),
+# TESTS (redis-benchmark -t list, default set,get,incr,lpush,lrange_100),
+# PIPELINE (pipelined mode depth, default 16).
+#
+# Never touches the Redis on 6379: every server is started here on a free
+# port and stopped on exit.
+set -euo pipefail
+
+N=${N:-200000}
+CLIENTS=${CLIENTS:-50}
+TESTS=${TESTS:-set,get,incr,lpush,lrange_100}
+PIPELINE=${PIPELINE:-16}
+
+# Targets: unpipelined respite/direct >= 0.8; respite >= twemproxy in both modes.
+TARGET_DIRECT_RATIO=0.8
+
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$SCRIPT_DIR/.." && pwd)
+cd "$REPO"
+
+COMMANDS=()
+PIDS=()
+# fd 4: the script's own stderr, for progress lines even where a command's
+# stderr is redirected to a file. Children do not inherit it.
+exec 4>&2
+# quote ARGS...: the arguments as one shell-quoted line, plain words unquoted.
+quote() {
+	local a out=()
+	for a in "$@"; do
+		if [[ $a =~ ^[A-Za-z0-9_./:,=@%+-]+$ ]]; then out+=("$a"); else out+=("$(printf '%q' "$a")"); fi
+	done
+	printf '%s' "${out[*]}"
+}
+# run CMD...: log the exact command, then run it.
+run() {
+	local q
+	q=$(quote "$@")
+	COMMANDS+=("$q")
+	echo "+ $q" >&4
+	"$@" 4>&-
+}
+# bg CMD...: log the exact command, start it in the background and remember
+# its pid for cleanup.
+bg() {
+	local q
+	q=$(quote "$@")
+	COMMANDS+=("$q &")
+	echo "+ $q &" >&4
+	"$@" 4>&- &
+	PIDS+=($!)
+}
+
+SUDO=()
+if [ "$(id -u)" -ne 0 ]; then SUDO=(sudo); fi
+
+apt_install() {
+	export DEBIAN_FRONTEND=noninteractive
+	if ! run "${SUDO[@]}" apt-get install -y -q "$@"; then
+		run "${SUDO[@]}" apt-get update -q
+		run "${SUDO[@]}" apt-get install -y -q "$@"
+	fi
+}
+
+# --- 1. dependencies -------------------------------------------------------
+if ! command -v nutcracker >/dev/null 2>&1; then
+	apt_install nutcracker
+fi
+if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-benchmark >/dev/null 2>&1 ||
+	! command -v redis-cli >/dev/null 2>&1; then
+	apt_install redis-server redis-tools
+fi
+command -v go >/dev/null 2>&1 || { echo "go not found in PATH" >&2; exit 1; }
+
+# --- 2. throwaway servers --------------------------------------------------
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/respite-bench.XXXXXX")
+
+cleanup() {
+	local rc=$? pid
+	trap - EXIT INT TERM
+	for pid in "${PIDS[@]}"; do
+		kill "$pid" 2>/dev/null || true
+	done
+	for pid in "${PIDS[@]}"; do
+		wait "$pid" 2>/dev/null || true
+	done
+	rm -rf "$TMP"
+	exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# free_port VAR: set VAR to a TCP port on 127.0.0.1 nobody listens on and
+# this script has not handed out yet.
+USED_PORTS=" "
+free_port() {
+	local p _
+	for _ in $(seq 500); do
+		p=$((20000 + RANDOM % 40000))
+		[[ $USED_PORTS == *" $p "* ]] && continue
+		if [ -n "$(ss -Htln "sport = :$p" 2>/dev/null)" ]; then continue; fi
+		if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then continue; fi
+		USED_PORTS+="$p "
+		printf -v "$1" '%s' "$p"
+		return 0
+	done
+	echo "no free port found" >&2
+	return 1
+}
+
+# wait_ready NAME PORT PID LOG: wait until PORT answers PING, or fail showing LOG.
+wait_ready() {
+	local name=$1 port=$2 pid=$3 log=$4 _
+	for _ in $(seq 100); do
+		if ! kill -0 "$pid" 2>/dev/null; then
+			echo "$name exited during startup; its output:" >&2
+			cat "$log" >&2 || true
+			exit 1
+		fi
+		if [ "$(redis-cli -h 127.0.0.1 -p "$port" ping 2>/dev/null)" = PONG ]; then
+			return 0
+		fi
+		sleep 0.1
+	done
+	echo "$name did not answer PING on port $port within 10s; its output:" >&2
+	cat "$log" >&2 || true
+	exit 1
+}
+
+free_port REDIS_PORT
+free_port RESPITE_PORT
+free_port TWEM_PORT
+free_port TWEM_STATS_PORT
+
+mkdir -p "$TMP/redis" "$TMP/csv"
+
+bg redis-server --save "" --appendonly no --port "$REDIS_PORT" --bind 127.0.0.1 \
+	--dir "$TMP/redis" --daemonize no >"$TMP/redis.log" 2>&1
+wait_ready redis "$REDIS_PORT" "${PIDS[-1]}" "$TMP/redis.log"
+
+run go build -o "$TMP/respite" ./cmd/proxy
+# What was built: HEAD plus whatever the working tree holds right now.
+BUILD_COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+BUILD_STATUS=$(git status --porcelain 2>/dev/null | grep -E '^( M|M |MM|A |\?\?|R |D | D)' || true)
+cat >"$TMP/respite.yaml" <<EOF
+listen: 127.0.0.1:$RESPITE_PORT
+log_level: warn
+upstream:
+  addr: 127.0.0.1:$REDIS_PORT
+EOF
+bg "$TMP/respite" -config "$TMP/respite.yaml" >"$TMP/respite.log" 2>&1
+RESPITE_PID=${PIDS[-1]}
+wait_ready respite "$RESPITE_PORT" "$RESPITE_PID" "$TMP/respite.log"
+
+cat >"$TMP/nutcracker.yml" <<EOF
+bench:
+  listen: 127.0.0.1:$TWEM_PORT
+  redis: true
+  hash: fnv1a_64
+  distribution: ketama
+  auto_eject_hosts: false
+  servers:
+   - 127.0.0.1:$REDIS_PORT:1
+EOF
+run nutcracker -t -c "$TMP/nutcracker.yml"
+bg nutcracker -c "$TMP/nutcracker.yml" -s "$TWEM_STATS_PORT" -a 127.0.0.1 \
+	-p "$TMP/nutcracker.pid" -o "$TMP/nutcracker.log"
+TWEM_PID=${PIDS[-1]}
+wait_ready twemproxy "$TWEM_PORT" "$TWEM_PID" "$TMP/nutcracker.log"
+
+# --- 3. benchmarks ---------------------------------------------------------
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+TARGETS=(direct respite twemproxy)
+declare -A PORT=([direct]=$REDIS_PORT [respite]=$RESPITE_PORT [twemproxy]=$TWEM_PORT)
+MODES=(unpipelined "P$PIPELINE")
+
+for mode in "${MODES[@]}"; do
+	extra=()
+	[ "$mode" = unpipelined ] || extra=(-P "$PIPELINE")
+	for t in "${TARGETS[@]}"; do
+		echo "== $mode: $t (port ${PORT[$t]})" >&2
+		if ! run redis-benchmark -h 127.0.0.1 -p "${PORT[$t]}" -t "$TESTS" -c "$CLIENTS" -n "$N" \
+			"${extra[@]}" --csv >"$TMP/csv/$mode.$t.csv" 2>"$TMP/csv/$mode.$t.err"; then
+			echo "redis-benchmark against $t failed ($mode)" >>"$TMP/csv/$mode.$t.err"
+		fi
+		cat "$TMP/csv/$mode.$t.csv" >&2
+	done
+done
+
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# --- 4. report -------------------------------------------------------------
+# table MODE: one row per test (in the direct run's order, then any others),
+# rps per target and the three ratios; "-" where a target has no number.
+table() {
+	local mode=$1 ok_ratio
+	awk -v mode="$mode" -v target="$TARGET_DIRECT_RATIO" -v unpiped="$([ "$1" = unpipelined ] && echo 1 || echo 0)" '
+	function parse(line,   f) {
+		gsub(/\r/, "", line)
+		if (line !~ /^"/) return ""
+		gsub(/"/, "", line)
+		n = split(line, f, ",")
+		if (f[1] == "test" || n < 2) return ""
+		rps_val = f[2] + 0
+		return f[1]
+	}
+	function ratio(a, b) { return (a > 0 && b > 0) ? sprintf("%.2f", a / b) : "-" }
+	function num(x) { return (x > 0) ? sprintf("%.0f", x) : "-" }
+	FNR == 1 { file++ }
+	{
+		name = parse($0)
+		if (name == "") next
+		if (!(name in seen)) { seen[name] = 1; order[++count] = name }
+		rps[file, name] = rps_val
+	}
+	END {
+		fmt = "%-36s %11s %11s %11s %9s %9s %9s  %s\n"
+		printf fmt, "test", "direct", "respite", "twemproxy", "resp/dir", "resp/twem", "twem/dir", "targets"
+		for (i = 1; i <= count; i++) {
+			n = order[i]; d = rps[1, n]; r = rps[2, n]; w = rps[3, n]
+			notes = ""
+			if (unpiped) {
+				if (d > 0 && r > 0) notes = notes sprintf("resp/dir>=%s %s", target, (r / d >= target) ? "ok" : "MISS")
+			}
+			if (r > 0 && w > 0) notes = notes (notes == "" ? "" : ", ") "resp>=twem " ((r >= w) ? "ok" : "MISS")
+			printf fmt, n, num(d), num(r), num(w), ratio(r, d), ratio(r, w), ratio(w, d), notes
+		}
+	}' "$TMP/csv/$mode.direct.csv" "$TMP/csv/$mode.respite.csv" "$TMP/csv/$mode.twemproxy.csv"
+}
+
+commit=$BUILD_COMMIT
+dirty=""
+if [ -n "$BUILD_STATUS" ]; then
+	dirty=" + uncommitted working-tree changes at build time (listed below)"
+fi
+
+echo
+echo "Respite passthrough benchmark"
+echo "date:    $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+echo "commit:  $commit (HEAD at build time)$dirty"
+echo "nproc:   $(nproc)"
+echo "load:    $LOAD_BEFORE before, $LOAD_AFTER after (1/5/15-min load average; other work on the machine shows here)"
+echo "cpu:     $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo 2>/dev/null || echo unknown)"
+echo "redis:   $(redis-server --version | awk '{print $3}')"
+echo "nutcracker: $(nutcracker -V 2>&1 | head -n1)"
+echo "go:      $(go version | awk '{print $3}')"
+echo "params:  N=$N CLIENTS=$CLIENTS TESTS=$TESTS PIPELINE=$PIPELINE"
+echo "targets: unpipelined respite/direct >= $TARGET_DIRECT_RATIO; respite >= twemproxy unpipelined and at -P $PIPELINE"
+for mode in "${MODES[@]}"; do
+	echo
+	if [ "$mode" = unpipelined ]; then echo "## unpipelined (-c $CLIENTS -n $N)"; else echo "## pipelined -P $PIPELINE (-c $CLIENTS -n $N)"; fi
+	table "$mode"
+done
+
+# Anything odd: benchmark stderr, proxy logs, dead processes.
+echo
+odd=0
+for mode in "${MODES[@]}"; do
+	for t in "${TARGETS[@]}"; do
+		if [ -s "$TMP/csv/$mode.$t.err" ]; then
+			odd=1
+			echo "redis-benchmark stderr ($mode, $t):"
+			sed 's/^/  /' "$TMP/csv/$mode.$t.err" | sort | uniq -c | sort -rn | head -n 20
+			if grep -q 'Could not fetch server CONFIG' "$TMP/csv/$mode.$t.err"; then
+				echo "  (the CONFIG warning is expected where the target does not serve CONFIG GET, e.g. twemproxy)"
+			fi
+		fi
+	done
+done
+if ! kill -0 "$RESPITE_PID" 2>/dev/null; then odd=1; echo "respite exited during the run"; fi
+if ! kill -0 "$TWEM_PID" 2>/dev/null; then odd=1; echo "nutcracker exited during the run"; fi
+if [ -s "$TMP/respite.log" ]; then
+	odd=1
+	echo "respite stderr (log_level warn):"
+	sed 's/^/  /' "$TMP/respite.log" | head -n 40
+fi
+if grep -qiE 'error|warn' "$TMP/nutcracker.log" 2>/dev/null; then
+	odd=1
+	echo "nutcracker log errors/warnings (first 20):"
+	grep -iE 'error|warn' "$TMP/nutcracker.log" | head -n 20 | sed 's/^/  /'
+fi
+[ "$odd" = 1 ] || echo "no errors from redis-benchmark, respite or nutcracker"
+
+echo
+echo "commands run (from $REPO):"
+for c in "${COMMANDS[@]}"; do echo "  $c"; done
+if [ -n "$BUILD_STATUS" ]; then
+	echo "working tree at build time (git status --porcelain):"
+	echo "$BUILD_STATUS" | sed 's/^/  /'
+fi
+echo "$TMP/respite.yaml:"
+sed 's/^/  /' "$TMP/respite.yaml"
+echo "$TMP/nutcracker.yml:"
+sed 's/^/  /' "$TMP/nutcracker.yml"
