@@ -1,0 +1,296 @@
+package policy
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"hash/maphash"
+	"math"
+	mrand "math/rand/v2"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/respite/respite/backend"
+	"github.com/respite/respite/internal/config"
+	"github.com/respite/respite/resp"
+)
+
+// loadTimeout bounds one PostgreSQL load, whoever waits for it.
+const loadTimeout = 10 * time.Second
+
+// loader coalesces concurrent loads of one key (singleflight) and keeps
+// per-key generations, so that a write during a load keeps the stale
+// result out of the cache (LIBRARIES.md, singleflight).
+type loader struct {
+	group singleflight.Group
+	seed  maphash.Seed
+	gens  [4096]atomic.Uint64 // striped by key hash; a collision only skips a fill
+}
+
+func (l *loader) init() { l.seed = maphash.MakeSeed() }
+
+func (l *loader) slot(key string) *atomic.Uint64 {
+	return &l.gens[maphash.String(l.seed, key)%uint64(len(l.gens))]
+}
+
+// invalidated bumps key's generation and forgets an in-flight load, so
+// the next read loads again.
+func (r *Route) invalidated(key string) {
+	r.loads.slot(key).Add(1)
+	r.loads.group.Forget(key)
+}
+
+// keyLocks serializes writers of one key within the process.
+type keyLocks struct {
+	seed  maphash.Seed
+	once  sync.Once
+	locks [256]sync.Mutex
+}
+
+func (k *keyLocks) lock(key string) func() {
+	k.once.Do(func() { k.seed = maphash.MakeSeed() })
+	m := &k.locks[maphash.String(k.seed, key)%uint64(len(k.locks))]
+	m.Lock()
+	return m.Unlock
+}
+
+// row is what a load found.
+type row struct {
+	found  bool
+	json   []byte          // format json
+	fields []backend.Field // format hash
+	value  string          // format value
+	cached bool            // another instance filled the cache: read it there
+}
+
+// loadRow reads key's row from PostgreSQL.
+func (r *Route) loadRow(ctx context.Context, q backend.Querier, key string) (row, error) {
+	var rw row
+	var err error
+	switch r.cfg.Format {
+	case config.FormatJSON:
+		rw.json, rw.found, err = r.table.LoadJSON(ctx, q, key)
+	case config.FormatHash:
+		rw.fields, rw.found, err = r.table.LoadFields(ctx, q, key)
+	default:
+		rw.value, rw.found, err = r.table.LoadValue(ctx, q, key)
+	}
+	return rw, err
+}
+
+// fetch loads key once however many callers miss it together, fills the
+// cache (or the negative cache) and returns the row. A caller whose ctx
+// ends stops waiting; the load goes on for the others.
+func (r *Route) fetch(ctx context.Context, key string) (row, error) {
+	r.Stats.Coalesced.Add(1)
+	ch := r.loads.group.DoChan(key, func() (v any, err error) {
+		r.Stats.Coalesced.Add(-1)
+		defer func() {
+			if p := recover(); p != nil {
+				err = fmt.Errorf("panic while loading: %v", p)
+			}
+		}()
+		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), loadTimeout)
+		defer cancel()
+		if r.cfg.DistributedLock {
+			return r.fetchLocked(lctx, key)
+		}
+		return r.loadAndFill(lctx, key)
+	})
+	select {
+	case res := <-ch:
+		if res.Err != nil {
+			return row{}, res.Err
+		}
+		return res.Val.(row), nil
+	case <-ctx.Done():
+		return row{}, ctx.Err()
+	}
+}
+
+// loadAndFill loads key from PostgreSQL and caches the result unless the
+// key was written meanwhile.
+func (r *Route) loadAndFill(ctx context.Context, key string) (row, error) {
+	gen := r.loads.slot(key).Load()
+	start := time.Now()
+	rw, err := r.loadRow(ctx, r.db.Pool(), key)
+	r.Stats.Loads.Add(1)
+	r.observeLoad(time.Since(start))
+	if err != nil {
+		return row{}, err
+	}
+	if r.loads.slot(key).Load() == gen {
+		if err := r.fill(ctx, key, rw, false); err != nil {
+			r.log.Warn("cache fill failed", "err", err)
+		}
+	}
+	return rw, nil
+}
+
+// observeLoad keeps an exponentially weighted mean of load times: the
+// delta of XFetch.
+func (r *Route) observeLoad(d time.Duration) {
+	old := r.loadDur.Load()
+	if old == 0 {
+		r.loadDur.Store(int64(d))
+		return
+	}
+	r.loadDur.Store(old + (int64(d)-old)/8)
+}
+
+// fillHash stores a hash only if the key is absent, with a TTL.
+var fillHash = redis.NewScript(`
+if redis.call('EXISTS', KEYS[1]) == 1 and ARGV[2] == '0' then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 1`)
+
+// fill caches a loaded row with the route's TTL (± jitter), or the
+// negative marker for an absent row. A fill never overwrites a key that a
+// write created meanwhile (NX), unless overwrite is set (early refresh).
+func (r *Route) fill(ctx context.Context, key string, rw row, overwrite bool) error {
+	ttl := r.ttl()
+	if !rw.found {
+		neg := time.Duration(*r.cfg.NegativeTTL)
+		if neg <= 0 {
+			return nil
+		}
+		return r.rdb.Set(ctx, negKey(key), "1", neg).Err()
+	}
+	switch r.cfg.Format {
+	case config.FormatHash:
+		args := []any{ttl, boolInt(overwrite)}
+		for _, f := range rw.fields {
+			args = append(args, f.Name, f.Value)
+		}
+		return fillHash.Run(ctx, r.rdb, []string{key}, args...).Err()
+	default:
+		v := rw.value
+		if r.cfg.Format == config.FormatJSON {
+			v = string(rw.json)
+		}
+		a := redis.SetArgs{TTL: time.Duration(ttl) * time.Millisecond}
+		if !overwrite {
+			a.Mode = "NX"
+		}
+		err := r.rdb.SetArgs(ctx, key, v, a).Err()
+		if err == redis.Nil {
+			return nil
+		}
+		return err
+	}
+}
+
+// releaseLock deletes a lease only if it is still ours.
+var releaseLock = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0`)
+
+// fetchLocked is fetch across proxy instances: one instance holds a SET NX
+// PX lease on the key and loads; the others wait for the fill (polling
+// Redis, not PostgreSQL) until the lease ends, and take over if its holder
+// died. The wait is bounded by twice the lease.
+func (r *Route) fetchLocked(ctx context.Context, key string) (row, error) {
+	token := newToken()
+	lease := time.Duration(r.cfg.LockTTL)
+	deadline := time.Now().Add(2 * lease)
+	for time.Now().Before(deadline) {
+		ok, err := r.rdb.SetNX(ctx, lockKey(key), token, lease).Result()
+		if err != nil {
+			return r.loadAndFill(ctx, key) // Redis trouble: load without the lease
+		}
+		if ok {
+			defer releaseLock.Run(context.WithoutCancel(ctx), r.rdb, []string{lockKey(key)}, token)
+			if present, _ := r.inCache(ctx, key); present {
+				return row{found: true, cached: true}, nil
+			}
+			return r.loadAndFill(ctx, key)
+		}
+		for time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond)
+			present, absent := r.inCache(ctx, key)
+			if present {
+				return row{found: true, cached: true}, nil
+			}
+			if absent {
+				return row{}, nil
+			}
+			if n, _ := r.rdb.Exists(ctx, lockKey(key)).Result(); n == 0 {
+				break // lease released or expired without a fill: try to take it
+			}
+		}
+	}
+	return r.loadAndFill(ctx, key)
+}
+
+// inCache reports whether key is cached (present) or negatively cached
+// (absent).
+func (r *Route) inCache(ctx context.Context, key string) (present, absent bool) {
+	n, err := r.rdb.Exists(ctx, key).Result()
+	if err == nil && n == 1 {
+		return true, false
+	}
+	n, err = r.rdb.Exists(ctx, negKey(key)).Result()
+	return false, err == nil && n == 1
+}
+
+func newToken() string {
+	var b [16]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// shouldRefresh is XFetch (Vattani et al., PVLDB 8(8), 2015): refresh
+// early when -delta*beta*ln(rand) >= time to expiry, with delta the mean
+// load time. Only hot keys close to expiry pass.
+func (r *Route) shouldRefresh(pttlReply []byte) bool {
+	if len(pttlReply) < 2 || pttlReply[0] != ':' {
+		return false
+	}
+	left, err := strconv.ParseInt(string(pttlReply[1:len(pttlReply)-2]), 10, 64)
+	if err != nil || left < 0 {
+		return false
+	}
+	delta := float64(r.loadDur.Load()) / float64(time.Millisecond)
+	u := 1 - mrand.Float64() // (0, 1]
+	return -delta*r.cfg.EarlyRefreshBeta*math.Log(u) >= float64(left)
+}
+
+// refresh reloads key in the background and overwrites the cached copy.
+func (r *Route) refresh(key string) {
+	go r.loads.group.Do("refresh\x00"+key, func() (any, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), loadTimeout)
+		defer cancel()
+		gen := r.loads.slot(key).Load()
+		rw, err := r.loadRow(ctx, r.db.Pool(), key)
+		r.Stats.Loads.Add(1)
+		if err == nil && rw.found && r.loads.slot(key).Load() == gen {
+			r.Stats.EarlyRefreshes.Add(1)
+			r.fill(ctx, key, rw, true)
+		}
+		return nil, err
+	})
+}
+
+// isNull reports whether a raw reply is a null ($-1, *-1 or _).
+func isNull(b []byte) bool {
+	return len(b) > 0 && (b[0] == '_' || (len(b) > 1 && (b[0] == '$' || b[0] == '*') && b[1] == '-'))
+}
+
+// rowReply encodes a loaded row as GET's reply.
+func (r *Route) rowReply(proto int, rw row) []byte {
+	if !rw.found {
+		return resp.AppendNull(nil, proto)
+	}
+	if r.cfg.Format == config.FormatJSON {
+		return resp.AppendBulk(nil, string(rw.json))
+	}
+	return resp.AppendBulk(nil, rw.value)
+}

@@ -1,0 +1,232 @@
+package policy
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"strings"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/respite/respite/backend"
+	"github.com/respite/respite/internal/config"
+	"github.com/respite/respite/resp"
+)
+
+// Write-back (write-behind, PRODUCT.md §5.3): a write changes the cached
+// copy and appends the change to the route's durable queue, a Redis
+// Stream, in one Lua script (atomic on the Redis side), and the client
+// gets its reply at once. The Flusher (flusher.go) drains the stream into
+// PostgreSQL in batches and acknowledges entries only after the commit.
+//
+// Dirty keys are made persistent (no TTL) so they cannot expire before
+// they are flushed, and a deleted key leaves a tombstone (the negative
+// marker, without TTL) so a read cannot load the old row back from
+// PostgreSQL before the delete is flushed. Counters are queued as the
+// resulting absolute value, so replaying an entry is idempotent.
+//
+// Stream entries have the fields k (the key), and either v (the value:
+// the string, or for a hash route the whole hash as a JSON object, with
+// removed fields as null) or op=del.
+
+// writeBack is a route's write-back state.
+type writeBack struct {
+	r      *Route
+	stream string // respite:wb:<route>
+	dlq    string // respite:dlq:<route>
+}
+
+func newWriteBack(r *Route) *writeBack {
+	return &writeBack{r: r, stream: StreamKey(r.cfg.Name), dlq: DeadLetterKey(r.cfg.Name)}
+}
+
+// StreamKey is the Redis Stream holding route's pending writes.
+func StreamKey(route string) string { return "respite:wb:" + route }
+
+// DeadLetterKey is the Redis Stream of route's entries that failed
+// max_retries times.
+func DeadLetterKey(route string) string { return "respite:dlq:" + route }
+
+// errLoadNeeded comes from a script that found neither the key nor its
+// tombstone: the row must be loaded into the cache first.
+const loadNeeded = "LOADNEEDED"
+
+// The scripts take KEYS = {key, negative marker, stream}.
+var (
+	wbSet = redis.NewScript(`
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('DEL', KEYS[2])
+redis.call('XADD', KEYS[3], '*', 'k', KEYS[1], 'v', ARGV[1])
+return 1`)
+	wbIncr = redis.NewScript(`
+if redis.call('EXISTS', KEYS[1]) == 0 and redis.call('EXISTS', KEYS[2]) == 0 then
+  return redis.error_reply('LOADNEEDED')
+end
+local v
+if ARGV[2] == 'float' then
+  v = redis.call('INCRBYFLOAT', KEYS[1], ARGV[1])
+else
+  v = redis.call('INCRBY', KEYS[1], ARGV[1])
+end
+redis.call('PERSIST', KEYS[1])
+redis.call('DEL', KEYS[2])
+redis.call('XADD', KEYS[3], '*', 'k', KEYS[1], 'v', tostring(v))
+return tostring(v)`)
+	wbDel = redis.NewScript(`
+if redis.call('EXISTS', KEYS[1]) == 0 and redis.call('EXISTS', KEYS[2]) == 0 then
+  return redis.error_reply('LOADNEEDED')
+end
+local existed = redis.call('DEL', KEYS[1])
+redis.call('SET', KEYS[2], '1')
+redis.call('XADD', KEYS[3], '*', 'k', KEYS[1], 'op', 'del')
+return existed`)
+	// wbHash runs a hash write (ARGV[1] = HSET | HDEL | HINCRBY, the rest
+	// its arguments) and queues the whole hash.
+	wbHash = redis.NewScript(`
+if redis.call('EXISTS', KEYS[1]) == 0 and redis.call('EXISTS', KEYS[2]) == 0 then
+  return redis.error_reply('LOADNEEDED')
+end
+local op = ARGV[1]
+local res
+local removed = {}
+if op == 'HDEL' then
+  for i = 2, #ARGV do removed[ARGV[i]] = true end
+end
+res = redis.call(op, KEYS[1], unpack(ARGV, 2))
+local obj = {}
+local flat = redis.call('HGETALL', KEYS[1])
+for i = 1, #flat, 2 do obj[flat[i]] = flat[i+1] end
+for f, _ in pairs(removed) do if obj[f] == nil then obj[f] = cjson.null end end
+redis.call('PERSIST', KEYS[1])
+redis.call('DEL', KEYS[2])
+redis.call('XADD', KEYS[3], '*', 'k', KEYS[1], 'v', cjson.encode(obj))
+return res`)
+)
+
+// write carries one write command on a write-back route.
+func (w *writeBack) write(ctx context.Context, proto int, name, key string, args [][]byte) []byte {
+	r := w.r
+	if err := r.table.CheckKey(ctx, key); err != nil {
+		return r.fail(err)
+	}
+	keys := []string{key, negKey(key), w.stream}
+	switch name {
+	case "set", "setex", "getset":
+		value, opts, err := parseSet(name, args)
+		if err != nil {
+			return r.fail(err)
+		}
+		if opts.nx || opts.xx || opts.get {
+			return resp.AppendError(nil, "ERR SET with NX, XX or GET is not supported on write-back route '"+r.cfg.Name+"'")
+		}
+		if err := w.check(ctx, value); err != nil {
+			return r.fail(err)
+		}
+		r.invalidated(key)
+		if err := wbSet.Run(ctx, r.rdb, keys, value).Err(); err != nil {
+			return r.fail(err)
+		}
+		return resp.AppendStatus(nil, "OK")
+	case "incr", "decr", "incrby", "decrby", "incrbyfloat":
+		delta, float, err := parseIncr(name, args)
+		if err != nil {
+			return r.fail(err)
+		}
+		kind := "int"
+		if float {
+			kind = "float"
+		}
+		v, err := w.run(ctx, wbIncr, key, keys, delta, kind)
+		if err != nil {
+			return r.fail(err)
+		}
+		s, _ := v.(string)
+		if float {
+			return resp.AppendBulk(nil, s)
+		}
+		n, _ := strconv.ParseInt(s, 10, 64)
+		return resp.AppendInt(nil, n)
+	case "del", "unlink":
+		v, err := w.run(ctx, wbDel, key, keys)
+		if err != nil {
+			return r.fail(err)
+		}
+		n, _ := v.(int64)
+		return resp.AppendInt(nil, n)
+	case "hset", "hmset", "hdel", "hincrby":
+		hargs := []any{strings.ToUpper(name)}
+		if name == "hmset" {
+			hargs[0] = "HSET"
+		}
+		for _, a := range args[2:] {
+			hargs = append(hargs, string(a))
+		}
+		if name != "hdel" {
+			for i := 2; i+1 < len(args); i += 2 {
+				if !contains(r.table.Columns(), string(args[i])) {
+					return r.fail(&backend.FieldError{Table: r.cfg.Table, Field: string(args[i])})
+				}
+			}
+		}
+		v, err := w.run(ctx, wbHash, key, keys, hargs...)
+		if err != nil {
+			return r.fail(err)
+		}
+		if name == "hmset" {
+			return resp.AppendStatus(nil, "OK")
+		}
+		n, _ := v.(int64)
+		return resp.AppendInt(nil, n)
+	}
+	return r.fail(errors.New("unsupported write"))
+}
+
+// run runs a script that needs the key cached (or tombstoned), loading the
+// row first when the script says so.
+func (w *writeBack) run(ctx context.Context, s *redis.Script, key string, keys []string, args ...any) (any, error) {
+	for attempt := 0; ; attempt++ {
+		v, err := s.Run(ctx, w.r.rdb, keys, args...).Result()
+		if err == nil || !strings.HasPrefix(err.Error(), loadNeeded) || attempt == 3 {
+			if err != nil && strings.HasPrefix(err.Error(), "ERR") {
+				return nil, redisErr(err.Error())
+			}
+			if err != nil && strings.HasPrefix(err.Error(), "WRONGTYPE") {
+				return nil, redisErr(err.Error())
+			}
+			return v, err
+		}
+		if _, err := w.r.fetch(ctx, key); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// check refuses a value PostgreSQL would reject, before it is queued:
+// nothing that can never flush is acknowledged.
+func (w *writeBack) check(ctx context.Context, value []byte) error {
+	if w.r.cfg.Format == config.FormatJSON {
+		return w.r.table.CheckObject(value)
+	}
+	return w.r.table.CheckValue(ctx, string(value))
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// flushBatch writes entries of this route to PostgreSQL in one statement
+// and returns how many rows changed.
+func (r *Route) flushBatch(ctx context.Context, entries []backend.Entry) (int, error) {
+	switch r.cfg.Format {
+	case config.FormatJSON:
+		return r.table.FlushJSON(ctx, r.cfg.Name, entries)
+	case config.FormatHash:
+		return r.table.FlushFields(ctx, r.cfg.Name, entries)
+	}
+	return r.table.Flush(ctx, r.cfg.Name, entries)
+}
