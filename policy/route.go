@@ -72,6 +72,10 @@ func New(cfg config.Route, db *backend.DB, table *backend.Table, cache Cache, rd
 // Config returns the route's effective configuration.
 func (r *Route) Config() config.Route { return r.cfg }
 
+// id is the key column's value for a Redis key: the part after the
+// route's prefix (PRODUCT.md §4, "Key → row").
+func (r *Route) id(key string) string { return key[len(r.cfg.Prefix):] }
+
 // Redis keys the policies keep beside a routed key; the "respite:" prefix
 // is reserved.
 func negKey(key string) string  { return "respite:neg:" + key }

@@ -73,6 +73,7 @@ type row struct {
 func (r *Route) loadRow(ctx context.Context, q backend.Querier, key string) (row, error) {
 	var rw row
 	var err error
+	key = r.id(key)
 	switch r.cfg.Format {
 	case config.FormatJSON:
 		rw.json, rw.found, err = r.table.LoadJSON(ctx, q, key)

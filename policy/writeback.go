@@ -106,7 +106,7 @@ return res`)
 // write carries one write command on a write-back route.
 func (w *writeBack) write(ctx context.Context, proto int, name, key string, args [][]byte) []byte {
 	r := w.r
-	if err := r.table.CheckKey(ctx, key); err != nil {
+	if err := r.table.CheckKey(ctx, r.id(key)); err != nil {
 		return r.fail(err)
 	}
 	keys := []string{key, negKey(key), w.stream}
@@ -219,9 +219,13 @@ func contains(list []string, s string) bool {
 	return false
 }
 
-// flushBatch writes entries of this route to PostgreSQL in one statement
+// flushBatch writes entries of this route (keyed by their Redis keys,
+// which it rewrites to key column values) to PostgreSQL in one statement
 // and returns how many rows changed.
 func (r *Route) flushBatch(ctx context.Context, entries []backend.Entry) (int, error) {
+	for i := range entries {
+		entries[i].Key = r.id(entries[i].Key)
+	}
 	switch r.cfg.Format {
 	case config.FormatJSON:
 		return r.table.FlushJSON(ctx, r.cfg.Name, entries)

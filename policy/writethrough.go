@@ -2,6 +2,7 @@ package policy
 
 import (
 	"context"
+	"hash/fnv"
 	"errors"
 	"math"
 	"strconv"
@@ -90,12 +91,12 @@ func (r *Route) dbWrite(ctx context.Context, proto int, name, key string, args [
 				return err
 			}
 			reply = r.rowReply(proto, old)
-			_, err = r.table.Delete(ctx, tx, key)
+			_, err = r.table.Delete(ctx, tx, r.id(key))
 			return err
 		})
 		return reply, err
 	case "del", "unlink":
-		found, err := r.table.Delete(ctx, pool, key)
+		found, err := r.table.Delete(ctx, pool, r.id(key))
 		return resp.AppendInt(nil, boolInt(found)), err
 	case "incr", "decr", "incrby", "decrby", "incrbyfloat":
 		return r.incr(ctx, name, key, args)
@@ -108,7 +109,7 @@ func (r *Route) dbWrite(ctx context.Context, proto int, name, key string, args [
 			fields = append(fields, backend.Field{Name: string(args[i]), Value: string(args[i+1])})
 		}
 		if name == "hmset" {
-			return resp.AppendStatus(nil, "OK"), r.table.WriteFields(ctx, pool, key, fields)
+			return resp.AppendStatus(nil, "OK"), r.table.WriteFields(ctx, pool, r.id(key), fields)
 		}
 		var added int64
 		err := r.inTx(ctx, key, func(tx pgx.Tx) error {
@@ -126,7 +127,7 @@ func (r *Route) dbWrite(ctx context.Context, proto int, name, key string, args [
 					had[f.Name] = true
 				}
 			}
-			return r.table.WriteFields(ctx, tx, key, fields)
+			return r.table.WriteFields(ctx, tx, r.id(key), fields)
 		})
 		return resp.AppendInt(nil, added), err
 	case "hdel":
@@ -137,7 +138,7 @@ func (r *Route) dbWrite(ctx context.Context, proto int, name, key string, args [
 		for i, a := range args[2:] {
 			names[i] = string(a)
 		}
-		n, err := r.table.ClearFields(ctx, pool, key, names)
+		n, err := r.table.ClearFields(ctx, pool, r.id(key), names)
 		return resp.AppendInt(nil, n), err
 	case "hincrby":
 		if len(args) != 4 {
@@ -165,7 +166,7 @@ func (r *Route) dbWrite(ctx context.Context, proto int, name, key string, args [
 				return errOverflow
 			}
 			result = cur + by
-			return r.table.WriteFields(ctx, tx, key, []backend.Field{{Name: string(args[2]), Value: formatInt(result)}})
+			return r.table.WriteFields(ctx, tx, r.id(key), []backend.Field{{Name: string(args[2]), Value: formatInt(result)}})
 		})
 		return resp.AppendInt(nil, result), err
 	}
@@ -175,9 +176,9 @@ func (r *Route) dbWrite(ctx context.Context, proto int, name, key string, args [
 // writeRow writes a whole value (json object or value column).
 func (r *Route) writeRow(ctx context.Context, q backend.Querier, key string, value []byte) error {
 	if r.cfg.Format == config.FormatJSON {
-		return r.table.WriteJSON(ctx, q, key, value)
+		return r.table.WriteJSON(ctx, q, r.id(key), value)
 	}
-	return r.table.WriteValue(ctx, q, key, string(value))
+	return r.table.WriteValue(ctx, q, r.id(key), string(value))
 }
 
 // inTx runs fn in one PostgreSQL transaction holding an advisory lock on
@@ -188,7 +189,11 @@ func (r *Route) inTx(ctx context.Context, key string, fn func(pgx.Tx) error) err
 		return err
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx))
-	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", r.cfg.Name+"\x00"+key); err != nil {
+	h := fnv.New64a()
+	h.Write([]byte(r.cfg.Name))
+	h.Write([]byte{0})
+	h.Write([]byte(key))
+	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", int64(h.Sum64())); err != nil {
 		return err
 	}
 	if err := fn(tx); err != nil {
@@ -219,7 +224,7 @@ func (r *Route) incr(ctx context.Context, name, key string, args [][]byte) ([]by
 		if err != nil {
 			return err
 		}
-		if err := r.table.WriteValue(ctx, tx, key, next); err != nil {
+		if err := r.table.WriteValue(ctx, tx, r.id(key), next); err != nil {
 			return err
 		}
 		if float {

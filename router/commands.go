@@ -142,3 +142,36 @@ var clientSubs = map[string]ClientSub{
 
 // LookupClient classifies "CLIENT sub ...".
 func LookupClient(sub []byte) ClientSub { return lookup(clientSubs, sub) }
+
+// Prefixes finds the route of a key: the longest configured prefix that
+// the key starts with.
+type Prefixes struct {
+	list  []string // longest first
+	index []int    // position of list[i] in the caller's slice
+}
+
+// NewPrefixes indexes prefixes; Match returns positions in this slice.
+func NewPrefixes(prefixes []string) *Prefixes {
+	p := &Prefixes{}
+	for i, s := range prefixes {
+		p.list = append(p.list, s)
+		p.index = append(p.index, i)
+	}
+	for i := 1; i < len(p.list); i++ { // insertion sort, longest first
+		for j := i; j > 0 && len(p.list[j]) > len(p.list[j-1]); j-- {
+			p.list[j], p.list[j-1] = p.list[j-1], p.list[j]
+			p.index[j], p.index[j-1] = p.index[j-1], p.index[j]
+		}
+	}
+	return p
+}
+
+// Match returns the index of the longest prefix of key, or -1.
+func (p *Prefixes) Match(key []byte) int {
+	for i, s := range p.list {
+		if len(key) >= len(s) && string(key[:len(s)]) == s {
+			return p.index[i]
+		}
+	}
+	return -1
+}

@@ -44,6 +44,7 @@ type call struct {
 	want int           // replies expected
 	got  int           // replies received
 	out  []byte        // the replies' raw bytes, concatenated
+	ends []int         // where each reply in out ends
 	err  error         // set when the connection failed before all replies came
 	done chan struct{} // receives once when got == want or err != nil
 }
@@ -68,7 +69,7 @@ type muxConn struct {
 // do sends cmds and waits for all their replies in cl. On return either
 // cl.got == len(cmds), or cl.err says why the rest never came.
 func (c *muxConn) do(cl *call, cmds []redcon.Command) {
-	cl.want, cl.got, cl.out, cl.err = len(cmds), 0, cl.out[:0], nil
+	cl.want, cl.got, cl.out, cl.ends, cl.err = len(cmds), 0, cl.out[:0], cl.ends[:0], nil
 	c.mu.Lock()
 	if c.nc == nil {
 		if err := c.dialLocked(); err != nil {
@@ -188,6 +189,7 @@ func (c *muxConn) readLoop(nc net.Conn, br *bufio.Reader) {
 			return
 		}
 		cl.out = out
+		cl.ends = append(cl.ends, len(out))
 		cl.got++
 		if cl.got < cl.want {
 			continue

@@ -28,8 +28,9 @@ import (
 type Server struct {
 	cfg config.Config
 	log *slog.Logger
-	up  *upstream
-	rs  *redcon.Server
+	up     *upstream
+	rs     *redcon.Server
+	routes *routes // nil without routes
 
 	clients atomic.Int64 // connected clients, for max_clients
 	nextID  atomic.Int64 // CLIENT ID / HELLO id of the next client
@@ -39,15 +40,20 @@ type Server struct {
 	sessions map[*session]struct{}
 }
 
-// New builds a server for cfg. It does not contact the upstream yet: a
-// Redis that is down at start-up is reported per command, like one that
-// goes down later.
+// New builds a server for cfg. It does not contact the upstream Redis yet:
+// a Redis that is down at start-up is reported per command, like one that
+// goes down later. With routes, it connects to PostgreSQL and checks every
+// route's table and columns; the error names the route, table and column.
 func New(cfg config.Config, log *slog.Logger) (*Server, error) {
 	up, err := newUpstream(cfg.Upstream)
 	if err != nil {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, log: log, up: up, sessions: map[*session]struct{}{}}
+	if s.routes, err = openRoutes(cfg, muxCache{up}, up.shared[0], log); err != nil {
+		up.close()
+		return nil, err
+	}
 	s.rs = redcon.NewServerNetwork("tcp", cfg.Listen, s.handle, s.accept, s.closed)
 	return s, nil
 }
@@ -81,6 +87,7 @@ func (s *Server) Close() error {
 		sess.end()
 	}
 	s.mu.Unlock()
+	s.routes.close()
 	s.up.close()
 	return err
 }

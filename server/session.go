@@ -1,8 +1,6 @@
 package server
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"strconv"
 	"sync"
@@ -54,6 +52,7 @@ type session struct {
 	batch []redcon.Command
 	futs  []redis.AutoFuture
 	call  *call
+	keys  []int // key positions of the command being routed
 	out   []byte // scratch for locally encoded replies
 
 	mu    sync.Mutex // held while a detached session runs or writes
@@ -139,7 +138,7 @@ func (c *session) needsDetach(args [][]byte) bool {
 
 // shareable reports whether args can ride the shared connections.
 func (c *session) shareable(args [][]byte) bool {
-	if !c.authed || len(args) == 0 || (c.sub != nil && c.sub.restricted(c.proto)) {
+	if !c.authed || len(args) == 0 || (c.sub != nil && c.sub.restricted(c.proto)) || c.routedKeys(args) {
 		return false
 	}
 	switch router.Lookup(args[0]) {
@@ -163,7 +162,7 @@ func (c *session) shareable(args [][]byte) bool {
 // Inside MULTI everything is queued by Redis itself, except what the proxy
 // must see: QUIT and RESET.
 func (c *session) pinnable(args [][]byte, multi bool) bool {
-	if !c.authed || len(args) == 0 || (c.sub != nil && c.sub.restricted(c.proto)) {
+	if !c.authed || len(args) == 0 || (c.sub != nil && c.sub.restricted(c.proto)) || c.routedKeys(args) {
 		return false
 	}
 	class := router.Lookup(args[0])
@@ -207,10 +206,10 @@ func (c *session) forwardShared(cmds []redcon.Command) {
 	if c.reply == replyOn {
 		c.w.WriteRaw(cl.out) // the common case: all replies in one write
 	} else {
-		for rest := cl.out; len(rest) > 0; {
-			n := replyLen(rest)
-			c.send(rest[:n])
-			rest = rest[n:]
+		start := 0
+		for _, end := range cl.ends {
+			c.send(cl.out[start:end])
+			start = end
 		}
 	}
 	for i := cl.got; i < len(cmds); i++ {
@@ -236,14 +235,6 @@ func (c *session) forwardAutoPipeline(cmds []redcon.Command) {
 		futs[i] = redis.AutoFuture{}
 	}
 	c.futs = futs[:0]
-}
-
-// replyLen returns the length of the first complete reply in b, which
-// holds whole replies only.
-func replyLen(b []byte) int {
-	br := bufio.NewReader(bytes.NewReader(b))
-	r, _ := resp.AppendReply(nil, br)
-	return len(r)
 }
 
 // sendRaw writes an upstream reply, or a Redis-style error when the
@@ -287,6 +278,10 @@ func (c *session) special(args [][]byte) {
 	}
 	if c.sub != nil && c.sub.restricted(c.proto) && !allowedSubscribed(name) {
 		c.sendError("ERR Can't execute '" + lower(name) + "': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context")
+		return
+	}
+	if c.routedKeys(args) {
+		c.routed(args)
 		return
 	}
 	switch class {
