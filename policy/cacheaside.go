@@ -60,6 +60,14 @@ func (r *Route) read(ctx context.Context, proto int, key string, args [][]byte) 
 
 // get answers GET on a json or value route: a single command on a hit.
 func (r *Route) get(ctx context.Context, proto int, key string, args [][]byte) []byte {
+	if r.local != nil {
+		if v, ok := r.local.get(key); ok {
+			r.Stats.Hits.Add(1)
+			r.Stats.LocalHits.Add(1)
+			return resp.AppendBulk(nil, v)
+		}
+	}
+	gen := r.loads.slot(key).Load()
 	cmd := [][]byte{args[0], args[1]}
 	if r.cfg.Sliding {
 		cmd = [][]byte{cmdGetEx, args[1], cmdPX, itob(r.ttl())}
@@ -76,6 +84,11 @@ func (r *Route) get(ctx context.Context, proto int, key string, args [][]byte) [
 		r.Stats.Hits.Add(1)
 		if r.cfg.EarlyRefresh && r.shouldRefresh(out[1]) {
 			r.refresh(key)
+		}
+		if r.local != nil && r.loads.slot(key).Load() == gen {
+			if v, ok := bulkValue(out[0]); ok {
+				r.local.add(key, v)
+			}
 		}
 		return out[0]
 	}
@@ -176,4 +189,3 @@ func lower(b []byte) string {
 }
 
 func itob(n int64) []byte { return []byte(formatInt(n)) }
-

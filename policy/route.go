@@ -46,6 +46,7 @@ type Route struct {
 	loads   loader
 	locks   keyLocks
 	wb      *writeBack // write-back routes only
+	local   *localTier // in-process tier, when configured
 	loadDur atomic.Int64
 
 	Stats Stats
@@ -54,6 +55,7 @@ type Route struct {
 // Stats counts what a route did; read with the atomic Load methods.
 type Stats struct {
 	Hits, Misses, NegativeHits atomic.Int64 // reads answered from the cache, loaded, answered "absent" from the negative cache
+	LocalHits                  atomic.Int64 // hits answered by the in-process tier (also counted in Hits)
 	Loads, Coalesced           atomic.Int64 // PostgreSQL loads, and reads that waited for another's load
 	EarlyRefreshes, Degraded   atomic.Int64 // XFetch refreshes, reads served from PostgreSQL with Redis down
 	Writes, Errors             atomic.Int64
@@ -65,6 +67,9 @@ func New(cfg config.Route, db *backend.DB, table *backend.Table, cache Cache, rd
 	r.loads.init()
 	if cfg.Policy == config.WriteBack {
 		r.wb = newWriteBack(r)
+	}
+	if lc := cfg.LocalCache; lc != nil && cfg.Format != config.FormatHash {
+		r.local = newLocalTier(lc.Size, time.Duration(lc.TTL))
 	}
 	return r
 }

@@ -44,6 +44,7 @@ func (l *loader) slot(key string) *atomic.Uint64 {
 func (r *Route) invalidated(key string) {
 	r.loads.slot(key).Add(1)
 	r.loads.group.Forget(key)
+	r.announce(key)
 }
 
 // keyLocks serializes writers of one key within the process.
@@ -129,6 +130,13 @@ func (r *Route) loadAndFill(ctx context.Context, key string) (row, error) {
 	if r.loads.slot(key).Load() == gen {
 		if err := r.fill(ctx, key, rw, false); err != nil {
 			r.log.Warn("cache fill failed", "err", err)
+		}
+		if r.local != nil && rw.found {
+			v := rw.value
+			if r.cfg.Format == config.FormatJSON {
+				v = string(rw.json)
+			}
+			r.local.add(key, v)
 		}
 	}
 	return rw, nil

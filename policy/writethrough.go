@@ -2,8 +2,8 @@ package policy
 
 import (
 	"context"
-	"hash/fnv"
 	"errors"
+	"hash/fnv"
 	"math"
 	"strconv"
 	"strings"
@@ -365,6 +365,7 @@ func arity(name string) error {
 }
 
 func formatInt(n int64) string { return strconv.FormatInt(n, 10) }
+
 // afterWrite brings the cache in line with PostgreSQL after a committed
 // write: cache-aside invalidates; write-through stores the row as it is
 // now in PostgreSQL (reloaded, so cache == DB even when PostgreSQL
@@ -389,4 +390,3 @@ func (r *Route) afterWrite(ctx context.Context, key string) error {
 	}
 	return nil
 }
-

@@ -59,6 +59,9 @@ func openRoutes(cfg config.Config, cache policy.Cache, rdb *redis.Client, log *s
 		return nil, fmt.Errorf("postgres: %w", err)
 	}
 	rs.prefixes = router.NewPrefixes(prefixes)
+	bg, stop := context.WithCancel(context.Background())
+	rs.cancel = stop
+	go policy.ListenInvalidations(bg, rdb, rs.list)
 	return rs, nil
 }
 

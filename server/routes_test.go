@@ -83,6 +83,9 @@ func fillDefaults(c *config.Config) error {
 		if r.DistributedLock {
 			b.WriteString(", distributed_lock: true")
 		}
+		if r.LocalCache != nil {
+			b.WriteString(", local_cache: {size: 1000, ttl: 10s}")
+		}
 		if r.NegativeTTL != nil {
 			fmt.Fprintf(&b, ", negative_ttl: %s", time.Duration(*r.NegativeTTL))
 		}
@@ -349,5 +352,42 @@ func TestMixedMultiKeyCommands(t *testing.T) {
 	}
 	if got, _ := p.Query("SELECT count(*) FROM users WHERE id = 5"); got != "0" {
 		t.Fatalf("DEL did not delete the row: %q", got)
+	}
+}
+
+// The in-process tier answers repeated GETs without Redis, and a write
+// through another proxy instance invalidates it.
+func TestLocalTierInvalidatedAcrossProxies(t *testing.T) {
+	p := sharedPostgres(t)
+	p.Exec("DELETE FROM users; INSERT INTO users VALUES (6, 'Niklaus', NULL, 80)")
+	dialRaw(t, redisAddr).do("FLUSHALL")
+	local := func(c *config.Config) { c.Routes[0].LocalCache = &config.LocalCache{} }
+	a := dialRaw(t, startRouted(t, p, local))
+	b := dialRaw(t, startRouted(t, p, local))
+	if got := a.do("GET", "user:6"); !strings.Contains(got, "Niklaus") {
+		t.Fatalf("GET: %q", got)
+	}
+	// Served from the in-process tier: Redis losing the key changes nothing.
+	dialRaw(t, redisAddr).do("DEL", "user:6")
+	resetStats(t, p)
+	if got := a.do("GET", "user:6"); !strings.Contains(got, "Niklaus") {
+		t.Fatalf("local hit: %q", got)
+	}
+	if n := selects(t, p, "users"); n != 0 {
+		t.Fatalf("a local hit ran %d SELECTs", n)
+	}
+	if got := b.do("SET", "user:6", `{"name":"Wirth"}`); got != "+OK\r\n" {
+		t.Fatalf("SET via B: %q", got)
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		got := a.do("GET", "user:6")
+		if strings.Contains(got, "Wirth") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("A still serves the old value after B's write: %q", got)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

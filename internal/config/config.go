@@ -334,6 +334,9 @@ func (c *Config) validateRoutes() error {
 			r.LockTTL = Duration(5 * time.Second)
 		}
 		if lc := r.LocalCache; lc != nil {
+			if r.Format == FormatHash {
+				return fail("local_cache", "only for json and value routes")
+			}
 			if lc.Size == 0 {
 				lc.Size = 10000
 			}

@@ -1,0 +1,122 @@
+package policy
+
+import (
+	"context"
+	"strings"
+	"time"
+
+	lru "github.com/hashicorp/golang-lru/v2"
+	"github.com/redis/go-redis/v9"
+)
+
+// InvalidationChannel is the Redis pub/sub channel on which every proxy
+// instance announces writes to routed keys, so the others drop their
+// in-process copies. A message is "<route>\x00<key>".
+const InvalidationChannel = "respite:invalidate"
+
+// localTier is the optional in-process cache in front of Redis for GET on
+// json and value routes (golang-lru/v2 lru.Cache; the expiry lives in the
+// entry, so each entry has its own). Entries live at most local_cache.ttl:
+// that bounds how stale a copy can be if an invalidation message is lost.
+type localTier struct {
+	c   *lru.Cache[string, localEntry]
+	ttl time.Duration
+}
+
+type localEntry struct {
+	value   string
+	expires time.Time
+}
+
+func newLocalTier(size int, ttl time.Duration) *localTier {
+	c, _ := lru.New[string, localEntry](size) // size > 0 is checked by config
+	return &localTier{c: c, ttl: ttl}
+}
+
+func (l *localTier) get(key string) (string, bool) {
+	e, ok := l.c.Get(key)
+	if !ok {
+		return "", false
+	}
+	if time.Now().After(e.expires) {
+		l.c.Remove(key)
+		return "", false
+	}
+	return e.value, true
+}
+
+func (l *localTier) add(key, value string) {
+	l.c.Add(key, localEntry{value: value, expires: time.Now().Add(l.ttl)})
+}
+
+// bulkValue returns the string inside a raw bulk reply.
+func bulkValue(raw []byte) (string, bool) {
+	if len(raw) < 4 || raw[0] != '$' {
+		return "", false
+	}
+	i := strings.IndexByte(string(raw), '\n')
+	if i < 0 || len(raw) < i+3 {
+		return "", false
+	}
+	return string(raw[i+1 : len(raw)-2]), true
+}
+
+// announce tells every proxy instance that key changed.
+func (r *Route) announce(key string) {
+	if r.local == nil {
+		return
+	}
+	r.local.c.Remove(key)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if err := r.rdb.Publish(ctx, InvalidationChannel, r.cfg.Name+"\x00"+key).Err(); err != nil {
+		r.log.Warn("publishing an invalidation failed", "err", err)
+	}
+}
+
+// ListenInvalidations drops in-process copies when any proxy instance
+// writes a routed key, until ctx ends. After a reconnect, when messages
+// may have been missed, it empties every local tier.
+func ListenInvalidations(ctx context.Context, rdb *redis.Client, routes []*Route) {
+	byName := map[string]*Route{}
+	any := false
+	for _, r := range routes {
+		if r.local != nil {
+			byName[r.cfg.Name] = r
+			any = true
+		}
+	}
+	if !any {
+		return
+	}
+	ps := rdb.Subscribe(ctx, InvalidationChannel)
+	defer ps.Close()
+	for {
+		msg, err := ps.Receive(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		switch m := msg.(type) {
+		case *redis.Message:
+			name, key, ok := strings.Cut(m.Payload, "\x00")
+			if r := byName[name]; ok && r != nil {
+				r.loads.slot(key).Add(1) // an in-flight read must not store the old value
+				r.local.c.Remove(key)
+			}
+		case *redis.Subscription:
+			for _, r := range byName { // (re)subscribed: anything missed is gone
+				r.local.c.Purge()
+			}
+		}
+		if err != nil {
+			for _, r := range byName {
+				r.local.c.Purge()
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}
+}
