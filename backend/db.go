@@ -1,0 +1,246 @@
+// Package backend is the PostgreSQL side of routed keys (PRODUCT.md §4
+// "Key → row", §5): it maps a route's key to one row of a table and reads
+// or writes that row, and it applies write-back batches.
+//
+// Conventions that hold for every statement built here:
+//
+//   - Values cross the boundary as text. PostgreSQL does every type
+//     conversion: a key or value is sent as a text parameter and cast with
+//     $n::text::<column type> (an I/O conversion cast, which exists for every
+//     type), so "abc" for an integer column fails in PostgreSQL (SQLSTATE
+//     22P02), never in Go.
+//   - Identifiers from config (table and column names) are quoted with
+//     pgx.Identifier{...}.Sanitize() and are case-sensitive afterwards;
+//     type names come from the catalog (format_type), which quotes them.
+//   - Keys and values are always query parameters, never part of the SQL
+//     text.
+package backend
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// DB holds two pgxpool pools: one for cache-miss loads and direct writes,
+// one for write-back flushes, so a flush storm cannot starve reads.
+type DB struct {
+	load  *pgxpool.Pool
+	flush *pgxpool.Pool
+}
+
+// Open creates the two pools for dsn (a pgx connection string: URL or
+// key=value). loadConns and flushConns are the pools' MaxConns; a value
+// <= 0 keeps pgxpool's default (max(4, NumCPU), or pool_max_conns from the
+// DSN). Open does not connect: pools dial lazily, so a proxy can start while
+// PostgreSQL is down (PRODUCT.md §8: hits are still served). Call Ping or
+// Describe at start-up to report an unusable database. The error is about
+// the DSN only.
+func Open(ctx context.Context, dsn string, loadConns, flushConns int32) (*DB, error) {
+	mk := func(n int32, name string) (*pgxpool.Pool, error) {
+		cfg, err := pgxpool.ParseConfig(dsn)
+		if err != nil {
+			return nil, fmt.Errorf("postgres: invalid dsn: %w", err)
+		}
+		if n > 0 {
+			cfg.MaxConns = n
+		}
+		if cfg.ConnConfig.RuntimeParams == nil {
+			cfg.ConnConfig.RuntimeParams = map[string]string{}
+		}
+		if _, ok := cfg.ConnConfig.RuntimeParams["application_name"]; !ok {
+			cfg.ConnConfig.RuntimeParams["application_name"] = "respite-" + name
+		}
+		return pgxpool.NewWithConfig(ctx, cfg)
+	}
+	load, err := mk(loadConns, "load")
+	if err != nil {
+		return nil, err
+	}
+	flush, err := mk(flushConns, "flush")
+	if err != nil {
+		load.Close()
+		return nil, err
+	}
+	return &DB{load: load, flush: flush}, nil
+}
+
+// Close closes both pools, waiting for connections in use to be released.
+func (db *DB) Close() {
+	db.load.Close()
+	db.flush.Close()
+}
+
+// Ping checks that both pools can reach PostgreSQL.
+func (db *DB) Ping(ctx context.Context) error {
+	if err := db.load.Ping(ctx); err != nil {
+		return wrapErr(err)
+	}
+	if err := db.flush.Ping(ctx); err != nil {
+		return wrapErr(err)
+	}
+	return nil
+}
+
+// Querier is what statements run on: the load pool (DB.Pool), or a pgx.Tx
+// (transactions over routed keys group writes in one DB transaction). It
+// is the pgx method set shared by *pgxpool.Pool, *pgx.Conn and pgx.Tx.
+//
+// Inside a pgx.Tx, a statement that fails aborts the transaction
+// (SQLSTATE 25P02 for everything after it). Table methods never let a key
+// that cannot be cast reach the transaction: they check such keys on the
+// load pool first. Bad values and constraint violations do reach it; a
+// caller that wants to go on after one should wrap the write in a
+// savepoint (tx.Begin).
+type Querier interface {
+	Exec(ctx context.Context, sql string, arguments ...any) (pgconn.CommandTag, error)
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// Pool returns the load pool as a Querier (statements outside any
+// transaction).
+func (db *DB) Pool() Querier { return db.load }
+
+// Begin starts a transaction on the load pool.
+func (db *DB) Begin(ctx context.Context) (pgx.Tx, error) {
+	tx, err := db.load.Begin(ctx)
+	if err != nil {
+		return nil, wrapErr(err)
+	}
+	return tx, nil
+}
+
+// metaTable is the write-back version side table, resolved through the
+// connection's search_path (EnsureMeta creates it in the first schema of
+// that path, normally public).
+const metaTable = "respite_versions"
+
+// EnsureMeta creates the side table used by Flush to refuse out-of-order
+// batches, if it does not exist:
+//
+//	respite_versions(route text, key text, version bigint, primary key (route, key))
+//
+// One row per route and key that was ever flushed (deleted keys keep their
+// row, so that an older SET cannot bring them back). Safe to call from
+// several proxy instances at once.
+func (db *DB) EnsureMeta(ctx context.Context) error {
+	_, err := db.flush.Exec(ctx, `CREATE TABLE IF NOT EXISTS `+metaTable+` (
+	route   text   NOT NULL,
+	key     text   NOT NULL,
+	version bigint NOT NULL,
+	PRIMARY KEY (route, key)
+) WITH (fillfactor = 70)`)
+	var pgErr *pgconn.PgError
+	// Two concurrent CREATE TABLE IF NOT EXISTS can both pass the check;
+	// the loser fails on the catalog's unique index: the table exists.
+	if errors.As(err, &pgErr) && (pgErr.Code == "23505" || pgErr.Code == "42P07") {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("create %s: %w", metaTable, wrapErr(err))
+	}
+	return nil
+}
+
+// DBError is an error reported by PostgreSQL for a statement (a constraint
+// violation, a value that cannot be cast, ...). Its text is route-
+// independent and safe for a client reply: the server's message and
+// SQLSTATE, without DETAIL (which can quote row contents), for example
+//
+//	postgres: new row for relation "products" violates check constraint "products_stock_check" (SQLSTATE 23514)
+//
+// Unwrap gives the *pgconn.PgError with every field.
+type DBError struct {
+	Err *pgconn.PgError
+}
+
+func (e *DBError) Error() string {
+	return fmt.Sprintf("postgres: %s (SQLSTATE %s)", e.Err.Message, e.Err.Code)
+}
+
+func (e *DBError) Unwrap() error { return e.Err }
+
+// Code is the SQLSTATE.
+func (e *DBError) Code() string { return e.Err.Code }
+
+// KeyError reports a key that cannot be cast to its key column's type
+// (SQLSTATE class 22, e.g. "abc" for an integer column), for writes.
+// Reads report such keys as not found.
+type KeyError struct {
+	Table  string // table name as configured
+	Column string // key column
+	Type   string // column type, e.g. "integer"
+	Key    string
+	Err    error // the PostgreSQL error, when PostgreSQL reported it
+}
+
+func (e *KeyError) Error() string {
+	return fmt.Sprintf("key %s is not a valid %s for column %q of table %q",
+		quoteKey(e.Key), e.Type, e.Column, e.Table)
+}
+
+func (e *KeyError) Unwrap() error { return e.Err }
+
+// FieldError reports a field (Redis hash field or JSON object member) that
+// cannot be written: it is not a column of the table, or it is the key
+// column used in a way that would move the row.
+type FieldError struct {
+	Table  string
+	Field  string
+	Reason string // "" means "is not a column"
+}
+
+func (e *FieldError) Error() string {
+	if e.Reason == "" {
+		return fmt.Sprintf("field %s is not a column of table %q", quoteKey(e.Field), e.Table)
+	}
+	return fmt.Sprintf("field %s of table %q %s", quoteKey(e.Field), e.Table, e.Reason)
+}
+
+// ErrInvalidJSON is wrapped by the error for a JSON value that is not a
+// JSON object (WriteJSON, FlushJSON, CheckObject).
+var ErrInvalidJSON = errors.New("value is not a valid JSON object")
+
+// ErrNoValueColumn is returned by the value-format methods (LoadValue,
+// WriteValue, Flush) of a Table described without a value column.
+var ErrNoValueColumn = errors.New("route has no value column")
+
+// quoteKey quotes a client-supplied string for an error message, bounded
+// so that a huge key does not make a huge reply.
+func quoteKey(s string) string {
+	const max = 128
+	if len(s) > max {
+		return fmt.Sprintf("%q...", s[:max])
+	}
+	return fmt.Sprintf("%q", s)
+}
+
+// wrapErr turns a PostgreSQL error into a *DBError and prefixes other
+// errors (network, context) with "postgres: ".
+func wrapErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return &DBError{Err: pgErr}
+	}
+	if strings.HasPrefix(err.Error(), "postgres") {
+		return err
+	}
+	return fmt.Errorf("postgres: %w", err)
+}
+
+// isDataException reports SQLSTATE class 22 (data exception): invalid
+// text representation, out of range, bad encoding, ...: what a failed
+// text-to-type cast raises.
+func isDataException(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && strings.HasPrefix(pgErr.Code, "22")
+}
