@@ -47,7 +47,7 @@ func StreamKey(route string) string { return "respite:wb:" + route }
 // max_retries times.
 func DeadLetterKey(route string) string { return "respite:dlq:" + route }
 
-// errLoadNeeded comes from a script that found neither the key nor its
+// loadNeeded comes from a script (Redis 7 prefixes it with "ERR ") that found neither the key nor its
 // tombstone: the row must be loaded into the cache first.
 const loadNeeded = "LOADNEEDED"
 
@@ -186,7 +186,7 @@ func (w *writeBack) write(ctx context.Context, proto int, name, key string, args
 func (w *writeBack) run(ctx context.Context, s *redis.Script, key string, keys []string, args ...any) (any, error) {
 	for attempt := 0; ; attempt++ {
 		v, err := s.Run(ctx, w.r.rdb, keys, args...).Result()
-		if err == nil || !strings.HasPrefix(err.Error(), loadNeeded) || attempt == 3 {
+		if err == nil || !strings.Contains(err.Error(), loadNeeded) || attempt == 3 {
 			if err != nil && strings.HasPrefix(err.Error(), "ERR") {
 				return nil, redisErr(err.Error())
 			}

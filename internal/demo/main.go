@@ -4,18 +4,22 @@
 //
 // It reads the config, uses the upstream Redis it names if that answers
 // PING and otherwise starts a throwaway redis-server (see
-// internal/testenv), locates or starts a PostgreSQL (RESPITE_DEMO_PG if it
+// internal/testenv), locates or starts a PostgreSQL (RESPITE_PG_DSN if it
 // answers, else a throwaway one; skipped with a note when PostgreSQL is not
 // installed), builds ./cmd/proxy and runs it in the foreground with a
 // config pointing at those servers. SIGINT and SIGTERM go to the proxy;
 // when it exits the throwaway servers are stopped.
 //
 // The PostgreSQL DSN is passed to the proxy in the environment variable
-// RESPITE_DEMO_PG, so a config can say dsn: ${RESPITE_DEMO_PG}.
+// RESPITE_PG_DSN, which config.yaml uses (dsn: ${RESPITE_PG_DSN}). The
+// demo schema (schema.sql: users, products, page_views) is created if
+// missing, with a few rows.
 package main
 
 import (
 	"bufio"
+	"context"
+	_ "embed"
 	"errors"
 	"flag"
 	"fmt"
@@ -30,6 +34,7 @@ import (
 	"time"
 
 	"github.com/goccy/go-yaml"
+	"github.com/jackc/pgx/v5"
 
 	"github.com/respite/respite/internal/config"
 	"github.com/respite/respite/internal/testenv"
@@ -46,6 +51,32 @@ func logf(format string, args ...any) {
 func run() int {
 	cfgPath := flag.String("config", "config.yaml", "Respite configuration file")
 	flag.Parse()
+
+	// PostgreSQL: RESPITE_PG_DSN if it answers, or a throwaway one.
+	dsn := os.Getenv("RESPITE_PG_DSN")
+	if dsn != "" && pgReachable(dsn) == nil {
+		logf("using PostgreSQL at RESPITE_PG_DSN=%s", dsn)
+	} else {
+		if dsn != "" {
+			logf("RESPITE_PG_DSN=%s unreachable (%v): starting a throwaway PostgreSQL", dsn, pgReachable(dsn))
+		}
+		pg, err := testenv.StartPostgres()
+		if err != nil {
+			logf("%v", err)
+			return 1
+		} else {
+			defer pg.Stop()
+			dsn = pg.DSN
+			logf("throwaway PostgreSQL: %s (dir %s)", dsn, pg.Dir)
+		}
+	}
+
+	os.Setenv("RESPITE_PG_DSN", dsn)
+	if err := seed(dsn); err != nil {
+		logf("seeding the demo schema: %v", err)
+		return 1
+	}
+	logf("demo tables users, products and page_views are ready: psql '%s'", dsn)
 
 	cfg, err := config.Load(*cfgPath)
 	if err != nil {
@@ -70,25 +101,6 @@ func run() int {
 		cfg.Upstream.Username = ""
 		cfg.Upstream.Password = ""
 		adjusted = true
-	}
-
-	// PostgreSQL: RESPITE_DEMO_PG if it answers, or a throwaway one.
-	dsn := os.Getenv("RESPITE_DEMO_PG")
-	if dsn != "" && pgReachable(dsn) == nil {
-		logf("using PostgreSQL at RESPITE_DEMO_PG=%s", dsn)
-	} else {
-		if dsn != "" {
-			logf("RESPITE_DEMO_PG=%s unreachable (%v): starting a throwaway PostgreSQL", dsn, pgReachable(dsn))
-		}
-		pg, err := testenv.StartPostgres()
-		if err != nil {
-			logf("note: running without PostgreSQL: %v", err)
-			dsn = ""
-		} else {
-			defer pg.Stop()
-			dsn = pg.DSN
-			logf("throwaway PostgreSQL: %s (dir %s)", dsn, pg.Dir)
-		}
 	}
 
 	tmp, err := os.MkdirTemp("", "respite-demo-")
@@ -120,9 +132,6 @@ func run() int {
 	proxy := exec.Command(bin, "-config", runCfg)
 	proxy.Stdout, proxy.Stderr = os.Stdout, os.Stderr
 	proxy.Env = os.Environ()
-	if dsn != "" {
-		proxy.Env = append(proxy.Env, "RESPITE_DEMO_PG="+dsn)
-	}
 	// Its own process group: a Ctrl-C reaches it once, through us.
 	proxy.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 
@@ -222,6 +231,22 @@ func pingRedis(addr, username, password string) error {
 
 // pgReachable checks that something accepts TCP connections at the DSN's
 // host and port (default 5432).
+//go:embed schema.sql
+var schemaSQL string
+
+// seed creates the demo tables and rows if they are missing.
+func seed(dsn string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	_, err = conn.Exec(ctx, schemaSQL)
+	return err
+}
+
 func pgReachable(dsn string) error {
 	u, err := url.Parse(dsn)
 	if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
