@@ -26,8 +26,8 @@ import (
 
 // Server is one Respite RESP listener and its upstream clients.
 type Server struct {
-	cfg config.Config
-	log *slog.Logger
+	cfg    config.Config
+	log    *slog.Logger
 	up     *upstream
 	rs     *redcon.Server
 	routes *routes // nil without routes

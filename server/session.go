@@ -52,7 +52,7 @@ type session struct {
 	batch []redcon.Command
 	futs  []redis.AutoFuture
 	call  *call
-	keys  []int // key positions of the command being routed
+	keys  []int  // key positions of the command being routed
 	out   []byte // scratch for locally encoded replies
 
 	mu    sync.Mutex // held while a detached session runs or writes

@@ -229,8 +229,6 @@ func pingRedis(addr, username, password string) error {
 	return nil
 }
 
-// pgReachable checks that something accepts TCP connections at the DSN's
-// host and port (default 5432).
 //go:embed schema.sql
 var schemaSQL string
 
@@ -247,6 +245,8 @@ func seed(dsn string) error {
 	return err
 }
 
+// pgReachable checks that something accepts TCP connections at the DSN's
+// host and port (default 5432).
 func pgReachable(dsn string) error {
 	u, err := url.Parse(dsn)
 	if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
