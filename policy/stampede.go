@@ -100,6 +100,13 @@ func (r *Route) fetch(ctx context.Context, key string) (row, error) {
 		}()
 		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), loadTimeout)
 		defer cancel()
+		// A load that finished just before this one started has filled
+		// the cache already: its late arrivals must not load again.
+		if present, absent := r.inCache(lctx, key); present {
+			return row{found: true, cached: true}, nil
+		} else if absent {
+			return row{}, nil
+		}
 		if r.cfg.DistributedLock {
 			return r.fetchLocked(lctx, key)
 		}

@@ -24,6 +24,7 @@ type routes struct {
 	list     []*policy.Route
 	prefixes *router.Prefixes
 	db       *backend.DB
+	flusher  *policy.Flusher // nil without write-back routes
 	cancel   context.CancelFunc
 }
 
@@ -62,6 +63,14 @@ func openRoutes(cfg config.Config, cache policy.Cache, rdb *redis.Client, log *s
 	bg, stop := context.WithCancel(context.Background())
 	rs.cancel = stop
 	go policy.ListenInvalidations(bg, rdb, rs.list)
+	for _, r := range rs.list {
+		if r.Config().Policy == config.WriteBack {
+			rs.flusher = policy.NewFlusher(rs.list, rdb, cfg.WriteBack.Consumer, log)
+			rs.flusher.ClaimIdle = time.Duration(cfg.WriteBack.ClaimIdle)
+			go rs.flusher.Run(bg)
+			break
+		}
+	}
 	return rs, nil
 }
 
@@ -76,13 +85,21 @@ func (rs *routes) match(key []byte) *policy.Route {
 	return nil
 }
 
+// drain flushes the write-back queues until they are empty or ctx ends
+// and returns how many entries are left in them (still durable).
+func (rs *routes) drain(ctx context.Context) (int64, error) {
+	if rs == nil || rs.flusher == nil {
+		return 0, nil
+	}
+	rs.cancel() // stop the background loop; Drain takes over
+	return rs.flusher.Drain(ctx)
+}
+
 func (rs *routes) close() {
 	if rs == nil {
 		return
 	}
-	if rs.cancel != nil {
-		rs.cancel()
-	}
+	rs.cancel()
 	rs.db.Close()
 }
 

@@ -92,6 +92,26 @@ func (s *Server) Close() error {
 	return err
 }
 
+// Shutdown stops gracefully: it stops accepting and closes clients (each
+// finishes the command it is running), then flushes the write-back queues
+// until they are empty or ctx ends. It returns how many write-back entries
+// are left; they stay in their durable queues (Redis Streams) for the next
+// start.
+func (s *Server) Shutdown(ctx context.Context) (left int64, err error) {
+	s.rs.Close()
+	s.mu.Lock()
+	for sess := range s.sessions {
+		if sess.w != sess.conn {
+			sess.w.Close() // detached clients are not redcon's any more
+		}
+	}
+	s.mu.Unlock()
+	left, err = s.routes.drain(ctx)
+	s.routes.close()
+	s.up.close()
+	return left, err
+}
+
 // accept admits a client unless max_clients are connected, answering like
 // Redis: "-ERR max number of clients reached".
 func (s *Server) accept(conn redcon.Conn) bool {

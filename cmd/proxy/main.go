@@ -5,6 +5,7 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -12,6 +13,7 @@ import (
 	"os/signal"
 	"runtime/pprof"
 	"syscall"
+	"time"
 
 	"github.com/respite/respite/internal/config"
 	"github.com/respite/respite/server"
@@ -51,10 +53,19 @@ func main() {
 	}
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	done := make(chan struct{})
 	go func() {
+		defer close(done)
 		s := <-sig
-		log.Info("shutting down", "signal", s.String())
-		srv.Close()
+		log.Info("shutting down: flushing write-back queues", "signal", s.String(), "timeout", time.Duration(cfg.ShutdownTimeout))
+		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(cfg.ShutdownTimeout))
+		defer cancel()
+		left, err := srv.Shutdown(ctx)
+		if left > 0 || err != nil {
+			log.Warn("write-back entries left in the durable queue (respite:wb:<route> streams); the next start flushes them", "left", left, "err", err)
+			return
+		}
+		log.Info("shutdown complete: write-back queues flushed")
 	}()
 	log.Info("respite listening", "addr", cfg.Listen, "upstream", cfg.Upstream.Addr, "version", version)
 	if err := srv.ListenAndServe(); err != nil && !isClosed(err) {
@@ -62,6 +73,7 @@ func main() {
 		pprof.StopCPUProfile()
 		os.Exit(1)
 	}
+	<-done
 }
 
 func level(s string) slog.Level {

@@ -31,10 +31,27 @@ type Config struct {
 	Limits   Limits   `yaml:"limits"`
 	// Postgres is the database behind routes; required when Routes is set.
 	Postgres Postgres `yaml:"postgres"`
+	// WriteBack tunes the write-back flusher shared by all write-back routes.
+	WriteBack Queue `yaml:"write_back"`
+	// ShutdownTimeout bounds a graceful shutdown (SIGTERM): in-flight
+	// commands finish and write-back queues are flushed within it; what is
+	// left stays in the durable queue (default 30s).
+	ShutdownTimeout Duration `yaml:"shutdown_timeout"`
 	// Routes put key prefixes under a caching policy backed by PostgreSQL.
 	// A key belongs to the route with the longest matching prefix; keys
 	// with no route pass through to the upstream unchanged.
 	Routes []Route `yaml:"routes"`
+}
+
+// Queue configures the flusher of the write-back queues.
+type Queue struct {
+	// Consumer is this proxy's name in the queues' consumer group. Keep it
+	// stable across restarts: a restarted proxy first flushes the entries
+	// it had read but not acknowledged (default: the host name).
+	Consumer string `yaml:"consumer"`
+	// ClaimIdle is how long another consumer's unacknowledged entries must
+	// be idle before this proxy takes them over (default 30s).
+	ClaimIdle Duration `yaml:"claim_idle"`
 }
 
 // Postgres configures the pgx pools.
@@ -181,8 +198,9 @@ func (d *Duration) UnmarshalYAML(b []byte) error {
 // Default returns the configuration used when the file leaves a field out.
 func Default() Config {
 	return Config{
-		Listen:   "127.0.0.1:6380",
-		LogLevel: "info",
+		Listen:          "127.0.0.1:6380",
+		LogLevel:        "info",
+		ShutdownTimeout: Duration(30 * time.Second),
 		Upstream: Upstream{
 			Addr:        "127.0.0.1:6379",
 			PoolSize:    64,
@@ -265,6 +283,12 @@ func (c *Config) validateRoutes() error {
 	}
 	if c.Postgres.DSN == "" {
 		return errors.New("postgres.dsn: required when routes are configured")
+	}
+	if c.WriteBack.Consumer == "" {
+		c.WriteBack.Consumer, _ = os.Hostname()
+	}
+	if c.WriteBack.ClaimIdle == 0 {
+		c.WriteBack.ClaimIdle = Duration(30 * time.Second)
 	}
 	if c.Postgres.MaxConns == 0 {
 		c.Postgres.MaxConns = 8
