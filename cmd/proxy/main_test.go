@@ -1,0 +1,235 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/respite/respite/internal/testenv"
+)
+
+// These tests run the real binary: they kill it, stop it and restart it.
+
+var (
+	bin string
+	rds *testenv.Redis
+	pg  *testenv.Postgres
+)
+
+func TestMain(m *testing.M) {
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	dir, err := os.MkdirTemp("", "respite-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	bin = filepath.Join(dir, "respite")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "go build: %v\n%s", err, out)
+		return 1
+	}
+	if rds, err = testenv.StartRedis(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer rds.Stop()
+	if pg, err = testenv.StartPostgres(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer pg.Stop()
+	if err := pg.Exec("CREATE TABLE page_views (page_id text PRIMARY KEY, views bigint NOT NULL DEFAULT 0)"); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return m.Run()
+}
+
+// proxy is one running proxy process.
+type proxy struct {
+	t    *testing.T
+	cmd  *exec.Cmd
+	addr string
+	log  *strings.Builder
+}
+
+// start runs the binary with a write-back route whose flush interval is
+// flushEvery.
+func start(t *testing.T, flushEvery string) *proxy {
+	t.Helper()
+	port, err := testenv.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := "127.0.0.1:" + strconv.Itoa(port)
+	cfg := fmt.Sprintf(`listen: %s
+log_level: info
+shutdown_timeout: 60s
+upstream:
+  addr: %s
+postgres:
+  dsn: %s
+write_back:
+  consumer: test-proxy
+  claim_idle: 1s
+routes:
+  - name: pageviews
+    prefix: "pv:"
+    policy: write-back
+    table: page_views
+    key_column: page_id
+    format: value
+    value_column: views
+    batch_size: 500
+    flush_interval: %s
+`, addr, rds.Addr, pg.DSN, flushEvery)
+	path := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := &proxy{t: t, addr: addr, log: &strings.Builder{}}
+	p.cmd = exec.Command(bin, "-config", path)
+	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.cmd.Process.Kill(); p.cmd.Wait() })
+	c := redis.NewClient(&redis.Options{Addr: addr})
+	defer c.Close()
+	for i := 0; ; i++ {
+		if c.Ping(context.Background()).Err() == nil {
+			return p
+		}
+		if i > 100 {
+			t.Fatalf("proxy did not start: %s", p.log)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// write sends n write-back SETs (pv:<prefix><i> = i) and returns once all
+// were acknowledged.
+func write(t *testing.T, addr, prefix string, n int) {
+	t.Helper()
+	c := redis.NewClient(&redis.Options{Addr: addr})
+	defer c.Close()
+	ctx := context.Background()
+	for from := 0; from < n; from += 1000 {
+		_, err := c.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for i := from; i < min(from+1000, n); i++ {
+				p.Set(ctx, fmt.Sprintf("pv:%s%d", prefix, i), i, 0)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("write-back SETs: %v", err)
+		}
+	}
+}
+
+// rows counts page_views rows whose page_id starts with prefix and whose
+// views equal the number after the prefix.
+func rows(t *testing.T, prefix string) int {
+	t.Helper()
+	out, err := pg.Query(fmt.Sprintf(`SELECT count(*) FROM page_views WHERE page_id LIKE '%s%%' AND views::text = substr(page_id, %d)`, prefix, len(prefix)+1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, _ := strconv.Atoi(strings.TrimSpace(out))
+	return n
+}
+
+func waitRows(t *testing.T, prefix string, want int, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		got := rows(t, prefix)
+		if got == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d acknowledged writes reached PostgreSQL", got, want)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// A proxy killed with SIGKILL right after acknowledging 10,000 writes loses
+// none: the restarted proxy flushes them from the durable queue.
+func TestKilledProxyLosesNoWrites(t *testing.T) {
+	p := start(t, "1h") // nothing flushes before the kill
+	write(t, p.addr, "kill", 10000)
+	p.cmd.Process.Signal(syscall.SIGKILL)
+	p.cmd.Wait()
+	if got := rows(t, "kill"); got != 0 {
+		t.Logf("%d writes were flushed before the kill", got)
+	}
+	start(t, "100ms")
+	waitRows(t, "kill", 10000, 30*time.Second)
+}
+
+// SIGTERM with 5,000 pending writes: the proxy flushes them all and exits 0.
+func TestSigtermFlushesPendingWrites(t *testing.T) {
+	p := start(t, "1h")
+	write(t, p.addr, "term", 5000)
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	if err := p.cmd.Wait(); err != nil {
+		t.Fatalf("exit after SIGTERM: %v\n%s", err, p.log)
+	}
+	if got := rows(t, "term"); got != 5000 {
+		t.Fatalf("after SIGTERM %d of 5000 pending writes are in PostgreSQL\n%s", got, p.log)
+	}
+	if !strings.Contains(p.log.String(), "write-back queues flushed") {
+		t.Errorf("no shutdown report in the log:\n%s", p.log)
+	}
+}
+
+// PostgreSQL stopped for 10 s while clients write: nothing is lost once it
+// is back.
+func TestPostgresDownDuringWrites(t *testing.T) {
+	p := start(t, "100ms")
+	write(t, p.addr, "down-a", 2000)
+	pg.Halt()
+	write(t, p.addr, "down-b", 2000) // acknowledged while PostgreSQL is down
+	time.Sleep(10 * time.Second)
+	if err := pg.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	waitRows(t, "down-a", 2000, 30*time.Second)
+	waitRows(t, "down-b", 2000, 30*time.Second)
+}
+
+func TestVersionFlag(t *testing.T) {
+	out, err := exec.Command(bin, "-version").Output()
+	if err != nil || !strings.HasPrefix(string(out), "respite ") {
+		t.Fatalf("-version: %q %v", out, err)
+	}
+}
+
+func TestBadConfigIsReported(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "bad.yaml")
+	os.WriteFile(path, []byte("listen: 127.0.0.1:1\nupstream:\n  adress: x\n"), 0o600)
+	out, err := exec.Command(bin, "-config", path).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "adress") || !strings.Contains(string(out), "bad.yaml") {
+		t.Fatalf("bad config: %v %s", err, out)
+	}
+	path2 := filepath.Join(t.TempDir(), "missing-table.yaml")
+	os.WriteFile(path2, []byte(fmt.Sprintf("listen: 127.0.0.1:0\nupstream: {addr: %s}\npostgres: {dsn: %q}\nroutes:\n  - {name: ghosts, prefix: 'g:', policy: cache-aside, table: ghosts, key_column: id, format: json}\n", rds.Addr, pg.DSN)), 0o600)
+	out, err = exec.Command(bin, "-config", path2).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "ghosts") {
+		t.Fatalf("missing table: %v %s", err, out)
+	}
+}
