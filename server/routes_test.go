@@ -391,3 +391,57 @@ func TestLocalTierInvalidatedAcrossProxies(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// Write-back through the proxy: 100,000 INCRs over 100 keys from 50
+// clients end exact in PostgreSQL, with at least 10× fewer statements than
+// writes.
+func TestWriteBackCountersExact(t *testing.T) {
+	p := sharedPostgres(t)
+	p.Exec("DELETE FROM page_views")
+	dialRaw(t, redisAddr).do("FLUSHALL")
+	proxy := startRouted(t, p, func(c *config.Config) {
+		c.Routes = append(c.Routes, config.Route{Name: "pv", Prefix: "pv:", Policy: config.WriteBack,
+			Table: "page_views", KeyColumn: "page_id", Format: config.FormatValue, ValueColumn: "views"})
+	})
+	resetStats(t, p)
+	var wg sync.WaitGroup
+	for w := 0; w < 50; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			c := redis.NewClient(&redis.Options{Addr: proxy, PoolSize: 1})
+			defer c.Close()
+			ctx := context.Background()
+			for from := 0; from < 2000; from += 200 {
+				_, err := c.Pipelined(ctx, func(pp redis.Pipeliner) error {
+					for i := from; i < from+200; i++ {
+						pp.Incr(ctx, fmt.Sprintf("pv:page%d", (w*2000+i)%100))
+					}
+					return nil
+				})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}(w)
+	}
+	wg.Wait()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		out, _ := p.Query("SELECT count(*) || '/' || coalesce(sum(views),0) || '/' || coalesce(min(views),0) FROM page_views")
+		if out == "100/100000/1000" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("PostgreSQL holds count/sum/min %s, want 100/100000/1000", out)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	out, _ := p.Query(`SELECT coalesce(sum(calls),0) FROM pg_stat_statements WHERE query ILIKE '%page_views%' AND query NOT ILIKE 'select%'`)
+	statements, _ := strconv.Atoi(strings.TrimSpace(out))
+	t.Logf("100,000 INCRs flushed with %d statements (%.0f writes per statement)", statements, 100000/float64(max(statements, 1)))
+	if statements == 0 || statements*10 > 100000 {
+		t.Fatalf("%d flush statements for 100,000 writes: want at least 10x fewer", statements)
+	}
+}
