@@ -1,0 +1,874 @@
+package resp
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tidwall/redcon"
+)
+
+// ---------------------------------------------------------------------------
+// helpers shared with fuzz_test.go
+
+// echoHandler answers every command with an array of its arguments. WAIT ms
+// blocks until the client closes (via WatchClose) or ms milliseconds pass and
+// reports the outcome on waitResult.
+func echoHandler(conn redcon.Conn, cmd redcon.Command) {
+	defer func() {
+		if r := recover(); r != nil {
+			conn.WriteError(fmt.Sprint("ERR panic: ", r))
+		}
+	}()
+	if len(cmd.Args) == 2 && strings.EqualFold(string(cmd.Args[0]), "WAIT") {
+		ms, _ := strconv.Atoi(string(cmd.Args[1]))
+		gc := conn.NetConn().(*Conn)
+		stop := gc.WatchClose()
+		select {
+		case <-gc.Closed():
+			waitResult <- "closed"
+		case <-time.After(time.Duration(ms) * time.Millisecond):
+			waitResult <- "timeout"
+		}
+		stop()
+		conn.WriteString("OK")
+		return
+	}
+	conn.WriteArray(len(cmd.Args))
+	for _, a := range cmd.Args {
+		conn.WriteBulk(a)
+	}
+}
+
+var waitResult = make(chan string, 10)
+
+// echo is the reply echoHandler writes for args.
+func echo(args ...string) string {
+	var b strings.Builder
+	b.WriteString("*" + strconv.Itoa(len(args)) + "\r\n")
+	for _, a := range args {
+		b.WriteString("$" + strconv.Itoa(len(a)) + "\r\n" + a + "\r\n")
+	}
+	return b.String()
+}
+
+// mbulk encodes args as a multibulk command.
+func mbulk(args ...string) string { return echo(args...) }
+
+func protoReply(msg string) string { return "-ERR Protocol error: " + msg + "\r\n" }
+
+// startTCP serves echoHandler on a guarded loopback listener.
+func startTCP(t testing.TB, lim Limits) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go redcon.Serve(NewListener(l, lim), echoHandler, nil, nil)
+	t.Cleanup(func() { l.Close() })
+	return l.Addr().String()
+}
+
+func dial(t testing.TB, addr string) *net.TCPConn {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c.(*net.TCPConn)
+}
+
+// readAll reads until the server closes (or a 5 s deadline, reported as
+// "<open>").
+func readAll(c net.Conn) string { return readAllFor(c, 5*time.Second) }
+
+func readAllFor(c net.Conn, d time.Duration) string {
+	c.SetReadDeadline(time.Now().Add(d))
+	b, err := io.ReadAll(c)
+	if err != nil && isTimeout(err) {
+		return string(b) + "<open>"
+	}
+	// EOF, or a reset: a server that closes with unread input sends RST
+	return string(b)
+}
+
+// readN reads n RESP replies.
+func readN(t testing.TB, br *bufio.Reader, n int) string {
+	t.Helper()
+	var out []byte
+	for i := 0; i < n; i++ {
+		r, err := readReply(br)
+		if err != nil {
+			t.Fatalf("reply %d: %v (got so far %q)", i, err, trunc(out))
+		}
+		out = append(out, r...)
+	}
+	return string(out)
+}
+
+func trunc(b []byte) []byte {
+	if len(b) > 200 {
+		return append(b[:200:200], "..."...)
+	}
+	return b
+}
+
+// readReply reads one RESP2 reply and returns its bytes.
+func readReply(br *bufio.Reader) ([]byte, error) {
+	line, err := br.ReadBytes('\n')
+	if err != nil {
+		return line, err
+	}
+	if len(line) < 3 || line[len(line)-2] != '\r' {
+		return line, fmt.Errorf("bad line %q", line)
+	}
+	switch line[0] {
+	case '+', '-', ':':
+		return line, nil
+	case '$':
+		n, err := strconv.Atoi(string(line[1 : len(line)-2]))
+		if err != nil || n < -1 {
+			return line, fmt.Errorf("bad bulk header %q", line)
+		}
+		if n == -1 {
+			return line, nil
+		}
+		body := make([]byte, n+2)
+		if _, err := io.ReadFull(br, body); err != nil {
+			return line, err
+		}
+		if body[n] != '\r' || body[n+1] != '\n' {
+			return line, fmt.Errorf("bad bulk end")
+		}
+		return append(line, body...), nil
+	case '*':
+		n, err := strconv.Atoi(string(line[1 : len(line)-2]))
+		if err != nil || n < -1 {
+			return line, fmt.Errorf("bad array header %q", line)
+		}
+		for i := 0; i < n; i++ {
+			r, err := readReply(br)
+			line = append(line, r...)
+			if err != nil {
+				return line, err
+			}
+		}
+		return line, nil
+	}
+	return line, fmt.Errorf("bad reply type %q", line)
+}
+
+// memListener is an in-memory net.Listener fed through its channel.
+type memListener struct {
+	ch   chan net.Conn
+	done chan struct{}
+	once sync.Once
+}
+
+func newMemListener() *memListener {
+	return &memListener{ch: make(chan net.Conn), done: make(chan struct{})}
+}
+
+func (l *memListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ch:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *memListener) Close() error {
+	l.once.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *memListener) Addr() net.Addr { return memAddr{} }
+
+type memAddr struct{}
+
+func (memAddr) Network() string { return "mem" }
+func (memAddr) String() string  { return "mem" }
+
+// scriptConn is a net.Conn whose reads deliver data in the given chunk
+// sizes and then io.EOF; writes are collected.
+type scriptConn struct {
+	data   []byte
+	sizes  func() int // next chunk size (>= 1)
+	mu     sync.Mutex
+	out    bytes.Buffer
+	reads  int
+	closed chan struct{}
+	once   sync.Once
+}
+
+func newScriptConn(data []byte, sizes func() int) *scriptConn {
+	return &scriptConn{data: data, sizes: sizes, closed: make(chan struct{})}
+}
+
+func (s *scriptConn) Read(p []byte) (int, error) {
+	select {
+	case <-s.closed:
+		return 0, net.ErrClosed
+	default:
+	}
+	s.reads++
+	if len(s.data) == 0 {
+		return 0, io.EOF
+	}
+	n := s.sizes()
+	if n > len(p) {
+		n = len(p)
+	}
+	n = copy(p[:n], s.data)
+	s.data = s.data[n:]
+	return n, nil
+}
+
+func (s *scriptConn) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.out.Write(p)
+}
+
+func (s *scriptConn) written() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.out.String()
+}
+
+func (s *scriptConn) Close() error {
+	s.once.Do(func() { close(s.closed) })
+	return nil
+}
+
+func (s *scriptConn) LocalAddr() net.Addr                { return memAddr{} }
+func (s *scriptConn) RemoteAddr() net.Addr               { return memAddr{} }
+func (s *scriptConn) SetDeadline(t time.Time) error      { return nil }
+func (s *scriptConn) SetReadDeadline(t time.Time) error  { return nil }
+func (s *scriptConn) SetWriteDeadline(t time.Time) error { return nil }
+
+func fixed(n int) func() int { return func() int { return n } }
+
+// ---------------------------------------------------------------------------
+// TCP tests with a real redcon server
+
+func TestNormalCommands(t *testing.T) {
+	addr := startTCP(t, Limits{})
+	c := dial(t, addr)
+	br := bufio.NewReader(c)
+	io.WriteString(c, mbulk("ECHO", "hello"))
+	if got, want := readN(t, br, 1), echo("ECHO", "hello"); got != want {
+		t.Fatalf("got %q want %q", got, want)
+	}
+	io.WriteString(c, "PING\r\n")
+	if got, want := readN(t, br, 1), echo("PING"); got != want {
+		t.Fatalf("got %q want %q", got, want)
+	}
+	io.WriteString(c, mbulk("SET", "", "bin\r\n\x00"))
+	if got, want := readN(t, br, 1), echo("SET", "", "bin\r\n\x00"); got != want {
+		t.Fatalf("got %q want %q", got, want)
+	}
+}
+
+func TestPipeline1000(t *testing.T) {
+	addr := startTCP(t, Limits{})
+	c := dial(t, addr)
+	br := bufio.NewReader(c)
+	var req, want strings.Builder
+	for i := 0; i < 1000; i++ {
+		args := []string{"SET", "key:" + strconv.Itoa(i), strings.Repeat("v", i%50)}
+		if i%3 == 0 {
+			args = []string{"GET", "key:" + strconv.Itoa(i)}
+		}
+		req.WriteString(mbulk(args...))
+		want.WriteString(echo(args...))
+	}
+	go io.WriteString(c, req.String())
+	if got := readN(t, br, 1000); got != want.String() {
+		t.Fatalf("pipeline replies differ")
+	}
+}
+
+func TestInlineQuoted(t *testing.T) {
+	addr := startTCP(t, Limits{})
+	c := dial(t, addr)
+	br := bufio.NewReader(c)
+	io.WriteString(c, `SET k "hello world"`+"\r\n"+`ECHO 'it\'s' "a\tb\n"`+"\n")
+	want := echo("SET", "k", "hello world") + echo("ECHO", "it's", "a\tb\n")
+	if got := readN(t, br, 2); got != want {
+		t.Fatalf("got %q want %q", got, want)
+	}
+}
+
+func TestCrashRequest(t *testing.T) {
+	addr := startTCP(t, Limits{})
+	req := "*1\r\n$9223372036854775807\r\nabc\r\n" // 31 bytes
+	c := dial(t, addr)
+	io.WriteString(c, req)
+	if got, want := readAll(c), protoReply("invalid bulk length"); got != want {
+		t.Fatalf("got %q want %q", got, want)
+	}
+	// valid commands before it are answered first
+	c = dial(t, addr)
+	io.WriteString(c, mbulk("PING")+req)
+	if got, want := readAll(c), echo("PING")+protoReply("invalid bulk length"); got != want {
+		t.Fatalf("got %q want %q", got, want)
+	}
+	// the server still serves other clients
+	c = dial(t, addr)
+	io.WriteString(c, mbulk("PING"))
+	if got := readN(t, bufio.NewReader(c), 1); got != echo("PING") {
+		t.Fatalf("got %q", got)
+	}
+}
+
+func TestLimitsAndErrors(t *testing.T) {
+	lim := Limits{MaxBulk: 1024, MaxArgs: 8, MaxInline: 128, MaxCommand: 4096}
+	addr := startTCP(t, lim)
+	ping := mbulk("PING")
+	for _, tc := range []struct{ in, want string }{
+		{"*1\r\n$1025\r\n", protoReply("invalid bulk length")},
+		{mbulk("SET", strings.Repeat("x", 1024)), echo("SET", strings.Repeat("x", 1024)) + "<open>"},
+		{"*9\r\n", protoReply("invalid multibulk length")},
+		{mbulk("A", "B", "C", "D", "E", "F", "G", "H"), echo("A", "B", "C", "D", "E", "F", "G", "H") + "<open>"},
+		{strings.Repeat("a", 129), protoReply("too big inline request")},
+		{strings.Repeat("a", 128) + "\r", protoReply("too big inline request")},
+		{strings.Repeat("a", 127) + "\r\n", echo(strings.Repeat("a", 127)) + "<open>"},
+		{ping + "*1\r\nX", echo("PING") + protoReply("expected '$', got 'X'")},
+		{"*1\r\n\r\n", protoReply("expected '$', got ' '")},
+		{"*-0\r\n", protoReply("invalid multibulk length")},
+		{"*01\r\n", protoReply("invalid multibulk length")},
+		{"*+1\r\n", protoReply("invalid multibulk length")},
+		{"*1x\r\n", protoReply("invalid multibulk length")},
+		{"*1\rX", protoReply("invalid multibulk length")},
+		{"*-9223372036854775809\r\n", protoReply("invalid multibulk length")},
+		{"*1\r\n$-1\r\n", protoReply("invalid bulk length")},
+		{"*1\r\n$04\r\n", protoReply("invalid bulk length")},
+		{"*1\r\n$\r\n", protoReply("invalid bulk length")},
+		{"*1\r\n$4\r\nPINGXY", protoReply("invalid bulk length")},
+		{"*1\r\n$4\r\nPING\rX", protoReply("invalid bulk length")},
+		{"PING\r\nSET k \"a\"b\r\n", echo("PING") + protoReply("unbalanced quotes in request")},
+		{"ECHO a\"b\"\r\n", protoReply("unbalanced quotes in request")},
+		{"ECHO \"a\r\n", protoReply("unbalanced quotes in request")},
+		{ping + ping + "*1\r\n$9223372036854775807\r\nabc\r\n", echo("PING") + echo("PING") + protoReply("invalid bulk length")},
+		// MaxCommand: closed without a reply, like Redis' query buffer limit
+		{ping + mbulk("SET", strings.Repeat("x", 1000), strings.Repeat("y", 1000), strings.Repeat("z", 1000), strings.Repeat("w", 1000), strings.Repeat("v", 1000)), echo("PING")},
+	} {
+		c := dial(t, addr)
+		io.WriteString(c, tc.in)
+		got := readAllFor(c, 500*time.Millisecond)
+		if got != tc.want {
+			t.Errorf("%q:\n got %q\nwant %q", trunc([]byte(tc.in)), trunc([]byte(got)), trunc([]byte(tc.want)))
+		}
+	}
+}
+
+func TestIgnoredRequests(t *testing.T) {
+	addr := startTCP(t, Limits{})
+	c := dial(t, addr)
+	br := bufio.NewReader(c)
+	io.WriteString(c, "*0\r\n*-1\r\n*-5\r\n\r\n\n   \r\n  \n"+mbulk("PING"))
+	if got := readN(t, br, 1); got != echo("PING") {
+		t.Fatalf("got %q", got)
+	}
+	// split across writes, with the connection kept open
+	for _, part := range []string{"*", "0", "\r", "\n", " ", " ", "\r", "\n", "*-", "1\r\n", "\r", "\n"} {
+		io.WriteString(c, part)
+		time.Sleep(2 * time.Millisecond)
+	}
+	io.WriteString(c, "PING\r\n")
+	if got := readN(t, br, 1); got != echo("PING") {
+		t.Fatalf("got %q", got)
+	}
+	// an inline line starting with spaces then '*' stays inline
+	io.WriteString(c, "  *1\r\n")
+	if got := readN(t, br, 1); got != echo("*1") {
+		t.Fatalf("got %q", got)
+	}
+}
+
+// A 2 MB command delivered one byte per write, through net.Pipe (each read
+// of the server side returns exactly one byte).
+func TestSlowSender2MB(t *testing.T) {
+	ml := newMemListener()
+	defer ml.Close()
+	conns := make(chan *Conn, 1)
+	closed := make(chan struct{})
+	go redcon.Serve(NewListener(ml, Limits{}), echoHandler, func(conn redcon.Conn) bool {
+		conns <- conn.NetConn().(*Conn)
+		return true
+	}, func(redcon.Conn, error) { close(closed) })
+	cli, srv := net.Pipe()
+	defer cli.Close()
+	ml.ch <- srv
+	gc := <-conns
+
+	val := strings.Repeat("0123456789abcdef", 2<<20/16)
+	req := []byte(mbulk("SET", "k", val))
+	done := make(chan error, 1)
+	go func() {
+		for i := range req {
+			if _, err := cli.Write(req[i : i+1]); err != nil {
+				done <- err
+				return
+			}
+		}
+		done <- nil
+	}()
+	cli.SetReadDeadline(time.Now().Add(60 * time.Second))
+	got := readN(t, bufio.NewReader(cli), 1)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if got != echo("SET", "k", val) {
+		t.Fatalf("reply differs (%d bytes)", len(got))
+	}
+	// redcon's readCommands recursed once per Read of the guarded conn: a
+	// handful of reads for 2 MB, instead of 2M.
+	cli.Close()
+	<-closed
+	if gc.reads > 100 {
+		t.Fatalf("redcon made %d reads for one 2 MB command", gc.reads)
+	}
+	t.Logf("redcon reads for a 2 MB command sent 1 byte per write: %d", gc.reads)
+}
+
+// The same over TCP with TCP_NODELAY and 1-byte writes (smaller: one syscall
+// per byte).
+func TestSlowSenderTCP(t *testing.T) {
+	addr := startTCP(t, Limits{})
+	c := dial(t, addr)
+	c.SetNoDelay(true)
+	val := strings.Repeat("x", 64<<10)
+	req := []byte(mbulk("SET", "k", val) + "PING\r\n")
+	go func() {
+		for i := range req {
+			if _, err := c.Write(req[i : i+1]); err != nil {
+				return
+			}
+		}
+	}()
+	br := bufio.NewReader(c)
+	c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	if got := readN(t, br, 2); got != echo("SET", "k", val)+echo("PING") {
+		t.Fatalf("reply differs")
+	}
+}
+
+// ---------------------------------------------------------------------------
+// Read contract on in-memory conns
+
+func TestReadWholeCommands(t *testing.T) {
+	var in strings.Builder
+	for i := 0; i < 200; i++ {
+		in.WriteString(mbulk("SET", "k"+strconv.Itoa(i), strings.Repeat("v", i)))
+	}
+	for _, chunk := range []int{1, 7, 100, 5000} {
+		gc := NewConn(newScriptConn([]byte(in.String()), fixed(chunk)), Limits{})
+		var out []byte
+		p := make([]byte, 4096)
+		for {
+			n, err := gc.Read(p)
+			if n == 0 && err == nil {
+				t.Fatal("Read returned 0, nil")
+			}
+			if n > 0 {
+				// every Read ends at a command boundary (all commands here
+				// are smaller than p)
+				cmds, rest := parseAll(t, p[:n])
+				if len(rest) != 0 || len(cmds) == 0 {
+					t.Fatalf("chunk %d: read returned a partial command (%d cmds, %d rest)", chunk, len(cmds), len(rest))
+				}
+			}
+			out = append(out, p[:n]...)
+			if err != nil {
+				if err != io.EOF {
+					t.Fatal(err)
+				}
+				break
+			}
+		}
+		if string(out) != in.String() {
+			t.Fatalf("chunk %d: stream changed", chunk)
+		}
+	}
+}
+
+// parseCmds returns the arguments of the commands redcon parses from b.
+func parseCmds(t testing.TB, b []byte) [][]string {
+	t.Helper()
+	rd := redcon.NewReader(bytes.NewReader(b))
+	var out [][]string
+	for {
+		cs, err := rd.ReadCommands()
+		if err != nil {
+			if err != io.EOF {
+				t.Fatalf("redcon: %v", err)
+			}
+			return out
+		}
+		for _, c := range cs {
+			var args []string
+			for _, a := range c.Args {
+				args = append(args, string(a))
+			}
+			out = append(out, args)
+		}
+	}
+}
+
+// parseAll splits b, made of multibulk commands only, into redcon commands
+// and the unparsed rest (redcon's Raw of an inline command is its multibulk
+// form, not the bytes sent).
+func parseAll(t testing.TB, b []byte) ([]redcon.Command, []byte) {
+	t.Helper()
+	rd := redcon.NewReader(bytes.NewReader(b))
+	var cmds []redcon.Command
+	for {
+		c, err := rd.ReadCommands()
+		if err != nil {
+			break
+		}
+		cmds = append(cmds, c...)
+	}
+	// count consumed bytes
+	var n int
+	for _, c := range cmds {
+		n += len(c.Raw)
+	}
+	return cmds, b[n:]
+}
+
+func TestSmallReads(t *testing.T) {
+	in := "  \r\n*0\r\n" + mbulk("GET", "a") + "  PING  \r\n" + mbulk("SET", "b", strings.Repeat("z", 300))
+	want := fmt.Sprintf("%q", [][]string{{"GET", "a"}, {"PING"}, {"SET", "b", strings.Repeat("z", 300)}})
+	for _, size := range []int{1, 2, 3, 63, 64, 65, 4096} {
+		gc := NewConn(newScriptConn([]byte(in), fixed(3)), Limits{})
+		var out []byte
+		p := make([]byte, size)
+		for {
+			n, err := gc.Read(p)
+			if n == 0 && err == nil {
+				t.Fatal("Read returned 0, nil")
+			}
+			out = append(out, p[:n]...)
+			if err != nil {
+				break
+			}
+		}
+		// leading spaces of an inline line may be compressed
+		if got := fmt.Sprintf("%q", parseCmds(t, out)); got != want {
+			t.Fatalf("p=%d: got %q from %q", size, got, out)
+		}
+	}
+}
+
+// A long run of spaces (a blank inline prefix) is compressed, not returned,
+// and still counts towards MaxInline.
+func TestBlankPrefix(t *testing.T) {
+	in := strings.Repeat(" ", 10000) + "\r\n" + strings.Repeat(" ", 5000) + "\rx\r\n"
+	gc := NewConn(newScriptConn([]byte(in), fixed(100)), Limits{})
+	b, err := io.ReadAll(gc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cmds := parseCmds(t, b); len(cmds) != 1 || len(cmds[0]) != 1 || cmds[0][0] != "\rx" {
+		t.Fatalf("got %q from %q", cmds, b)
+	}
+	if len(b) > 10 {
+		t.Fatalf("blank prefix not compressed: %d bytes", len(b))
+	}
+	gc = NewConn(newScriptConn([]byte(strings.Repeat(" ", 200)), fixed(7)), Limits{MaxInline: 150})
+	sc := gc.Conn.(*scriptConn)
+	if _, err := io.ReadAll(gc); !errors.Is(err, ErrProtocol) || sc.written() != protoReply("too big inline request") {
+		t.Fatalf("err %v, wrote %q", err, sc.written())
+	}
+}
+
+// Documents redcon's own behaviour that the guard works around.
+func TestRedconBehaviour(t *testing.T) {
+	// empty lines: ignored, no reply
+	cmds := parseCmds(t, []byte("\r\n\n   \r\n*1\r\n$4\r\nPING\r\n"))
+	if len(cmds) != 1 || cmds[0][0] != "PING" {
+		t.Fatalf("redcon on empty lines: %v", cmds)
+	}
+	// *0 is a protocol error in redcon
+	if _, err := redcon.NewReader(bytes.NewReader([]byte("*0\r\n"))).ReadCommands(); err == nil {
+		t.Fatal("redcon accepted *0")
+	}
+	// a steady pipelined stream whose reads end mid-command makes redcon's
+	// buffer double again and again; the guard's whole-command reads keep it
+	// at its initial 4 KiB (8 KiB at most).
+	var buf bytes.Buffer
+	for buf.Len() < 8<<20 {
+		fmt.Fprintf(&buf, "*3\r\n$3\r\nSET\r\n$6\r\nkey:%02d\r\n$20\r\n%020d\r\n", buf.Len()%97, buf.Len())
+	}
+	maxp := func(r io.Reader) int {
+		rec := &recReader{r: r}
+		rd := redcon.NewReader(rec)
+		for {
+			if _, err := rd.ReadCommands(); err != nil {
+				break
+			}
+		}
+		return rec.maxp
+	}
+	raw := maxp(bytes.NewReader(buf.Bytes()))
+	guarded := maxp(NewConn(newScriptConn(buf.Bytes(), fixed(1<<20)), Limits{}))
+	t.Logf("largest redcon read buffer for an 8 MiB stream: unguarded %d, guarded %d", raw, guarded)
+	if guarded > 8192 {
+		t.Fatalf("guarded redcon buffer grew to %d", guarded)
+	}
+}
+
+type recReader struct {
+	r    io.Reader
+	maxp int
+}
+
+func (r *recReader) Read(p []byte) (int, error) {
+	if len(p) > r.maxp {
+		r.maxp = len(p)
+	}
+	return r.r.Read(p)
+}
+
+// ---------------------------------------------------------------------------
+// WatchClose
+
+func tcpPair(t *testing.T) (client, server net.Conn) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	client, err = net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, err = l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close(); server.Close() })
+	return client, server
+}
+
+func TestWatchCloseFires(t *testing.T) {
+	cli, srv := tcpPair(t)
+	gc := NewConn(srv, Limits{})
+	stop := gc.WatchClose()
+	io.WriteString(cli, mbulk("PING")+"\r\n*0\r\n")
+	cli.Close()
+	select {
+	case <-gc.Closed():
+	case <-time.After(5 * time.Second):
+		t.Fatal("Closed did not fire")
+	}
+	if !stop() {
+		t.Fatal("stop reported no close")
+	}
+	p := make([]byte, 4096)
+	n, err := gc.Read(p)
+	if err != nil || string(p[:n]) != mbulk("PING") {
+		t.Fatalf("Read = %q, %v", p[:n], err)
+	}
+	if n, err := gc.Read(p); n != 0 || err != io.EOF {
+		t.Fatalf("Read = %d, %v; want EOF", n, err)
+	}
+}
+
+func TestWatchCloseStop(t *testing.T) {
+	cli, srv := tcpPair(t)
+	gc := NewConn(srv, Limits{})
+	deadline := time.Now().Add(time.Hour)
+	gc.SetReadDeadline(deadline)
+	stop := gc.WatchClose()
+	io.WriteString(cli, mbulk("GET", "a")+"*1\r\n$3\r\nGE")
+	time.Sleep(50 * time.Millisecond)
+	if stop() {
+		t.Fatal("stop reported a close")
+	}
+	if stop() {
+		t.Fatal("second stop reported a close")
+	}
+	select {
+	case <-gc.Closed():
+		t.Fatal("Closed fired")
+	default:
+	}
+	// data read by the watcher comes first, then the socket
+	go func() {
+		time.Sleep(20 * time.Millisecond)
+		io.WriteString(cli, "T\r\n")
+	}()
+	p := make([]byte, 4096)
+	var out []byte
+	for len(out) < len(mbulk("GET", "a")+mbulk("GET")) {
+		n, err := gc.Read(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, p[:n]...)
+	}
+	if string(out) != mbulk("GET", "a")+mbulk("GET") {
+		t.Fatalf("got %q", out)
+	}
+	// the read deadline set before the watch is back: a past one times out
+	gc.SetReadDeadline(time.Now().Add(-time.Second))
+	stop = gc.WatchClose()
+	if stop() {
+		t.Fatal("stop reported a close")
+	}
+	if _, err := gc.Read(p); !isTimeout(err) {
+		t.Fatalf("Read after restoring a past deadline: %v", err)
+	}
+}
+
+func TestWatchCloseInHandler(t *testing.T) {
+	addr := startTCP(t, Limits{})
+	for len(waitResult) > 0 {
+		<-waitResult
+	}
+	c := dial(t, addr)
+	io.WriteString(c, "WAIT 5000\r\n")
+	time.Sleep(50 * time.Millisecond)
+	c.Close()
+	select {
+	case r := <-waitResult:
+		if r != "closed" {
+			t.Fatalf("handler saw %s", r)
+		}
+	case <-time.After(4 * time.Second):
+		t.Fatal("handler did not notice the close")
+	}
+	// a client that stays connected gets its answer and its pipelined
+	// commands afterwards
+	c = dial(t, addr)
+	br := bufio.NewReader(c)
+	io.WriteString(c, "WAIT 300\r\n")
+	time.Sleep(50 * time.Millisecond)
+	io.WriteString(c, mbulk("PING"))
+	if r := <-waitResult; r != "timeout" {
+		t.Fatalf("handler saw %s", r)
+	}
+	if got := readN(t, br, 2); got != "+OK\r\n"+echo("PING") {
+		t.Fatalf("got %q", got)
+	}
+}
+
+// ---------------------------------------------------------------------------
+// Benchmarks
+
+// loopConn serves data over and over, filling each p.
+type loopConn struct {
+	scriptConn
+	buf []byte
+	off int
+}
+
+func (l *loopConn) Read(p []byte) (int, error) {
+	n := 0
+	for n < len(p) {
+		k := copy(p[n:], l.buf[l.off:])
+		n += k
+		l.off = (l.off + k) % len(l.buf)
+	}
+	return n, nil
+}
+
+// benchPipeline is 1000 pipelined commands: GET key:N and SET key:N with
+// 16-byte values, alternating.
+func benchPipeline() []byte {
+	var b strings.Builder
+	for i := 0; i < 1000; i++ {
+		k := "key:" + strconv.Itoa(i)
+		if i%2 == 0 {
+			b.WriteString(mbulk("GET", k))
+		} else {
+			b.WriteString(mbulk("SET", k, "0123456789abcdef"))
+		}
+	}
+	return []byte(b.String())
+}
+
+// BenchmarkGuardRead measures (*Conn).Read on a pipelined stream of small
+// GET/SET commands, read 4 KiB at a time as redcon's bufio.Reader does. One
+// op is one pipeline of 1000 commands; ns/cmd is per command. "raw" is the
+// wrapped conn alone (the copy every read pays anyway), "redcon" is redcon's
+// own parsing of the guarded stream, for scale.
+func BenchmarkGuardRead(b *testing.B) {
+	pipe := benchPipeline()
+	run := func(b *testing.B, r io.Reader) {
+		p := make([]byte, 4096)
+		b.SetBytes(int64(len(pipe)))
+		b.ReportAllocs()
+		b.ResetTimer()
+		total := 0
+		for i := 0; i < b.N; i++ {
+			for total < len(pipe) {
+				n, err := r.Read(p)
+				if err != nil {
+					b.Fatal(err)
+				}
+				total += n
+			}
+			total -= len(pipe)
+		}
+		b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/1000, "ns/cmd")
+	}
+	b.Run("raw", func(b *testing.B) { run(b, &loopConn{buf: pipe}) })
+	b.Run("guard", func(b *testing.B) { run(b, NewConn(&loopConn{buf: pipe}, Limits{})) })
+	b.Run("redcon", func(b *testing.B) {
+		rd := redcon.NewReader(NewConn(&loopConn{buf: pipe}, Limits{}))
+		b.SetBytes(int64(len(pipe)))
+		b.ReportAllocs()
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			for n := 0; n < 1000; {
+				cmds, err := rd.ReadCommands()
+				if err != nil {
+					b.Fatal(err)
+				}
+				n += len(cmds)
+			}
+		}
+		b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/1000, "ns/cmd")
+	})
+}
+
+// BenchmarkGuardReadLarge: SET commands with 64 KiB values, read into 1 MiB
+// buffers: payloads are skipped by counting.
+func BenchmarkGuardReadLarge(b *testing.B) {
+	var sb strings.Builder
+	for i := 0; i < 16; i++ {
+		sb.WriteString(mbulk("SET", "key:"+strconv.Itoa(i), strings.Repeat("v", 64<<10)))
+	}
+	pipe := []byte(sb.String())
+	gc := NewConn(&loopConn{buf: pipe}, Limits{})
+	p := make([]byte, 1<<20)
+	b.SetBytes(int64(len(pipe)))
+	b.ResetTimer()
+	total := 0
+	for i := 0; i < b.N; i++ {
+		for total < len(pipe) {
+			n, err := gc.Read(p)
+			if err != nil {
+				b.Fatal(err)
+			}
+			total += n
+		}
+		total -= len(pipe)
+	}
+}
