@@ -166,6 +166,9 @@ func (r *Route) passthrough(ctx context.Context, proto int, args [][]byte) []byt
 	return out[0]
 }
 
+// Fail is the raw Redis error reply for err, as the route reports it.
+func (r *Route) Fail(err error) []byte { return r.fail(err) }
+
 // fail turns an error into a Redis error reply and counts it.
 func (r *Route) fail(err error) []byte {
 	r.Stats.Errors.Add(1)

@@ -52,13 +52,13 @@ func DeadLetterKey(route string) string { return "respite:dlq:" + route }
 const loadNeeded = "LOADNEEDED"
 
 // The scripts take KEYS = {key, negative marker, stream}.
-var (
-	wbSet = redis.NewScript(`
+const (
+	wbSetSrc = `
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('DEL', KEYS[2])
 redis.call('XADD', KEYS[3], '*', 'k', KEYS[1], 'v', ARGV[1])
-return 1`)
-	wbIncr = redis.NewScript(`
+return 1`
+	wbIncrSrc = `
 if redis.call('EXISTS', KEYS[1]) == 0 and redis.call('EXISTS', KEYS[2]) == 0 then
   return redis.error_reply('LOADNEEDED')
 end
@@ -71,18 +71,18 @@ end
 redis.call('PERSIST', KEYS[1])
 redis.call('DEL', KEYS[2])
 redis.call('XADD', KEYS[3], '*', 'k', KEYS[1], 'v', tostring(v))
-return tostring(v)`)
-	wbDel = redis.NewScript(`
+return tostring(v)`
+	wbDelSrc = `
 if redis.call('EXISTS', KEYS[1]) == 0 and redis.call('EXISTS', KEYS[2]) == 0 then
   return redis.error_reply('LOADNEEDED')
 end
 local existed = redis.call('DEL', KEYS[1])
 redis.call('SET', KEYS[2], '1')
 redis.call('XADD', KEYS[3], '*', 'k', KEYS[1], 'op', 'del')
-return existed`)
-	// wbHash runs a hash write (ARGV[1] = HSET | HDEL | HINCRBY, the rest
-	// its arguments) and queues the whole hash.
-	wbHash = redis.NewScript(`
+return existed`
+	// wbHashSrc runs a hash write (ARGV[1] = HSET | HDEL | HINCRBY, the
+	// rest its arguments) and queues the whole hash.
+	wbHashSrc = `
 if redis.call('EXISTS', KEYS[1]) == 0 and redis.call('EXISTS', KEYS[2]) == 0 then
   return redis.error_reply('LOADNEEDED')
 end
@@ -100,7 +100,14 @@ for f, _ in pairs(removed) do if obj[f] == nil then obj[f] = cjson.null end end
 redis.call('PERSIST', KEYS[1])
 redis.call('DEL', KEYS[2])
 redis.call('XADD', KEYS[3], '*', 'k', KEYS[1], 'v', cjson.encode(obj))
-return res`)
+return res`
+)
+
+var (
+	wbSet  = redis.NewScript(wbSetSrc)
+	wbIncr = redis.NewScript(wbIncrSrc)
+	wbDel  = redis.NewScript(wbDelSrc)
+	wbHash = redis.NewScript(wbHashSrc)
 )
 
 // write carries one write command on a write-back route.

@@ -36,7 +36,7 @@ func (r *Route) writeDirect(ctx context.Context, proto int, name, key string, ar
 	}
 	unlock := r.locks.lock(key)
 	defer unlock()
-	reply, err := r.dbWrite(ctx, proto, name, key, args)
+	reply, err := r.dbWrite(ctx, nil, proto, name, key, args)
 	if err != nil {
 		return r.fail(err)
 	}
@@ -47,9 +47,13 @@ func (r *Route) writeDirect(ctx context.Context, proto int, name, key string, ar
 }
 
 // dbWrite applies one write command to PostgreSQL and returns the reply
-// Redis would give.
-func (r *Route) dbWrite(ctx context.Context, proto int, name, key string, args [][]byte) ([]byte, error) {
-	pool := r.db.Pool()
+// Redis would give. With tx it runs inside that transaction (MULTI/EXEC
+// over routed keys) and leaves committing to the caller.
+func (r *Route) dbWrite(ctx context.Context, outer pgx.Tx, proto int, name, key string, args [][]byte) ([]byte, error) {
+	var pool backend.Querier = r.db.Pool()
+	if outer != nil {
+		pool = outer
+	}
 	switch name {
 	case "set", "setex", "getset":
 		value, opts, err := parseSet(name, args)
@@ -60,7 +64,7 @@ func (r *Route) dbWrite(ctx context.Context, proto int, name, key string, args [
 			return resp.AppendStatus(nil, "OK"), r.writeRow(ctx, pool, key, value)
 		}
 		var reply []byte
-		err = r.inTx(ctx, key, func(tx pgx.Tx) error {
+		err = r.inTxOf(ctx, outer, key, func(tx pgx.Tx) error {
 			old, err := r.loadRow(ctx, tx, key)
 			if err != nil {
 				return err
@@ -84,7 +88,7 @@ func (r *Route) dbWrite(ctx context.Context, proto int, name, key string, args [
 		return reply, err
 	case "getdel":
 		var reply []byte
-		err := r.inTx(ctx, key, func(tx pgx.Tx) error {
+		err := r.inTxOf(ctx, outer, key, func(tx pgx.Tx) error {
 			old, err := r.loadRow(ctx, tx, key)
 			if err != nil || !old.found {
 				reply = resp.AppendNull(nil, proto)
@@ -99,7 +103,7 @@ func (r *Route) dbWrite(ctx context.Context, proto int, name, key string, args [
 		found, err := r.table.Delete(ctx, pool, r.id(key))
 		return resp.AppendInt(nil, boolInt(found)), err
 	case "incr", "decr", "incrby", "decrby", "incrbyfloat":
-		return r.incr(ctx, name, key, args)
+		return r.incr(ctx, outer, name, key, args)
 	case "hset", "hmset":
 		if len(args) < 4 || len(args)%2 != 0 {
 			return nil, arity(name)
@@ -112,7 +116,7 @@ func (r *Route) dbWrite(ctx context.Context, proto int, name, key string, args [
 			return resp.AppendStatus(nil, "OK"), r.table.WriteFields(ctx, pool, r.id(key), fields)
 		}
 		var added int64
-		err := r.inTx(ctx, key, func(tx pgx.Tx) error {
+		err := r.inTxOf(ctx, outer, key, func(tx pgx.Tx) error {
 			old, err := r.loadRow(ctx, tx, key)
 			if err != nil {
 				return err
@@ -149,7 +153,7 @@ func (r *Route) dbWrite(ctx context.Context, proto int, name, key string, args [
 			return nil, errNotInteger
 		}
 		var result int64
-		err = r.inTx(ctx, key, func(tx pgx.Tx) error {
+		err = r.inTxOf(ctx, outer, key, func(tx pgx.Tx) error {
 			old, err := r.loadRow(ctx, tx, key)
 			if err != nil {
 				return err
@@ -181,14 +185,19 @@ func (r *Route) writeRow(ctx context.Context, q backend.Querier, key string, val
 	return r.table.WriteValue(ctx, q, r.id(key), string(value))
 }
 
-// inTx runs fn in one PostgreSQL transaction holding an advisory lock on
-// (route, key), so read-modify-write commands are atomic across proxies.
-func (r *Route) inTx(ctx context.Context, key string, fn func(pgx.Tx) error) error {
-	tx, err := r.db.Begin(ctx)
-	if err != nil {
-		return err
+// inTxOf runs fn in one PostgreSQL transaction holding an advisory lock
+// on (route, key), so read-modify-write commands are atomic across
+// proxies; inside outer when it is not nil (the caller commits), else in a
+// transaction of its own.
+func (r *Route) inTxOf(ctx context.Context, outer pgx.Tx, key string, fn func(pgx.Tx) error) error {
+	tx := outer
+	if tx == nil {
+		var err error
+		if tx, err = r.db.Begin(ctx); err != nil {
+			return err
+		}
+		defer tx.Rollback(context.WithoutCancel(ctx))
 	}
-	defer tx.Rollback(context.WithoutCancel(ctx))
 	h := fnv.New64a()
 	h.Write([]byte(r.cfg.Name))
 	h.Write([]byte{0})
@@ -196,7 +205,7 @@ func (r *Route) inTx(ctx context.Context, key string, fn func(pgx.Tx) error) err
 	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", int64(h.Sum64())); err != nil {
 		return err
 	}
-	if err := fn(tx); err != nil {
+	if err := fn(tx); err != nil || outer != nil {
 		return err
 	}
 	return tx.Commit(ctx)
@@ -205,13 +214,13 @@ func (r *Route) inTx(ctx context.Context, key string, fn func(pgx.Tx) error) err
 // incr is INCR, DECR, INCRBY, DECRBY and INCRBYFLOAT on a value route:
 // read, add and write in one locked transaction; a missing row counts as
 // 0, as a missing key does in Redis.
-func (r *Route) incr(ctx context.Context, name, key string, args [][]byte) ([]byte, error) {
+func (r *Route) incr(ctx context.Context, outer pgx.Tx, name, key string, args [][]byte) ([]byte, error) {
 	delta, float, err := parseIncr(name, args)
 	if err != nil {
 		return nil, err
 	}
 	var reply []byte
-	err = r.inTx(ctx, key, func(tx pgx.Tx) error {
+	err = r.inTxOf(ctx, outer, key, func(tx pgx.Tx) error {
 		old, err := r.loadRow(ctx, tx, key)
 		if err != nil {
 			return err

@@ -24,6 +24,11 @@ type pin struct {
 	tracking bool // CLIENT TRACKING on
 	sticky   bool // state the proxy cannot follow: keep until the client leaves
 	upID     int64
+
+	queued    int       // commands queued since MULTI: the next one's place in EXEC's array
+	ops       []queued  // routed writes queued in this MULTI
+	watched   []string  // keys WATCHed (for retry metadata)
+	watchedAt time.Time // when the first WATCH was armed
 }
 
 // pinUp gives the session a pinned connection if it has none. On failure
@@ -42,12 +47,23 @@ func (c *session) pinUp() bool {
 	return true
 }
 
-// unpin closes the pinned connection.
+// unpin closes the pinned connection; Redis drops its MULTI and WATCH.
 func (c *session) unpin() {
 	if c.pin != nil {
+		c.endWatch()
 		c.pin.conn.Close()
 		c.pin = nil
 	}
+}
+
+// endWatch forgets the session's watched keys and leaves the gate.
+func (c *session) endWatch() {
+	p := c.pin
+	if len(p.watched) > 0 {
+		c.s.conflicts.unwatch(p.watched)
+	}
+	p.watched, p.watchedAt = nil, time.Time{}
+	c.s.gate.leave(c)
 }
 
 // forwardPinned sends cmds on the pinned connection as one pipeline, writes
@@ -56,6 +72,9 @@ func (c *session) unpin() {
 func (c *session) forwardPinned(cmds []redcon.Command) {
 	ctx, cancel := context.WithTimeout(context.Background(), c.s.up.timeout)
 	defer cancel()
+	if !c.pin.multi {
+		c.s.conflicts.noteWrites(cmds, &c.keys)
+	}
 	raws := make([]*redis.RawCmd, len(cmds))
 	if len(cmds) == 1 {
 		raws[0] = redis.NewRawCmd(ctx, toArgs(cmds[0].Args)...)
@@ -95,15 +114,33 @@ func (c *session) follow(args [][]byte, reply []byte) {
 		if router.Is(name, "select") || router.Is(name, "client") || router.Is(name, "hello") {
 			p.sticky = true // takes effect at EXEC; the proxy cannot follow it
 		}
+		if string(reply) == "+QUEUED\r\n" {
+			p.queued++
+		}
 	case router.Is(name, "multi"):
-		p.multi = p.multi || ok
+		if ok && !p.multi {
+			p.multi, p.queued, p.ops = true, 0, nil
+		}
 	case router.Is(name, "exec"), router.Is(name, "discard"):
-		p.multi, p.watch = false, false
+		p.multi, p.watch, p.ops = false, false, nil
+		c.endWatch()
 	case router.Is(name, "watch"):
-		p.watch = p.watch || ok
+		if ok {
+			p.watch = true
+			keys := make([]string, len(args)-1)
+			for i, k := range args[1:] {
+				keys[i] = string(k)
+			}
+			c.s.conflicts.watch(keys)
+			p.watched = append(p.watched, keys...)
+			if p.watchedAt.IsZero() {
+				p.watchedAt = time.Now()
+			}
+		}
 	case router.Is(name, "unwatch"):
 		if ok {
 			p.watch = false
+			c.endWatch()
 		}
 	case router.Is(name, "select"):
 		if ok {

@@ -152,16 +152,12 @@ func (c *session) routed(args [][]byte) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	name := strings.ToLower(string(args[0]))
+	keys := append([]int(nil), c.keys...)
 	if c.pin != nil && c.pin.multi {
-		// Transactions over routed keys come with their own issue; until
-		// then the command is refused, and an unknown command queued on the
-		// pinned connection makes Redis abort the EXEC (EXECABORT), so
-		// nothing of the transaction is half-applied.
-		c.pin.conn.Do(ctx, "RESPITE-ROUTED-KEY-IN-MULTI")
-		c.sendError("ERR command '" + strings.ToUpper(name) + "' on a routed key is not supported inside MULTI")
+		c.queueRouted(ctx, name, args, keys)
 		return
 	}
-	keys := append([]int(nil), c.keys...)
+	c.s.conflicts.noteWrites([]redcon.Command{{Args: args}}, &c.keys)
 	switch name {
 	case "mget":
 		c.routedMGet(ctx, args, keys)

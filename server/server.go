@@ -32,6 +32,9 @@ type Server struct {
 	rs     *redcon.Server
 	routes *routes // nil without routes
 
+	conflicts *conflicts // optimistic-transaction metadata
+	gate      *gate      // contention gate, nil when off
+
 	clients atomic.Int64 // connected clients, for max_clients
 	nextID  atomic.Int64 // CLIENT ID / HELLO id of the next client
 
@@ -50,6 +53,11 @@ func New(cfg config.Config, log *slog.Logger) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, log: log, up: up, sessions: map[*session]struct{}{}}
+	s.conflicts = newConflicts(cfg.Transactions.TrackedKeys)
+	if g := cfg.Transactions.Gate; g.Enabled {
+		s.gate = &gate{enabled: true, threshold: float64(g.Threshold), minTries: int64(g.MinAttempts),
+			maxWait: time.Duration(g.MaxWait), t: s.conflicts}
+	}
 	if s.routes, err = openRoutes(cfg, muxCache{up}, up.shared[0], log); err != nil {
 		up.close()
 		return nil, err

@@ -55,6 +55,11 @@ type session struct {
 	keys  []int  // key positions of the command being routed
 	out   []byte // scratch for locally encoded replies
 
+	keyset    string     // watched keys of the last optimistic transaction
+	attempt   int        // consecutive WATCH aborts on keyset
+	lastAbort *abortInfo // retry metadata of the last abort (RESPITE LASTABORT)
+	gated     []string   // keys whose contention gate this session holds
+
 	mu    sync.Mutex // held while a detached session runs or writes
 	ended bool
 }
@@ -167,10 +172,12 @@ func (c *session) pinnable(args [][]byte, multi bool) bool {
 	}
 	class := router.Lookup(args[0])
 	if multi {
-		return !router.Is(args[0], "quit") && !router.Is(args[0], "reset")
+		return !router.Is(args[0], "quit") && !router.Is(args[0], "reset") && !router.Is(args[0], "exec")
 	}
 	switch class {
-	case router.Forward, router.Transaction, router.Select:
+	case router.Transaction:
+		return !router.Is(args[0], "watch") && !router.Is(args[0], "exec")
+	case router.Forward, router.Select:
 		return true
 	case router.Blocking:
 		return !router.IsBlocking(args)
@@ -193,6 +200,7 @@ func predictMulti(args [][]byte, multi bool) bool {
 // forwardShared sends cmds on the shared upstream as one pipeline and
 // writes the replies back in order.
 func (c *session) forwardShared(cmds []redcon.Command) {
+	c.s.conflicts.noteWrites(cmds, &c.keys)
 	if c.s.up.autopipeline {
 		c.forwardAutoPipeline(cmds)
 		return
@@ -288,8 +296,16 @@ func (c *session) special(args [][]byte) {
 	case router.Local:
 		c.local(args)
 	case router.Transaction, router.Select:
-		// WATCH/MULTI, or SELECT of another database: pin, then forward.
-		if c.pinUp() {
+		switch {
+		case router.Is(name, "watch"):
+			c.watch(args)
+		case router.Is(name, "exec") && c.pin != nil:
+			c.exec(args)
+		case router.Is(name, "exec"):
+			c.forwardShared([]redcon.Command{{Args: args}})
+		default:
+			// MULTI, or SELECT of another database: pin, then forward.
+			c.pinUp()
 			c.forwardPinned([]redcon.Command{{Args: args}})
 		}
 	case router.Client:

@@ -31,6 +31,8 @@ type Config struct {
 	Limits   Limits   `yaml:"limits"`
 	// Postgres is the database behind routes; required when Routes is set.
 	Postgres Postgres `yaml:"postgres"`
+	// Transactions tunes the optimistic-locking support.
+	Transactions Transactions `yaml:"transactions"`
 	// WriteBack tunes the write-back flusher shared by all write-back routes.
 	WriteBack Queue `yaml:"write_back"`
 	// ShutdownTimeout bounds a graceful shutdown (SIGTERM): in-flight
@@ -41,6 +43,26 @@ type Config struct {
 	// A key belongs to the route with the longest matching prefix; keys
 	// with no route pass through to the upstream unchanged.
 	Routes []Route `yaml:"routes"`
+}
+
+// Transactions configures WATCH/MULTI/EXEC tracking (PRODUCT.md §6).
+type Transactions struct {
+	// TrackedKeys bounds the keys whose conflict counts are kept (an LRU,
+	// default 10000).
+	TrackedKeys int `yaml:"tracked_keys"`
+	// Gate orders WATCH sessions on hot keys.
+	Gate Gate `yaml:"gate"`
+}
+
+// Gate is the contention gate: when a key's share of aborted EXECs over the
+// last 10 s reaches Threshold (after MinAttempts attempts), new WATCH
+// sessions on it wait in FIFO order behind the current one, at most
+// MaxWait, then proceed anyway.
+type Gate struct {
+	Enabled     bool     `yaml:"enabled"`      // default false
+	Threshold   Percent  `yaml:"threshold"`    // default 25%
+	MinAttempts int      `yaml:"min_attempts"` // default 10
+	MaxWait     Duration `yaml:"max_wait"`     // default 1s
 }
 
 // Queue configures the flusher of the write-back queues.
@@ -200,6 +222,7 @@ func Default() Config {
 	return Config{
 		Listen:          "127.0.0.1:6380",
 		LogLevel:        "info",
+		Transactions:    Transactions{TrackedKeys: 10000, Gate: Gate{Threshold: 0.25, MinAttempts: 10, MaxWait: Duration(time.Second)}},
 		ShutdownTimeout: Duration(30 * time.Second),
 		Upstream: Upstream{
 			Addr:        "127.0.0.1:6379",
@@ -267,6 +290,9 @@ func (c *Config) validate() error {
 	}
 	if c.Upstream.MuxConns <= 0 {
 		return fmt.Errorf("upstream.mux_conns: %d must be positive", c.Upstream.MuxConns)
+	}
+	if c.Transactions.TrackedKeys <= 0 || c.Transactions.Gate.MinAttempts <= 0 || c.Transactions.Gate.MaxWait <= 0 {
+		return errors.New("transactions: tracked_keys, gate.min_attempts and gate.max_wait must be positive")
 	}
 	l := c.Limits
 	if l.MaxClients <= 0 || l.MaxBulkBytes <= 0 || l.MaxArgs <= 0 || l.MaxInlineBytes <= 0 {

@@ -1,0 +1,118 @@
+package server
+
+import (
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// gate is the contention gate (PRODUCT.md §6): when a key's WATCH conflict
+// rate over the window passes the threshold, new WATCH sessions on it wait
+// in FIFO order behind the current one, until it ends (EXEC, DISCARD,
+// UNWATCH, disconnect) or maxWait passes, then proceed anyway. Retries stop
+// storming; client code is unchanged. It turns itself off when the rate
+// drops below the threshold.
+type gate struct {
+	enabled   bool
+	threshold float64       // conflict rate (0..1) that switches it on, e.g. 0.25
+	minTries  int64         // attempts in the window before the rate counts
+	maxWait   time.Duration // longest a session waits for its turn
+	t         *conflicts
+
+	mu    sync.Mutex
+	lines map[string]*line // keys with a holder or waiters
+
+	Waits atomic.Int64 // sessions that waited
+}
+
+// line is one gated key: the session holding it and those waiting, oldest
+// first.
+type line struct {
+	holder  *session
+	waiting []*waiter
+}
+
+type waiter struct {
+	c     *session
+	ready chan struct{}
+}
+
+// enter takes the gate for every hot key among keys, in sorted order, and
+// records what the session holds.
+func (g *gate) enter(c *session, keys [][]byte) {
+	if g == nil || !g.enabled {
+		return
+	}
+	var hot []string
+	for _, k := range keys {
+		if r, n := g.t.rate(string(k)); n >= g.minTries && r >= g.threshold {
+			hot = append(hot, string(k))
+		}
+	}
+	slices.Sort(hot)
+	for _, k := range slices.Compact(hot) {
+		if slices.Contains(c.gated, k) {
+			continue
+		}
+		if g.acquire(c, k) {
+			c.gated = append(c.gated, k)
+		}
+	}
+}
+
+// acquire waits for k's turn; false means it gave up after maxWait.
+func (g *gate) acquire(c *session, k string) bool {
+	g.mu.Lock()
+	if g.lines == nil {
+		g.lines = map[string]*line{}
+	}
+	l := g.lines[k]
+	if l == nil {
+		g.lines[k] = &line{holder: c}
+		g.mu.Unlock()
+		return true
+	}
+	w := &waiter{c: c, ready: make(chan struct{})}
+	l.waiting = append(l.waiting, w)
+	g.mu.Unlock()
+	g.Waits.Add(1)
+	select {
+	case <-w.ready:
+		return true
+	case <-time.After(g.maxWait):
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		select {
+		case <-w.ready: // handed over just now
+			return true
+		default:
+		}
+		l.waiting = slices.DeleteFunc(l.waiting, func(x *waiter) bool { return x == w })
+		return false
+	}
+}
+
+// leave hands every key the session holds to the next waiter.
+func (g *gate) leave(c *session) {
+	if g == nil || len(c.gated) == 0 {
+		return
+	}
+	g.mu.Lock()
+	for _, k := range c.gated {
+		l := g.lines[k]
+		if l == nil || l.holder != c {
+			continue
+		}
+		if len(l.waiting) == 0 {
+			delete(g.lines, k)
+			continue
+		}
+		next := l.waiting[0]
+		l.waiting = l.waiting[1:]
+		l.holder = next.c
+		close(next.ready)
+	}
+	g.mu.Unlock()
+	c.gated = c.gated[:0]
+}
