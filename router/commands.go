@@ -56,6 +56,7 @@ var table = map[string]Class{
 	"client":  Client,
 
 	"hello": Local, "auth": Local, "quit": Local, "reset": Local,
+	"respite": Local, // the proxy's admin commands
 
 	"sync": Refused, "psync": Refused, "replconf": Refused,
 }

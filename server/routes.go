@@ -74,6 +74,14 @@ func openRoutes(cfg config.Config, cache policy.Cache, rdb *redis.Client, log *s
 	return rs, nil
 }
 
+// routeList returns the configured routes (none without routes).
+func (s *Server) routeList() []*policy.Route {
+	if s.routes == nil {
+		return nil
+	}
+	return s.routes.list
+}
+
 // match returns the route of key, or nil.
 func (rs *routes) match(key []byte) *policy.Route {
 	if rs == nil {

@@ -23,6 +23,8 @@ CREATE TABLE users (id int PRIMARY KEY, name text NOT NULL, email text UNIQUE, a
 CREATE TABLE profiles (id int PRIMARY KEY, name text, city text);
 CREATE TABLE products (sku text PRIMARY KEY, stock int NOT NULL CHECK (stock >= 0));
 CREATE TABLE page_views (page_id text PRIMARY KEY, views bigint NOT NULL DEFAULT 0);
+CREATE TABLE orders (id text PRIMARY KEY, buyer text NOT NULL, sku text);
+CREATE TABLE accounts (id text PRIMARY KEY, balance int NOT NULL CHECK (balance >= 0));
 `
 
 var (
@@ -52,6 +54,8 @@ func testRoutes() []config.Route {
 		{Name: "users", Prefix: "user:", Policy: config.CacheAside, Table: "users", KeyColumn: "id", Format: config.FormatJSON},
 		{Name: "profiles", Prefix: "profile:", Policy: config.CacheAside, Table: "profiles", KeyColumn: "id", Format: config.FormatHash},
 		{Name: "stock", Prefix: "stock:", Policy: config.WriteThrough, Table: "products", KeyColumn: "sku", Format: config.FormatValue, ValueColumn: "stock"},
+		{Name: "orders", Prefix: "order:", Policy: config.WriteThrough, Table: "orders", KeyColumn: "id", Format: config.FormatJSON},
+		{Name: "accounts", Prefix: "acct:", Policy: config.WriteThrough, Table: "accounts", KeyColumn: "id", Format: config.FormatValue, ValueColumn: "balance"},
 	}
 }
 

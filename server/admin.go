@@ -1,0 +1,226 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/respite/respite/resp"
+	"github.com/respite/respite/router"
+)
+
+// respite answers the admin command family (PRODUCT.md §7):
+//
+//	RESPITE STATS                    per route: hits, misses, hit rate, DB loads, ...
+//	RESPITE ROUTES                   the effective route configuration
+//	RESPITE CONFLICTS [count]        hottest WATCH keys: key, attempts, aborts, conflict rate
+//	RESPITE LASTABORT                this connection's last WATCH abort (retry metadata)
+//	RESPITE QUEUE                    write-back queues: length, oldest pending age, in flight, DLQ
+//	RESPITE DLQ LIST route [count] | REPLAY route [id ...] | DROP route [id ...]
+//	RESPITE FLUSH                    flush write-back queues now
+//
+// Replies are maps in RESP3 and flat arrays in RESP2.
+func (c *session) respite(args [][]byte) {
+	if len(args) < 2 {
+		c.sendError(errArity("respite"))
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), c.s.up.timeout)
+	defer cancel()
+	sub := strings.ToLower(string(args[1]))
+	switch sub {
+	case "conflicts":
+		n := 10
+		if len(args) > 2 {
+			var err error
+			if n, err = strconv.Atoi(string(args[2])); err != nil || n < 0 {
+				c.sendError("ERR value is not an integer or out of range")
+				return
+			}
+		}
+		hot := c.s.conflicts.hottest(n)
+		b := resp.AppendArray(nil, len(hot))
+		for _, h := range hot {
+			b = resp.AppendMap(b, 4, c.proto)
+			b = resp.AppendBulk(b, "key")
+			b = resp.AppendBulk(b, h.key)
+			b = resp.AppendBulk(b, "attempts")
+			b = resp.AppendInt(b, h.attempts)
+			b = resp.AppendBulk(b, "aborts")
+			b = resp.AppendInt(b, h.aborts)
+			b = resp.AppendBulk(b, "conflict_rate")
+			b = resp.AppendBulk(b, strconv.FormatFloat(h.rate, 'f', 3, 64))
+		}
+		c.send(b)
+	case "lastabort":
+		if c.lastAbort == nil {
+			c.send(resp.AppendNull(nil, c.proto))
+			return
+		}
+		c.send(appendAbortInfo(nil, c.lastAbort, c.proto))
+	case "stats":
+		c.send(c.s.statsReply(c.proto))
+	case "routes":
+		c.send(c.s.routesReply(c.proto))
+	case "queue":
+		c.send(c.s.queueReply(ctx, c.proto))
+	case "flush":
+		if c.s.routes == nil || c.s.routes.flusher == nil {
+			c.sendError("ERR no write-back routes")
+			return
+		}
+		if err := c.s.routes.flusher.FlushNow(ctx); err != nil {
+			c.sendError("ERR flush: " + oneLine(err.Error()))
+			return
+		}
+		c.sendStatus("OK")
+	case "dlq":
+		c.dlq(ctx, args)
+	default:
+		c.sendError("ERR unknown subcommand '" + string(args[1]) + "'. Try RESPITE STATS, ROUTES, CONFLICTS, LASTABORT, QUEUE, DLQ, FLUSH.")
+	}
+}
+
+// statsReply is RESPITE STATS: one map per route.
+func (s *Server) statsReply(proto int) []byte {
+	var list = s.routeList()
+	b := resp.AppendArray(nil, len(list))
+	for _, r := range list {
+		st := &r.Stats
+		hits, misses := st.Hits.Load(), st.Misses.Load()
+		rate := 0.0
+		if hits+misses > 0 {
+			rate = float64(hits) / float64(hits+misses)
+		}
+		fields := []struct {
+			k string
+			v int64
+		}{
+			{"hits", hits}, {"misses", misses}, {"negative_hits", st.NegativeHits.Load()},
+			{"local_hits", st.LocalHits.Load()}, {"db_loads", st.Loads.Load()},
+			{"coalesced_waits", st.Coalesced.Load()}, {"early_refreshes", st.EarlyRefreshes.Load()},
+			{"degraded_reads", st.Degraded.Load()}, {"writes", st.Writes.Load()}, {"errors", st.Errors.Load()},
+		}
+		b = resp.AppendMap(b, len(fields)+3, proto)
+		b = resp.AppendBulk(resp.AppendBulk(b, "route"), r.Config().Name)
+		b = resp.AppendBulk(resp.AppendBulk(b, "policy"), r.Config().Policy)
+		b = resp.AppendBulk(resp.AppendBulk(b, "hit_rate"), strconv.FormatFloat(rate, 'f', 4, 64))
+		for _, f := range fields {
+			b = resp.AppendInt(resp.AppendBulk(b, f.k), f.v)
+		}
+	}
+	return b
+}
+
+// routesReply is RESPITE ROUTES: each route's effective settings.
+func (s *Server) routesReply(proto int) []byte {
+	list := s.routeList()
+	b := resp.AppendArray(nil, len(list))
+	for _, r := range list {
+		cfg := r.Config()
+		kv := [][2]string{
+			{"name", cfg.Name}, {"prefix", cfg.Prefix}, {"policy", cfg.Policy}, {"table", cfg.Table},
+			{"key_column", cfg.KeyColumn}, {"format", cfg.Format}, {"value_column", cfg.ValueColumn},
+			{"ttl", time.Duration(cfg.TTL).String()}, {"ttl_jitter", fmt.Sprintf("%g%%", float64(cfg.TTLJitter)*100)},
+			{"negative_ttl", time.Duration(*cfg.NegativeTTL).String()}, {"sliding", strconv.FormatBool(cfg.Sliding)},
+			{"early_refresh", strconv.FormatBool(cfg.EarlyRefresh)}, {"distributed_lock", strconv.FormatBool(cfg.DistributedLock)},
+			{"local_cache", strconv.FormatBool(cfg.LocalCache != nil)},
+		}
+		if cfg.Policy == "write-back" {
+			kv = append(kv, [][2]string{{"batch_size", strconv.Itoa(cfg.BatchSize)},
+				{"flush_interval", time.Duration(cfg.FlushInterval).String()},
+				{"max_retries", strconv.Itoa(cfg.MaxRetries)}, {"priority", cfg.Priority}}...)
+		}
+		b = resp.AppendMap(b, len(kv), proto)
+		for _, p := range kv {
+			b = resp.AppendBulk(resp.AppendBulk(b, p[0]), p[1])
+		}
+	}
+	return b
+}
+
+// queueReply is RESPITE QUEUE.
+func (s *Server) queueReply(ctx context.Context, proto int) []byte {
+	if s.routes == nil || s.routes.flusher == nil {
+		return resp.AppendArray(nil, 0)
+	}
+	qs := s.routes.flusher.Queues(ctx)
+	b := resp.AppendArray(nil, len(qs))
+	for _, q := range qs {
+		b = resp.AppendMap(b, 5, proto)
+		b = resp.AppendBulk(resp.AppendBulk(b, "route"), q.Route)
+		b = resp.AppendInt(resp.AppendBulk(b, "length"), q.Length)
+		b = resp.AppendBulk(resp.AppendBulk(b, "oldest_pending_seconds"), strconv.FormatFloat(q.OldestAge.Seconds(), 'f', 3, 64))
+		b = resp.AppendInt(resp.AppendBulk(b, "in_flight"), q.InFlight)
+		b = resp.AppendInt(resp.AppendBulk(b, "dead_letters"), q.DeadLetters)
+	}
+	return b
+}
+
+// dlq is RESPITE DLQ LIST|REPLAY|DROP route ....
+func (c *session) dlq(ctx context.Context, args [][]byte) {
+	if len(args) < 4 {
+		c.sendError(errArity("respite|dlq"))
+		return
+	}
+	if c.s.routes == nil || c.s.routes.flusher == nil {
+		c.sendError("ERR no write-back routes")
+		return
+	}
+	f := c.s.routes.flusher
+	route := string(args[3])
+	var ids []string
+	for _, a := range args[4:] {
+		ids = append(ids, string(a))
+	}
+	switch {
+	case router.Is(args[2], "list"):
+		n := int64(100)
+		if len(ids) > 0 {
+			v, err := strconv.ParseInt(ids[0], 10, 64)
+			if err != nil || v <= 0 {
+				c.sendError("ERR value is not an integer or out of range")
+				return
+			}
+			n = v
+		}
+		msgs, err := f.DeadLetters(ctx, route, n)
+		if err != nil {
+			c.sendError("ERR " + oneLine(err.Error()))
+			return
+		}
+		b := resp.AppendArray(nil, len(msgs))
+		for _, m := range msgs {
+			keys := make([]string, 0, len(m.Values))
+			for k := range m.Values {
+				keys = append(keys, k)
+			}
+			sort.Strings(keys)
+			b = resp.AppendArray(b, 2)
+			b = resp.AppendBulk(b, m.ID)
+			b = resp.AppendMap(b, len(keys), c.proto)
+			for _, k := range keys {
+				b = resp.AppendBulk(resp.AppendBulk(b, k), fmt.Sprint(m.Values[k]))
+			}
+		}
+		c.send(b)
+	case router.Is(args[2], "replay"), router.Is(args[2], "drop"):
+		var n int
+		var err error
+		if router.Is(args[2], "replay") {
+			n, err = f.Replay(ctx, route, ids...)
+		} else {
+			n, err = f.Drop(ctx, route, ids...)
+		}
+		if err != nil {
+			c.sendError("ERR " + oneLine(err.Error()))
+			return
+		}
+		c.send(resp.AppendInt(nil, int64(n)))
+	default:
+		c.sendError("ERR unknown subcommand '" + string(args[2]) + "'. Try RESPITE DLQ LIST|REPLAY|DROP route.")
+	}
+}
