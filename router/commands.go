@@ -57,6 +57,7 @@ var table = map[string]Class{
 
 	"hello": Local, "auth": Local, "quit": Local, "reset": Local,
 	"respite": Local, // the proxy's admin commands
+	"info":    Local, // upstream INFO plus a "# Respite" section
 
 	"sync": Refused, "psync": Refused, "replconf": Refused,
 }

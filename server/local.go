@@ -37,6 +37,12 @@ func (c *session) local(args [][]byte) {
 		c.auth(args)
 	case router.Is(name, "hello"):
 		c.hello(args)
+	case router.Is(name, "info"):
+		if !c.authed {
+			c.sendError("NOAUTH Authentication required.")
+			return
+		}
+		c.info(args)
 	case router.Is(name, "respite"):
 		if !c.authed {
 			c.sendError("NOAUTH Authentication required.")

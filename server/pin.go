@@ -44,6 +44,7 @@ func (c *session) pinUp() bool {
 		cn.RegisterPushNotificationHandler("invalidate", pushForwarder{c}, false)
 	}
 	c.pin = &pin{conn: cn}
+	c.s.pinned.Add(1)
 	return true
 }
 
@@ -53,6 +54,7 @@ func (c *session) unpin() {
 		c.endWatch()
 		c.pin.conn.Close()
 		c.pin = nil
+		c.s.pinned.Add(-1)
 	}
 }
 

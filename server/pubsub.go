@@ -52,7 +52,9 @@ func (s *Server) serveDetached(c *session, pending []redcon.Command) {
 		acks: make(chan struct{}, 1024), done: make(chan struct{}),
 	}
 	c.mu.Unlock()
+	s.detached.Add(1)
 	go func() {
+		defer s.detached.Add(-1)
 		defer s.drop(c)
 		defer dc.Close()
 		for !c.quit {

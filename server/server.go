@@ -35,8 +35,10 @@ type Server struct {
 	conflicts *conflicts // optimistic-transaction metadata
 	gate      *gate      // contention gate, nil when off
 
-	clients atomic.Int64 // connected clients, for max_clients
-	nextID  atomic.Int64 // CLIENT ID / HELLO id of the next client
+	clients  atomic.Int64 // connected clients, for max_clients
+	pinned   atomic.Int64 // sessions holding a pinned connection
+	detached atomic.Int64 // sessions in pub/sub or MONITOR mode
+	nextID   atomic.Int64 // CLIENT ID / HELLO id of the next client
 
 	mu       sync.Mutex
 	version  string // upstream redis_version, for HELLO

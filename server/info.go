@@ -1,0 +1,76 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/tidwall/redcon"
+
+	"github.com/respite/respite/resp"
+)
+
+// info answers INFO: the upstream's reply with a "# Respite" section
+// appended (for INFO, INFO default, all or everything), or only that
+// section for INFO respite.
+func (c *session) info(args [][]byte) {
+	want := "default"
+	if len(args) == 2 {
+		want = strings.ToLower(string(args[1]))
+	}
+	if want == "respite" {
+		c.send(resp.AppendBulk(nil, c.s.infoSection()))
+		return
+	}
+	if len(args) > 2 || (want != "default" && want != "all" && want != "everything") {
+		c.forwardShared([]redcon.Command{{Args: args}})
+		return
+	}
+	out, err := muxCache{c.s.up}.Do(context.Background(), c.proto, args)
+	if err != nil {
+		c.sendError(upstreamError(err))
+		return
+	}
+	raw := out[0]
+	i := strings.IndexByte(string(raw), '\n')
+	if i < 0 || (raw[0] != '$' && raw[0] != '=') {
+		c.send(raw)
+		return
+	}
+	body := string(raw[i+1 : len(raw)-2])
+	body += "\r\n" + c.s.infoSection()
+	if raw[0] == '=' { // RESP3 verbatim string: "txt:" + text
+		c.send([]byte("=" + strconv.Itoa(len(body)) + "\r\n" + body + "\r\n"))
+		return
+	}
+	c.send(resp.AppendBulk(nil, body))
+}
+
+// infoSection is the "# Respite" INFO section: totals for the proxy.
+func (s *Server) infoSection() string {
+	var b strings.Builder
+	b.WriteString("# Respite\r\n")
+	fmt.Fprintf(&b, "respite_clients:%d\r\n", s.clients.Load())
+	fmt.Fprintf(&b, "respite_pinned_sessions:%d\r\n", s.pinned.Load())
+	fmt.Fprintf(&b, "respite_detached_sessions:%d\r\n", s.detached.Load())
+	fmt.Fprintf(&b, "respite_watch_commits:%d\r\n", s.conflicts.Commits.Load())
+	fmt.Fprintf(&b, "respite_watch_aborts:%d\r\n", s.conflicts.Aborts.Load())
+	var waits int64
+	if s.gate != nil {
+		waits = s.gate.Waits.Load()
+	}
+	fmt.Fprintf(&b, "respite_gate_waits:%d\r\n", waits)
+	fmt.Fprintf(&b, "respite_routes:%d\r\n", len(s.routeList()))
+	for _, r := range s.routeList() {
+		st := &r.Stats
+		hits, misses := st.Hits.Load(), st.Misses.Load()
+		rate := 0.0
+		if hits+misses > 0 {
+			rate = float64(hits) / float64(hits+misses)
+		}
+		fmt.Fprintf(&b, "respite_route_%s:policy=%s,hits=%d,misses=%d,hit_rate=%.4f,db_loads=%d,negative_hits=%d,writes=%d,errors=%d\r\n",
+			r.Config().Name, r.Config().Policy, hits, misses, rate, st.Loads.Load(), st.NegativeHits.Load(), st.Writes.Load(), st.Errors.Load())
+	}
+	return b.String()
+}
