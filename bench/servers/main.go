@@ -1,0 +1,64 @@
+// Command servers starts a throwaway redis-server and PostgreSQL for the
+// benchmarks (internal/testenv: free loopback ports, temporary directories,
+// PostgreSQL with fsync off and pg_stat_statements preloaded and created in
+// the database "respite"; run as the "postgres" user when started by root),
+// writes their addresses as shell assignments, and stops both on SIGINT or
+// SIGTERM.
+//
+//	go build -o servers ./bench/servers && ./servers -env servers.env
+//
+// servers.env then holds REDIS_ADDR, REDIS_PORT, PG_DSN, PG_PORT and
+// PG_DIR, and is written (atomically) only once both servers answer.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/respite/respite/internal/testenv"
+)
+
+func main() {
+	envPath := flag.String("env", "", "write the shell assignments here (default: stdout)")
+	flag.Parse()
+	// Catch the signals before starting anything, so an early one still
+	// stops what was started.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+
+	rdb, err := testenv.StartRedis()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "servers:", err)
+		os.Exit(1)
+	}
+	defer rdb.Stop()
+	pg, err := testenv.StartPostgres()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "servers:", err)
+		rdb.Stop()
+		os.Exit(1)
+	}
+	defer pg.Stop()
+
+	env := fmt.Sprintf("REDIS_ADDR=%s\nREDIS_PORT=%d\nPG_DSN='%s'\nPG_PORT=%d\nPG_DIR=%s\n",
+		rdb.Addr, rdb.Port, pg.DSN, pg.Port, pg.Dir)
+	if *envPath == "" {
+		fmt.Print(env)
+	} else if err := writeAtomic(*envPath, env); err != nil {
+		fmt.Fprintln(os.Stderr, "servers:", err)
+		return
+	}
+	fmt.Fprintf(os.Stderr, "servers: redis %s, postgres %s; stopping on SIGINT/SIGTERM\n", rdb.Addr, pg.DSN)
+	<-sig
+}
+
+func writeAtomic(path, s string) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(s), 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
