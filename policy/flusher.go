@@ -92,7 +92,9 @@ const ConsumerGroup = "respite"
 //
 // The exported option fields may be changed before the first call to Run,
 // Drain or FlushNow. All methods are safe for concurrent use; Run, Drain and
-// FlushNow take turns (one pass at a time).
+// FlushNow take turns (one pass at a time). For a graceful shutdown, stop
+// accepting writes, cancel Run, wait for it to return, then Drain with a
+// timeout.
 type Flusher struct {
 	// ClaimIdle is how long an entry must have been pending with another
 	// consumer before this one claims it (XAUTOCLAIM min-idle-time).
@@ -116,7 +118,8 @@ type Flusher struct {
 	log      *slog.Logger
 	routes   []*wbRoute // high priority first, then configuration order
 
-	mu sync.Mutex // one pass at a time; guards the routes' state
+	mu     sync.Mutex // one pass at a time; guards the routes' state
+	readMu sync.Mutex // held by Run's blocking read, so Drain can wait for it
 
 	// afterFlush, if set, is called after every committed batch (tests).
 	afterFlush func(route string, entries int)
@@ -294,6 +297,10 @@ func (f *Flusher) Run(ctx context.Context) {
 // live consumers hold, or that arrived meanwhile), otherwise it says why
 // the drain stopped.
 func (f *Flusher) Drain(ctx context.Context) (left int64, err error) {
+	// A Run cancelled just before may still be in its blocking read (at
+	// most Block): let it deliver what it read, so that this drain sees it.
+	f.readMu.Lock()
+	f.readMu.Unlock()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, w := range f.routes {
@@ -381,16 +388,18 @@ func (f *Flusher) FlushNow(ctx context.Context) error {
 			continue
 		}
 		for reads := n/int64(w.batch) + 1; reads > 0; reads-- {
-			got, err := f.readOne(ctx, w, int64(w.batch))
-			if err != nil {
-				keep(err)
-				break
+			got := 0
+			if w.pel == "" { // else step re-reads our own pending entries first
+				if got, err = f.readOne(ctx, w, int64(w.batch)); err != nil {
+					keep(err)
+					break
+				}
 			}
 			if err := f.step(ctx, w, time.Now(), true, true); err != nil {
 				keep(err)
 				break
 			}
-			if got < w.batch {
+			if got < w.batch && w.pel == "" {
 				break
 			}
 		}
@@ -619,6 +628,8 @@ func (f *Flusher) readable(now time.Time) (streams []*wbRoute, count int64) {
 // readNew reads new entries of several streams in one XREADGROUP BLOCK
 // into their buffers.
 func (f *Flusher) readNew(ctx context.Context, ws []*wbRoute, count int64, block time.Duration) error {
+	f.readMu.Lock()
+	defer f.readMu.Unlock()
 	args := make([]string, 0, 2*len(ws))
 	for _, w := range ws {
 		args = append(args, w.stream)
@@ -877,7 +888,9 @@ func (f *Flusher) flush(ctx context.Context, w *wbRoute, msgs []redis.XMessage) 
 	sctx, cancel := f.statementContext(ctx)
 	_, err := w.r.flushBatch(sctx, entries)
 	cancel()
-	f.Stats.Statements.Add(1)
+	if err == nil || !refusedBeforeStatement(err) {
+		f.Stats.Statements.Add(1)
+	}
 	if err == nil {
 		ids := append(gone, idsOf(good)...)
 		if err := f.ack(ctx, w, ids); err != nil {
@@ -1077,6 +1090,13 @@ func classify(err error) int {
 	}
 	// Network errors, connection refused, timeouts, a closed pool.
 	return errUnavailable
+}
+
+// refusedBeforeStatement reports the errors flushBatch returns without
+// sending a statement.
+func refusedBeforeStatement(err error) bool {
+	var fe *backend.FieldError
+	return errors.Is(err, backend.ErrInvalidJSON) || errors.As(err, &fe) || errors.Is(err, backend.ErrNoValueColumn)
 }
 
 // entryError is a stream entry that cannot be turned into a write.

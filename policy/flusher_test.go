@@ -2,7 +2,9 @@ package policy
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net"
 	"strconv"
 	"strings"
 	"sync"
@@ -10,8 +12,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/respite/respite/backend"
 	"github.com/respite/respite/internal/testenv"
 )
 
@@ -293,7 +297,7 @@ func TestFlusherPostgresDownNothingLost(t *testing.T) {
 	time.Sleep(500 * time.Millisecond)
 	pg.Halt()
 	haltedAt := f.Stats.Entries.Load()
-	time.Sleep(3 * time.Second)
+	time.Sleep(2 * time.Second)
 	if got := f.Stats.Entries.Load(); got != haltedAt {
 		t.Errorf("entries flushed while PostgreSQL was down: %d", got-haltedAt)
 	}
@@ -722,6 +726,42 @@ func TestFlusherVersionOrder(t *testing.T) {
 	for _, bad := range []string{"", "x-1", "1-x", "-1-0", "8796093022208-0"} {
 		if _, ok := Version(bad); ok {
 			t.Errorf("Version(%q) ok", bad)
+		}
+	}
+}
+
+// Which failures count against max_retries, split a batch, or are retried
+// forever.
+func TestFlusherClassifiesErrors(t *testing.T) {
+	pgErr := func(code string) error { return &backend.DBError{Err: &pgconn.PgError{Code: code}} }
+	cases := []struct {
+		err  error
+		want int
+	}{
+		{pgErr("23514"), errData},        // check violation
+		{pgErr("23505"), errData},        // unique violation
+		{pgErr("22P02"), errData},        // invalid text representation
+		{pgErr("22003"), errData},        // out of range
+		{pgErr("P0001"), errData},        // raised by a trigger
+		{pgErr("57P01"), errUnavailable}, // admin shutdown
+		{pgErr("57P03"), errUnavailable}, // cannot connect now
+		{pgErr("08006"), errUnavailable}, // connection failure
+		{pgErr("53300"), errUnavailable}, // too many connections
+		{pgErr("40P01"), errUnavailable}, // deadlock
+		{pgErr("57014"), errUnavailable}, // statement timeout
+		{pgErr("28P01"), errUnavailable}, // password
+		{pgErr("42P01"), errOther},       // undefined table
+		{pgErr("42501"), errOther},       // permission
+		{fmt.Errorf("postgres: %w", &net.OpError{Op: "dial", Err: errors.New("connection refused")}), errUnavailable},
+		{fmt.Errorf("postgres: %w", context.DeadlineExceeded), errUnavailable},
+		{fmt.Errorf("key: %w", backend.ErrInvalidJSON), errData},
+		{&backend.FieldError{Table: "t", Field: "f"}, errData},
+		{&entryError{"bad"}, errData},
+		{backend.ErrNoValueColumn, errOther},
+	}
+	for _, c := range cases {
+		if got := classify(c.err); got != c.want {
+			t.Errorf("classify(%v) = %d, want %d", c.err, got, c.want)
 		}
 	}
 }
