@@ -41,11 +41,11 @@ type waiter struct {
 // enter takes the gate for every hot key among keys, in sorted order, and
 // records what the session holds.
 func (g *gate) enter(c *session, keys [][]byte) {
-	if g == nil || !g.enabled {
-		return
-	}
 	var hot []string
 	for _, k := range keys {
+		if !g.enabledFor(c.s, k) {
+			continue
+		}
 		if r, n := g.t.rate(string(k)); n >= g.minTries && r >= g.threshold {
 			hot = append(hot, string(k))
 		}
@@ -59,6 +59,16 @@ func (g *gate) enter(c *session, keys [][]byte) {
 			c.gated = append(c.gated, k)
 		}
 	}
+}
+
+// enabledFor applies a route's contention_gate over the global switch.
+func (g *gate) enabledFor(s *Server, key []byte) bool {
+	if r := s.routes.match(key); r != nil {
+		if on := r.Config().ContentionGate; on != nil {
+			return *on
+		}
+	}
+	return g.enabled
 }
 
 // acquire waits for k's turn; false means it gave up after maxWait.
@@ -95,7 +105,7 @@ func (g *gate) acquire(c *session, k string) bool {
 
 // leave hands every key the session holds to the next waiter.
 func (g *gate) leave(c *session) {
-	if g == nil || len(c.gated) == 0 {
+	if len(c.gated) == 0 {
 		return
 	}
 	g.mu.Lock()

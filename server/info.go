@@ -56,11 +56,7 @@ func (s *Server) infoSection() string {
 	fmt.Fprintf(&b, "respite_detached_sessions:%d\r\n", s.detached.Load())
 	fmt.Fprintf(&b, "respite_watch_commits:%d\r\n", s.conflicts.Commits.Load())
 	fmt.Fprintf(&b, "respite_watch_aborts:%d\r\n", s.conflicts.Aborts.Load())
-	var waits int64
-	if s.gate != nil {
-		waits = s.gate.Waits.Load()
-	}
-	fmt.Fprintf(&b, "respite_gate_waits:%d\r\n", waits)
+	fmt.Fprintf(&b, "respite_gate_waits:%d\r\n", s.gate.Waits.Load())
 	fmt.Fprintf(&b, "respite_routes:%d\r\n", len(s.routeList()))
 	for _, r := range s.routeList() {
 		st := &r.Stats

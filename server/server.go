@@ -56,10 +56,9 @@ func New(cfg config.Config, log *slog.Logger) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, log: log, up: up, sessions: map[*session]struct{}{}}
 	s.conflicts = newConflicts(cfg.Transactions.TrackedKeys)
-	if g := cfg.Transactions.Gate; g.Enabled {
-		s.gate = &gate{enabled: true, threshold: float64(g.Threshold), minTries: int64(g.MinAttempts),
-			maxWait: time.Duration(g.MaxWait), t: s.conflicts}
-	}
+	g := cfg.Transactions.Gate
+	s.gate = &gate{enabled: g.Enabled, threshold: float64(g.Threshold), minTries: int64(g.MinAttempts),
+		maxWait: time.Duration(g.MaxWait), t: s.conflicts}
 	if s.routes, err = openRoutes(cfg, muxCache{up}, up.shared[0], log); err != nil {
 		up.close()
 		return nil, err
@@ -176,7 +175,11 @@ func (s *Server) handle(conn redcon.Conn, cmd redcon.Command) {
 	}()
 	cmds := append(sess.batch[:0], cmd)
 	cmds = append(cmds, conn.ReadPipeline()...)
-	sess.run(cmds)
+	if s.cfg.Transactions.IdleTimeout > 0 {
+		sess.runIdle(cmds)
+	} else {
+		sess.run(cmds)
+	}
 	clear(cmds)
 	sess.batch = cmds[:0]
 }

@@ -59,6 +59,7 @@ type session struct {
 	attempt   int        // consecutive WATCH aborts on keyset
 	lastAbort *abortInfo // retry metadata of the last abort (RESPITE LASTABORT)
 	gated     []string   // keys whose contention gate this session holds
+	idle      idleState  // transactions.idle_timeout
 
 	mu    sync.Mutex // held while a detached session runs or writes
 	ended bool
@@ -350,6 +351,9 @@ func (c *session) end() {
 		return
 	}
 	c.ended = true
+	if c.idle.timer != nil {
+		c.idle.timer.Stop()
+	}
 	c.unpin()
 	if c.sub != nil {
 		c.sub.close()

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/respite/respite/internal/config"
 )
 
 // Redis semantics of WATCH kept through the proxy, each its own case: the
@@ -324,5 +326,101 @@ func TestRetryMetadata(t *testing.T) {
 	}, "hot")
 	if !errors.Is(err, redis.TxFailedErr) {
 		t.Fatalf("go-redis RESP3 abort: %v", err)
+	}
+}
+
+// A WATCH or MULTI left open past transactions.idle_timeout is ended by the
+// proxy; the client's EXEC then fails clearly and nothing it queued runs.
+func TestIdleTransactionTimeout(t *testing.T) {
+	proxy := startProxy(t, func(c *config.Config) { c.Transactions.IdleTimeout = config.Duration(300 * time.Millisecond) })
+	c := dialRaw(t, proxy)
+	c.do("DEL", "idle-k")
+	c.do("WATCH", "idle-k")
+	c.do("MULTI")
+	if got := c.do("SET", "idle-k", "1"); got != "+QUEUED\r\n" {
+		t.Fatal(got)
+	}
+	time.Sleep(700 * time.Millisecond)
+	if got := c.do("SET", "idle-other", "1"); !strings.HasPrefix(got, "-ERR transaction ended by the proxy") {
+		t.Fatalf("command after the MULTI expired: %q", got)
+	}
+	if got := c.do("EXEC"); !strings.HasPrefix(got, "-ERR transaction ended by the proxy") {
+		t.Fatalf("EXEC after idle timeout: %q", got)
+	}
+	if got := c.do("EXISTS", "idle-k", "idle-other"); got != ":0\r\n" {
+		t.Fatalf("queued commands ran: %q", got)
+	}
+	// WATCH alone: the guarantee is gone, so the later EXEC fails.
+	c.do("WATCH", "idle-k")
+	time.Sleep(700 * time.Millisecond)
+	c.do("MULTI")
+	c.do("SET", "idle-k", "2")
+	if got := c.do("EXEC"); !strings.HasPrefix(got, "-ERR transaction ended by the proxy") {
+		t.Fatalf("EXEC after an expired WATCH: %q", got)
+	}
+	if got := c.do("GET", "idle-k"); got != "$-1\r\n" {
+		t.Fatalf("the transaction ran: %q", got)
+	}
+	// The session works normally afterwards.
+	if got := c.do("MULTI"); got != "+OK\r\n" {
+		t.Fatalf("MULTI: %q", got)
+	}
+	if got := c.do("SET", "idle-k", "3"); got != "+QUEUED\r\n" {
+		t.Fatalf("SET: %q", got)
+	}
+	if got := c.do("EXEC"); got != "*1\r\n+OK\r\n" {
+		t.Fatalf("next transaction: %q", got)
+	}
+}
+
+// The contention gate: with it on, 50 buyers of 200 units on one hot key
+// need few attempts per purchase (without it, tens).
+func TestContentionGateCutsRetries(t *testing.T) {
+	proxy := startProxy(t, func(c *config.Config) { c.Transactions.Gate.Enabled = true })
+	dialRaw(t, proxy).do("SET", "gate:stock", "200")
+	var succ, att atomic.Int64
+	var wg sync.WaitGroup
+	for i := 0; i < 50; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := redis.NewClient(&redis.Options{Addr: proxy, PoolSize: 1, Protocol: 2})
+			defer c.Close()
+			ctx := context.Background()
+			for {
+				soldOut := false
+				err := c.Watch(ctx, func(tx *redis.Tx) error {
+					n, err := tx.Get(ctx, "gate:stock").Int()
+					if err != nil || n <= 0 {
+						soldOut = err == nil
+						return err
+					}
+					att.Add(1)
+					_, err = tx.TxPipelined(ctx, func(p redis.Pipeliner) error { p.Decr(ctx, "gate:stock"); return nil })
+					return err
+				}, "gate:stock")
+				if soldOut {
+					return
+				}
+				if err == nil {
+					succ.Add(1)
+				} else if !errors.Is(err, redis.TxFailedErr) {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if succ.Load() != 200 {
+		t.Fatalf("%d purchases, want 200", succ.Load())
+	}
+	ratio := float64(att.Load()) / float64(succ.Load())
+	t.Logf("%d attempts for 200 purchases (%.2f per purchase)", att.Load(), ratio)
+	if ratio > 2.5 {
+		t.Fatalf("%.2f attempts per purchase with the gate on", ratio)
+	}
+	if got := dialRaw(t, proxy).do("INFO", "respite"); !strings.Contains(got, "respite_gate_waits:") || strings.Contains(got, "respite_gate_waits:0\r\n") {
+		t.Fatalf("no gate waits recorded: %q", got)
 	}
 }

@@ -52,6 +52,10 @@ type Transactions struct {
 	TrackedKeys int `yaml:"tracked_keys"`
 	// Gate orders WATCH sessions on hot keys.
 	Gate Gate `yaml:"gate"`
+	// IdleTimeout ends a WATCH or MULTI left open longer than this: the
+	// proxy kills its upstream connection, logs it, and the client's EXEC
+	// fails with a clear error (default 0: off).
+	IdleTimeout Duration `yaml:"idle_timeout"`
 }
 
 // Gate is the contention gate: when a key's share of aborted EXECs over the
@@ -129,6 +133,9 @@ type Route struct {
 	// across all proxy instances (a SET NX PX lease of LockTTL, default 5s).
 	DistributedLock bool     `yaml:"distributed_lock"`
 	LockTTL         Duration `yaml:"lock_ttl"`
+	// ContentionGate overrides transactions.gate.enabled for this route's
+	// keys (true or false; unset follows the global switch).
+	ContentionGate *bool `yaml:"contention_gate"`
 	// LocalCache adds an in-process LRU tier in front of Redis.
 	LocalCache *LocalCache `yaml:"local_cache"`
 	// Write-back: entries per flush statement (default 100), time between
