@@ -1,0 +1,293 @@
+// Package admin is Respite's HTTP admin listener (PRODUCT.md §7): the
+// Prometheus metrics at /metrics, liveness at /healthz and readiness at
+// /readyz.
+//
+// The proxy's counters live where the work happens (sessions, routes, the
+// write-back flusher). Instead of mirroring each of them into a Prometheus
+// counter on the hot path, the server implements Source, and Metrics reads
+// one Snapshot per scrape and reports it as constant metrics. Only command
+// latency, which needs a histogram, is observed as it happens
+// (ObserveCommand).
+package admin
+
+import (
+	"context"
+	"slices"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// Snapshot is what the proxy reports; the server fills it on every scrape.
+// Counters (Hits, UpstreamErrors, WatchAborts, ...) only grow while the
+// process runs; the others are current values.
+type Snapshot struct {
+	// Clients is the number of connected clients; Pinned* count the
+	// clients holding a pinned upstream connection, by what pinned them
+	// (WATCH/MULTI, SUBSCRIBE, a blocking command, anything else such as
+	// SELECT, MONITOR or CLIENT TRACKING).
+	Clients, PinnedTransaction, PinnedPubSub, PinnedBlocking, PinnedOther int64
+	// UpstreamErrors counts commands that failed because the upstream
+	// Redis could not be reached.
+	UpstreamErrors int64
+	Routes         []RouteStats
+	// Queues are the write-back queues, one per write-back route.
+	Queues []QueueStats
+	// WatchAborts and WatchCommits count EXECs of watched transactions
+	// that aborted (nil reply) and that committed; GateWaits counts WATCH
+	// sessions the contention gate made wait for their turn.
+	WatchAborts, WatchCommits, GateWaits int64
+}
+
+// RouteStats are one route's counters (policy.Stats). Policy is for the
+// server's own use: every route metric has the route label only.
+type RouteStats struct {
+	Name, Policy                                            string
+	Hits, Misses, NegativeHits, LocalHits, Loads, Coalesced int64
+	EarlyRefreshes, Degraded, Writes, Errors                int64
+}
+
+// QueueStats describe one write-back route's durable queue
+// (policy.Flusher.Queues).
+type QueueStats struct {
+	Route            string
+	Length           int64   // entries in the queue (the route's Redis Stream)
+	OldestAgeSeconds float64 // age of the oldest entry: the sync lag
+	InFlight         int64   // entries read by a flusher and not yet acknowledged
+	DeadLetters      int64   // entries in the dead-letter queue
+}
+
+// Source is the running proxy as the admin listener sees it.
+type Source interface {
+	// Snapshot returns the current counters; it is called on every scrape.
+	Snapshot() Snapshot
+	// Ready reports whether the upstream Redis and PostgreSQL are
+	// reachable (nil) or why not.
+	Ready(ctx context.Context) error
+}
+
+// Command classes for ObserveCommand.
+const (
+	ClassPassthrough = "passthrough"  // unrouted commands on the shared connections
+	ClassPinned      = "pinned"       // commands on a pinned connection (transactions, pub/sub, blocking, ...)
+	ClassRoutedRead  = "routed_read"  // reads of routed keys
+	ClassRoutedWrite = "routed_write" // writes of routed keys
+	ClassLocal       = "local"        // answered by the proxy itself (HELLO, AUTH, CLIENT SETNAME, RESPITE ...)
+)
+
+// Classes lists the command classes ObserveCommand knows.
+var Classes = []string{ClassPassthrough, ClassPinned, ClassRoutedRead, ClassRoutedWrite, ClassLocal}
+
+// Metric names. Counters end in _total.
+const (
+	MetricClients              = "respite_clients"
+	MetricPinnedSessions       = "respite_pinned_sessions"
+	MetricUpstreamErrors       = "respite_upstream_errors_total"
+	MetricRouteHits            = "respite_route_hits_total"
+	MetricRouteMisses          = "respite_route_misses_total"
+	MetricRouteNegativeHits    = "respite_route_negative_hits_total"
+	MetricRouteLocalHits       = "respite_route_local_hits_total"
+	MetricRouteDBLoads         = "respite_route_db_loads_total"
+	MetricRouteCoalesced       = "respite_route_coalesced_total"
+	MetricRouteEarlyRefreshes  = "respite_route_early_refreshes_total"
+	MetricRouteDegradedReads   = "respite_route_degraded_reads_total"
+	MetricRouteWrites          = "respite_route_writes_total"
+	MetricRouteErrors          = "respite_route_errors_total"
+	MetricWritebackQueueLength = "respite_writeback_queue_length"
+	MetricWritebackOldest      = "respite_writeback_oldest_pending_seconds"
+	MetricWritebackInFlight    = "respite_writeback_in_flight"
+	MetricWritebackDeadLetters = "respite_writeback_dead_letters"
+	MetricWatchAborts          = "respite_watch_aborts_total"
+	MetricWatchCommits         = "respite_watch_commits_total"
+	MetricGateWaits            = "respite_gate_waits_total"
+	MetricCommandDuration      = "respite_command_duration_seconds"
+)
+
+// MetricNames returns the name of every metric Respite exports (without
+// the Go and process collectors' go_* and process_* metrics), sorted.
+// Histograms are listed by their base name; Prometheus also exposes
+// NAME_bucket, NAME_sum and NAME_count.
+func MetricNames() []string {
+	names := []string{MetricCommandDuration}
+	for _, d := range descs {
+		names = append(names, d.name)
+	}
+	slices.Sort(names)
+	return names
+}
+
+// desc is one snapshot metric: its name, help, type and label.
+type desc struct {
+	name, help string
+	kind       prometheus.ValueType
+	label      string // "" for none
+}
+
+// The order of descs is the order of the fields read in collect.
+var descs = []desc{
+	{MetricClients, "Connected clients.", prometheus.GaugeValue, ""},
+	{MetricPinnedSessions, "Clients holding a pinned upstream connection, by what pinned them (transaction, pubsub, blocking, other).", prometheus.GaugeValue, "kind"},
+	{MetricUpstreamErrors, "Commands that failed because the upstream Redis was unreachable.", prometheus.CounterValue, ""},
+	{MetricRouteHits, "Reads of routed keys answered from the cache (Redis or the in-process tier).", prometheus.CounterValue, "route"},
+	{MetricRouteMisses, "Reads of routed keys that found nothing cached and went to PostgreSQL (or waited for a load).", prometheus.CounterValue, "route"},
+	{MetricRouteNegativeHits, "Reads answered \"no such row\" from the negative cache, without PostgreSQL.", prometheus.CounterValue, "route"},
+	{MetricRouteLocalHits, "Hits answered by the in-process tier (also counted in hits).", prometheus.CounterValue, "route"},
+	{MetricRouteDBLoads, "Rows loaded from PostgreSQL (misses, early refreshes, degraded reads).", prometheus.CounterValue, "route"},
+	{MetricRouteCoalesced, "Misses that waited for another client's load of the same key instead of querying PostgreSQL.", prometheus.CounterValue, "route"},
+	{MetricRouteEarlyRefreshes, "Background reloads of hot keys shortly before they expire (XFetch).", prometheus.CounterValue, "route"},
+	{MetricRouteDegradedReads, "Reads served from PostgreSQL because the upstream Redis was unreachable.", prometheus.CounterValue, "route"},
+	{MetricRouteWrites, "Write commands on routed keys.", prometheus.CounterValue, "route"},
+	{MetricRouteErrors, "Commands on routed keys answered with an error (bad key or value, constraint violation, PostgreSQL or Redis down).", prometheus.CounterValue, "route"},
+	{MetricWritebackQueueLength, "Entries in the write-back route's durable queue.", prometheus.GaugeValue, "route"},
+	{MetricWritebackOldest, "Age in seconds of the oldest entry in the write-back queue (how far PostgreSQL is behind); 0 when empty.", prometheus.GaugeValue, "route"},
+	{MetricWritebackInFlight, "Write-back entries read by a flusher and not yet committed and acknowledged.", prometheus.GaugeValue, "route"},
+	{MetricWritebackDeadLetters, "Write-back entries in the dead-letter queue (failed max_retries times); list, replay or drop them with RESPITE DLQ.", prometheus.GaugeValue, "route"},
+	{MetricWatchAborts, "EXECs of watched transactions that aborted because a watched key changed.", prometheus.CounterValue, ""},
+	{MetricWatchCommits, "EXECs of watched transactions that committed.", prometheus.CounterValue, ""},
+	{MetricGateWaits, "WATCH sessions the contention gate made wait for their turn on a hot key.", prometheus.CounterValue, ""},
+}
+
+// Metrics is a prometheus.Collector over a Source plus the command latency
+// histogram the server observes. Build it with NewMetrics.
+type Metrics struct {
+	src   Source
+	descs []*prometheus.Desc // parallel to descs
+	cmd   *prometheus.HistogramVec
+	byCls map[string]prometheus.Observer
+	reg   *prometheus.Registry
+}
+
+// commandBuckets span a pipelined cache hit (tens of µs) to a slow
+// PostgreSQL write or a blocking command (seconds).
+var commandBuckets = []float64{
+	0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+	0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+}
+
+// NewMetrics returns the metrics of src and a registry holding them, the
+// command latency histogram, and the Go runtime and process collectors.
+func NewMetrics(src Source) *Metrics {
+	m := &Metrics{src: src, byCls: map[string]prometheus.Observer{}}
+	for _, d := range descs {
+		var labels []string
+		if d.label != "" {
+			labels = []string{d.label}
+		}
+		m.descs = append(m.descs, prometheus.NewDesc(d.name, d.help, labels, nil))
+	}
+	m.cmd = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    MetricCommandDuration,
+		Help:    "Time from a command's arrival to its reply being ready, by class (passthrough, pinned, routed_read, routed_write, local).",
+		Buckets: commandBuckets,
+	}, []string{"class"})
+	for _, c := range Classes {
+		m.byCls[c] = m.cmd.WithLabelValues(c) // every class is exported from the start
+	}
+	m.reg = prometheus.NewRegistry()
+	m.reg.MustRegister(m, m.cmd,
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// ObserveCommand records that a command of class took d. It is safe for
+// concurrent use and a no-op on a nil *Metrics (admin listener off).
+func (m *Metrics) ObserveCommand(class string, d time.Duration) {
+	if m == nil {
+		return
+	}
+	o, ok := m.byCls[class]
+	if !ok {
+		o = m.cmd.WithLabelValues(class)
+	}
+	o.Observe(d.Seconds())
+}
+
+// Registry returns the registry /metrics serves.
+func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
+
+// Describe implements prometheus.Collector for the snapshot metrics.
+func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range m.descs {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector: it reads one Snapshot and
+// reports it.
+func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
+	if m.src == nil {
+		return
+	}
+	s := m.src.Snapshot()
+	i := 0
+	emit := func(v float64, label ...string) {
+		ch <- prometheus.MustNewConstMetric(m.descs[i], descs[i].kind, v, label...)
+	}
+	next := func() { i++ }
+
+	emit(float64(s.Clients))
+	next()
+	emit(float64(s.PinnedTransaction), "transaction")
+	emit(float64(s.PinnedPubSub), "pubsub")
+	emit(float64(s.PinnedBlocking), "blocking")
+	emit(float64(s.PinnedOther), "other")
+	next()
+	emit(float64(s.UpstreamErrors))
+	next()
+
+	routeFields := []func(RouteStats) int64{
+		func(r RouteStats) int64 { return r.Hits },
+		func(r RouteStats) int64 { return r.Misses },
+		func(r RouteStats) int64 { return r.NegativeHits },
+		func(r RouteStats) int64 { return r.LocalHits },
+		func(r RouteStats) int64 { return r.Loads },
+		func(r RouteStats) int64 { return r.Coalesced },
+		func(r RouteStats) int64 { return r.EarlyRefreshes },
+		func(r RouteStats) int64 { return r.Degraded },
+		func(r RouteStats) int64 { return r.Writes },
+		func(r RouteStats) int64 { return r.Errors },
+	}
+	routes := dedupe(s.Routes, func(r RouteStats) string { return r.Name })
+	for _, f := range routeFields {
+		for _, r := range routes {
+			emit(float64(f(r)), r.Name)
+		}
+		next()
+	}
+
+	queueFields := []func(QueueStats) float64{
+		func(q QueueStats) float64 { return float64(q.Length) },
+		func(q QueueStats) float64 { return q.OldestAgeSeconds },
+		func(q QueueStats) float64 { return float64(q.InFlight) },
+		func(q QueueStats) float64 { return float64(q.DeadLetters) },
+	}
+	queues := dedupe(s.Queues, func(q QueueStats) string { return q.Route })
+	for _, f := range queueFields {
+		for _, q := range queues {
+			emit(f(q), q.Route)
+		}
+		next()
+	}
+
+	emit(float64(s.WatchAborts))
+	next()
+	emit(float64(s.WatchCommits))
+	next()
+	emit(float64(s.GateWaits))
+}
+
+// dedupe keeps the first element of each name: a duplicate label set would
+// make the whole scrape fail.
+func dedupe[T any](in []T, name func(T) string) []T {
+	seen := make(map[string]bool, len(in))
+	out := in[:0:0]
+	for _, v := range in {
+		if n := name(v); !seen[n] {
+			seen[n] = true
+			out = append(out, v)
+		}
+	}
+	return out
+}
