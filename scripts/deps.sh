@@ -12,6 +12,8 @@ pkgs=()
 command -v redis-server >/dev/null 2>&1 || pkgs+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || pkgs+=(redis-tools)
 command -v make >/dev/null 2>&1 || pkgs+=(make)
+# busybox: the Dockerfile HEALTHCHECK probe, exercised by deploy tests.
+[ -x /bin/busybox ] || command -v busybox >/dev/null 2>&1 || pkgs+=(busybox-static)
 # Debian keeps the PostgreSQL server programs in /usr/lib/postgresql/NN/bin.
 if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null && ! command -v initdb >/dev/null 2>&1; then
 	pkgs+=(postgresql)

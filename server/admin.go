@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"crypto/subtle"
 	"fmt"
 	"sort"
 	"strconv"
@@ -31,7 +32,20 @@ func (c *session) respite(args [][]byte) {
 	ctx, cancel := context.WithTimeout(context.Background(), c.s.up.timeout)
 	defer cancel()
 	sub := strings.ToLower(string(args[1]))
+	if pw := c.s.cfg.AdminPassword; pw != "" && !c.adminOK {
+		if sub == "auth" && len(args) == 3 && subtle.ConstantTimeCompare(args[2], []byte(pw)) == 1 {
+			c.adminOK = true
+			c.sendStatus("OK")
+		} else if sub == "auth" {
+			c.sendError(errWrongPass)
+		} else {
+			c.sendError("NOPERM RESPITE " + strings.ToUpper(sub) + " needs RESPITE AUTH <admin_password> first")
+		}
+		return
+	}
 	switch sub {
+	case "auth":
+		c.sendStatus("OK")
 	case "conflicts":
 		n := 10
 		if len(args) > 2 {

@@ -54,6 +54,7 @@ func startProxy(t testing.TB, edit func(*config.Config)) string {
 		t.Fatal(err)
 	}
 	go srv.Serve(l)
+	lastServer = srv
 	t.Cleanup(func() { srv.Close() })
 	return l.Addr().String()
 }
@@ -165,4 +166,16 @@ func (r *rawConn) expectClosed() {
 	if b, err := r.br.ReadByte(); err == nil {
 		r.t.Fatalf("connection still open, got byte %q", b)
 	}
+}
+
+// lastServer is the server startProxy started last (tests read its admin
+// address).
+var lastServer *Server
+
+func lastAdminAddr(t testing.TB) string {
+	t.Helper()
+	if lastServer == nil || lastServer.AdminAddr() == "" {
+		t.Fatal("no admin listener")
+	}
+	return lastServer.AdminAddr()
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/redis/go-redis/v9/push"
 	"github.com/tidwall/redcon"
 
+	"github.com/respite/respite/internal/admin"
 	"github.com/respite/respite/resp"
 	"github.com/respite/respite/router"
 )
@@ -61,6 +62,7 @@ func (c *session) unpin() {
 		c.pin.conn.Close()
 		c.pin = nil
 		c.s.pinned.Add(-1)
+		c.countPin()
 	}
 }
 
@@ -78,6 +80,10 @@ func (c *session) endWatch() {
 // the replies in order, follows the connection state they reveal, and
 // releases the pin once no state is left.
 func (c *session) forwardPinned(cmds []redcon.Command) {
+	if c.s.metrics != nil {
+		defer c.observe(admin.ClassPinned, time.Now())
+	}
+	defer c.countPin()
 	ctx, cancel := context.WithTimeout(context.Background(), c.s.up.timeout)
 	defer cancel()
 	if !c.pin.multi {
@@ -165,6 +171,19 @@ func (c *session) follow(args [][]byte, reply []byte) {
 	}
 }
 
+// countPin keeps the server's count of sessions in WATCH or MULTI.
+func (c *session) countPin() {
+	tx := c.pin != nil && (c.pin.multi || c.pin.watch)
+	if tx != c.inTx {
+		c.inTx = tx
+		if tx {
+			c.s.pinnedTx.Add(1)
+		} else {
+			c.s.pinnedTx.Add(-1)
+		}
+	}
+}
+
 // maybeUnpin returns the session to the shared path when its pinned
 // connection holds no state any more.
 func (c *session) maybeUnpin() {
@@ -201,7 +220,9 @@ func (c *session) blocking(args [][]byte) {
 		go c.unblockOnClose(gc.Closed(), done, c.pin.upID)
 	}
 	raw := redis.NewRawCmd(ctx, toArgs(args)...)
+	c.s.blocked.Add(1)
 	c.pin.conn.Process(ctx, raw)
+	c.s.blocked.Add(-1)
 	close(done)
 	c.sendRaw(raw)
 	if raw.Err() != nil {

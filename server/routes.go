@@ -13,6 +13,7 @@ import (
 	"github.com/tidwall/redcon"
 
 	"github.com/respite/respite/backend"
+	"github.com/respite/respite/internal/admin"
 	"github.com/respite/respite/internal/config"
 	"github.com/respite/respite/policy"
 	"github.com/respite/respite/resp"
@@ -161,6 +162,13 @@ func (c *session) routed(args [][]byte) {
 	defer cancel()
 	name := strings.ToLower(string(args[0]))
 	keys := append([]int(nil), c.keys...)
+	if c.s.metrics != nil {
+		class := admin.ClassRoutedWrite
+		if policy.IsRead(name) {
+			class = admin.ClassRoutedRead
+		}
+		defer c.observe(class, time.Now())
+	}
 	if c.pin != nil && c.pin.multi {
 		c.queueRouted(ctx, name, args, keys)
 		return

@@ -56,6 +56,7 @@ func testRoutes() []config.Route {
 		{Name: "stock", Prefix: "stock:", Policy: config.WriteThrough, Table: "products", KeyColumn: "sku", Format: config.FormatValue, ValueColumn: "stock"},
 		{Name: "orders", Prefix: "order:", Policy: config.WriteThrough, Table: "orders", KeyColumn: "id", Format: config.FormatJSON},
 		{Name: "accounts", Prefix: "acct:", Policy: config.WriteThrough, Table: "accounts", KeyColumn: "id", Format: config.FormatValue, ValueColumn: "balance"},
+		{Name: "pv", Prefix: "pv:", Policy: config.WriteBack, Table: "page_views", KeyColumn: "page_id", Format: config.FormatValue, ValueColumn: "views"},
 	}
 }
 
@@ -403,10 +404,7 @@ func TestWriteBackCountersExact(t *testing.T) {
 	p := sharedPostgres(t)
 	p.Exec("DELETE FROM page_views")
 	dialRaw(t, redisAddr).do("FLUSHALL")
-	proxy := startRouted(t, p, func(c *config.Config) {
-		c.Routes = append(c.Routes, config.Route{Name: "pv", Prefix: "pv:", Policy: config.WriteBack,
-			Table: "page_views", KeyColumn: "page_id", Format: config.FormatValue, ValueColumn: "views"})
-	})
+	proxy := startRouted(t, p, nil)
 	resetStats(t, p)
 	var wg sync.WaitGroup
 	for w := 0; w < 50; w++ {

@@ -12,14 +12,17 @@ package server
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/tidwall/redcon"
 
+	"github.com/respite/respite/internal/admin"
 	"github.com/respite/respite/internal/config"
 	"github.com/respite/respite/resp"
 )
@@ -37,8 +40,15 @@ type Server struct {
 
 	clients  atomic.Int64 // connected clients, for max_clients
 	pinned   atomic.Int64 // sessions holding a pinned connection
+	pinnedTx atomic.Int64 // of those, in WATCH or MULTI
+	blocked  atomic.Int64 // sessions inside a blocking command
 	detached atomic.Int64 // sessions in pub/sub or MONITOR mode
-	nextID   atomic.Int64 // CLIENT ID / HELLO id of the next client
+	upErrors atomic.Int64 // commands answered "upstream unavailable"
+
+	metrics   *admin.Metrics // nil without the admin listener
+	adminSrv  *http.Server
+	adminAddr string
+	nextID    atomic.Int64 // CLIENT ID / HELLO id of the next client
 
 	mu       sync.Mutex
 	version  string // upstream redis_version, for HELLO
@@ -56,6 +66,13 @@ func New(cfg config.Config, log *slog.Logger) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, log: log, up: up, sessions: map[*session]struct{}{}}
 	s.conflicts = newConflicts(cfg.Transactions.TrackedKeys)
+	if cfg.Admin != "" {
+		if err := s.startAdmin(); err != nil {
+			s.routes.close()
+			up.close()
+			return nil, fmt.Errorf("admin listener: %w", err)
+		}
+	}
 	g := cfg.Transactions.Gate
 	s.gate = &gate{enabled: g.Enabled, threshold: float64(g.Threshold), minTries: int64(g.MinAttempts),
 		maxWait: time.Duration(g.MaxWait), t: s.conflicts}
@@ -96,6 +113,9 @@ func (s *Server) Close() error {
 		sess.end()
 	}
 	s.mu.Unlock()
+	if s.adminSrv != nil {
+		s.adminSrv.Close()
+	}
 	s.routes.close()
 	s.up.close()
 	return err
@@ -116,6 +136,9 @@ func (s *Server) Shutdown(ctx context.Context) (left int64, err error) {
 	}
 	s.mu.Unlock()
 	left, err = s.routes.drain(ctx)
+	if s.adminSrv != nil {
+		s.adminSrv.Close()
+	}
 	s.routes.close()
 	s.up.close()
 	return left, err

@@ -4,10 +4,12 @@ import (
 	"context"
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 	"github.com/tidwall/redcon"
 
+	"github.com/respite/respite/internal/admin"
 	"github.com/respite/respite/resp"
 	"github.com/respite/respite/router"
 )
@@ -60,6 +62,8 @@ type session struct {
 	lastAbort *abortInfo // retry metadata of the last abort (RESPITE LASTABORT)
 	gated     []string   // keys whose contention gate this session holds
 	idle      idleState  // transactions.idle_timeout
+	inTx      bool       // counted in Server.pinnedTx
+	adminOK   bool       // RESPITE AUTH given (admin_password)
 
 	mu    sync.Mutex // held while a detached session runs or writes
 	ended bool
@@ -201,6 +205,9 @@ func predictMulti(args [][]byte, multi bool) bool {
 // forwardShared sends cmds on the shared upstream as one pipeline and
 // writes the replies back in order.
 func (c *session) forwardShared(cmds []redcon.Command) {
+	if c.s.metrics != nil {
+		defer c.observe(admin.ClassPassthrough, time.Now())
+	}
 	c.s.conflicts.noteWrites(cmds, &c.keys)
 	if c.s.up.autopipeline {
 		c.forwardAutoPipeline(cmds)
@@ -222,6 +229,7 @@ func (c *session) forwardShared(cmds []redcon.Command) {
 		}
 	}
 	for i := cl.got; i < len(cmds); i++ {
+		c.s.upErrors.Add(1)
 		c.sendError(upstreamError(cl.err))
 	}
 	if cap(cl.out) > 1<<20 {
@@ -251,12 +259,14 @@ func (c *session) forwardAutoPipeline(cmds []redcon.Command) {
 func (c *session) sendRaw(cmd *redis.RawCmd) {
 	raw, err := cmd.Result()
 	if err != nil || len(raw) == 0 {
+		c.s.upErrors.Add(1)
 		c.sendError(upstreamError(err))
 		return
 	}
 	c.send(raw)
 }
 
+// upstreamError is the reply for a command the upstream did not answer.
 func upstreamError(err error) string {
 	if err == nil {
 		return "ERR upstream returned an empty reply"
@@ -292,6 +302,9 @@ func (c *session) special(args [][]byte) {
 	if c.routedKeys(args) {
 		c.routed(args)
 		return
+	}
+	if c.s.metrics != nil {
+		defer c.observe(admin.ClassLocal, time.Now())
 	}
 	switch class {
 	case router.Local:

@@ -109,6 +109,7 @@ func trimCRLF(b []byte) []byte { return []byte(strings.TrimRight(string(b), "\r\
 func (c *session) exec(args [][]byte) {
 	ctx, cancel := context.WithTimeout(context.Background(), c.s.up.timeout)
 	defer cancel()
+	defer c.countPin()
 	p := c.pin
 	ops := p.ops
 	var dbOps bool

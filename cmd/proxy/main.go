@@ -36,7 +36,12 @@ func main() {
 		fmt.Fprintln(os.Stderr, "respite:", err)
 		os.Exit(2)
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level(cfg.LogLevel)}))
+	opts := &slog.HandlerOptions{Level: level(cfg.LogLevel)}
+	var handler slog.Handler = slog.NewTextHandler(os.Stderr, opts)
+	if cfg.LogFormat == "json" {
+		handler = slog.NewJSONHandler(os.Stderr, opts)
+	}
+	log := slog.New(handler)
 	srv, err := server.New(cfg, log)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "respite:", err)
@@ -67,7 +72,7 @@ func main() {
 		}
 		log.Info("shutdown complete: write-back queues flushed")
 	}()
-	log.Info("respite listening", "addr", cfg.Listen, "upstream", cfg.Upstream.Addr, "version", version)
+	log.Info("respite listening", "addr", cfg.Listen, "upstream", cfg.Upstream.Addr, "admin", cfg.Admin, "routes", len(cfg.Routes), "version", version)
 	if err := srv.ListenAndServe(); err != nil && !isClosed(err) {
 		log.Error("serve", "err", err)
 		pprof.StopCPUProfile()

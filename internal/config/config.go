@@ -26,9 +26,17 @@ type Config struct {
 	// like Redis' requirepass. It is never sent upstream.
 	RequirePass string `yaml:"requirepass"`
 	// LogLevel is debug, info, warn or error (default info).
-	LogLevel string   `yaml:"log_level"`
-	Upstream Upstream `yaml:"upstream"`
-	Limits   Limits   `yaml:"limits"`
+	LogLevel string `yaml:"log_level"`
+	// LogFormat is text or json (default text); logs go to stderr.
+	LogFormat string `yaml:"log_format"`
+	// Admin is the HTTP admin listener (/metrics, /healthz, /readyz),
+	// e.g. 127.0.0.1:9121; empty (the default) turns it off.
+	Admin string `yaml:"admin"`
+	// AdminPassword, when set, must be given with RESPITE AUTH before any
+	// other RESPITE admin command on a connection.
+	AdminPassword string   `yaml:"admin_password"`
+	Upstream      Upstream `yaml:"upstream"`
+	Limits        Limits   `yaml:"limits"`
 	// Postgres is the database behind routes; required when Routes is set.
 	Postgres Postgres `yaml:"postgres"`
 	// Transactions tunes the optimistic-locking support.
@@ -229,6 +237,7 @@ func Default() Config {
 	return Config{
 		Listen:          "127.0.0.1:6380",
 		LogLevel:        "info",
+		LogFormat:       "text",
 		Transactions:    Transactions{TrackedKeys: 10000, Gate: Gate{Threshold: 0.25, MinAttempts: 10, MaxWait: Duration(time.Second)}},
 		ShutdownTimeout: Duration(30 * time.Second),
 		Upstream: Upstream{
@@ -279,6 +288,9 @@ func (c *Config) validate() error {
 	case "debug", "info", "warn", "error":
 	default:
 		return fmt.Errorf("log_level: %q is not one of debug, info, warn, error", c.LogLevel)
+	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		return fmt.Errorf("log_format: %q is not text or json", c.LogFormat)
 	}
 	if c.Listen == "" {
 		return errors.New("listen: must not be empty")

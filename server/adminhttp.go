@@ -1,0 +1,85 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/respite/respite/internal/admin"
+	"github.com/respite/respite/policy"
+)
+
+// startAdmin serves /metrics, /healthz and /readyz on cfg.Admin.
+func (s *Server) startAdmin() error {
+	s.metrics = admin.NewMetrics(s)
+	l, err := net.Listen("tcp", s.cfg.Admin)
+	if err != nil {
+		return err
+	}
+	s.adminSrv = &http.Server{Handler: admin.Handler(s.metrics, s), ReadHeaderTimeout: 5 * time.Second}
+	s.adminAddr = l.Addr().String()
+	go s.adminSrv.Serve(l)
+	return nil
+}
+
+// AdminAddr is the admin listener's address ("" when it is off).
+func (s *Server) AdminAddr() string { return s.adminAddr }
+
+// Snapshot reports the proxy's counters (admin.Source).
+func (s *Server) Snapshot() admin.Snapshot {
+	snap := admin.Snapshot{
+		Clients:           s.clients.Load(),
+		PinnedTransaction: s.pinnedTx.Load(),
+		PinnedPubSub:      s.detached.Load(),
+		PinnedBlocking:    s.blocked.Load(),
+		UpstreamErrors:    s.upErrors.Load(),
+		WatchAborts:       s.conflicts.Aborts.Load(),
+		WatchCommits:      s.conflicts.Commits.Load(),
+		GateWaits:         s.gate.Waits.Load(),
+	}
+	snap.PinnedOther = max(0, s.pinned.Load()-snap.PinnedTransaction-snap.PinnedBlocking)
+	for _, r := range s.routeList() {
+		st := &r.Stats
+		snap.Routes = append(snap.Routes, admin.RouteStats{
+			Name: r.Config().Name, Policy: r.Config().Policy,
+			Hits: st.Hits.Load(), Misses: st.Misses.Load(), NegativeHits: st.NegativeHits.Load(),
+			LocalHits: st.LocalHits.Load(), Loads: st.Loads.Load(), Coalesced: st.Coalesced.Load(),
+			EarlyRefreshes: st.EarlyRefreshes.Load(), Degraded: st.Degraded.Load(),
+			Writes: st.Writes.Load(), Errors: st.Errors.Load(),
+		})
+	}
+	if rs := s.routes; rs != nil && rs.flusher != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		for _, q := range rs.flusher.Queues(ctx) {
+			snap.Queues = append(snap.Queues, queueStats(q))
+		}
+	}
+	return snap
+}
+
+func queueStats(q policy.QueueStats) admin.QueueStats {
+	return admin.QueueStats{Route: q.Route, Length: q.Length, OldestAgeSeconds: q.OldestAge.Seconds(),
+		InFlight: q.InFlight, DeadLetters: q.DeadLetters}
+}
+
+// Ready reports whether the upstream Redis and PostgreSQL answer.
+func (s *Server) Ready(ctx context.Context) error {
+	var errs []error
+	if err := s.up.shared[0].Ping(ctx).Err(); err != nil {
+		errs = append(errs, errors.New("upstream redis: "+err.Error()))
+	}
+	if s.routes != nil {
+		if err := s.routes.db.Ping(ctx); err != nil {
+			errs = append(errs, errors.New("postgres: "+err.Error()))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// observe records a command class's latency when metrics are on.
+func (c *session) observe(class string, start time.Time) {
+	c.s.metrics.ObserveCommand(class, time.Since(start))
+}
