@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"runtime"
 	"sync"
 	"time"
 
@@ -87,6 +88,12 @@ func (c *muxConn) do(cl *call, cmds []redcon.Command) {
 	c.queue = append(c.queue, cl)
 	if !c.writing {
 		c.writing = true
+		// Let other clients' goroutines that are ready append their
+		// commands first, so one write (and one read on Redis' side)
+		// carries many clients' commands: twemproxy's batching.
+		c.mu.Unlock()
+		runtime.Gosched()
+		c.mu.Lock()
 		for len(c.wbuf) > 0 && c.nc != nil {
 			buf, nc := c.wbuf, c.nc
 			c.wbuf = c.spare[:0]
