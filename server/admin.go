@@ -22,6 +22,8 @@ import (
 //	RESPITE QUEUE                    write-back queues: length, oldest pending age, in flight, DLQ
 //	RESPITE DLQ LIST route [count] | REPLAY route [id ...] | DROP route [id ...]
 //	RESPITE FLUSH                    flush write-back queues now
+//	RESPITE RELOAD                   reload the configuration file (as SIGHUP)
+//	RESPITE AUTH password            when admin_password is set, before the others
 //
 // Replies are maps in RESP3 and flat arrays in RESP2.
 func (c *session) respite(args [][]byte) {
@@ -82,19 +84,30 @@ func (c *session) respite(args [][]byte) {
 	case "queue":
 		c.send(c.s.queueReply(ctx, c.proto))
 	case "flush":
-		if c.s.routes == nil || c.s.routes.flusher == nil {
+		if c.s.routes.Load() == nil || c.s.routes.Load().flusher == nil {
 			c.sendError("ERR no write-back routes")
 			return
 		}
-		if err := c.s.routes.flusher.FlushNow(ctx); err != nil {
+		if err := c.s.routes.Load().flusher.FlushNow(ctx); err != nil {
 			c.sendError("ERR flush: " + oneLine(err.Error()))
 			return
 		}
 		c.sendStatus("OK")
 	case "dlq":
 		c.dlq(ctx, args)
+	case "reload":
+		restart, err := c.s.ReloadFile()
+		if err != nil {
+			c.sendError("ERR reload refused, the old configuration keeps serving: " + oneLine(err.Error()))
+			return
+		}
+		if len(restart) > 0 {
+			c.sendStatus("OK reloaded; these settings need a restart and were not applied: " + strings.Join(restart, ", "))
+			return
+		}
+		c.sendStatus("OK")
 	default:
-		c.sendError("ERR unknown subcommand '" + string(args[1]) + "'. Try RESPITE STATS, ROUTES, CONFLICTS, LASTABORT, QUEUE, DLQ, FLUSH.")
+		c.sendError("ERR unknown subcommand '" + string(args[1]) + "'. Try RESPITE STATS, ROUTES, CONFLICTS, LASTABORT, QUEUE, DLQ, FLUSH, RELOAD.")
 	}
 }
 
@@ -158,10 +171,10 @@ func (s *Server) routesReply(proto int) []byte {
 
 // queueReply is RESPITE QUEUE.
 func (s *Server) queueReply(ctx context.Context, proto int) []byte {
-	if s.routes == nil || s.routes.flusher == nil {
+	if s.routes.Load() == nil || s.routes.Load().flusher == nil {
 		return resp.AppendArray(nil, 0)
 	}
-	qs := s.routes.flusher.Queues(ctx)
+	qs := s.routes.Load().flusher.Queues(ctx)
 	b := resp.AppendArray(nil, len(qs))
 	for _, q := range qs {
 		b = resp.AppendMap(b, 5, proto)
@@ -180,11 +193,11 @@ func (c *session) dlq(ctx context.Context, args [][]byte) {
 		c.sendError(errArity("respite|dlq"))
 		return
 	}
-	if c.s.routes == nil || c.s.routes.flusher == nil {
+	if c.s.routes.Load() == nil || c.s.routes.Load().flusher == nil {
 		c.sendError("ERR no write-back routes")
 		return
 	}
-	f := c.s.routes.flusher
+	f := c.s.routes.Load().flusher
 	route := string(args[3])
 	var ids []string
 	for _, a := range args[4:] {

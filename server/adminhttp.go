@@ -50,7 +50,7 @@ func (s *Server) Snapshot() admin.Snapshot {
 			Writes: st.Writes.Load(), Errors: st.Errors.Load(),
 		})
 	}
-	if rs := s.routes; rs != nil && rs.flusher != nil {
+	if rs := s.routes.Load(); rs != nil && rs.flusher != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		for _, q := range rs.flusher.Queues(ctx) {
@@ -71,8 +71,8 @@ func (s *Server) Ready(ctx context.Context) error {
 	if err := s.up.shared[0].Ping(ctx).Err(); err != nil {
 		errs = append(errs, errors.New("upstream redis: "+err.Error()))
 	}
-	if s.routes != nil {
-		if err := s.routes.db.Ping(ctx); err != nil {
+	if s.routes.Load() != nil {
+		if err := s.routes.Load().db.Ping(ctx); err != nil {
 			errs = append(errs, errors.New("postgres: "+err.Error()))
 		}
 	}

@@ -14,11 +14,8 @@ import (
 // storming; client code is unchanged. It turns itself off when the rate
 // drops below the threshold.
 type gate struct {
-	enabled   bool
-	threshold float64       // conflict rate (0..1) that switches it on, e.g. 0.25
-	minTries  int64         // attempts in the window before the rate counts
-	maxWait   time.Duration // longest a session waits for its turn
-	t         *conflicts
+	s *Server // its transactions.gate settings, which Reload may change
+	t *conflicts
 
 	mu    sync.Mutex
 	lines map[string]*line // keys with a holder or waiters
@@ -41,12 +38,13 @@ type waiter struct {
 // enter takes the gate for every hot key among keys, in sorted order, and
 // records what the session holds.
 func (g *gate) enter(c *session, keys [][]byte) {
+	set := g.s.live.Load().Transactions.Gate
 	var hot []string
 	for _, k := range keys {
-		if !g.enabledFor(c.s, k) {
+		if !g.enabledFor(set.Enabled, k) {
 			continue
 		}
-		if r, n := g.t.rate(string(k)); n >= g.minTries && r >= g.threshold {
+		if r, n := g.t.rate(string(k)); n >= int64(set.MinAttempts) && r >= float64(set.Threshold) {
 			hot = append(hot, string(k))
 		}
 	}
@@ -55,24 +53,24 @@ func (g *gate) enter(c *session, keys [][]byte) {
 		if slices.Contains(c.gated, k) {
 			continue
 		}
-		if g.acquire(c, k) {
+		if g.acquire(c, k, time.Duration(set.MaxWait)) {
 			c.gated = append(c.gated, k)
 		}
 	}
 }
 
 // enabledFor applies a route's contention_gate over the global switch.
-func (g *gate) enabledFor(s *Server, key []byte) bool {
-	if r := s.routes.match(key); r != nil {
+func (g *gate) enabledFor(global bool, key []byte) bool {
+	if r := g.s.routes.Load().match(key); r != nil {
 		if on := r.Config().ContentionGate; on != nil {
 			return *on
 		}
 	}
-	return g.enabled
+	return global
 }
 
 // acquire waits for k's turn; false means it gave up after maxWait.
-func (g *gate) acquire(c *session, k string) bool {
+func (g *gate) acquire(c *session, k string, maxWait time.Duration) bool {
 	g.mu.Lock()
 	if g.lines == nil {
 		g.lines = map[string]*line{}
@@ -90,7 +88,7 @@ func (g *gate) acquire(c *session, k string) bool {
 	select {
 	case <-w.ready:
 		return true
-	case <-time.After(g.maxWait):
+	case <-time.After(maxWait):
 		g.mu.Lock()
 		defer g.mu.Unlock()
 		select {

@@ -31,7 +31,7 @@ const errIdle = "ERR transaction ended by the proxy: WATCH/MULTI idle longer tha
 
 // armIdle starts the timer after a batch that left WATCH or MULTI open.
 func (c *session) armIdle() {
-	d := time.Duration(c.s.cfg.Transactions.IdleTimeout)
+	d := time.Duration(c.s.live.Load().Transactions.IdleTimeout)
 	p := c.pin
 	if d <= 0 || p == nil || !(p.multi || p.watch) {
 		return

@@ -46,7 +46,7 @@ func (c *session) pinUp() bool {
 	}
 	c.pin = &pin{conn: cn}
 	c.s.pinned.Add(1)
-	if c.s.cfg.Transactions.IdleTimeout > 0 {
+	if c.s.live.Load().Transactions.IdleTimeout > 0 {
 		// The idle timeout ends the session with CLIENT KILL ID.
 		ctx, cancel := context.WithTimeout(context.Background(), c.s.up.timeout)
 		c.pin.upID, _ = cn.ClientID(ctx).Result()

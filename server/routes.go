@@ -77,10 +77,10 @@ func openRoutes(cfg config.Config, cache policy.Cache, rdb *redis.Client, log *s
 
 // routeList returns the configured routes (none without routes).
 func (s *Server) routeList() []*policy.Route {
-	if s.routes == nil {
+	if s.routes.Load() == nil {
 		return nil
 	}
-	return s.routes.list
+	return s.routes.Load().list
 }
 
 // match returns the route of key, or nil.
@@ -137,7 +137,7 @@ func (m muxCache) Do(_ context.Context, proto int, cmds ...[][]byte) ([][]byte, 
 
 // routedKeys reports whether any key of args belongs to a route.
 func (c *session) routedKeys(args [][]byte) bool {
-	rs := c.s.routes
+	rs := c.s.routes.Load()
 	if rs == nil {
 		return false
 	}
@@ -187,7 +187,7 @@ func (c *session) routed(args [][]byte) {
 	}
 	var route *policy.Route
 	for _, k := range keys {
-		r := c.s.routes.match(args[k])
+		r := c.s.routes.Load().match(args[k])
 		if r == nil || (route != nil && r != route) {
 			c.sendError(fmt.Sprintf("ERR command '%s' mixes keys of different routes", strings.ToUpper(name)))
 			return
@@ -212,7 +212,7 @@ func (c *session) routedMGet(ctx context.Context, args [][]byte, keys []int) {
 	plain := [][]byte{args[0]}
 	var plainAt []int
 	for i := 1; i < len(args); i++ {
-		if r := c.s.routes.match(args[i]); r != nil {
+		if r := c.s.routes.Load().match(args[i]); r != nil {
 			parts[i-1] = r.Do(ctx, c.proto, "get", [][]byte{[]byte("GET"), args[i]})
 			if parts[i-1][0] == '-' { // an error inside MGET's array would not be Redis
 				c.send(parts[i-1])
@@ -254,7 +254,7 @@ func (c *session) routedMSet(ctx context.Context, args [][]byte) {
 	}
 	plain := [][]byte{args[0]}
 	for i := 1; i+1 < len(args); i += 2 {
-		if r := c.s.routes.match(args[i]); r != nil {
+		if r := c.s.routes.Load().match(args[i]); r != nil {
 			if reply := r.Do(ctx, c.proto, "set", [][]byte{[]byte("SET"), args[i], args[i+1]}); reply[0] == '-' {
 				c.send(reply)
 				return
@@ -285,7 +285,7 @@ func (c *session) routedCount(ctx context.Context, name string, args [][]byte, k
 	var total int64
 	plain := [][]byte{args[0]}
 	for i := 1; i < len(args); i++ {
-		r := c.s.routes.match(args[i])
+		r := c.s.routes.Load().match(args[i])
 		if r == nil {
 			plain = append(plain, args[i])
 			continue

@@ -29,11 +29,17 @@ import (
 
 // Server is one Respite RESP listener and its upstream clients.
 type Server struct {
+	// ConfigFile is the file ReloadFile (RESPITE RELOAD) reads again.
+	ConfigFile string
+	// LogLevel, if set, follows log_level on Reload.
+	LogLevel *slog.LevelVar
+
 	cfg    config.Config
 	log    *slog.Logger
 	up     *upstream
 	rs     *redcon.Server
-	routes *routes // nil without routes
+	routes atomic.Pointer[routes]        // nil without routes; swapped by Reload
+	live   atomic.Pointer[config.Config] // the settings Reload can change
 
 	conflicts *conflicts // optimistic-transaction metadata
 	gate      *gate      // contention gate, nil when off
@@ -65,20 +71,21 @@ func New(cfg config.Config, log *slog.Logger) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, log: log, up: up, sessions: map[*session]struct{}{}}
+	s.live.Store(&cfg)
 	s.conflicts = newConflicts(cfg.Transactions.TrackedKeys)
+	s.gate = &gate{s: s, t: s.conflicts}
+	rs, err := openRoutes(cfg, muxCache{up}, up.shared[0], log)
+	if err != nil {
+		up.close()
+		return nil, err
+	}
+	s.routes.Store(rs)
 	if cfg.Admin != "" {
 		if err := s.startAdmin(); err != nil {
-			s.routes.close()
+			rs.close()
 			up.close()
 			return nil, fmt.Errorf("admin listener: %w", err)
 		}
-	}
-	g := cfg.Transactions.Gate
-	s.gate = &gate{enabled: g.Enabled, threshold: float64(g.Threshold), minTries: int64(g.MinAttempts),
-		maxWait: time.Duration(g.MaxWait), t: s.conflicts}
-	if s.routes, err = openRoutes(cfg, muxCache{up}, up.shared[0], log); err != nil {
-		up.close()
-		return nil, err
 	}
 	s.rs = redcon.NewServerNetwork("tcp", cfg.Listen, s.handle, s.accept, s.closed)
 	return s, nil
@@ -88,12 +95,7 @@ func New(cfg config.Config, log *slog.Logger) (*Server, error) {
 // wrapped by resp.NewConn, which enforces the configured limits before
 // redcon parses a byte.
 func (s *Server) Serve(l net.Listener) error {
-	lim := resp.Limits{
-		MaxBulk:   s.cfg.Limits.MaxBulkBytes,
-		MaxArgs:   s.cfg.Limits.MaxArgs,
-		MaxInline: s.cfg.Limits.MaxInlineBytes,
-	}
-	return s.rs.Serve(resp.NewListener(l, lim))
+	return s.rs.Serve(guardedListener{l, s})
 }
 
 // ListenAndServe listens on the configured address and serves.
@@ -116,7 +118,7 @@ func (s *Server) Close() error {
 	if s.adminSrv != nil {
 		s.adminSrv.Close()
 	}
-	s.routes.close()
+	s.routes.Load().close()
 	s.up.close()
 	return err
 }
@@ -135,11 +137,11 @@ func (s *Server) Shutdown(ctx context.Context) (left int64, err error) {
 		}
 	}
 	s.mu.Unlock()
-	left, err = s.routes.drain(ctx)
+	left, err = s.routes.Load().drain(ctx)
 	if s.adminSrv != nil {
 		s.adminSrv.Close()
 	}
-	s.routes.close()
+	s.routes.Load().close()
 	s.up.close()
 	return left, err
 }
@@ -147,7 +149,7 @@ func (s *Server) Shutdown(ctx context.Context) (left int64, err error) {
 // accept admits a client unless max_clients are connected, answering like
 // Redis: "-ERR max number of clients reached".
 func (s *Server) accept(conn redcon.Conn) bool {
-	if s.clients.Add(1) > int64(s.cfg.Limits.MaxClients) {
+	if s.clients.Add(1) > int64(s.live.Load().Limits.MaxClients) {
 		s.clients.Add(-1)
 		conn.NetConn().Write([]byte("-ERR max number of clients reached\r\n"))
 		return false
@@ -198,7 +200,7 @@ func (s *Server) handle(conn redcon.Conn, cmd redcon.Command) {
 	}()
 	cmds := append(sess.batch[:0], cmd)
 	cmds = append(cmds, conn.ReadPipeline()...)
-	if s.cfg.Transactions.IdleTimeout > 0 {
+	if s.live.Load().Transactions.IdleTimeout > 0 {
 		sess.runIdle(cmds)
 	} else {
 		sess.run(cmds)
@@ -222,4 +224,20 @@ func (s *Server) upstreamVersion() string {
 		return "7.0.0"
 	}
 	return s.version
+}
+
+// guardedListener wraps every accepted connection in resp.NewConn with the
+// request limits in force at accept time (they change on Reload).
+type guardedListener struct {
+	net.Listener
+	s *Server
+}
+
+func (l guardedListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	lim := l.s.live.Load().Limits
+	return resp.NewConn(c, resp.Limits{MaxBulk: lim.MaxBulkBytes, MaxArgs: lim.MaxArgs, MaxInline: lim.MaxInlineBytes}), nil
 }

@@ -33,7 +33,7 @@ func (c *session) watch(args [][]byte) {
 	defer cancel()
 	if c.pin == nil || !c.pin.multi {
 		for _, k := range args[1:] {
-			if r := c.s.routes.match(k); r != nil {
+			if r := c.s.routes.Load().match(k); r != nil {
 				if err := r.Ensure(ctx, string(k)); err != nil {
 					c.sendError(upstreamError(err))
 					return
@@ -57,7 +57,7 @@ func (c *session) watch(args [][]byte) {
 func (c *session) queueRouted(ctx context.Context, name string, args [][]byte, keys []int) {
 	if policy.IsRead(name) {
 		for _, k := range keys {
-			if r := c.s.routes.match(args[k]); r != nil {
+			if r := c.s.routes.Load().match(args[k]); r != nil {
 				if policy.Supported(r.Config().Format, name) {
 					r.Ensure(ctx, string(args[k]))
 				}
@@ -66,7 +66,7 @@ func (c *session) queueRouted(ctx context.Context, name string, args [][]byte, k
 		c.forwardPinned([]redcon.Command{{Args: args}})
 		return
 	}
-	r := c.s.routes.match(args[keys[0]])
+	r := c.s.routes.Load().match(args[keys[0]])
 	if len(keys) != 1 || keys[0] != 1 || r == nil {
 		c.abortQueue("ERR command '" + strings.ToUpper(name) + "' on several routed keys is not supported inside MULTI")
 		return
@@ -119,7 +119,7 @@ func (c *session) exec(args [][]byte) {
 	replies := make([][]byte, len(ops))
 	var txn pgx.Tx
 	if dbOps && p.multi {
-		t, err := c.s.routes.db.Begin(ctx)
+		t, err := c.s.routes.Load().db.Begin(ctx)
 		if err != nil {
 			c.discardWith("EXECABORT Transaction discarded: PostgreSQL: " + oneLine(err.Error()))
 			return

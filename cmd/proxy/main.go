@@ -36,7 +36,9 @@ func main() {
 		fmt.Fprintln(os.Stderr, "respite:", err)
 		os.Exit(2)
 	}
-	opts := &slog.HandlerOptions{Level: level(cfg.LogLevel)}
+	lv := new(slog.LevelVar)
+	lv.Set(level(cfg.LogLevel))
+	opts := &slog.HandlerOptions{Level: lv}
 	var handler slog.Handler = slog.NewTextHandler(os.Stderr, opts)
 	if cfg.LogFormat == "json" {
 		handler = slog.NewJSONHandler(os.Stderr, opts)
@@ -56,6 +58,20 @@ func main() {
 		pprof.StartCPUProfile(f)
 		defer pprof.StopCPUProfile()
 	}
+	srv.ConfigFile, srv.LogLevel = *path, lv
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	go func() {
+		for range hup {
+			restart, err := srv.ReloadFile()
+			switch {
+			case err != nil:
+				log.Error("SIGHUP: reload refused, the old configuration keeps serving", "err", err)
+			case len(restart) > 0:
+				log.Warn("SIGHUP: reloaded; these settings need a restart and were not applied", "settings", restart)
+			}
+		}
+	}()
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	done := make(chan struct{})

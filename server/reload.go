@@ -1,0 +1,66 @@
+package server
+
+import (
+	"fmt"
+	"reflect"
+	"time"
+
+	"github.com/respite/respite/internal/config"
+)
+
+// Reload applies a new configuration without dropping a connection
+// (SIGHUP and RESPITE RELOAD): routes (and their TTLs and policies),
+// limits, transaction settings and the log level (the caller's) change
+// live; the new routes are checked against PostgreSQL first, and any error
+// leaves the old configuration serving. Settings that need a restart
+// (listen, upstream, postgres, admin, passwords, write_back, log_format)
+// are not applied; they are returned by name so the caller can say so.
+func (s *Server) Reload(cfg config.Config) (needRestart []string, err error) {
+	old := s.live.Load()
+	for name, same := range map[string]bool{
+		"listen":         cfg.Listen == old.Listen,
+		"upstream":       cfg.Upstream == old.Upstream,
+		"postgres":       cfg.Postgres == old.Postgres,
+		"admin":          cfg.Admin == old.Admin,
+		"requirepass":    cfg.RequirePass == old.RequirePass,
+		"admin_password": cfg.AdminPassword == old.AdminPassword,
+		"write_back":     cfg.WriteBack == old.WriteBack,
+		"log_format":     cfg.LogFormat == old.LogFormat,
+	} {
+		if !same {
+			needRestart = append(needRestart, name)
+		}
+	}
+	next := *old
+	next.Limits, next.Transactions, next.LogLevel, next.ShutdownTimeout = cfg.Limits, cfg.Transactions, cfg.LogLevel, cfg.ShutdownTimeout
+	next.Routes = cfg.Routes
+	if !reflect.DeepEqual(cfg.Routes, old.Routes) {
+		rs, err := openRoutes(next, muxCache{s.up}, s.up.shared[0], s.log)
+		if err != nil {
+			return needRestart, fmt.Errorf("new routes refused, the old ones keep serving: %w", err)
+		}
+		prev := s.routes.Swap(rs)
+		if prev != nil {
+			prev.cancel() // its flusher stops; the new one re-reads what it had pending
+			time.AfterFunc(30*time.Second, prev.close)
+		}
+	}
+	s.live.Store(&next)
+	if s.LogLevel != nil {
+		s.LogLevel.UnmarshalText([]byte(next.LogLevel))
+	}
+	s.log.Info("configuration reloaded", "routes", len(next.Routes), "needs_restart", needRestart)
+	return needRestart, nil
+}
+
+// ReloadFile reads ConfigFile again and applies it with Reload.
+func (s *Server) ReloadFile() (needRestart []string, err error) {
+	if s.ConfigFile == "" {
+		return nil, fmt.Errorf("no configuration file to reload")
+	}
+	cfg, err := config.Load(s.ConfigFile)
+	if err != nil {
+		return nil, err
+	}
+	return s.Reload(cfg)
+}
