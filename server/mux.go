@@ -3,6 +3,7 @@ package server
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -31,10 +32,10 @@ type mux struct {
 	conns []*muxConn
 }
 
-func newMux(cfg config.Upstream, proto, n int) *mux {
+func newMux(cfg config.Upstream, proto, n int, tc *tls.Config) *mux {
 	m := &mux{conns: make([]*muxConn, n)}
 	for i := range m.conns {
-		m.conns[i] = &muxConn{cfg: cfg, proto: proto}
+		m.conns[i] = &muxConn{cfg: cfg, proto: proto, tls: tc}
 	}
 	return m
 }
@@ -57,6 +58,7 @@ func newCall() *call { return &call{done: make(chan struct{}, 1)} }
 type muxConn struct {
 	cfg   config.Upstream
 	proto int
+	tls   *tls.Config // nil: plain TCP
 
 	mu      sync.Mutex
 	nc      net.Conn
@@ -115,7 +117,13 @@ func (c *muxConn) do(cl *call, cmds []redcon.Command) {
 // AUTH) and SELECT, as go-redis does for its own connections.
 func (c *muxConn) dialLocked() error {
 	timeout := time.Duration(c.cfg.DialTimeout)
-	nc, err := net.DialTimeout("tcp", c.cfg.Addr, timeout)
+	var nc net.Conn
+	var err error
+	if c.tls != nil {
+		nc, err = tls.DialWithDialer(&net.Dialer{Timeout: timeout}, "tcp", c.cfg.Addr, c.tls)
+	} else {
+		nc, err = net.DialTimeout("tcp", c.cfg.Addr, timeout)
+	}
 	if err != nil {
 		return err
 	}

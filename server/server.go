@@ -12,6 +12,7 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"net"
@@ -51,6 +52,7 @@ type Server struct {
 	detached atomic.Int64 // sessions in pub/sub or MONITOR mode
 	upErrors atomic.Int64 // commands answered "upstream unavailable"
 
+	tls       *tls.Config    // the listener's, nil without TLS
 	metrics   *admin.Metrics // nil without the admin listener
 	adminSrv  *http.Server
 	adminAddr string
@@ -72,6 +74,10 @@ func New(cfg config.Config, log *slog.Logger) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, log: log, up: up, sessions: map[*session]struct{}{}}
 	s.live.Store(&cfg)
+	if s.tls, err = listenerTLS(cfg.TLS); err != nil {
+		up.close()
+		return nil, fmt.Errorf("tls: %w", err)
+	}
 	s.conflicts = newConflicts(cfg.Transactions.TrackedKeys)
 	s.gate = &gate{s: s, t: s.conflicts}
 	rs, err := openRoutes(cfg, muxCache{up}, up.shared[0], log)
@@ -95,10 +101,14 @@ func New(cfg config.Config, log *slog.Logger) (*Server, error) {
 // wrapped by resp.NewConn, which enforces the configured limits before
 // redcon parses a byte.
 func (s *Server) Serve(l net.Listener) error {
+	if s.tls != nil {
+		l = tls.NewListener(l, s.tls)
+	}
 	return s.rs.Serve(guardedListener{l, s})
 }
 
-// ListenAndServe listens on the configured address and serves.
+// ListenAndServe listens on the configured address (with TLS when tls
+// has a certificate) and serves.
 func (s *Server) ListenAndServe() error {
 	l, err := net.Listen("tcp", s.cfg.Listen)
 	if err != nil {

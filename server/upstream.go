@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"strings"
 	"time"
 
@@ -29,12 +30,17 @@ type upstream struct {
 	// timeout bounds one non-blocking round trip.
 	timeout time.Duration
 	opts    config.Upstream
+	tls     *tls.Config // nil without upstream TLS
 }
 
 func newUpstream(cfg config.Upstream) (*upstream, error) {
-	u := &upstream{timeout: time.Duration(cfg.Timeout), opts: cfg, autopipeline: cfg.Multiplexer == "go-redis"}
+	tc, err := upstreamTLS(cfg)
+	if err != nil {
+		return nil, err
+	}
+	u := &upstream{timeout: time.Duration(cfg.Timeout), opts: cfg, autopipeline: cfg.Multiplexer == "go-redis", tls: tc}
 	for i, proto := range []int{2, 3} {
-		u.mux[i] = newMux(cfg, proto, cfg.MuxConns)
+		u.mux[i] = newMux(cfg, proto, cfg.MuxConns, tc)
 		u.shared[i] = redis.NewClient(u.options(proto, cfg.PoolSize, time.Duration(cfg.Timeout)))
 		ap, err := u.shared[i].AsyncAutoPipeline()
 		if err != nil {
@@ -62,6 +68,7 @@ func (u *upstream) options(proto, pool int, readTimeout time.Duration) *redis.Op
 		ReadTimeout:           readTimeout,
 		WriteTimeout:          time.Duration(u.opts.Timeout),
 		ContextTimeoutEnabled: true,
+		TLSConfig:             u.tls,
 	}
 }
 

@@ -34,9 +34,12 @@ type Config struct {
 	Admin string `yaml:"admin"`
 	// AdminPassword, when set, must be given with RESPITE AUTH before any
 	// other RESPITE admin command on a connection.
-	AdminPassword string   `yaml:"admin_password"`
-	Upstream      Upstream `yaml:"upstream"`
-	Limits        Limits   `yaml:"limits"`
+	AdminPassword string `yaml:"admin_password"`
+	// TLS, when cert_file and key_file are set, makes the RESP listener
+	// accept TLS connections only.
+	TLS      ListenerTLS `yaml:"tls"`
+	Upstream Upstream    `yaml:"upstream"`
+	Limits   Limits      `yaml:"limits"`
 	// Postgres is the database behind routes; required when Routes is set.
 	Postgres Postgres `yaml:"postgres"`
 	// Transactions tunes the optimistic-locking support.
@@ -193,10 +196,29 @@ type Upstream struct {
 	// MuxConns is the number of multiplexed connections per RESP version
 	// on the builtin path (default 2).
 	MuxConns int `yaml:"mux_conns"`
+	// TLS connects to the upstream Redis over TLS.
+	TLS UpstreamTLS `yaml:"tls"`
 	// DialTimeout bounds connecting to the upstream (default 5s).
 	DialTimeout Duration `yaml:"dial_timeout"`
 	// Timeout bounds one non-blocking command's round trip (default 10s).
 	Timeout Duration `yaml:"timeout"`
+}
+
+// ListenerTLS is the listener's certificate (PEM files).
+type ListenerTLS struct {
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+}
+
+// UpstreamTLS configures TLS to the upstream Redis.
+type UpstreamTLS struct {
+	Enabled bool `yaml:"enabled"`
+	// CAFile is a PEM bundle of CAs to trust (default: the system's).
+	CAFile string `yaml:"ca_file"`
+	// ServerName overrides the name checked in the server's certificate
+	// (default: the host of upstream.addr).
+	ServerName         string `yaml:"server_name"`
+	InsecureSkipVerify bool   `yaml:"insecure_skip_verify"`
 }
 
 // Limits bound what one client may send or hold; 0 means the default.
@@ -294,6 +316,9 @@ func (c *Config) validate() error {
 	}
 	if c.Listen == "" {
 		return errors.New("listen: must not be empty")
+	}
+	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
+		return errors.New("tls: cert_file and key_file go together")
 	}
 	if c.Upstream.Addr == "" {
 		return errors.New("upstream.addr: must not be empty")
