@@ -121,25 +121,31 @@ func runScript(t *testing.T, addr string, steps []string) []string {
 	return replies
 }
 
+// matchRedis runs steps against Redis and through proxy (each from an
+// empty database) and fails on any reply that differs, or that differs
+// from a step's expected reply.
+func matchRedis(t *testing.T, proxy string, steps []string) {
+	t.Helper()
+	dialRaw(t, redisAddr).do("FLUSHALL")
+	direct := runScript(t, redisAddr, steps)
+	dialRaw(t, redisAddr).do("FLUSHALL")
+	proxied := runScript(t, proxy, steps)
+	for i, step := range steps {
+		if direct[i] != proxied[i] {
+			t.Errorf("step %q: Redis replied %q, proxy %q", step, direct[i], proxied[i])
+		}
+		if _, want, ok := strings.Cut(step, " => "); ok {
+			got := strings.ReplaceAll(proxied[i], "\r\n", " ")
+			if strings.TrimSpace(got) != want {
+				t.Errorf("step %q: proxy replied %q, want %q", step, got, want)
+			}
+		}
+	}
+}
+
 func TestTransactionCasesMatchRedis(t *testing.T) {
 	proxy := startProxy(t, nil)
 	for _, tc := range txCases {
-		t.Run(tc.name, func(t *testing.T) {
-			dialRaw(t, redisAddr).do("FLUSHALL")
-			direct := runScript(t, redisAddr, tc.steps)
-			dialRaw(t, redisAddr).do("FLUSHALL")
-			proxied := runScript(t, proxy, tc.steps)
-			for i, step := range tc.steps {
-				if direct[i] != proxied[i] {
-					t.Errorf("step %q: Redis replied %q, proxy %q", step, direct[i], proxied[i])
-				}
-				if _, want, ok := strings.Cut(step, " => "); ok {
-					got := strings.ReplaceAll(proxied[i], "\r\n", " ")
-					if strings.TrimSpace(got) != want {
-						t.Errorf("step %q: proxy replied %q, want %q", step, got, want)
-					}
-				}
-			}
-		})
+		t.Run(tc.name, func(t *testing.T) { matchRedis(t, proxy, tc.steps) })
 	}
 }
