@@ -143,6 +143,8 @@ func (r *Route) ensure(ctx context.Context, key string) (bool, error) {
 // (GET, HGET, HGETALL; other reads report the error).
 func (r *Route) degraded(ctx context.Context, proto int, key string, args [][]byte) []byte {
 	r.Stats.Degraded.Add(1)
+	ctx, cancel := context.WithTimeout(ctx, loadTimeout)
+	defer cancel()
 	rw, err := r.loadRow(ctx, r.db.Pool(), key)
 	r.Stats.Loads.Add(1)
 	if err != nil {

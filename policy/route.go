@@ -149,6 +149,8 @@ func (r *Route) Do(ctx context.Context, proto int, name string, args [][]byte) [
 		return r.passthrough(ctx, proto, args)
 	}
 	r.Stats.Writes.Add(1)
+	ctx, cancel := context.WithTimeout(ctx, writeTimeout)
+	defer cancel()
 	switch r.cfg.Policy {
 	case config.WriteBack:
 		return r.wb.write(ctx, proto, name, key, args)
@@ -156,6 +158,9 @@ func (r *Route) Do(ctx context.Context, proto int, name string, args [][]byte) [
 		return r.writeDirect(ctx, proto, name, key, args)
 	}
 }
+
+// writeTimeout bounds one write command's PostgreSQL and Redis work.
+const writeTimeout = 30 * time.Second
 
 // passthrough runs args on the cache tier as they are.
 func (r *Route) passthrough(ctx context.Context, proto int, args [][]byte) []byte {

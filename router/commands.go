@@ -8,6 +8,8 @@
 // SUBSCRIBE, CLIENT TRACKING, ...) must not run on a shared connection.
 package router
 
+import "strings"
+
 // Class says how the proxy carries a command.
 type Class uint8
 
@@ -81,6 +83,28 @@ func lookup[V any](m map[string]V, name []byte) V {
 	}
 	return m[string(buf[:len(name)])]
 }
+
+// Name returns the lower-case name of a command, without allocating for
+// the commands in the command table and those routes serve.
+func Name(name []byte) string {
+	if s := lookup(names, name); s != "" {
+		return s
+	}
+	return strings.ToLower(string(name))
+}
+
+var names = func() map[string]string {
+	m := map[string]string{}
+	for k := range table {
+		m[k] = k
+	}
+	for _, k := range []string{"get", "set", "setex", "getdel", "getset", "mget", "mset", "del", "unlink", "exists",
+		"ttl", "pttl", "expire", "incr", "incrby", "decr", "decrby", "incrbyfloat", "hget", "hmget", "hgetall",
+		"hset", "hmset", "hdel", "hexists", "hlen", "hkeys", "hvals", "hincrby", "lpush", "rpush"} {
+		m[k] = k
+	}
+	return m
+}()
 
 // Is reports whether name equals the lower-case word, ignoring case.
 func Is(name []byte, word string) bool {

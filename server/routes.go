@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -116,24 +118,36 @@ func (rs *routes) close() {
 type muxCache struct{ up *upstream }
 
 func (m muxCache) Do(_ context.Context, proto int, cmds ...[][]byte) ([][]byte, error) {
-	cl := newCall()
-	batch := make([]redcon.Command, len(cmds))
-	for i, c := range cmds {
-		batch[i].Args = c
+	cl := callPool.Get().(*call)
+	defer callPool.Put(cl)
+	var small [4]redcon.Command
+	batch := small[:0]
+	for _, c := range cmds {
+		batch = append(batch, redcon.Command{Args: c})
 	}
 	mx := m.up.mux[index(proto)]
-	mx.conns[int(time.Now().UnixNano())%len(mx.conns)].do(cl, batch)
+	mx.conns[int(muxPick.Add(1))%len(mx.conns)].do(cl, batch)
 	if cl.err != nil {
 		return nil, cl.err
+	}
+	buf := append([]byte(nil), cl.out...) // cl goes back to the pool
+	if cap(cl.out) > 1<<20 {
+		cl.out = nil
 	}
 	out := make([][]byte, len(cl.ends))
 	start := 0
 	for i, end := range cl.ends {
-		out[i] = cl.out[start:end]
+		out[i] = buf[start:end:end]
 		start = end
 	}
 	return out, nil
 }
+
+// callPool recycles muxCache's calls (each has a channel).
+var callPool = sync.Pool{New: func() any { return newCall() }}
+
+// muxPick spreads muxCache's calls over the multiplexed connections.
+var muxPick atomic.Uint32
 
 // routedKeys reports whether any key of args belongs to a route.
 func (c *session) routedKeys(args [][]byte) bool {
@@ -158,10 +172,10 @@ func (c *session) routedKeys(args [][]byte) bool {
 // commands are split per key and merged in the client's order; other
 // commands must keep all their keys in one route.
 func (c *session) routed(args [][]byte) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	name := strings.ToLower(string(args[0]))
-	keys := append([]int(nil), c.keys...)
+	ctx := context.Background() // the policies bound what can block (loads, writes)
+	name := router.Name(args[0])
+	keys := append(c.routedAt[:0], c.keys...)
+	c.routedAt = keys
 	if c.s.metrics != nil {
 		class := admin.ClassRoutedWrite
 		if policy.IsRead(name) {

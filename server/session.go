@@ -51,11 +51,12 @@ type session struct {
 	pin *pin    // pinned upstream connection, nil on the shared path
 	sub *pubsub // pub/sub or MONITOR state once detached
 
-	batch []redcon.Command
-	futs  []redis.AutoFuture
-	call  *call
-	keys  []int  // key positions of the command being routed
-	out   []byte // scratch for locally encoded replies
+	batch    []redcon.Command
+	futs     []redis.AutoFuture
+	call     *call
+	keys     []int  // key positions of the command being routed
+	routedAt []int  // the same, kept while the command runs
+	out      []byte // scratch for locally encoded replies
 
 	keyset    string     // watched keys of the last optimistic transaction
 	attempt   int        // consecutive WATCH aborts on keyset

@@ -55,6 +55,8 @@ func (c *session) watch(args [][]byte) {
 // A command the route refuses aborts the transaction, as a command Redis
 // refuses while queueing does.
 func (c *session) queueRouted(ctx context.Context, name string, args [][]byte, keys []int) {
+	ctx, cancel := context.WithTimeout(ctx, c.s.up.timeout)
+	defer cancel()
 	if policy.IsRead(name) {
 		for _, k := range keys {
 			if r := c.s.routes.Load().match(args[k]); r != nil {
