@@ -19,6 +19,7 @@ import (
 //	RESPITE ROUTES                   the effective route configuration
 //	RESPITE CONFLICTS [count]        hottest WATCH keys: key, attempts, aborts, conflict rate
 //	RESPITE LASTABORT                this connection's last WATCH abort (retry metadata)
+//	RESPITE ATTRIBUTES ON|OFF        RESP3: retry metadata as an attribute on aborted EXECs
 //	RESPITE QUEUE                    write-back queues: length, oldest pending age, in flight, DLQ
 //	RESPITE DLQ LIST route [count] | REPLAY route [id ...] | DROP route [id ...]
 //	RESPITE FLUSH                    flush write-back queues now
@@ -67,10 +68,21 @@ func (c *session) respite(args [][]byte) {
 			b = resp.AppendInt(b, h.attempts)
 			b = resp.AppendBulk(b, "aborts")
 			b = resp.AppendInt(b, h.aborts)
-			b = resp.AppendBulk(b, "conflict_rate")
+			b = resp.AppendBulk(b, "conflict_rate_10s")
 			b = resp.AppendBulk(b, strconv.FormatFloat(h.rate, 'f', 3, 64))
 		}
 		c.send(b)
+	case "attributes":
+		switch {
+		case len(args) == 3 && router.Is(args[2], "on"):
+			c.attributes = true
+		case len(args) == 3 && router.Is(args[2], "off"):
+			c.attributes = false
+		default:
+			c.sendError("ERR syntax error: RESPITE ATTRIBUTES ON|OFF")
+			return
+		}
+		c.sendStatus("OK")
 	case "lastabort":
 		if c.lastAbort == nil {
 			c.send(resp.AppendNull(nil, c.proto))

@@ -106,7 +106,8 @@ type hotKey struct {
 	rate             float64 // over the window
 }
 
-// hottest returns up to n keys, most aborts first.
+// hottest returns up to n keys, most aborts first; rate is over the last
+// windowBuckets seconds, the window the contention gate uses.
 func (t *conflicts) hottest(n int) []hotKey {
 	now := time.Now().Unix()
 	t.mu.Lock()
@@ -257,7 +258,7 @@ func (c *session) record(aborted bool, reply []byte) []byte {
 		info.keys = info.watchedKeys
 	}
 	c.lastAbort = info
-	if c.proto != 3 {
+	if c.proto != 3 || !(c.attributes || c.s.live.Load().Transactions.AbortAttribute) {
 		return reply
 	}
 	b := []byte("|1\r\n")

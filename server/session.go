@@ -58,13 +58,14 @@ type session struct {
 	routedAt []int  // the same, kept while the command runs
 	out      []byte // scratch for locally encoded replies
 
-	keyset    string     // watched keys of the last optimistic transaction
-	attempt   int        // consecutive WATCH aborts on keyset
-	lastAbort *abortInfo // retry metadata of the last abort (RESPITE LASTABORT)
-	gated     []string   // keys whose contention gate this session holds
-	idle      idleState  // transactions.idle_timeout
-	inTx      bool       // counted in Server.pinnedTx
-	adminOK   bool       // RESPITE AUTH given (admin_password)
+	keyset     string     // watched keys of the last optimistic transaction
+	attempt    int        // consecutive WATCH aborts on keyset
+	lastAbort  *abortInfo // retry metadata of the last abort (RESPITE LASTABORT)
+	gated      []string   // keys whose contention gate this session holds
+	idle       idleState  // transactions.idle_timeout
+	inTx       bool       // counted in Server.pinnedTx
+	adminOK    bool       // RESPITE AUTH given (admin_password)
+	attributes bool       // RESPITE ATTRIBUTES ON: retry metadata as a RESP3 attribute
 
 	mu    sync.Mutex // held while a detached session runs or writes
 	ended bool

@@ -293,16 +293,28 @@ func TestRetryMetadata(t *testing.T) {
 	}
 	c3 := dialRaw(t, proxy)
 	c3.do("HELLO", "3")
+	// Off by default (redis-cli 7.0 cannot parse attributes): a plain null.
+	c3.do("WATCH", "hot")
+	b.do("INCR", "hot")
+	c3.do("MULTI")
+	c3.do("PING")
+	if got := c3.do("EXEC"); got != "_\r\n" {
+		t.Fatalf("RESP3 aborted EXEC without opting in: %q", got)
+	}
+	if got := c3.do("RESPITE", "ATTRIBUTES", "ON"); got != "+OK\r\n" {
+		t.Fatal(got)
+	}
 	c3.do("WATCH", "hot")
 	b.do("INCR", "hot")
 	c3.do("MULTI")
 	c3.do("PING")
 	got = c3.do("EXEC")
-	if !strings.HasPrefix(got, "|1\r\n$7\r\nrespite\r\n%4\r\n$7\r\nattempt\r\n:1\r\n") || !strings.HasSuffix(got, "_\r\n") {
+	if !strings.HasPrefix(got, "|1\r\n$7\r\nrespite\r\n%4\r\n$7\r\nattempt\r\n:2\r\n") || !strings.HasSuffix(got, "_\r\n") {
 		t.Fatalf("RESP3 aborted EXEC: %q", got)
 	}
 	// go-redis (RESP3 by default) skips the attribute and sees a plain abort.
-	g := newGoRedis(t, proxy, nil)
+	withAttr := startProxy(t, func(c *config.Config) { c.Transactions.AbortAttribute = true })
+	g := newGoRedis(t, withAttr, nil)
 	ctx := context.Background()
 	err := g.Watch(ctx, func(tx *redis.Tx) error {
 		b.do("INCR", "hot")

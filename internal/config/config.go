@@ -63,6 +63,11 @@ type Transactions struct {
 	TrackedKeys int `yaml:"tracked_keys"`
 	// Gate orders WATCH sessions on hot keys.
 	Gate Gate `yaml:"gate"`
+	// AbortAttribute sends RESP3 clients the retry metadata as an
+	// attribute (|) before the null of an EXEC aborted by WATCH. Off by
+	// default: not every client parses attributes (redis-cli 7.0 drops the
+	// connection); a connection can opt in with RESPITE ATTRIBUTES ON.
+	AbortAttribute bool `yaml:"abort_attribute"`
 	// IdleTimeout ends a WATCH or MULTI left open longer than this: the
 	// proxy kills its upstream connection, logs it, and the client's EXEC
 	// fails with a clear error (default 0: off).
