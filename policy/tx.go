@@ -121,6 +121,9 @@ func (r *Route) QueueWrite(ctx context.Context, name string, args [][]byte) (*Qu
 		kind := "int"
 		if float {
 			kind = "float"
+			if err := w.floatColumn(ctx); err != nil {
+				return nil, err
+			}
 		}
 		q.float = float
 		src, sargs = wbIncrSrc, []string{delta, kind}

@@ -142,6 +142,9 @@ func (w *writeBack) write(ctx context.Context, proto int, name, key string, args
 		kind := "int"
 		if float {
 			kind = "float"
+			if err := w.floatColumn(ctx); err != nil {
+				return r.fail(err)
+			}
 		}
 		v, err := w.run(ctx, wbIncr, key, keys, delta, kind)
 		if err != nil {
@@ -206,6 +209,15 @@ func (w *writeBack) run(ctx context.Context, s *redis.Script, key string, keys [
 			return nil, err
 		}
 	}
+}
+
+// floatColumn refuses INCRBYFLOAT when the value column cannot hold a
+// fraction: the cache would drift from PostgreSQL for good.
+func (w *writeBack) floatColumn(ctx context.Context) error {
+	if w.r.table.CheckValue(ctx, "0.5") != nil {
+		return redisErr("ERR INCRBYFLOAT needs a floating-point value column on write-back route '" + w.r.cfg.Name + "'")
+	}
+	return nil
 }
 
 // check refuses a value PostgreSQL would reject, before it is queued:

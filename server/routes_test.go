@@ -447,3 +447,18 @@ func TestWriteBackCountersExact(t *testing.T) {
 		t.Fatalf("%d flush statements for 100,000 writes: want at least 10x fewer", statements)
 	}
 }
+
+// INCRBYFLOAT on a write-back integer column is refused: the cached value
+// could never be flushed.
+func TestWriteBackIncrByFloatOnIntegerColumn(t *testing.T) {
+	p := sharedPostgres(t)
+	p.Exec("DELETE FROM page_views; INSERT INTO page_views VALUES ('f', 5)")
+	dialRaw(t, redisAddr).do("FLUSHALL")
+	c := dialRaw(t, startRouted(t, p, nil))
+	if got := c.do("INCRBYFLOAT", "pv:f", "1.5"); !strings.HasPrefix(got, "-ERR INCRBYFLOAT needs a floating-point value column") {
+		t.Fatalf("INCRBYFLOAT on a bigint column: %q", got)
+	}
+	if got := c.do("GET", "pv:f"); got != "$1\r\n5\r\n" {
+		t.Fatalf("value after a refused INCRBYFLOAT: %q", got)
+	}
+}
