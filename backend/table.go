@@ -851,3 +851,29 @@ func (t *Table) Delete(ctx context.Context, q Querier, key string) (bool, error)
 	}
 	return tag.RowsAffected() > 0, nil
 }
+
+// CanonicalKey returns the form PostgreSQL gives key once cast to the key
+// column's type, when Go can tell (integers in decimal without sign or
+// leading zeros, lower-case uuids), and whether key already is that form.
+// Routes use it so that "user:01" and "user:1" are not two cached copies of
+// one row: a non-canonical key is not found for reads and refused for
+// writes. Other types are taken as they are.
+func (t *Table) CanonicalKey(key string) (canonical string, ok bool) {
+	switch t.cols[t.key].kind {
+	case kindInt16, kindInt32, kindInt64:
+		n, err := strconv.ParseInt(strings.TrimSpace(key), 10, 64)
+		if err != nil {
+			return key, true // not an integer: the cast decides (not found / KeyError)
+		}
+		c := strconv.FormatInt(n, 10)
+		return c, c == key
+	case kindUUID:
+		c := strings.ToLower(strings.ReplaceAll(strings.Trim(key, "{}"), "-", ""))
+		if len(c) != 32 {
+			return key, true
+		}
+		c = c[0:8] + "-" + c[8:12] + "-" + c[12:16] + "-" + c[16:20] + "-" + c[20:32]
+		return c, c == key
+	}
+	return key, true
+}

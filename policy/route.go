@@ -135,6 +135,13 @@ func (r *Route) Do(ctx context.Context, proto int, name string, args [][]byte) [
 		return resp.AppendError(nil, "ERR wrong number of arguments for '"+name+"' command")
 	}
 	key := string(args[1])
+	if canonical, ok := r.table.CanonicalKey(r.id(key)); !ok {
+		// "user:01" would be a second cached copy of row 1.
+		if IsRead(name) {
+			return r.absent(proto, name, len(args))
+		}
+		return resp.AppendError(nil, fmt.Sprintf("ERR route '%s': key %q is not in canonical form; use %q", r.cfg.Name, key, r.cfg.Prefix+canonical))
+	}
 	switch name {
 	case "get", "hget", "hmget", "hgetall", "hexists", "hlen", "hkeys", "hvals":
 		return r.read(ctx, proto, key, args)
@@ -161,6 +168,27 @@ func (r *Route) Do(ctx context.Context, proto int, name string, args [][]byte) [
 
 // writeTimeout bounds one write command's PostgreSQL and Redis work.
 const writeTimeout = 30 * time.Second
+
+// absent is a read command's reply for a key that has no row.
+func (r *Route) absent(proto int, name string, argc int) []byte {
+	switch name {
+	case "hgetall":
+		return resp.AppendMap(nil, 0, proto)
+	case "hkeys", "hvals":
+		return resp.AppendArray(nil, 0)
+	case "hmget":
+		b := resp.AppendArray(nil, max(argc-2, 0))
+		for i := 2; i < argc; i++ {
+			b = resp.AppendNull(b, proto)
+		}
+		return b
+	case "hexists", "hlen", "exists":
+		return resp.AppendInt(nil, 0)
+	case "ttl", "pttl":
+		return resp.AppendInt(nil, -2)
+	}
+	return resp.AppendNull(nil, proto)
+}
 
 // passthrough runs args on the cache tier as they are.
 func (r *Route) passthrough(ctx context.Context, proto int, args [][]byte) []byte {

@@ -462,3 +462,27 @@ func TestWriteBackIncrByFloatOnIntegerColumn(t *testing.T) {
 		t.Fatalf("value after a refused INCRBYFLOAT: %q", got)
 	}
 }
+
+// "user:01" and "user:1" are one row: only the canonical key is served, so
+// the row never has two cached copies.
+func TestNonCanonicalKeys(t *testing.T) {
+	p := sharedPostgres(t)
+	p.Exec("DELETE FROM users; INSERT INTO users VALUES (14, 'Grace H', NULL, 85)")
+	dialRaw(t, redisAddr).do("FLUSHALL")
+	c := dialRaw(t, startRouted(t, p, nil))
+	if got := c.do("GET", "user:014"); got != "$-1\r\n" {
+		t.Fatalf("GET of a non-canonical key: %q", got)
+	}
+	if got := c.do("SET", "user:+14", `{"age":1}`); !strings.Contains(got, `use "user:14"`) {
+		t.Fatalf("SET of a non-canonical key: %q", got)
+	}
+	if got := c.do("DEL", "user:014"); !strings.HasPrefix(got, "-ERR route 'users': key") {
+		t.Fatalf("DEL of a non-canonical key: %q", got)
+	}
+	if got, _ := p.Query("SELECT age FROM users WHERE id = 14"); got != "85" {
+		t.Fatalf("the row changed: %q", got)
+	}
+	if got := c.do("GET", "user:14"); !strings.Contains(got, "Grace H") {
+		t.Fatalf("canonical key: %q", got)
+	}
+}
