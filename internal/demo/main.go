@@ -52,6 +52,7 @@ func run() int {
 	cfgPath := flag.String("config", "config.yaml", "Respite configuration file")
 	flag.Parse()
 
+	freshDB := false // a throwaway PostgreSQL was started
 	// PostgreSQL: RESPITE_PG_DSN if it answers, or a throwaway one.
 	dsn := os.Getenv("RESPITE_PG_DSN")
 	if dsn != "" && pgReachable(dsn) == nil {
@@ -64,11 +65,11 @@ func run() int {
 		if err != nil {
 			logf("%v", err)
 			return 1
-		} else {
-			defer pg.Stop()
-			dsn = pg.DSN
-			logf("throwaway PostgreSQL: %s (dir %s)", dsn, pg.Dir)
 		}
+		defer pg.Stop()
+		dsn = pg.DSN
+		freshDB = true
+		logf("throwaway PostgreSQL: %s (dir %s)", dsn, pg.Dir)
 	}
 
 	os.Setenv("RESPITE_PG_DSN", dsn)
@@ -84,12 +85,20 @@ func run() int {
 		return 1
 	}
 
-	// Redis: the configured upstream, or a throwaway one.
+	// Redis: the configured upstream, or a throwaway one. A fresh database
+	// gets a fresh Redis too: a cache left by an earlier run would serve
+	// rows the new database does not have (and the routed keys would land
+	// in your own Redis).
 	adjusted := false
-	if err := pingRedis(cfg.Upstream.Addr, cfg.Upstream.Username, cfg.Upstream.Password); err == nil {
+	if freshDB {
+		logf("fresh PostgreSQL: starting a throwaway redis-server as its cache")
+	}
+	if err := pingRedis(cfg.Upstream.Addr, cfg.Upstream.Username, cfg.Upstream.Password); err == nil && !freshDB {
 		logf("using the upstream Redis at %s", cfg.Upstream.Addr)
 	} else {
-		logf("upstream Redis at %s unusable (%v): starting a throwaway redis-server", cfg.Upstream.Addr, err)
+		if !freshDB {
+			logf("upstream Redis at %s unusable (%v): starting a throwaway redis-server", cfg.Upstream.Addr, err)
+		}
 		r, err := testenv.StartRedis()
 		if err != nil {
 			logf("%v", err)
