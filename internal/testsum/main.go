@@ -132,6 +132,7 @@ func (o *orderer) output(pkg, text string) {
 	if o.buf[pkg] == nil {
 		o.buf[pkg] = &strings.Builder{}
 		o.order = append(o.order, pkg)
+		delete(o.fin, pkg) // a package can run again (the fuzz step after the tests)
 	}
 	if o.active == "" {
 		o.advance()
