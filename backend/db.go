@@ -76,6 +76,12 @@ func (db *DB) Close() {
 	db.flush.Close()
 }
 
+// PoolStats returns the load pool's total and idle connections.
+func (db *DB) PoolStats() (total, idle int64) {
+	st := db.load.Stat()
+	return int64(st.TotalConns()), int64(st.IdleConns())
+}
+
 // Ping checks that both pools can reach PostgreSQL.
 func (db *DB) Ping(ctx context.Context) error {
 	if err := db.load.Ping(ctx); err != nil {

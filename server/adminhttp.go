@@ -40,6 +40,17 @@ func (s *Server) Snapshot() admin.Snapshot {
 		GateWaits:         s.gate.Waits.Load(),
 	}
 	snap.PinnedOther = max(0, s.pinned.Load()-snap.PinnedTransaction-snap.PinnedBlocking)
+	ps := s.up.pinned[0].PoolStats()
+	ps3 := s.up.pinned[1].PoolStats()
+	sh := s.up.shared[0].PoolStats()
+	snap.UpstreamPool = admin.PoolStats{Total: int64(ps.TotalConns + ps3.TotalConns + sh.TotalConns), Idle: int64(ps.IdleConns + ps3.IdleConns + sh.IdleConns)}
+	if rs := s.routes.Load(); rs != nil {
+		snap.PostgresPool.Total, snap.PostgresPool.Idle = rs.db.PoolStats()
+		if rs.flusher != nil {
+			st := &rs.flusher.Stats
+			snap.FlushStatements, snap.FlushErrors, snap.FlushCoalesced = st.Statements.Load(), st.Errors.Load(), st.Coalesced.Load()
+		}
+	}
 	for _, r := range s.routeList() {
 		st := &r.Stats
 		snap.Routes = append(snap.Routes, admin.RouteStats{

@@ -354,6 +354,8 @@ func TestMetricNames(t *testing.T) {
 		"respite_route_errors_total", "respite_writeback_queue_length", "respite_writeback_oldest_pending_seconds",
 		"respite_writeback_in_flight", "respite_writeback_dead_letters", "respite_watch_aborts_total",
 		"respite_watch_commits_total", "respite_gate_waits_total", "respite_command_duration_seconds",
+		"respite_upstream_pool_connections", "respite_postgres_pool_connections",
+		"respite_writeback_statements_total", "respite_writeback_flush_errors_total", "respite_writeback_coalesced_total",
 	}
 	slices.Sort(want)
 	if got := admin.MetricNames(); !slices.Equal(got, want) {

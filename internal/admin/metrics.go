@@ -38,7 +38,16 @@ type Snapshot struct {
 	// that aborted (nil reply) and that committed; GateWaits counts WATCH
 	// sessions the contention gate made wait for their turn.
 	WatchAborts, WatchCommits, GateWaits int64
+	// UpstreamPool is the go-redis pool for pinned sessions, fills and
+	// scripts; PostgresPool the pgx pool for loads and direct writes.
+	UpstreamPool, PostgresPool PoolStats
+	// Flush counts the write-back flusher's statements, failed statements
+	// and the entries coalescing saved from being written.
+	FlushStatements, FlushErrors, FlushCoalesced int64
 }
+
+// PoolStats are a connection pool's current connections.
+type PoolStats struct{ Total, Idle int64 }
 
 // RouteStats are one route's counters (policy.Stats). Policy is for the
 // server's own use: every route metric has the route label only.
@@ -102,6 +111,11 @@ const (
 	MetricWatchCommits         = "respite_watch_commits_total"
 	MetricGateWaits            = "respite_gate_waits_total"
 	MetricCommandDuration      = "respite_command_duration_seconds"
+	MetricUpstreamPool         = "respite_upstream_pool_connections"
+	MetricPostgresPool         = "respite_postgres_pool_connections"
+	MetricFlushStatements      = "respite_writeback_statements_total"
+	MetricFlushErrors          = "respite_writeback_flush_errors_total"
+	MetricFlushCoalesced       = "respite_writeback_coalesced_total"
 )
 
 // MetricNames returns the name of every metric Respite exports (without
@@ -146,6 +160,11 @@ var descs = []desc{
 	{MetricWatchAborts, "EXECs of watched transactions that aborted because a watched key changed.", prometheus.CounterValue, ""},
 	{MetricWatchCommits, "EXECs of watched transactions that committed.", prometheus.CounterValue, ""},
 	{MetricGateWaits, "WATCH sessions the contention gate made wait for their turn on a hot key.", prometheus.CounterValue, ""},
+	{MetricUpstreamPool, "Connections in the go-redis pool for pinned sessions, fills and scripts, by state (total, idle).", prometheus.GaugeValue, "state"},
+	{MetricPostgresPool, "Connections in the PostgreSQL pool for loads and direct writes, by state (total, idle).", prometheus.GaugeValue, "state"},
+	{MetricFlushStatements, "Write-back flush statements sent to PostgreSQL (failed ones included).", prometheus.CounterValue, ""},
+	{MetricFlushErrors, "Write-back flush statements that failed (PostgreSQL errors; retried, or dead-lettered after max_retries).", prometheus.CounterValue, ""},
+	{MetricFlushCoalesced, "Write-back entries that coalescing saved from being written (entries minus distinct keys per batch): the DB work the queue saved.", prometheus.CounterValue, ""},
 }
 
 // Metrics is a prometheus.Collector over a Source plus the command latency
@@ -276,6 +295,18 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	emit(float64(s.WatchCommits))
 	next()
 	emit(float64(s.GateWaits))
+	next()
+	emit(float64(s.UpstreamPool.Total), "total")
+	emit(float64(s.UpstreamPool.Idle), "idle")
+	next()
+	emit(float64(s.PostgresPool.Total), "total")
+	emit(float64(s.PostgresPool.Idle), "idle")
+	next()
+	emit(float64(s.FlushStatements))
+	next()
+	emit(float64(s.FlushErrors))
+	next()
+	emit(float64(s.FlushCoalesced))
 }
 
 // dedupe keeps the first element of each name: a duplicate label set would
