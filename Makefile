@@ -28,7 +28,7 @@ test:
 	  elif ! grep -qs 'func FuzzRequestStream' resp/*_test.go; then \
 	    echo "FAIL: resp: fuzz target FuzzRequestStream not found"; status=1; \
 	  else \
-	    $(GO) test -json -run '^$$' -fuzz FuzzRequestStream -fuzztime $(FUZZTIME) ./resp/ || status=$$?; \
+	    FUZZTIME=$(FUZZTIME) bash scripts/fuzz.sh || status=$$?; \
 	  fi; \
 	  exit $$status; } | bin/testsum
 
