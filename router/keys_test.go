@@ -405,7 +405,7 @@ func TestKeyPositionsMatchRedis(t *testing.T) {
 	}
 	r, err := testenv.StartRedis()
 	if err != nil {
-		t.Skip(err)
+		t.Fatal(err)
 	}
 	defer r.Stop()
 	c, err := net.DialTimeout("tcp", r.Addr, 5*time.Second)
@@ -474,7 +474,7 @@ func TestKeyPositionsCoverRedisGetkeys(t *testing.T) {
 	}
 	r, err := testenv.StartRedis()
 	if err != nil {
-		t.Skip(err)
+		t.Fatal(err)
 	}
 	defer r.Stop()
 	c, err := net.DialTimeout("tcp", r.Addr, 5*time.Second)
@@ -548,11 +548,11 @@ func TestGeneratedTableUpToDate(t *testing.T) {
 		t.Skip("-short")
 	}
 	if _, err := exec.LookPath("redis-server"); err != nil {
-		t.Skip("no redis-server")
+		t.Fatal("redis-server not found: install it with \"apt-get install -y redis-server\"")
 	}
 	gobin, err := exec.LookPath("go")
 	if err != nil {
-		t.Skip("no go command")
+		t.Fatal("no go command on PATH")
 	}
 	out := filepath.Join(t.TempDir(), "keys_table.go")
 	cmd := exec.Command(gobin, "run", "./gen", "-o", out)
