@@ -54,9 +54,13 @@ func (s *Server) serveDetached(c *session, pending []redcon.Command) {
 	c.mu.Unlock()
 	s.detached.Add(1)
 	go func() {
-		defer s.detached.Add(-1)
-		defer s.drop(c)
-		defer dc.Close()
+		defer func() {
+			c.mu.Lock() // the receiver may be writing
+			dc.Close()
+			c.mu.Unlock()
+			s.drop(c)
+			s.detached.Add(-1)
+		}()
 		for !c.quit {
 			var cmd redcon.Command
 			if len(pending) > 0 {
