@@ -32,11 +32,11 @@ type pin struct {
 	watchedAt time.Time // when the first WATCH was armed
 }
 
-// pinUp gives the session a pinned connection if it has none. On failure
-// it has already answered the client.
-func (c *session) pinUp() bool {
+// pinUp gives the session a pinned connection if it has none. The
+// connection dials lazily: a failure surfaces on the first command.
+func (c *session) pinUp() {
 	if c.pin != nil {
-		return true
+		return
 	}
 	cn := c.s.up.pinned[index(c.proto)].EphemeralConn()
 	if c.proto == 3 {
@@ -52,7 +52,6 @@ func (c *session) pinUp() bool {
 		c.pin.upID, _ = cn.ClientID(ctx).Result()
 		cancel()
 	}
-	return true
 }
 
 // unpin closes the pinned connection; Redis drops its MULTI and WATCH.
@@ -200,9 +199,7 @@ func (c *session) maybeUnpin() {
 // ended with CLIENT UNBLOCK, so an orphaned BLPOP cannot take an element
 // nobody will read.
 func (c *session) blocking(args [][]byte) {
-	if !c.pinUp() {
-		return
-	}
+	c.pinUp()
 	ctx := context.Background()
 	if c.pin.upID == 0 {
 		id, err := c.pin.conn.ClientID(ctx).Result()

@@ -122,7 +122,7 @@ func (c *session) subscribe(args [][]byte) {
 		err, expect = p.ps.Ping(ctx, names...), 1
 	case router.Is(name, "subscribe"), router.Is(name, "psubscribe"), router.Is(name, "ssubscribe"):
 		if len(names) == 0 {
-			c.sendError(errArity(lower(name)))
+			c.sendError(errArity(router.Name(name)))
 			return
 		}
 		switch {

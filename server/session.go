@@ -298,7 +298,7 @@ func (c *session) special(args [][]byte) {
 		return
 	}
 	if c.sub != nil && c.sub.restricted(c.proto) && !allowedSubscribed(name) {
-		c.sendError("ERR Can't execute '" + lower(name) + "': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context")
+		c.sendError("ERR Can't execute '" + router.Name(name) + "': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context")
 		return
 	}
 	if c.routedKeys(args) {
@@ -327,7 +327,8 @@ func (c *session) special(args [][]byte) {
 	case router.Client:
 		if len(args) > 1 && router.LookupClient(args[1]) == router.ClientLocal {
 			c.clientLocal(args)
-		} else if c.pinUp() {
+		} else {
+			c.pinUp()
 			c.forwardPinned([]redcon.Command{{Args: args}})
 		}
 	case router.Blocking:
@@ -337,7 +338,7 @@ func (c *session) special(args [][]byte) {
 	case router.Monitor:
 		c.monitor()
 	case router.Refused:
-		c.sendError("ERR command '" + lower(name) + "' is not supported by the proxy")
+		c.sendError("ERR command '" + router.Name(name) + "' is not supported by the proxy")
 	default:
 		if router.Is(name, "ping") && c.sub != nil {
 			c.subscribe(args)
@@ -345,17 +346,6 @@ func (c *session) special(args [][]byte) {
 		}
 		c.forwardShared([]redcon.Command{{Args: args}})
 	}
-}
-
-func lower(b []byte) string {
-	out := make([]byte, len(b))
-	for i, ch := range b {
-		if 'A' <= ch && ch <= 'Z' {
-			ch += 'a' - 'A'
-		}
-		out[i] = ch
-	}
-	return string(out)
 }
 
 // end releases everything the session holds upstream. It is idempotent.
