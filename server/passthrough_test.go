@@ -480,3 +480,39 @@ func TestGoRedisDefaults(t *testing.T) {
 		t.Fatalf("binary key/value: %q", v)
 	}
 }
+
+// More pinned sessions at once than upstream.pool_size: each holds its own
+// upstream connection, and none waits for another to end.
+func TestManyPinnedSessions(t *testing.T) {
+	proxy := startProxy(t, func(c *config.Config) { c.Upstream.PoolSize = 4 })
+	dialRaw(t, redisAddr).do("DEL", "workq")
+	var conns []*rawConn
+	for i := 0; i < 20; i++ {
+		c := dialRaw(t, proxy)
+		if got := c.do("WATCH", fmt.Sprintf("pinned:%d", i)); got != "+OK\r\n" {
+			t.Fatalf("WATCH %d: %q", i, got)
+		}
+		conns = append(conns, c)
+	}
+	workers := make([]*rawConn, 20)
+	for i := range workers {
+		workers[i] = dialRaw(t, proxy)
+		workers[i].send(encode("BLPOP", "workq", "0"))
+	}
+	time.Sleep(200 * time.Millisecond)
+	for i := 0; i < 20; i++ {
+		dialRaw(t, proxy).do("RPUSH", "workq", strconv.Itoa(i))
+	}
+	for i, w := range workers {
+		if got := w.read(); !strings.HasPrefix(got, "*2\r\n$5\r\nworkq\r\n") {
+			t.Fatalf("worker %d: %q", i, got)
+		}
+	}
+	for i, c := range conns {
+		c.do("MULTI")
+		c.do("PING")
+		if got := c.do("EXEC"); got != "*1\r\n+PONG\r\n" {
+			t.Fatalf("transaction %d: %q", i, got)
+		}
+	}
+}

@@ -68,7 +68,7 @@ type Server struct {
 // goes down later. With routes, it connects to PostgreSQL and checks every
 // route's table and columns; the error names the route, table and column.
 func New(cfg config.Config, log *slog.Logger) (*Server, error) {
-	up, err := newUpstream(cfg.Upstream)
+	up, err := newUpstream(cfg.Upstream, cfg.Limits.MaxClients)
 	if err != nil {
 		return nil, err
 	}

@@ -33,7 +33,9 @@ type upstream struct {
 	tls     *tls.Config // nil without upstream TLS
 }
 
-func newUpstream(cfg config.Upstream) (*upstream, error) {
+// newUpstream builds the clients; maxPinned caps the connections pinned
+// sessions may hold at once (one per client at most, so max_clients).
+func newUpstream(cfg config.Upstream, maxPinned int) (*upstream, error) {
 	tc, err := upstreamTLS(cfg)
 	if err != nil {
 		return nil, err
@@ -47,7 +49,11 @@ func newUpstream(cfg config.Upstream) (*upstream, error) {
 			return nil, err
 		}
 		u.ap[i] = ap
-		u.pinned[i] = redis.NewClient(u.options(proto, cfg.PoolSize, -1))
+		// Every pinned session (WATCH, MULTI, BLPOP, SUBSCRIBE, ...) holds a
+		// connection of this pool for as long as it lasts: its size must
+		// not be a small pool size, or the next session would wait for a
+		// free slot (go-redis connections are only dialled on demand).
+		u.pinned[i] = redis.NewClient(u.options(proto, max(maxPinned, cfg.PoolSize), -1))
 	}
 	return u, nil
 }
