@@ -173,7 +173,7 @@ func validName(name []byte) bool {
 // subscriptions and MONITOR, back to RESP2, the default database, no name,
 // replies on and, with requirepass, not authenticated.
 func (c *session) reset() {
-	c.unpin()
+	c.releasePin()
 	if c.sub != nil {
 		c.sub.unsubscribeAll()
 	}

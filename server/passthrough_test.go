@@ -516,3 +516,69 @@ func TestManyPinnedSessions(t *testing.T) {
 		}
 	}
 }
+
+// Pinned connections are reset (RESET, then the connection's own HELLO,
+// AUTH and SELECT) and reused: state never carries over, and sequential
+// transactions do not dial a connection each.
+func TestPinnedConnectionsAreResetAndReused(t *testing.T) {
+	proxy := startProxy(t, nil)
+	d := dialRaw(t, redisAddr)
+	d.do("FLUSHALL")
+	// Leave every kind of state behind on pinned connections.
+	a := dialRaw(t, proxy)
+	a.do("WATCH", "rk")
+	a.do("MULTI")
+	a.do("SET", "rk", "queued")
+	a.c.Close()
+	b := dialRaw(t, proxy)
+	b.do("SELECT", "4")
+	b.do("SET", "rk", "db4")
+	b.do("SELECT", "0")
+	time.Sleep(100 * time.Millisecond)
+	connsBefore := infoField(d.do("INFO", "stats"), "total_connections_received")
+	for i := 0; i < 30; i++ {
+		c := dialRaw(t, proxy)
+		c.do("WATCH", "rk")
+		if got := c.do("GET", "rk"); got != "$-1\r\n" {
+			t.Fatalf("round %d: GET rk on db 0 = %q (state leaked)", i, got)
+		}
+		c.do("MULTI")
+		if got := c.do("PING"); got != "+QUEUED\r\n" {
+			t.Fatalf("round %d: PING in MULTI = %q", i, got)
+		}
+		if got := c.do("EXEC"); got != "*1\r\n+PONG\r\n" {
+			t.Fatalf("round %d: EXEC = %q", i, got)
+		}
+		c.c.Close()
+		time.Sleep(5 * time.Millisecond)
+	}
+	if connsAfter := infoField(d.do("INFO", "stats"), "total_connections_received"); connsAfter-connsBefore > 10 {
+		t.Fatalf("30 sequential transactions dialled %d upstream connections; pinned connections are not reused", connsAfter-connsBefore)
+	}
+}
+
+func infoField(info, field string) int {
+	for _, line := range strings.Split(info, "\r\n") {
+		if v, ok := strings.CutPrefix(line, field+":"); ok {
+			n, _ := strconv.Atoi(v)
+			return n
+		}
+	}
+	return -1
+}
+
+// A reused pinned connection is back on upstream.db after its RESET.
+func TestReusedPinnedConnectionKeepsConfiguredDB(t *testing.T) {
+	proxy := startProxy(t, func(c *config.Config) { c.Upstream.DB = 2 })
+	dialRaw(t, proxy).do("SET", "db2key", "two")
+	for i := 0; i < 5; i++ {
+		c := dialRaw(t, proxy)
+		c.do("MULTI")
+		c.do("GET", "db2key")
+		if got := c.do("EXEC"); got != "*1\r\n$3\r\ntwo\r\n" {
+			t.Fatalf("round %d: EXEC = %q (wrong database after reuse)", i, got)
+		}
+		c.c.Close()
+		time.Sleep(20 * time.Millisecond)
+	}
+}

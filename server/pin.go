@@ -24,6 +24,7 @@ type pin struct {
 	watch    bool // WATCH armed
 	tracking bool // CLIENT TRACKING on
 	sticky   bool // state the proxy cannot follow: keep until the client leaves
+	tracked  bool // CLIENT TRACKING was used: the connection is never reused
 	upID     int64
 
 	queued    int       // commands queued since MULTI: the next one's place in EXEC's array
@@ -38,12 +39,7 @@ func (c *session) pinUp() {
 	if c.pin != nil {
 		return
 	}
-	cn := c.s.up.pinned[index(c.proto)].EphemeralConn()
-	if c.proto == 3 {
-		// Invalidation pushes (CLIENT TRACKING) reach go-redis while it
-		// reads a reply on this connection; hand them to the client.
-		cn.RegisterPushNotificationHandler("invalidate", pushForwarder{c}, false)
-	}
+	cn := c.s.up.takePinned(c.proto)
 	c.pin = &pin{conn: cn}
 	c.s.pinned.Add(1)
 	if c.s.live.Load().Transactions.IdleTimeout > 0 {
@@ -55,14 +51,27 @@ func (c *session) pinUp() {
 }
 
 // unpin closes the pinned connection; Redis drops its MULTI and WATCH.
-func (c *session) unpin() {
-	if c.pin != nil {
-		c.endWatch()
-		c.pin.conn.Close()
-		c.pin = nil
-		c.s.pinned.Add(-1)
-		c.countPin()
+func (c *session) unpin() { c.dropPin(false) }
+
+// releasePin ends a pinned session that ended normally: its connection is
+// reset (RESET) and verified in the background, then reused by a later
+// session, or closed.
+func (c *session) releasePin() { c.dropPin(true) }
+
+func (c *session) dropPin(reuse bool) {
+	p := c.pin
+	if p == nil {
+		return
 	}
+	c.endWatch()
+	if reuse && !p.tracked && !p.sticky {
+		go c.s.up.recycle(c.proto, p.conn)
+	} else {
+		p.conn.Close()
+	}
+	c.pin = nil
+	c.s.pinned.Add(-1)
+	c.countPin()
 }
 
 // endWatch forgets the session's watched keys and leaves the gate.
@@ -162,6 +171,12 @@ func (c *session) follow(args [][]byte, reply []byte) {
 	case router.Is(name, "client") && len(args) > 2 && router.Is(args[1], "tracking"):
 		if ok {
 			p.tracking = router.Is(args[2], "on")
+			if p.tracking && !p.tracked && c.proto == 3 {
+				// Invalidation pushes reach go-redis while it reads a
+				// reply on this connection; hand them to the client.
+				p.conn.RegisterPushNotificationHandler("invalidate", pushForwarder{c}, false)
+			}
+			p.tracked = p.tracked || p.tracking
 		}
 	case router.Is(name, "client"):
 		if router.LookupClient(args[1]) == router.ClientPin && !router.Is(args[1], "trackinginfo") && !router.Is(args[1], "getredir") {
@@ -190,7 +205,7 @@ func (c *session) maybeUnpin() {
 	if p == nil || p.multi || p.watch || p.tracking || p.sticky || c.db != c.s.cfg.Upstream.DB {
 		return
 	}
-	c.unpin()
+	c.releasePin()
 }
 
 // blocking runs a command that may block (BLPOP, WAIT, XREAD BLOCK, ...) on

@@ -359,7 +359,7 @@ func (c *session) end() {
 	if c.idle.timer != nil {
 		c.idle.timer.Stop()
 	}
-	c.unpin()
+	c.releasePin()
 	if c.sub != nil {
 		c.sub.close()
 	}

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"crypto/tls"
+	"strconv"
 	"strings"
 	"time"
 
@@ -27,6 +28,8 @@ type upstream struct {
 	// (EphemeralConn): read timeout off, no retries, so a blocking command
 	// waits as long as the client asked and nothing runs twice.
 	pinned [2]*redis.Client
+	// free holds reset pinned connections for reuse, per RESP version.
+	free [2]chan *redis.Conn
 	// timeout bounds one non-blocking round trip.
 	timeout time.Duration
 	opts    config.Upstream
@@ -54,6 +57,7 @@ func newUpstream(cfg config.Upstream, maxPinned int) (*upstream, error) {
 		// not be a small pool size, or the next session would wait for a
 		// free slot (go-redis connections are only dialled on demand).
 		u.pinned[i] = redis.NewClient(u.options(proto, max(maxPinned, cfg.PoolSize), -1))
+		u.free[i] = make(chan *redis.Conn, cfg.PoolSize)
 	}
 	return u, nil
 }
@@ -86,6 +90,70 @@ func index(proto int) int {
 	return 0
 }
 
+// takePinned returns a connection for a pinned session: a reset one kept
+// by recycle, or a new go-redis EphemeralConn (closing it closes the
+// socket: it never returns to a go-redis pool with its state).
+func (u *upstream) takePinned(proto int) *redis.Conn {
+	select {
+	case cn := <-u.free[index(proto)]:
+		return cn
+	default:
+		return u.pinned[index(proto)].EphemeralConn()
+	}
+}
+
+// recycle resets a pinned connection whose session ended and keeps it for
+// the next one. RESET (https://redis.io/commands/reset) ends MULTI, WATCH,
+// subscriptions and MONITOR, selects db 0, turns CLIENT TRACKING and REPLY
+// back to defaults, and returns to RESP2 unauthenticated, so the
+// connection's own set-up (HELLO with AUTH, SELECT) is sent again; every
+// reply is checked, and a connection that does not answer exactly so is
+// closed instead.
+func (u *upstream) recycle(proto int, cn *redis.Conn) {
+	ctx, cancel := context.WithTimeout(context.Background(), u.timeout)
+	defer cancel()
+	want := []string{"+RESET\r\n"}
+	cmds := [][]any{{"RESET"}}
+	user := u.opts.Username
+	if user == "" {
+		user = "default"
+	}
+	switch {
+	case proto == 3 && u.opts.Password != "":
+		cmds = append(cmds, []any{"HELLO", "3", "AUTH", user, u.opts.Password})
+		want = append(want, "")
+	case proto == 3:
+		cmds = append(cmds, []any{"HELLO", "3"})
+		want = append(want, "")
+	case u.opts.Password != "":
+		cmds = append(cmds, []any{"AUTH", user, u.opts.Password})
+		want = append(want, "+OK\r\n")
+	}
+	if u.opts.DB != 0 {
+		cmds = append(cmds, []any{"SELECT", strconv.Itoa(u.opts.DB)})
+		want = append(want, "+OK\r\n")
+	}
+	raws := make([]*redis.RawCmd, len(cmds))
+	p := cn.Pipeline()
+	for i, args := range cmds {
+		raws[i] = redis.NewRawCmd(ctx, args...)
+		p.Process(ctx, raws[i])
+	}
+	p.Exec(ctx)
+	for i, r := range raws {
+		v, err := r.Result()
+		if err != nil || len(v) == 0 || v[0] == '-' || (want[i] != "" && string(v) != want[i]) {
+			cn.Close()
+			return
+		}
+	}
+	select {
+	case u.free[index(proto)] <- cn:
+	default:
+		cn.Close()
+	}
+}
+
 // dedicated returns a new single-connection client for a session that owns
 // its connection for its whole life (MONITOR). Close it when done.
 func (u *upstream) dedicated(proto int) *redis.Client {
@@ -107,6 +175,16 @@ func (u *upstream) version(ctx context.Context) (string, error) {
 }
 
 func (u *upstream) close() {
+	for i := range u.free {
+		for done := false; !done; {
+			select {
+			case cn := <-u.free[i]:
+				cn.Close()
+			default:
+				done = true
+			}
+		}
+	}
 	for i := range u.shared {
 		u.mux[i].close()
 		u.ap[i].Close()
