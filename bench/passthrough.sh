@@ -56,24 +56,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# free_port VAR: set VAR to a TCP port on 127.0.0.1 nobody listens on and
-# this script has not handed out yet.
-USED_PORTS=" "
-free_port() {
-	local p _
-	for _ in $(seq 500); do
-		p=$((20000 + RANDOM % 40000))
-		[[ $USED_PORTS == *" $p "* ]] && continue
-		if [ -n "$(ss -Htln "sport = :$p" 2>/dev/null)" ]; then continue; fi
-		if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then continue; fi
-		USED_PORTS+="$p "
-		printf -v "$1" '%s' "$p"
-		return 0
-	done
-	echo "no free port found" >&2
-	return 1
-}
-
 # wait_ready NAME PORT PID LOG: wait until PORT answers PING, or fail showing LOG.
 wait_ready() {
 	local name=$1 port=$2 pid=$3 log=$4 _

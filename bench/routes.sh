@@ -69,28 +69,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# free_port VAR: set VAR to a TCP port on 127.0.0.1 that no socket uses
-# (listening or connected) and this script has not handed out yet, below
-# the kernel's ephemeral range (outgoing connections of other jobs take
-# ports there at any moment); never 6379, 6380 or 5432.
-USED_PORTS=" 6379 6380 5432 "
-EPHEMERAL_LOW=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
-free_port() {
-	local p _ lo=10000 hi=$EPHEMERAL_LOW
-	[ "$hi" -gt $((lo + 1000)) ] || hi=65000
-	for _ in $(seq 500); do
-		p=$((lo + RANDOM % (hi - lo)))
-		[[ $USED_PORTS == *" $p "* ]] && continue
-		if [ -n "$(ss -Htan "sport = :$p" 2>/dev/null)" ]; then continue; fi
-		if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then continue; fi
-		USED_PORTS+="$p "
-		printf -v "$1" '%s' "$p"
-		return 0
-	done
-	echo "no free port found" >&2
-	return 1
-}
-
 # wait_ready NAME PORT PID LOG: wait until PORT answers PING. Returns 2 if
 # the process exited because the port was taken (the caller retries on
 # another); fails the script showing LOG otherwise.

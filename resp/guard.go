@@ -708,16 +708,7 @@ loop:
 			// the line has content
 			c.st = stInline
 			c.quote, c.esc, c.closedQ, c.atStart = 0, false, false, true
-			if c.cr {
-				c.cr = false
-				if !c.token('\r') {
-					perr = errUnbalanced
-					break loop
-				}
-			}
-			if b == '\r' {
-				c.cr = true
-			} else if !c.token(b) {
+			if !c.inlineByte(b) {
 				perr = errUnbalanced
 				break loop
 			}
@@ -741,16 +732,7 @@ loop:
 					perr = errTooBigInline
 					break loop
 				}
-				if c.cr {
-					c.cr = false
-					if !c.token('\r') {
-						perr = errUnbalanced
-						break loop
-					}
-				}
-				if b == '\r' {
-					c.cr = true
-				} else if !c.token(b) {
+				if !c.inlineByte(b) {
 					perr = errUnbalanced
 					break loop
 				}
@@ -802,6 +784,23 @@ func (c *Conn) numErr() *ProtocolError {
 		return errMultibulkLen
 	}
 	return errBulkLen
+}
+
+// inlineByte feeds one byte of an inline command line to the tokenizer. A
+// CR is held back until the next byte shows it does not end the line;
+// false means the quotes do not balance.
+func (c *Conn) inlineByte(b byte) bool {
+	if c.cr {
+		c.cr = false
+		if !c.token('\r') {
+			return false
+		}
+	}
+	if b == '\r' {
+		c.cr = true
+		return true
+	}
+	return c.token(b)
 }
 
 // token feeds one content byte of an inline line to a checker of redcon's
