@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"strconv"
 	"strings"
 
@@ -51,6 +52,7 @@ func (c *session) info(args [][]byte) {
 func (s *Server) infoSection() string {
 	var b strings.Builder
 	b.WriteString("# Respite\r\n")
+	fmt.Fprintf(&b, "respite_gomaxprocs:%d\r\n", runtime.GOMAXPROCS(0))
 	fmt.Fprintf(&b, "respite_clients:%d\r\n", s.clients.Load())
 	fmt.Fprintf(&b, "respite_pinned_sessions:%d\r\n", s.pinned.Load())
 	fmt.Fprintf(&b, "respite_detached_sessions:%d\r\n", s.detached.Load())

@@ -13,26 +13,29 @@ import (
 // limits, transaction settings and the log level (the caller's) change
 // live; the new routes are checked against PostgreSQL first, and any error
 // leaves the old configuration serving. Settings that need a restart
-// (listen, upstream, postgres, admin, passwords, write_back, log_format)
+// (listen, upstream, postgres, admin, passwords, write_back, log_format,
+// gomaxprocs, shutdown_timeout)
 // are not applied; they are returned by name so the caller can say so.
 func (s *Server) Reload(cfg config.Config) (needRestart []string, err error) {
 	old := s.live.Load()
 	for name, same := range map[string]bool{
-		"listen":         cfg.Listen == old.Listen,
-		"upstream":       cfg.Upstream == old.Upstream,
-		"postgres":       cfg.Postgres == old.Postgres,
-		"admin":          cfg.Admin == old.Admin,
-		"requirepass":    cfg.RequirePass == old.RequirePass,
-		"admin_password": cfg.AdminPassword == old.AdminPassword,
-		"write_back":     cfg.WriteBack == old.WriteBack,
-		"log_format":     cfg.LogFormat == old.LogFormat,
+		"listen":           cfg.Listen == old.Listen,
+		"upstream":         cfg.Upstream == old.Upstream,
+		"postgres":         cfg.Postgres == old.Postgres,
+		"admin":            cfg.Admin == old.Admin,
+		"requirepass":      cfg.RequirePass == old.RequirePass,
+		"admin_password":   cfg.AdminPassword == old.AdminPassword,
+		"write_back":       cfg.WriteBack == old.WriteBack,
+		"log_format":       cfg.LogFormat == old.LogFormat,
+		"gomaxprocs":       cfg.GOMAXPROCS == old.GOMAXPROCS,
+		"shutdown_timeout": cfg.ShutdownTimeout == old.ShutdownTimeout,
 	} {
 		if !same {
 			needRestart = append(needRestart, name)
 		}
 	}
 	next := *old
-	next.Limits, next.Transactions, next.LogLevel, next.ShutdownTimeout = cfg.Limits, cfg.Transactions, cfg.LogLevel, cfg.ShutdownTimeout
+	next.Limits, next.Transactions, next.LogLevel = cfg.Limits, cfg.Transactions, cfg.LogLevel
 	next.Routes = cfg.Routes
 	if !reflect.DeepEqual(cfg.Routes, old.Routes) {
 		rs, err := openRoutes(next, muxCache{s.up}, s.up.shared[0], s.log)

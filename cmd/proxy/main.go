@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/pprof"
 	"syscall"
 	"time"
@@ -35,6 +36,9 @@ func main() {
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "respite:", err)
 		os.Exit(2)
+	}
+	if cfg.GOMAXPROCS > 0 {
+		runtime.GOMAXPROCS(cfg.GOMAXPROCS)
 	}
 	lv := new(slog.LevelVar)
 	lv.Set(level(cfg.LogLevel))

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -67,8 +68,8 @@ type proxy struct {
 }
 
 // start runs the binary with a write-back route whose flush interval is
-// flushEvery.
-func start(t *testing.T, flushEvery string) *proxy {
+// flushEvery; extra lines are appended to its config file.
+func start(t *testing.T, flushEvery string, extra ...string) *proxy {
 	t.Helper()
 	port, err := testenv.FreePort()
 	if err != nil {
@@ -95,7 +96,7 @@ routes:
     value_column: views
     batch_size: 500
     flush_interval: %s
-`, addr, rds.Addr, pg.DSN, flushEvery)
+`, addr, rds.Addr, pg.DSN, flushEvery) + strings.Join(extra, "\n")
 	path := filepath.Join(t.TempDir(), "config.yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
@@ -231,5 +232,31 @@ func TestBadConfigIsReported(t *testing.T) {
 	out, err = exec.Command(bin, "-config", path2).CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "ghosts") {
 		t.Fatalf("missing table: %v %s", err, out)
+	}
+}
+
+// gomaxprocs in the config file is what the running proxy uses; without it
+// the proxy keeps Go's default (the CPUs it may use).
+func TestGOMAXPROCS(t *testing.T) {
+	for _, tc := range []struct {
+		extra []string
+		want  int
+	}{
+		{[]string{"gomaxprocs: 1"}, 1},
+		{nil, runtime.NumCPU()},
+	} {
+		p := start(t, "1s", tc.extra...)
+		c := redis.NewClient(&redis.Options{Addr: p.addr})
+		info, err := c.Info(context.Background(), "respite").Result()
+		c.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := fmt.Sprintf("respite_gomaxprocs:%d\r\n", tc.want)
+		if !strings.Contains(info, want) {
+			t.Errorf("config %q: INFO respite lacks %q:\n%s", tc.extra, want, info)
+		}
+		p.cmd.Process.Kill()
+		p.cmd.Wait()
 	}
 }

@@ -50,6 +50,12 @@ type Config struct {
 	// commands finish and write-back queues are flushed within it; what is
 	// left stays in the durable queue (default 30s).
 	ShutdownTimeout Duration `yaml:"shutdown_timeout"`
+	// GOMAXPROCS, when > 0, caps the OS threads running Go code at once
+	// (runtime.GOMAXPROCS); 0 (the default) keeps Go's choice, the CPUs
+	// the process may use. 1 makes the proxy one event loop, the fastest
+	// setting when it shares two or so cores with Redis or its clients
+	// (docs/BENCHMARKS.md).
+	GOMAXPROCS int `yaml:"gomaxprocs"`
 	// Routes put key prefixes under a caching policy backed by PostgreSQL.
 	// A key belongs to the route with the longest matching prefix; keys
 	// with no route pass through to the upstream unchanged.
@@ -318,6 +324,9 @@ func (c *Config) validate() error {
 	}
 	if c.LogFormat != "text" && c.LogFormat != "json" {
 		return fmt.Errorf("log_format: %q is not text or json", c.LogFormat)
+	}
+	if c.GOMAXPROCS < 0 {
+		return fmt.Errorf("gomaxprocs: %d must be 0 (Go's default) or more", c.GOMAXPROCS)
 	}
 	if c.Listen == "" {
 		return errors.New("listen: must not be empty")

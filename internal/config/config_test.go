@@ -29,6 +29,10 @@ func TestErrorsNameFileLineAndField(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "log_level") {
 		t.Fatalf("bad level: %v", err)
 	}
+	_, err = Parse("bad.yaml", []byte("gomaxprocs: -1\n"))
+	if err == nil || !strings.Contains(err.Error(), "gomaxprocs") {
+		t.Fatalf("negative gomaxprocs: %v", err)
+	}
 }
 
 func TestEnvExpansion(t *testing.T) {
