@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Passthrough benchmark: redis-benchmark against a throwaway Redis directly,
-# through Respite, and through twemproxy (nutcracker), all in one run, then
+# through Respite (Go's default GOMAXPROCS, and "respite1" with gomaxprocs: 1)
+# and through twemproxy (nutcracker), all in one run, then
 # tables of requests per second and ratios, unpipelined and with -P 16.
 #
 #   bash bench/passthrough.sh
@@ -77,6 +78,7 @@ wait_ready() {
 
 free_port REDIS_PORT
 free_port RESPITE_PORT
+free_port RESPITE1_PORT
 free_port TWEM_PORT
 free_port TWEM_STATS_PORT
 
@@ -99,6 +101,11 @@ EOF
 bg "$TMP/respite" -config "$TMP/respite.yaml" >"$TMP/respite.log" 2>&1
 RESPITE_PID=${PIDS[-1]}
 wait_ready respite "$RESPITE_PORT" "$RESPITE_PID" "$TMP/respite.log"
+# The same proxy as one event loop (gomaxprocs: 1, docs/CONFIGURATION.md).
+{ sed "s/:$RESPITE_PORT\$/:$RESPITE1_PORT/" "$TMP/respite.yaml"; echo "gomaxprocs: 1"; } >"$TMP/respite1.yaml"
+bg "$TMP/respite" -config "$TMP/respite1.yaml" >"$TMP/respite1.log" 2>&1
+RESPITE1_PID=${PIDS[-1]}
+wait_ready respite1 "$RESPITE1_PORT" "$RESPITE1_PID" "$TMP/respite1.log"
 
 cat >"$TMP/nutcracker.yml" <<EOF
 bench:
@@ -118,8 +125,8 @@ wait_ready twemproxy "$TWEM_PORT" "$TWEM_PID" "$TMP/nutcracker.log"
 
 # --- 3. benchmarks ---------------------------------------------------------
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
-TARGETS=(direct respite twemproxy)
-declare -A PORT=([direct]=$REDIS_PORT [respite]=$RESPITE_PORT [twemproxy]=$TWEM_PORT)
+TARGETS=(direct respite respite1 twemproxy)
+declare -A PORT=([direct]=$REDIS_PORT [respite]=$RESPITE_PORT [respite1]=$RESPITE1_PORT [twemproxy]=$TWEM_PORT)
 MODES=(unpipelined "P$PIPELINE")
 
 for mode in "${MODES[@]}"; do
@@ -162,18 +169,21 @@ table() {
 		rps[file, name] = rps_val
 	}
 	END {
-		fmt = "%-36s %11s %11s %11s %9s %9s %9s  %s\n"
-		printf fmt, "test", "direct", "respite", "twemproxy", "resp/dir", "resp/twem", "twem/dir", "targets"
+		fmt = "%-36s %9s %9s %9s %9s %8s %8s %8s %8s %8s  %s\n"
+		printf fmt, "test", "direct", "respite", "respite1", "twemproxy", "resp/dir", "r1/dir", "resp/twm", "r1/twm", "twm/dir", "targets (respite; respite1)"
 		for (i = 1; i <= count; i++) {
-			n = order[i]; d = rps[1, n]; r = rps[2, n]; w = rps[3, n]
-			notes = ""
-			if (unpiped) {
-				if (d > 0 && r > 0) notes = notes sprintf("resp/dir>=%s %s", target, (r / d >= target) ? "ok" : "MISS")
-			}
-			if (r > 0 && w > 0) notes = notes (notes == "" ? "" : ", ") "resp>=twem " ((r >= w) ? "ok" : "MISS")
-			printf fmt, n, num(d), num(r), num(w), ratio(r, d), ratio(r, w), ratio(w, d), notes
+			n = order[i]; d = rps[1, n]; r = rps[2, n]; g = rps[3, n]; w = rps[4, n]
+			notes = check(r, d, w) "; " check(g, d, w)
+			printf fmt, n, num(d), num(r), num(g), num(w), ratio(r, d), ratio(g, d), ratio(r, w), ratio(g, w), ratio(w, d), notes
 		}
-	}' "$TMP/csv/$mode.direct.csv" "$TMP/csv/$mode.respite.csv" "$TMP/csv/$mode.twemproxy.csv"
+	}
+	# check(R, D, W): the targets for proxy rps R against direct D and twemproxy W.
+	function check(r, d, w,   notes) {
+		notes = ""
+		if (unpiped && d > 0 && r > 0) notes = sprintf("/dir>=%s %s", target, (r / d >= target) ? "ok" : "MISS")
+		if (r > 0 && w > 0) notes = notes (notes == "" ? "" : ", ") ">=twem " ((r >= w) ? "ok" : "MISS")
+		return notes
+	}' "$TMP/csv/$mode.direct.csv" "$TMP/csv/$mode.respite.csv" "$TMP/csv/$mode.respite1.csv" "$TMP/csv/$mode.twemproxy.csv"
 }
 
 commit=$BUILD_COMMIT
@@ -193,7 +203,7 @@ echo "redis:   $(redis-server --version | awk '{print $3}')"
 echo "nutcracker: $(nutcracker -V 2>&1 | head -n1)"
 echo "go:      $(go version | awk '{print $3}')"
 echo "params:  N=$N CLIENTS=$CLIENTS TESTS=$TESTS PIPELINE=$PIPELINE"
-echo "targets: unpipelined respite/direct >= $TARGET_DIRECT_RATIO; respite >= twemproxy unpipelined and at -P $PIPELINE"
+echo "targets: unpipelined respite/direct >= $TARGET_DIRECT_RATIO; respite >= twemproxy unpipelined and at -P $PIPELINE (checked for both proxies)"
 for mode in "${MODES[@]}"; do
 	echo
 	if [ "$mode" = unpipelined ]; then echo "## unpipelined (-c $CLIENTS -n $N)"; else echo "## pipelined -P $PIPELINE (-c $CLIENTS -n $N)"; fi
@@ -216,12 +226,15 @@ for mode in "${MODES[@]}"; do
 	done
 done
 if ! kill -0 "$RESPITE_PID" 2>/dev/null; then odd=1; echo "respite exited during the run"; fi
+if ! kill -0 "$RESPITE1_PID" 2>/dev/null; then odd=1; echo "respite1 exited during the run"; fi
 if ! kill -0 "$TWEM_PID" 2>/dev/null; then odd=1; echo "nutcracker exited during the run"; fi
-if [ -s "$TMP/respite.log" ]; then
-	odd=1
-	echo "respite stderr (log_level warn):"
-	sed 's/^/  /' "$TMP/respite.log" | head -n 40
-fi
+for t in respite respite1; do
+	if [ -s "$TMP/$t.log" ]; then
+		odd=1
+		echo "$t stderr (log_level warn):"
+		sed 's/^/  /' "$TMP/$t.log" | head -n 40
+	fi
+done
 if grep -qiE 'error|warn' "$TMP/nutcracker.log" 2>/dev/null; then
 	odd=1
 	echo "nutcracker log errors/warnings (first 20):"
@@ -236,7 +249,9 @@ if [ -n "$BUILD_STATUS" ]; then
 	echo "working tree at build time (git status --porcelain):"
 	echo "$BUILD_STATUS" | sed 's/^/  /'
 fi
-echo "$TMP/respite.yaml:"
-sed 's/^/  /' "$TMP/respite.yaml"
+for t in respite respite1; do
+	echo "$TMP/$t.yaml:"
+	sed 's/^/  /' "$TMP/$t.yaml"
+done
 echo "$TMP/nutcracker.yml:"
 sed 's/^/  /' "$TMP/nutcracker.yml"

@@ -186,6 +186,11 @@ routes:
 EOF
 }
 
+# The same read route, Redis tier and in-process tier, with the proxy as one
+# event loop (gomaxprocs: 1, docs/CONFIGURATION.md).
+respite_g1_yaml() { respite_local_yaml "$1" | grep -v local_cache; echo "gomaxprocs: 1"; }
+respite_local_g1_yaml() { respite_local_yaml "$1"; echo "gomaxprocs: 1"; }
+
 # start_proxy NAME PORTVAR PIDVAR: write $TMP/NAME.yaml (from NAME_yaml
 # PORT, dashes as underscores) with a free port and start the proxy; if
 # another process took the port meanwhile, try another.
@@ -211,6 +216,8 @@ start_proxy() {
 STARTUP_RETRIES=()
 start_proxy respite RESPITE_PORT RESPITE_PID
 start_proxy respite-local LOCAL_PORT LOCAL_PID
+start_proxy respite-g1 G1_PORT G1_PID
+start_proxy respite-local-g1 LOCAL_G1_PORT LOCAL_G1_PID
 
 rcli() { redis-cli -h 127.0.0.1 -p "$1" "${@:2}"; }
 
@@ -227,6 +234,8 @@ warm() {
 }
 warm "$RESPITE_PORT" xxx
 warm "$LOCAL_PORT" xxx
+warm "$G1_PORT" xxx
+warm "$LOCAL_G1_PORT" xxx
 warm "$REDIS_PORT" xxx
 run redis-cli -h 127.0.0.1 -p "$RESPITE_PORT" SET plain:__rand_int__ xxx >/dev/null
 
@@ -287,6 +296,8 @@ reads() {
 reads direct_get "$REDIS_PORT" -t get
 reads redis_tier "$RESPITE_PORT" -t get
 reads local_tier "$LOCAL_PORT" -t get
+reads redis_tier_g1 "$G1_PORT" -t get
+reads local_tier_g1 "$LOCAL_G1_PORT" -t get
 reads passthrough "$RESPITE_PORT" GET plain:__rand_int__
 reads direct_get2 "$REDIS_PORT" -t get
 SELECTS_DURING_READS=$(($(kv_selects) - SELECTS_BEFORE))
@@ -401,11 +412,16 @@ r=$(ratio "${RPS[redis_tier]}" "$DIRECT"); p=$(ratio "${RPS[redis_tier]}" "$PG_T
 row redis_tier "routed GET hit, Redis tier" "/direct>=$TARGET_REDIS_DIRECT $(check "$r" "$TARGET_REDIS_DIRECT"), /pg>=$TARGET_HIT_PG $(check "$p" "$TARGET_HIT_PG")"
 r=$(ratio "${RPS[local_tier]}" "$DIRECT"); p=$(ratio "${RPS[local_tier]}" "$PG_TPS")
 row local_tier "routed GET hit, in-process tier" "/direct>=$TARGET_LOCAL_DIRECT $(check "$r" "$TARGET_LOCAL_DIRECT"), /pg>=$TARGET_HIT_PG $(check "$p" "$TARGET_HIT_PG")"
+r=$(ratio "${RPS[redis_tier_g1]}" "$DIRECT"); p=$(ratio "${RPS[redis_tier_g1]}" "$PG_TPS")
+row redis_tier_g1 "routed GET hit, Redis tier, gomaxprocs 1" "/direct>=$TARGET_REDIS_DIRECT $(check "$r" "$TARGET_REDIS_DIRECT"), /pg>=$TARGET_HIT_PG $(check "$p" "$TARGET_HIT_PG")"
+r=$(ratio "${RPS[local_tier_g1]}" "$DIRECT"); p=$(ratio "${RPS[local_tier_g1]}" "$PG_TPS")
+row local_tier_g1 "routed GET hit, in-process, gomaxprocs 1" "/direct>=$TARGET_LOCAL_DIRECT $(check "$r" "$TARGET_LOCAL_DIRECT"), /pg>=$TARGET_HIT_PG $(check "$p" "$TARGET_HIT_PG")"
 row passthrough "passthrough GET (unrouted key)" "(reference)"
 printf "$fmt" "PostgreSQL PK SELECT (pgbench tps)" "$PG_TPS" "" "$PG_SECS" "" "" "$(ratio "$PG_TPS" "$DIRECT")" "1.00" "(latency avg ${PG_LAT:-?} ms)"
 echo
 echo "Redis GETs seen by Redis during each read test (INFO commandstats): direct ${REDIS_GETS[direct_get]}+${REDIS_GETS[direct_get2]}," \
-	"Redis tier ${REDIS_GETS[redis_tier]}, in-process tier ${REDIS_GETS[local_tier]}, passthrough ${REDIS_GETS[passthrough]}" \
+	"Redis tier ${REDIS_GETS[redis_tier]}, in-process tier ${REDIS_GETS[local_tier]}," \
+	"gomaxprocs 1: Redis tier ${REDIS_GETS[redis_tier_g1]}, in-process tier ${REDIS_GETS[local_tier_g1]}, passthrough ${REDIS_GETS[passthrough]}" \
 	"(calibration runs included)"
 echo "PostgreSQL statements on bench_kv during the read tests: $SELECTS_DURING_READS (0: every routed GET was a hit)"
 echo
@@ -456,7 +472,8 @@ if [ -s "$TMP/out/pgbench.err" ]; then
 	echo "pgbench stderr:"
 	sed 's/^/  /' "$TMP/out/pgbench.err" | head -n 20
 fi
-for p in "respite:$RESPITE_PID:$TMP/respite.log" "respite-local:$LOCAL_PID:$TMP/respite-local.log"; do
+for p in "respite:$RESPITE_PID:$TMP/respite.log" "respite-local:$LOCAL_PID:$TMP/respite-local.log" \
+	"respite-g1:$G1_PID:$TMP/respite-g1.log" "respite-local-g1:$LOCAL_G1_PID:$TMP/respite-local-g1.log"; do
 	IFS=: read -r name pid log <<<"$p"
 	if ! kill -0 "$pid" 2>/dev/null; then odd=1; echo "$name exited during the run"; fi
 	if [ -s "$log" ]; then
@@ -471,7 +488,7 @@ if [ ${#STARTUP_RETRIES[@]} -gt 0 ]; then
 	echo "proxy start-up retries (port taken between the check and the bind):"
 	printf '  %s\n' "${STARTUP_RETRIES[@]}"
 fi
-[ "$odd" = 1 ] || echo "no errors from redis-benchmark, pgbench or either proxy"
+[ "$odd" = 1 ] || echo "no errors from redis-benchmark, pgbench or the proxies"
 
 echo
 echo "commands run (from $REPO):"
@@ -486,5 +503,7 @@ if [ -n "$BUILD_STATUS" ]; then
 fi
 echo "$TMP/respite.yaml:"
 sed 's/^/  /' "$TMP/respite.yaml"
-echo "$TMP/respite-local.yaml:"
-sed 's/^/  /' "$TMP/respite-local.yaml"
+for f in respite-local respite-g1 respite-local-g1; do
+	echo "$TMP/$f.yaml:"
+	sed 's/^/  /' "$TMP/$f.yaml"
+done
