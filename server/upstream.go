@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"crypto/tls"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -44,8 +45,14 @@ func newUpstream(cfg config.Upstream, maxPinned int) (*upstream, error) {
 		return nil, err
 	}
 	u := &upstream{timeout: time.Duration(cfg.Timeout), opts: cfg, autopipeline: cfg.Multiplexer == "go-redis", tls: tc}
+	muxConns := cfg.MuxConns
+	if muxConns == 0 {
+		// One per thread running Go code: with gomaxprocs 1 the single
+		// connection batches the most commands per write.
+		muxConns = runtime.GOMAXPROCS(0)
+	}
 	for i, proto := range []int{2, 3} {
-		u.mux[i] = newMux(cfg, proto, cfg.MuxConns, tc)
+		u.mux[i] = newMux(cfg, proto, muxConns, tc)
 		u.shared[i] = redis.NewClient(u.options(proto, cfg.PoolSize, time.Duration(cfg.Timeout)))
 		ap, err := u.shared[i].AsyncAutoPipeline()
 		if err != nil {

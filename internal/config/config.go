@@ -205,7 +205,7 @@ type Upstream struct {
 	// "go-redis" (go-redis' AutoPipeliner over pool_size connections).
 	Multiplexer string `yaml:"multiplexer"`
 	// MuxConns is the number of multiplexed connections per RESP version
-	// on the builtin path (default 2).
+	// on the builtin path; 0 (the default) means one per GOMAXPROCS.
 	MuxConns int `yaml:"mux_conns"`
 	// TLS connects to the upstream Redis over TLS.
 	TLS UpstreamTLS `yaml:"tls"`
@@ -277,7 +277,6 @@ func Default() Config {
 			Addr:        "127.0.0.1:6379",
 			PoolSize:    64,
 			Multiplexer: "builtin",
-			MuxConns:    2,
 			DialTimeout: Duration(5 * time.Second),
 			Timeout:     Duration(10 * time.Second),
 		},
@@ -346,8 +345,8 @@ func (c *Config) validate() error {
 	if c.Upstream.Multiplexer != "builtin" && c.Upstream.Multiplexer != "go-redis" {
 		return fmt.Errorf("upstream.multiplexer: %q is not builtin or go-redis", c.Upstream.Multiplexer)
 	}
-	if c.Upstream.MuxConns <= 0 {
-		return fmt.Errorf("upstream.mux_conns: %d must be positive", c.Upstream.MuxConns)
+	if c.Upstream.MuxConns < 0 {
+		return fmt.Errorf("upstream.mux_conns: %d must be 0 (one per gomaxprocs) or more", c.Upstream.MuxConns)
 	}
 	if c.Transactions.TrackedKeys <= 0 || c.Transactions.Gate.MinAttempts <= 0 || c.Transactions.Gate.MaxWait <= 0 {
 		return errors.New("transactions: tracked_keys, gate.min_attempts and gate.max_wait must be positive")
