@@ -190,16 +190,22 @@ EOF
 # event loop (gomaxprocs: 1, docs/CONFIGURATION.md).
 respite_g1_yaml() { respite_local_yaml "$1" | grep -v local_cache; echo "gomaxprocs: 1"; }
 respite_local_g1_yaml() { respite_local_yaml "$1"; echo "gomaxprocs: 1"; }
+# The last one again, started with GODEBUG=schedtrace=2147483647 (see
+# docs/BENCHMARKS.md: it keeps Go's sysmon thread out of its deep sleep).
+respite_local_g1_st_yaml() { respite_local_g1_yaml "$1"; }
+SCHEDTRACE_ENV=GODEBUG=schedtrace=2147483647
 
-# start_proxy NAME PORTVAR PIDVAR: write $TMP/NAME.yaml (from NAME_yaml
-# PORT, dashes as underscores) with a free port and start the proxy; if
-# another process took the port meanwhile, try another.
+# start_proxy NAME PORTVAR PIDVAR [VAR=VALUE]: write $TMP/NAME.yaml (from
+# NAME_yaml PORT, dashes as underscores) with a free port and start the
+# proxy, with VAR=VALUE in its environment if given; if another process
+# took the port meanwhile, try another.
 start_proxy() {
-	local name=$1 port rc _
+	local name=$1 port rc _ envset=()
+	[ -z "${4:-}" ] || envset=(env "$4")
 	for _ in 1 2 3 4 5; do
 		free_port port
 		"${name//-/_}_yaml" "$port" >"$TMP/$name.yaml"
-		bg "$TMP/respite" -config "$TMP/$name.yaml" >"$TMP/$name.log" 2>&1
+		bg "${envset[@]}" "$TMP/respite" -config "$TMP/$name.yaml" >"$TMP/$name.log" 2>&1
 		rc=0
 		wait_ready "$name" "$port" "${PIDS[-1]}" "$TMP/$name.log" || rc=$?
 		if [ "$rc" = 0 ]; then
@@ -218,6 +224,7 @@ start_proxy respite RESPITE_PORT RESPITE_PID
 start_proxy respite-local LOCAL_PORT LOCAL_PID
 start_proxy respite-g1 G1_PORT G1_PID
 start_proxy respite-local-g1 LOCAL_G1_PORT LOCAL_G1_PID
+start_proxy respite-local-g1-st LOCAL_ST_PORT LOCAL_ST_PID "$SCHEDTRACE_ENV"
 
 rcli() { redis-cli -h 127.0.0.1 -p "$1" "${@:2}"; }
 
@@ -236,6 +243,7 @@ warm "$RESPITE_PORT" xxx
 warm "$LOCAL_PORT" xxx
 warm "$G1_PORT" xxx
 warm "$LOCAL_G1_PORT" xxx
+warm "$LOCAL_ST_PORT" xxx
 warm "$REDIS_PORT" xxx
 run redis-cli -h 127.0.0.1 -p "$RESPITE_PORT" SET plain:__rand_int__ xxx >/dev/null
 
@@ -298,6 +306,7 @@ reads redis_tier "$RESPITE_PORT" -t get
 reads local_tier "$LOCAL_PORT" -t get
 reads redis_tier_g1 "$G1_PORT" -t get
 reads local_tier_g1 "$LOCAL_G1_PORT" -t get
+reads local_tier_st "$LOCAL_ST_PORT" -t get
 reads passthrough "$RESPITE_PORT" GET plain:__rand_int__
 reads direct_get2 "$REDIS_PORT" -t get
 SELECTS_DURING_READS=$(($(kv_selects) - SELECTS_BEFORE))
@@ -399,7 +408,7 @@ echo "params:  CLIENTS=$CLIENTS SECS=$SECS CAL_N=$CAL_N N=${N:-calibrated} PG_SE
 echo "targets: in-process hit >= ${TARGET_LOCAL_DIRECT}x direct GET; Redis-tier hit >= ${TARGET_REDIS_DIRECT}x direct GET; routed hit >= ${TARGET_HIT_PG}x PostgreSQL SELECT"
 echo
 echo "## reads (redis-benchmark -c $CLIENTS; pgbench -c $CLIENTS -j 2 -T $PG_SECS)"
-fmt="%-40s %10s %9s %6s %7s %7s %8s %8s  %s\n"
+fmt="%-42s %10s %9s %6s %7s %7s %8s %8s  %s\n"
 printf "$fmt" "test" "rps" "n" "secs" "p50ms" "p99ms" "/direct" "/pg" "targets"
 row() { # label name target_note
 	local l=$1 r=${RPS[$1]}
@@ -416,12 +425,15 @@ r=$(ratio "${RPS[redis_tier_g1]}" "$DIRECT"); p=$(ratio "${RPS[redis_tier_g1]}" 
 row redis_tier_g1 "routed GET hit, Redis tier, gomaxprocs 1" "/direct>=$TARGET_REDIS_DIRECT $(check "$r" "$TARGET_REDIS_DIRECT"), /pg>=$TARGET_HIT_PG $(check "$p" "$TARGET_HIT_PG")"
 r=$(ratio "${RPS[local_tier_g1]}" "$DIRECT"); p=$(ratio "${RPS[local_tier_g1]}" "$PG_TPS")
 row local_tier_g1 "routed GET hit, in-process, gomaxprocs 1" "/direct>=$TARGET_LOCAL_DIRECT $(check "$r" "$TARGET_LOCAL_DIRECT"), /pg>=$TARGET_HIT_PG $(check "$p" "$TARGET_HIT_PG")"
+r=$(ratio "${RPS[local_tier_st]}" "$DIRECT"); p=$(ratio "${RPS[local_tier_st]}" "$PG_TPS")
+row local_tier_st "routed GET hit, in-process, g1+schedtrace" "/direct>=$TARGET_LOCAL_DIRECT $(check "$r" "$TARGET_LOCAL_DIRECT"), /pg>=$TARGET_HIT_PG $(check "$p" "$TARGET_HIT_PG")"
 row passthrough "passthrough GET (unrouted key)" "(reference)"
 printf "$fmt" "PostgreSQL PK SELECT (pgbench tps)" "$PG_TPS" "" "$PG_SECS" "" "" "$(ratio "$PG_TPS" "$DIRECT")" "1.00" "(latency avg ${PG_LAT:-?} ms)"
 echo
 echo "Redis GETs seen by Redis during each read test (INFO commandstats): direct ${REDIS_GETS[direct_get]}+${REDIS_GETS[direct_get2]}," \
 	"Redis tier ${REDIS_GETS[redis_tier]}, in-process tier ${REDIS_GETS[local_tier]}," \
-	"gomaxprocs 1: Redis tier ${REDIS_GETS[redis_tier_g1]}, in-process tier ${REDIS_GETS[local_tier_g1]}, passthrough ${REDIS_GETS[passthrough]}" \
+	"gomaxprocs 1: Redis tier ${REDIS_GETS[redis_tier_g1]}, in-process tier ${REDIS_GETS[local_tier_g1]}," \
+	"g1+schedtrace ${REDIS_GETS[local_tier_st]}, passthrough ${REDIS_GETS[passthrough]}" \
 	"(calibration runs included)"
 echo "PostgreSQL statements on bench_kv during the read tests: $SELECTS_DURING_READS (0: every routed GET was a hit)"
 echo
@@ -473,7 +485,8 @@ if [ -s "$TMP/out/pgbench.err" ]; then
 	sed 's/^/  /' "$TMP/out/pgbench.err" | head -n 20
 fi
 for p in "respite:$RESPITE_PID:$TMP/respite.log" "respite-local:$LOCAL_PID:$TMP/respite-local.log" \
-	"respite-g1:$G1_PID:$TMP/respite-g1.log" "respite-local-g1:$LOCAL_G1_PID:$TMP/respite-local-g1.log"; do
+	"respite-g1:$G1_PID:$TMP/respite-g1.log" "respite-local-g1:$LOCAL_G1_PID:$TMP/respite-local-g1.log" \
+	"respite-local-g1-st:$LOCAL_ST_PID:$TMP/respite-local-g1-st.log"; do
 	IFS=: read -r name pid log <<<"$p"
 	if ! kill -0 "$pid" 2>/dev/null; then odd=1; echo "$name exited during the run"; fi
 	if [ -s "$log" ]; then
@@ -503,7 +516,7 @@ if [ -n "$BUILD_STATUS" ]; then
 fi
 echo "$TMP/respite.yaml:"
 sed 's/^/  /' "$TMP/respite.yaml"
-for f in respite-local respite-g1 respite-local-g1; do
+for f in respite-local respite-g1 respite-local-g1 respite-local-g1-st; do
 	echo "$TMP/$f.yaml:"
 	sed 's/^/  /' "$TMP/$f.yaml"
 done
