@@ -52,13 +52,13 @@ func (c *session) info(args [][]byte) {
 func (s *Server) infoSection() string {
 	var b strings.Builder
 	b.WriteString("# Respite\r\n")
-	fmt.Fprintf(&b, "respite_gomaxprocs:%d\r\n", runtime.GOMAXPROCS(0))
 	fmt.Fprintf(&b, "respite_clients:%d\r\n", s.clients.Load())
 	fmt.Fprintf(&b, "respite_pinned_sessions:%d\r\n", s.pinned.Load())
 	fmt.Fprintf(&b, "respite_detached_sessions:%d\r\n", s.detached.Load())
 	fmt.Fprintf(&b, "respite_watch_commits:%d\r\n", s.conflicts.Commits.Load())
 	fmt.Fprintf(&b, "respite_watch_aborts:%d\r\n", s.conflicts.Aborts.Load())
 	fmt.Fprintf(&b, "respite_gate_waits:%d\r\n", s.gate.Waits.Load())
+	fmt.Fprintf(&b, "respite_gomaxprocs:%d\r\n", runtime.GOMAXPROCS(0))
 	fmt.Fprintf(&b, "respite_routes:%d\r\n", len(s.routeList()))
 	for _, r := range s.routeList() {
 		st := &r.Stats

@@ -1,6 +1,8 @@
 package server
 
 import (
+	"fmt"
+	"runtime"
 	"strings"
 	"testing"
 )
@@ -13,7 +15,8 @@ func TestInfoSection(t *testing.T) {
 		t.Fatalf("INFO: %q", got[len(got)-300:])
 	}
 	got = c.do("INFO", "respite")
-	if !strings.HasPrefix(got, "$") || !strings.Contains(got, "respite_watch_aborts:0") || strings.Contains(got, "# Server") {
+	if !strings.HasPrefix(got, "$") || !strings.Contains(got, "respite_watch_aborts:0") ||
+		!strings.Contains(got, fmt.Sprintf("respite_gomaxprocs:%d\r\n", runtime.GOMAXPROCS(0))) || strings.Contains(got, "# Server") {
 		t.Fatalf("INFO respite: %q", got)
 	}
 	c.do("HELLO", "3")
