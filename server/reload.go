@@ -3,6 +3,8 @@ package server
 import (
 	"fmt"
 	"reflect"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/respite/respite/internal/config"
@@ -13,27 +15,12 @@ import (
 // limits, transaction settings and the log level (the caller's) change
 // live; the new routes are checked against PostgreSQL first, and any error
 // leaves the old configuration serving. Settings that need a restart
-// (listen, upstream, postgres, admin, passwords, write_back, log_format,
-// gomaxprocs, shutdown_timeout)
+// (listen, tls, upstream, postgres, admin, passwords, write_back,
+// log_format, gomaxprocs, shutdown_timeout)
 // are not applied; they are returned by name so the caller can say so.
 func (s *Server) Reload(cfg config.Config) (needRestart []string, err error) {
 	old := s.live.Load()
-	for name, same := range map[string]bool{
-		"listen":           cfg.Listen == old.Listen,
-		"upstream":         cfg.Upstream == old.Upstream,
-		"postgres":         cfg.Postgres == old.Postgres,
-		"admin":            cfg.Admin == old.Admin,
-		"requirepass":      cfg.RequirePass == old.RequirePass,
-		"admin_password":   cfg.AdminPassword == old.AdminPassword,
-		"write_back":       cfg.WriteBack == old.WriteBack,
-		"log_format":       cfg.LogFormat == old.LogFormat,
-		"gomaxprocs":       cfg.GOMAXPROCS == old.GOMAXPROCS,
-		"shutdown_timeout": cfg.ShutdownTimeout == old.ShutdownTimeout,
-	} {
-		if !same {
-			needRestart = append(needRestart, name)
-		}
-	}
+	needRestart = restartChanges(*old, cfg)
 	next := *old
 	next.Limits, next.Transactions, next.LogLevel = cfg.Limits, cfg.Transactions, cfg.LogLevel
 	next.Routes = cfg.Routes
@@ -66,4 +53,39 @@ func (s *Server) ReloadFile() (needRestart []string, err error) {
 		return nil, err
 	}
 	return s.Reload(cfg)
+}
+
+// restartOnly are the top-level settings read once at start.
+var restartOnly = []string{"listen", "tls", "upstream", "postgres", "admin", "requirepass",
+	"admin_password", "write_back", "log_format", "gomaxprocs", "shutdown_timeout"}
+
+// restartChanges names the restart-only settings that differ between old
+// and cfg, as paths of the file (upstream.mux_conns, tls.cert_file).
+func restartChanges(old, cfg config.Config) []string {
+	var out []string
+	t := reflect.TypeOf(cfg)
+	for i := 0; i < t.NumField(); i++ {
+		name, _, _ := strings.Cut(t.Field(i).Tag.Get("yaml"), ",")
+		if slices.Contains(restartOnly, name) {
+			out = append(out, changedFields(name, reflect.ValueOf(old).Field(i), reflect.ValueOf(cfg).Field(i))...)
+		}
+	}
+	return out
+}
+
+// changedFields lists the paths under path where a and b differ, descending
+// into structs.
+func changedFields(path string, a, b reflect.Value) []string {
+	if a.Kind() != reflect.Struct {
+		if reflect.DeepEqual(a.Interface(), b.Interface()) {
+			return nil
+		}
+		return []string{path}
+	}
+	var out []string
+	for i := 0; i < a.NumField(); i++ {
+		name, _, _ := strings.Cut(a.Type().Field(i).Tag.Get("yaml"), ",")
+		out = append(out, changedFields(path+"."+name, a.Field(i), b.Field(i))...)
+	}
+	return out
 }

@@ -49,7 +49,7 @@ func newUpstream(cfg config.Upstream, maxPinned int) (*upstream, error) {
 	if muxConns == 0 {
 		// One per thread running Go code: with gomaxprocs 1 the single
 		// connection batches the most commands per write.
-		muxConns = runtime.GOMAXPROCS(0)
+		muxConns = min(runtime.GOMAXPROCS(0), 16)
 	}
 	for i, proto := range []int{2, 3} {
 		u.mux[i] = newMux(cfg, proto, muxConns, tc)

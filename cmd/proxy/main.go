@@ -92,7 +92,7 @@ func main() {
 		}
 		log.Info("shutdown complete: write-back queues flushed")
 	}()
-	log.Info("respite listening", "addr", cfg.Listen, "upstream", cfg.Upstream.Addr, "admin", cfg.Admin, "routes", len(cfg.Routes), "version", version)
+	log.Info("respite listening", "addr", cfg.Listen, "upstream", cfg.Upstream.Addr, "admin", cfg.Admin, "routes", len(cfg.Routes), "gomaxprocs", runtime.GOMAXPROCS(0), "version", version)
 	if err := srv.ListenAndServe(); err != nil && !isClosed(err) {
 		log.Error("serve", "err", err)
 		pprof.StopCPUProfile()

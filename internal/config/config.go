@@ -54,7 +54,7 @@ type Config struct {
 	// (runtime.GOMAXPROCS); 0 (the default) keeps Go's choice, the CPUs
 	// the process may use. 1 makes the proxy one event loop, the fastest
 	// setting when it shares two or so cores with Redis or its clients
-	// (docs/BENCHMARKS.md).
+	// (docs/BENCHMARKS.md). At most MaxGOMAXPROCS.
 	GOMAXPROCS int `yaml:"gomaxprocs"`
 	// Routes put key prefixes under a caching policy backed by PostgreSQL.
 	// A key belongs to the route with the longest matching prefix; keys
@@ -205,7 +205,8 @@ type Upstream struct {
 	// "go-redis" (go-redis' AutoPipeliner over pool_size connections).
 	Multiplexer string `yaml:"multiplexer"`
 	// MuxConns is the number of multiplexed connections per RESP version
-	// on the builtin path; 0 (the default) means one per GOMAXPROCS.
+	// on the builtin path; 0 (the default) means one per GOMAXPROCS, at
+	// most 16.
 	MuxConns int `yaml:"mux_conns"`
 	// TLS connects to the upstream Redis over TLS.
 	TLS UpstreamTLS `yaml:"tls"`
@@ -265,6 +266,14 @@ func (d *Duration) UnmarshalYAML(b []byte) error {
 	return nil
 }
 
+// Upper bounds of gomaxprocs and upstream.mux_conns: far above any useful
+// value, low enough that a typo cannot make the runtime start tens of
+// thousands of Ps (and GC workers) or the proxy thousands of connections.
+const (
+	MaxGOMAXPROCS = 1024
+	MaxMuxConns   = 256
+)
+
 // Default returns the configuration used when the file leaves a field out.
 func Default() Config {
 	return Config{
@@ -304,6 +313,9 @@ func Parse(name string, data []byte) (Config, error) {
 	cfg := Default()
 	expanded := os.Expand(string(data), os.Getenv)
 	if strings.TrimSpace(expanded) != "" {
+		if err := checkInts([]byte(expanded)); err != nil {
+			return Config{}, fmt.Errorf("%s: %w", name, err)
+		}
 		dec := yaml.NewDecoder(bytes.NewReader([]byte(expanded)), yaml.DisallowUnknownField())
 		if err := dec.Decode(&cfg); err != nil {
 			return Config{}, fmt.Errorf("%s: %s", name, yaml.FormatError(err, false, true))
@@ -324,8 +336,8 @@ func (c *Config) validate() error {
 	if c.LogFormat != "text" && c.LogFormat != "json" {
 		return fmt.Errorf("log_format: %q is not text or json", c.LogFormat)
 	}
-	if c.GOMAXPROCS < 0 {
-		return fmt.Errorf("gomaxprocs: %d must be 0 (Go's default) or more", c.GOMAXPROCS)
+	if c.GOMAXPROCS < 0 || c.GOMAXPROCS > MaxGOMAXPROCS {
+		return fmt.Errorf("gomaxprocs: %d must be between 0 (Go's default) and %d", c.GOMAXPROCS, MaxGOMAXPROCS)
 	}
 	if c.Listen == "" {
 		return errors.New("listen: must not be empty")
@@ -345,8 +357,8 @@ func (c *Config) validate() error {
 	if c.Upstream.Multiplexer != "builtin" && c.Upstream.Multiplexer != "go-redis" {
 		return fmt.Errorf("upstream.multiplexer: %q is not builtin or go-redis", c.Upstream.Multiplexer)
 	}
-	if c.Upstream.MuxConns < 0 {
-		return fmt.Errorf("upstream.mux_conns: %d must be 0 (one per gomaxprocs) or more", c.Upstream.MuxConns)
+	if c.Upstream.MuxConns < 0 || c.Upstream.MuxConns > MaxMuxConns {
+		return fmt.Errorf("upstream.mux_conns: %d must be between 0 (one per gomaxprocs) and %d", c.Upstream.MuxConns, MaxMuxConns)
 	}
 	if c.Transactions.TrackedKeys <= 0 || c.Transactions.Gate.MinAttempts <= 0 || c.Transactions.Gate.MaxWait <= 0 {
 		return errors.New("transactions: tracked_keys, gate.min_attempts and gate.max_wait must be positive")

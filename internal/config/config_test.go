@@ -29,6 +29,27 @@ func TestErrorsNameFileLineAndField(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "log_level") {
 		t.Fatalf("bad level: %v", err)
 	}
+	for _, tc := range []struct{ yaml, want string }{
+		{"gomaxprocs: 1.5\n", "line 1: gomaxprocs: 1.5 is not an integer"},
+		{"gomaxprocs: 0.9\n", "line 1: gomaxprocs: 0.9 is not an integer"},
+		{"log_level: warn\nupstream:\n  addr: x:1\n  mux_conns: abc\n", "line 4: upstream.mux_conns: abc is not an integer"},
+		{"upstream: {pool_size: 1.5}\n", "line 1: upstream.pool_size: 1.5 is not an integer"},
+		{"limits:\n  max_bulk_bytes: '1024'\n", "line 2: limits.max_bulk_bytes: '1024' is not an integer"},
+		{"postgres:\n  dsn: x\nroutes:\n  - name: a\n    batch_size: 2.5\n", "line 5: routes[0].batch_size: 2.5 is not an integer"},
+		{"routes:\n  - name: a\n    local_cache: {size: 1e3}\n", "line 3: routes[0].local_cache.size: 1e3 is not an integer"},
+		{"gomaxprocs: 100000\n", "gomaxprocs: 100000 must be between 0 (Go's default) and 1024"},
+		{"upstream:\n  mux_conns: 5000\n", "upstream.mux_conns: 5000 must be between 0 (one per gomaxprocs) and 256"},
+	} {
+		_, err := Parse("bad.yaml", []byte(tc.yaml))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: got %v, want an error containing %q", tc.yaml, err, tc.want)
+		}
+	}
+	// Whole numbers, durations and percentages still decode.
+	cfg, err := Parse("ok.yaml", []byte("gomaxprocs: 2\nupstream: {mux_conns: 3, timeout: 1.5s}\nlimits:\n  max_bulk_bytes: 1024\n"))
+	if err != nil || cfg.GOMAXPROCS != 2 || cfg.Upstream.MuxConns != 3 || cfg.Limits.MaxBulkBytes != 1024 || cfg.Upstream.Timeout != Duration(1500*time.Millisecond) {
+		t.Fatalf("whole numbers: %+v %v", cfg, err)
+	}
 	_, err = Parse("bad.yaml", []byte("gomaxprocs: -1\n"))
 	if err == nil || !strings.Contains(err.Error(), "gomaxprocs") {
 		t.Fatalf("negative gomaxprocs: %v", err)
