@@ -63,29 +63,11 @@ var restartOnly = []string{"listen", "tls", "upstream", "postgres", "admin", "re
 // and cfg, as paths of the file (upstream.mux_conns, tls.cert_file).
 func restartChanges(old, cfg config.Config) []string {
 	var out []string
-	t := reflect.TypeOf(cfg)
-	for i := 0; i < t.NumField(); i++ {
-		name, _, _ := strings.Cut(t.Field(i).Tag.Get("yaml"), ",")
-		if slices.Contains(restartOnly, name) {
-			out = append(out, changedFields(name, reflect.ValueOf(old).Field(i), reflect.ValueOf(cfg).Field(i))...)
+	for _, path := range config.Changed(old, cfg) {
+		top, _, _ := strings.Cut(path, ".")
+		if slices.Contains(restartOnly, top) {
+			out = append(out, path)
 		}
-	}
-	return out
-}
-
-// changedFields lists the paths under path where a and b differ, descending
-// into structs.
-func changedFields(path string, a, b reflect.Value) []string {
-	if a.Kind() != reflect.Struct {
-		if reflect.DeepEqual(a.Interface(), b.Interface()) {
-			return nil
-		}
-		return []string{path}
-	}
-	var out []string
-	for i := 0; i < a.NumField(); i++ {
-		name, _, _ := strings.Cut(a.Type().Field(i).Tag.Get("yaml"), ",")
-		out = append(out, changedFields(path+"."+name, a.Field(i), b.Field(i))...)
 	}
 	return out
 }

@@ -84,13 +84,38 @@ func walkInts(n ast.Node, t reflect.Type, path string) error {
 // yamlField finds the field of struct t whose yaml tag is key.
 func yamlField(t reflect.Type, key string) (reflect.StructField, bool) {
 	for i := 0; i < t.NumField(); i++ {
-		f := t.Field(i)
-		name, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
-		if name == key {
-			return f, true
+		if yamlName(t.Field(i)) == key {
+			return t.Field(i), true
 		}
 	}
 	return reflect.StructField{}, false
+}
+
+// yamlName is the field's key in the file.
+func yamlName(f reflect.StructField) string {
+	name, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+	return name
+}
+
+// Changed lists the settings that differ between a and b as paths of the
+// file (log_level, upstream.mux_conns, routes), descending into sections
+// but not into lists.
+func Changed(a, b Config) []string {
+	return changed("", reflect.ValueOf(a), reflect.ValueOf(b))
+}
+
+func changed(path string, a, b reflect.Value) []string {
+	if a.Kind() != reflect.Struct {
+		if reflect.DeepEqual(a.Interface(), b.Interface()) {
+			return nil
+		}
+		return []string{path}
+	}
+	var out []string
+	for i := 0; i < a.NumField(); i++ {
+		out = append(out, changed(join(path, yamlName(a.Type().Field(i))), a.Field(i), b.Field(i))...)
+	}
+	return out
 }
 
 // isPlainInt reports whether t is a builtin integer type; named types such
