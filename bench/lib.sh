@@ -1,5 +1,6 @@
 # Shared by the benchmark scripts (source it): command logging, background
-# processes, package installs.
+# processes and their cleanup, readiness checks, package installs, free
+# ports.
 
 COMMANDS=()
 PIDS=()
@@ -64,4 +65,57 @@ free_port() {
 	done
 	echo "no free port found" >&2
 	return 1
+}
+
+# make_tmp NAME: a temporary directory in TMP, removed on exit after every
+# background process (newest first, so proxies stop before the servers they
+# use) was stopped.
+make_tmp() {
+	TMP=$(mktemp -d "${TMPDIR:-/tmp}/$1.XXXXXX")
+	trap cleanup EXIT
+	trap 'exit 130' INT
+	trap 'exit 143' TERM
+}
+cleanup() {
+	local rc=$? i pid
+	trap - EXIT INT TERM
+	for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+		pid=${PIDS[i]}
+		kill "$pid" 2>/dev/null || true
+		wait "$pid" 2>/dev/null || true
+	done
+	rm -rf "$TMP"
+	exit "$rc"
+}
+
+# wait_ready NAME PORT PID LOG: wait until PORT answers PING. Returns 2 if
+# the process exited because the port was taken (a caller may retry on
+# another); fails the script showing LOG otherwise.
+wait_ready() {
+	local name=$1 port=$2 pid=$3 log=$4 _
+	for _ in $(seq 100); do
+		if ! kill -0 "$pid" 2>/dev/null; then
+			if grep -q 'address already in use' "$log" 2>/dev/null; then
+				echo "$name: port $port was taken before it could listen" >&2
+				return 2
+			fi
+			echo "$name exited during startup; its output:" >&2
+			cat "$log" >&2 || true
+			exit 1
+		fi
+		if [ "$(redis-cli -h 127.0.0.1 -p "$port" ping 2>/dev/null)" = PONG ]; then
+			return 0
+		fi
+		sleep 0.1
+	done
+	echo "$name did not answer PING on port $port within 10s; its output:" >&2
+	cat "$log" >&2 || true
+	exit 1
+}
+
+# build_info: BUILD_COMMIT and BUILD_STATUS, what a build just made from the
+# working tree holds (HEAD plus any uncommitted changes).
+build_info() {
+	BUILD_COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+	BUILD_STATUS=$(git status --porcelain 2>/dev/null | grep -E '^( M|M |MM|A |\?\?|R |D | D)' || true)
 }

@@ -39,42 +39,7 @@ fi
 command -v go >/dev/null 2>&1 || { echo "go not found in PATH" >&2; exit 1; }
 
 # --- 2. throwaway servers --------------------------------------------------
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/respite-bench.XXXXXX")
-
-cleanup() {
-	local rc=$? pid
-	trap - EXIT INT TERM
-	for pid in "${PIDS[@]}"; do
-		kill "$pid" 2>/dev/null || true
-	done
-	for pid in "${PIDS[@]}"; do
-		wait "$pid" 2>/dev/null || true
-	done
-	rm -rf "$TMP"
-	exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# wait_ready NAME PORT PID LOG: wait until PORT answers PING, or fail showing LOG.
-wait_ready() {
-	local name=$1 port=$2 pid=$3 log=$4 _
-	for _ in $(seq 100); do
-		if ! kill -0 "$pid" 2>/dev/null; then
-			echo "$name exited during startup; its output:" >&2
-			cat "$log" >&2 || true
-			exit 1
-		fi
-		if [ "$(redis-cli -h 127.0.0.1 -p "$port" ping 2>/dev/null)" = PONG ]; then
-			return 0
-		fi
-		sleep 0.1
-	done
-	echo "$name did not answer PING on port $port within 10s; its output:" >&2
-	cat "$log" >&2 || true
-	exit 1
-}
+make_tmp respite-bench
 
 free_port REDIS_PORT
 free_port RESPITE_PORT
@@ -89,9 +54,7 @@ bg redis-server --save "" --appendonly no --port "$REDIS_PORT" --bind 127.0.0.1 
 wait_ready redis "$REDIS_PORT" "${PIDS[-1]}" "$TMP/redis.log"
 
 run go build -o "$TMP/respite" ./cmd/proxy
-# What was built: HEAD plus whatever the working tree holds right now.
-BUILD_COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-BUILD_STATUS=$(git status --porcelain 2>/dev/null | grep -E '^( M|M |MM|A |\?\?|R |D | D)' || true)
+build_info
 cat >"$TMP/respite.yaml" <<EOF
 listen: 127.0.0.1:$RESPITE_PORT
 log_level: warn

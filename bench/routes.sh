@@ -51,54 +51,12 @@ fi
 command -v go >/dev/null 2>&1 || { echo "go not found in PATH" >&2; exit 1; }
 
 # --- 2. throwaway servers and proxies --------------------------------------
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/respite-routes.XXXXXX")
-
-cleanup() {
-	local rc=$? i pid
-	trap - EXIT INT TERM
-	# Newest first: the proxies stop before the servers they use.
-	for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-		pid=${PIDS[i]}
-		kill "$pid" 2>/dev/null || true
-		wait "$pid" 2>/dev/null || true
-	done
-	rm -rf "$TMP"
-	exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# wait_ready NAME PORT PID LOG: wait until PORT answers PING. Returns 2 if
-# the process exited because the port was taken (the caller retries on
-# another); fails the script showing LOG otherwise.
-wait_ready() {
-	local name=$1 port=$2 pid=$3 log=$4 _
-	for _ in $(seq 100); do
-		if ! kill -0 "$pid" 2>/dev/null; then
-			if grep -q 'address already in use' "$log" 2>/dev/null; then
-				return 2
-			fi
-			echo "$name exited during startup; its output:" >&2
-			cat "$log" >&2 || true
-			exit 1
-		fi
-		if [ "$(redis-cli -h 127.0.0.1 -p "$port" ping 2>/dev/null)" = PONG ]; then
-			return 0
-		fi
-		sleep 0.1
-	done
-	echo "$name did not answer PING on port $port within 10s; its output:" >&2
-	cat "$log" >&2 || true
-	exit 1
-}
+make_tmp respite-routes
 
 mkdir -p "$TMP/out"
 run go build -o "$TMP/respite" ./cmd/proxy
 run go build -o "$TMP/servers" ./bench/servers
-# What was built: HEAD plus whatever the working tree holds right now.
-BUILD_COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-BUILD_STATUS=$(git status --porcelain 2>/dev/null | grep -E '^( M|M |MM|A |\?\?|R |D | D)' || true)
+build_info
 
 bg "$TMP/servers" -env "$TMP/servers.env" >"$TMP/servers.log" 2>&1
 SERVERS_PID=${PIDS[-1]}
@@ -130,66 +88,47 @@ CREATE TABLE bench_counters (k text PRIMARY KEY, v bigint NOT NULL DEFAULT 0);
 CREATE TABLE bench_kv2 (k text PRIMARY KEY, v text);
 ANALYZE bench_kv;"
 
+# proxy_head PORT: the settings every proxy here shares.
+proxy_head() {
+	cat <<EOF
+listen: 127.0.0.1:$1
+log_level: warn
+upstream:
+  addr: 127.0.0.1:$REDIS_PORT
+postgres:
+  dsn: "$PG_DSN"
+EOF
+}
+# route NAME PREFIX POLICY TABLE: a format: value route over TABLE(k, v).
+route() {
+	cat <<EOF
+  - name: $1
+    prefix: "$2"
+    policy: $3
+    table: $4
+    key_column: k
+    format: value
+    value_column: v
+EOF
+}
+kv_route() { route kv key: cache-aside bench_kv; }
+local_tier() { echo "    local_cache: {size: 100000, ttl: 10s}"; }
+
 # The main proxy: the cache-aside read route and both write-back routes.
 respite_yaml() {
-	cat <<EOF
-listen: 127.0.0.1:$1
-log_level: warn
-upstream:
-  addr: 127.0.0.1:$REDIS_PORT
-postgres:
-  dsn: "$PG_DSN"
-write_back:
-  consumer: bench
-routes:
-  - name: kv
-    prefix: "key:"
-    policy: cache-aside
-    table: bench_kv
-    key_column: k
-    format: value
-    value_column: v
-  - name: counters
-    prefix: "counter:"
-    policy: write-back
-    table: bench_counters
-    key_column: k
-    format: value
-    value_column: v
-  - name: wb
-    prefix: "wb:"
-    policy: write-back
-    table: bench_kv2
-    key_column: k
-    format: value
-    value_column: v
-EOF
+	proxy_head "$1"
+	printf 'write_back:\n  consumer: bench\nroutes:\n'
+	kv_route
+	route counters counter: write-back bench_counters
+	route wb wb: write-back bench_kv2
 }
 # The second proxy: the same read route with the in-process tier.
-respite_local_yaml() {
-	cat <<EOF
-listen: 127.0.0.1:$1
-log_level: warn
-upstream:
-  addr: 127.0.0.1:$REDIS_PORT
-postgres:
-  dsn: "$PG_DSN"
-routes:
-  - name: kv
-    prefix: "key:"
-    policy: cache-aside
-    table: bench_kv
-    key_column: k
-    format: value
-    value_column: v
-    local_cache: {size: 100000, ttl: 10s}
-EOF
-}
+respite_local_yaml() { proxy_head "$1"; echo "routes:"; kv_route; local_tier; }
 
 # The same read route, Redis tier and in-process tier, with the proxy as one
 # event loop (gomaxprocs: 1, docs/CONFIGURATION.md).
-respite_g1_yaml() { respite_local_yaml "$1" | grep -v local_cache; echo "gomaxprocs: 1"; }
-respite_local_g1_yaml() { respite_local_yaml "$1"; echo "gomaxprocs: 1"; }
+respite_g1_yaml() { proxy_head "$1"; echo "gomaxprocs: 1"; echo "routes:"; kv_route; }
+respite_local_g1_yaml() { respite_g1_yaml "$1"; local_tier; }
 # The last one again, started with GODEBUG=schedtrace=2147483647 (see
 # docs/BENCHMARKS.md: it keeps Go's sysmon thread out of its deep sleep).
 respite_local_g1_st_yaml() { respite_local_g1_yaml "$1"; }
@@ -213,7 +152,7 @@ start_proxy() {
 			printf -v "$3" '%s' "${PIDS[-1]}"
 			return 0
 		fi
-		echo "$name: port $port was taken before it could listen; retrying on another" >&2
+		echo "$name: retrying on another port" >&2
 		STARTUP_RETRIES+=("$name: port $port taken: $(tr '\n' ' ' <"$TMP/$name.log")")
 	done
 	echo "$name: no port could be bound in 5 attempts" >&2
