@@ -41,11 +41,11 @@ func openRoutes(cfg config.Config, cache policy.Cache, rdb *redis.Client, log *s
 	defer cancel()
 	db, err := backend.Open(ctx, cfg.Postgres.DSN, cfg.Postgres.MaxConns, cfg.Postgres.FlushConns)
 	if err != nil {
-		return nil, pgError(err)
+		return nil, err // backend errors already name PostgreSQL
 	}
 	if err := db.Ping(ctx); err != nil {
 		db.Close()
-		return nil, pgError(err)
+		return nil, err // backend errors already name PostgreSQL
 	}
 	rs := &routes{db: db}
 	var prefixes []string
@@ -60,7 +60,7 @@ func openRoutes(cfg config.Config, cache policy.Cache, rdb *redis.Client, log *s
 	}
 	if err := db.EnsureMeta(ctx); err != nil {
 		db.Close()
-		return nil, pgError(err)
+		return nil, err // backend errors already name PostgreSQL
 	}
 	rs.prefixes = router.NewPrefixes(prefixes)
 	bg, stop := context.WithCancel(context.Background())
@@ -351,11 +351,3 @@ func splitArray(b []byte) ([][]byte, bool) {
 }
 
 func newByteReader(b []byte) *bufio.Reader { return bufio.NewReaderSize(bytes.NewReader(b), 64<<10) }
-
-// pgError prefixes err with "postgres: " unless the backend already did.
-func pgError(err error) error {
-	if strings.HasPrefix(err.Error(), "postgres: ") {
-		return err
-	}
-	return fmt.Errorf("postgres: %w", err)
-}
