@@ -114,15 +114,24 @@ type Postgres struct {
 	FlushConns int32 `yaml:"flush_conns"`
 }
 
-// Policies and formats a route may name.
-const (
-	CacheAside   = "cache-aside"
-	WriteThrough = "write-through"
-	WriteBack    = "write-back"
+// Policy is a route's caching policy.
+type Policy string
 
-	FormatJSON  = "json"  // the value is one JSON object of the row's columns
-	FormatHash  = "hash"  // a Redis hash whose fields are the row's columns
-	FormatValue = "value" // a string holding one column
+// The policies a route may name.
+const (
+	CacheAside   Policy = "cache-aside"
+	WriteThrough Policy = "write-through"
+	WriteBack    Policy = "write-back"
+)
+
+// Format is how a route presents a row to Redis clients.
+type Format string
+
+// The formats a route may name.
+const (
+	FormatJSON  Format = "json"  // the value is one JSON object of the row's columns
+	FormatHash  Format = "hash"  // a Redis hash whose fields are the row's columns
+	FormatValue Format = "value" // a string holding one column
 )
 
 // Route maps the keys under Prefix to rows of Table: the part of the key
@@ -130,10 +139,10 @@ const (
 type Route struct {
 	Name        string `yaml:"name"`
 	Prefix      string `yaml:"prefix"`
-	Policy      string `yaml:"policy"` // cache-aside | write-through | write-back
+	Policy      Policy `yaml:"policy"` // cache-aside | write-through | write-back
 	Table       string `yaml:"table"`
 	KeyColumn   string `yaml:"key_column"`
-	Format      string `yaml:"format"`       // json | hash | value
+	Format      Format `yaml:"format"`       // json | hash | value
 	ValueColumn string `yaml:"value_column"` // format value only
 	// TTL of a cached row (default 1h); write-back keys stay cached until
 	// flushed.
