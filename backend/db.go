@@ -1,6 +1,6 @@
-// Package backend is the PostgreSQL side of routed keys (PRODUCT.md §4
-// "Key → row", §5): it maps a route's key to one row of a table and reads
-// or writes that row, and it applies write-back batches.
+// Package backend is the PostgreSQL side of routed keys: it maps a route's
+// key to one row of a table (docs/MIGRATION.md, "Key → row") and reads or
+// writes that row, and it applies write-back batches.
 //
 // Conventions that hold for every statement built here:
 //
@@ -38,9 +38,9 @@ type DB struct {
 // key=value). loadConns and flushConns are the pools' MaxConns; a value
 // <= 0 keeps pgxpool's default (max(4, NumCPU), or pool_max_conns from the
 // DSN). Open does not connect: pools dial lazily, so a proxy can start while
-// PostgreSQL is down (PRODUCT.md §8: hits are still served). Call Ping or
-// Describe at start-up to report an unusable database. The error is about
-// the DSN only.
+// PostgreSQL is down and still serve cache hits (docs/OPERATIONS.md,
+// "Failure behaviour"). Call Ping or Describe at start-up to report an
+// unusable database. The error is about the DSN only.
 func Open(ctx context.Context, dsn string, loadConns, flushConns int32) (*DB, error) {
 	mk := func(n int32, name string) (*pgxpool.Pool, error) {
 		cfg, err := pgxpool.ParseConfig(dsn)

@@ -1,0 +1,301 @@
+package backend
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// The catalog side of a route's table: Describe reads the table's columns,
+// types and key index from pg_catalog once, at start-up, and builds the
+// statements that do not depend on a call's fields; the accessors and
+// columnsOf answer from that description.
+
+// Field is one Redis hash field: a column name and its value as text.
+type Field struct {
+	Name, Value string
+}
+
+// Table describes one route's table: the columns in table order, which one
+// is the key and which one (for value-format routes) holds the value, and
+// the statements built from them. A Table is immutable and safe for
+// concurrent use. Build it with DB.Describe.
+type Table struct {
+	db    *DB
+	name  string // as configured, for messages
+	ident string // quoted, schema-qualified: "public"."users"
+	cols  []column
+	byNm  map[string]int
+	key   int // index of the key column in cols
+	val   int // index of the value column, -1 if none
+
+	sqlKeyCheck   string
+	sqlValCheck   string
+	sqlLoadJSON   string
+	sqlLoadFields string
+	sqlLoadValue  string
+	sqlWriteValue string
+	sqlDelete     string
+	sqlFlushValue [4]string // [rep<<1 | del]
+}
+
+type column struct {
+	name      string
+	ident     string // quoted
+	typ       string // format_type without typmod: what casts use
+	fullType  string // format_type with typmod, for messages
+	kind      kind
+	maxChars  int // varchar(n)/char(n): n; 0 otherwise
+	generated bool
+}
+
+// kind is what Go can check about a text-to-type cast without asking
+// PostgreSQL (see vouch).
+type kind int
+
+const (
+	kindOther kind = iota
+	kindInt16
+	kindInt32
+	kindInt64
+	kindText // text, varchar, char, with maxChars for a length limit
+	kindUUID
+)
+
+// Describe checks, at start-up, that the table, the key column and (if
+// valueColumn is not "") the value column exist, that the key column has a
+// unique index or primary key of its own (a non-partial, non-deferrable
+// unique index on just that column, which INSERT ... ON CONFLICT (key)
+// needs), and returns the table's description.
+//
+// table is one identifier taken literally (case-sensitive: "Users" is not
+// users), or "schema.table" when it contains a dot (split at the first
+// dot). It is resolved once, here, with to_regclass: later statements use
+// the schema-qualified name, whatever the search_path. Errors name the
+// table and column, e.g.
+//
+//	table "users": column "idx" does not exist
+//
+// and hint at the lower-case name when only that exists.
+func (db *DB) Describe(ctx context.Context, table, keyColumn, valueColumn string) (*Table, error) {
+	if table == "" {
+		return nil, errors.New("table name is empty")
+	}
+	ident := identFor(table)
+	var (
+		oid     uint32
+		nsp     string
+		rel     string
+		relkind string
+	)
+	err := db.load.QueryRow(ctx, `SELECT c.oid, n.nspname, c.relname, c.relkind::text
+FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.oid = pg_catalog.to_regclass($1)`, ident).Scan(&oid, &nsp, &rel, &relkind)
+	if errors.Is(err, pgx.ErrNoRows) {
+		msg := fmt.Sprintf("table %q does not exist", table)
+		if low := strings.ToLower(table); low != table {
+			var found bool
+			if db.load.QueryRow(ctx, `SELECT pg_catalog.to_regclass($1) IS NOT NULL`, identFor(low)).Scan(&found) == nil && found {
+				msg += fmt.Sprintf(" (names are case-sensitive; did you mean %q?)", low)
+			}
+		}
+		return nil, errors.New(msg)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("table %q: %w", table, wrapErr(err))
+	}
+	if relkind != "r" && relkind != "p" {
+		return nil, fmt.Errorf("table %q: is not a table (relkind %q): routes need INSERT ... ON CONFLICT", table, relkind)
+	}
+
+	t := &Table{
+		db:    db,
+		name:  table,
+		ident: pgx.Identifier{nsp, rel}.Sanitize(),
+		byNm:  map[string]int{},
+		key:   -1,
+		val:   -1,
+	}
+	rows, err := db.load.Query(ctx, `SELECT a.attname::text,
+	pg_catalog.format_type(a.atttypid, NULL),
+	pg_catalog.format_type(a.atttypid, a.atttypmod),
+	a.atttypid::int8, a.atttypmod, a.attgenerated <> ''
+FROM pg_catalog.pg_attribute a
+WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY a.attnum`, oid)
+	if err != nil {
+		return nil, fmt.Errorf("table %q: %w", table, wrapErr(err))
+	}
+	for rows.Next() {
+		var (
+			c      column
+			typOID int64
+			typmod int32
+		)
+		if err := rows.Scan(&c.name, &c.typ, &c.fullType, &typOID, &typmod, &c.generated); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("table %q: %w", table, wrapErr(err))
+		}
+		c.ident = pgx.Identifier{c.name}.Sanitize()
+		c.kind, c.maxChars = kindOf(uint32(typOID), typmod)
+		t.byNm[c.name] = len(t.cols)
+		t.cols = append(t.cols, c)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("table %q: %w", table, wrapErr(err))
+	}
+	lookup := func(col, what string) (int, error) {
+		if i, ok := t.byNm[col]; ok {
+			return i, nil
+		}
+		msg := fmt.Sprintf("table %q: %scolumn %q does not exist", table, what, col)
+		if low := strings.ToLower(col); low != col {
+			if _, ok := t.byNm[low]; ok {
+				msg += fmt.Sprintf(" (names are case-sensitive; did you mean %q?)", low)
+			}
+		}
+		return -1, errors.New(msg)
+	}
+	if keyColumn == "" {
+		return nil, fmt.Errorf("table %q: key column is empty", table)
+	}
+	if t.key, err = lookup(keyColumn, ""); err != nil {
+		return nil, err
+	}
+	if valueColumn != "" {
+		if t.val, err = lookup(valueColumn, ""); err != nil {
+			return nil, err
+		}
+		if t.val == t.key {
+			return nil, fmt.Errorf("table %q: value column %q is the key column", table, valueColumn)
+		}
+	}
+
+	var unique bool
+	err = db.load.QueryRow(ctx, `SELECT EXISTS (
+	SELECT 1 FROM pg_catalog.pg_index i
+	JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+	WHERE i.indrelid = $1 AND a.attname = $2
+	  AND i.indisunique AND i.indimmediate AND i.indnkeyatts = 1
+	  AND i.indpred IS NULL AND i.indexprs IS NULL)`, oid, keyColumn).Scan(&unique)
+	if err != nil {
+		return nil, fmt.Errorf("table %q: %w", table, wrapErr(err))
+	}
+	if !unique {
+		return nil, fmt.Errorf("table %q: column %q has no primary key or unique index of its own (INSERT ... ON CONFLICT (%s) needs one)",
+			table, keyColumn, t.cols[t.key].ident)
+	}
+	t.build()
+	return t, nil
+}
+
+// identFor quotes a configured table name: one identifier, or
+// schema.table when it contains a dot.
+func identFor(table string) string {
+	if i := strings.IndexByte(table, '.'); i > 0 && i < len(table)-1 {
+		return pgx.Identifier{table[:i], table[i+1:]}.Sanitize()
+	}
+	return pgx.Identifier{table}.Sanitize()
+}
+
+// kindOf maps a column type to what vouch can check in Go. Domains and
+// every other type are kindOther: only PostgreSQL can tell.
+func kindOf(oid uint32, typmod int32) (kind, int) {
+	switch oid {
+	case 21:
+		return kindInt16, 0
+	case 23:
+		return kindInt32, 0
+	case 20:
+		return kindInt64, 0
+	case 25:
+		return kindText, 0
+	case 1043, 1042: // varchar, bpchar: typmod is n+4, -1 without a limit
+		if typmod >= 4 {
+			return kindText, int(typmod - 4)
+		}
+		return kindText, 0
+	case 2950:
+		return kindUUID, 0
+	}
+	return kindOther, 0
+}
+
+// build prepares the statements that do not depend on the fields of a
+// call. $1 is always the key.
+func (t *Table) build() {
+	k := t.cols[t.key]
+	keyEq := k.ident + " = $1::text::" + k.typ
+	t.sqlKeyCheck = "SELECT $1::text::" + k.typ
+	t.sqlLoadJSON = "SELECT pg_catalog.row_to_json(respite_r.*)::text FROM " + t.ident +
+		" AS respite_r WHERE respite_r." + keyEq
+	var sel []string
+	for _, c := range t.cols {
+		sel = append(sel, c.ident+"::text")
+	}
+	t.sqlLoadFields = "SELECT " + strings.Join(sel, ", ") + " FROM " + t.ident + " WHERE " + keyEq
+	t.sqlDelete = "DELETE FROM " + t.ident + " WHERE " + keyEq
+	if t.val >= 0 {
+		v := t.cols[t.val]
+		t.sqlValCheck = "SELECT $1::text::" + v.typ
+		t.sqlLoadValue = "SELECT " + v.ident + "::text FROM " + t.ident + " WHERE " + keyEq
+		t.sqlWriteValue = t.writeSQL([]int{t.val}, func(int) string { return "$2::text::" + v.typ }, "", "")
+		for i := range t.sqlFlushValue {
+			t.sqlFlushValue[i] = t.flushValueSQL(i&2 != 0, i&1 != 0)
+		}
+	}
+}
+
+// Name is the table name as configured.
+func (t *Table) Name() string { return t.name }
+
+// KeyColumn is the key column's name.
+func (t *Table) KeyColumn() string { return t.cols[t.key].name }
+
+// ValueColumn is the value column's name, "" if the table was described
+// without one.
+func (t *Table) ValueColumn() string {
+	if t.val < 0 {
+		return ""
+	}
+	return t.cols[t.val].name
+}
+
+// Columns returns the table's column names in table order (attnum),
+// dropped columns excluded. The slice is a copy.
+func (t *Table) Columns() []string {
+	out := make([]string, len(t.cols))
+	for i, c := range t.cols {
+		out[i] = c.name
+	}
+	return out
+}
+
+// columnsOf checks that every name is a column and returns the column
+// indexes, deduplicated, in table order, and whether the key column is
+// among them (keyAt: the position of its last occurrence in names, -1 if
+// absent).
+func (t *Table) columnsOf(names []string) (cols []int, keyAt int, err error) {
+	seen := make([]bool, len(t.cols))
+	keyAt = -1
+	for i, n := range names {
+		ci, ok := t.byNm[n]
+		if !ok {
+			return nil, -1, &FieldError{Table: t.name, Field: n}
+		}
+		if ci == t.key {
+			keyAt = i
+			continue
+		}
+		seen[ci] = true
+	}
+	for ci, s := range seen {
+		if s {
+			cols = append(cols, ci)
+		}
+	}
+	return cols, keyAt, nil
+}
