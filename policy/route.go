@@ -88,7 +88,7 @@ func lockKey(key string) string { return "respite:lock:" + key }
 
 // Supported reports whether a route of this format serves command name
 // (lower case), per PRODUCT.md §4.
-func Supported(format, name string) bool {
+func Supported(format config.Format, name string) bool {
 	switch format {
 	case config.FormatJSON:
 		switch name {

@@ -43,16 +43,22 @@ func IsRead(name string) bool {
 	return false
 }
 
-// Queued is a routed write queued inside MULTI.
+// Queued is a routed command queued inside MULTI.
 type Queued struct {
 	// Cmd is what the proxy queues on the client's pinned connection.
-	Cmd   [][]byte
+	Cmd [][]byte
+	// Pos is the command's place in EXEC's reply, set by the session.
+	Pos   int
+	read  bool // a read, queued as it is
 	r     *Route
 	name  string
 	key   string
 	args  [][]byte
 	float bool
 }
+
+// Write reports whether q is a write, which EXEC must apply.
+func (q *Queued) Write() bool { return !q.read }
 
 // Key is the Redis key the write touches.
 func (q *Queued) Key() string { return q.key }

@@ -45,6 +45,10 @@ const (
 	// waiting as long as it blocks; a client that leaves meanwhile has it
 	// ended upstream.
 	PathBlocking
+	// PathWatch: WATCH outside MULTI: the session's own connection, after
+	// the route layer loaded the routed keys (so the proxy's own fill
+	// cannot abort the transaction) and the contention gate let it in.
+	PathWatch
 	// PathDetach: the session's own connection, whose replies and pushes
 	// are relayed to the client as they arrive from then on (pub/sub,
 	// MONITOR, CLIENT TRACKING ON).
@@ -66,7 +70,7 @@ const (
 	PathRefused
 )
 
-var pathNames = [...]string{"shared", "pinned", "blocking", "detach", "local", "routed", "queue", "queue-local", "exec", "refused"}
+var pathNames = [...]string{"shared", "pinned", "blocking", "watch", "detach", "local", "routed", "queue", "queue-local", "exec", "refused"}
 
 func (p Path) String() string { return pathNames[p] }
 
@@ -132,8 +136,10 @@ func Dispatch(st State, cmd *Command) Decision {
 		return Decision{Path: PathPinned}
 	case KindTransaction:
 		switch cmd.ID {
-		case CmdMulti, CmdWatch:
+		case CmdMulti:
 			return Decision{Path: PathPinned}
+		case CmdWatch:
+			return Decision{Path: PathWatch}
 		}
 		return upstream(st) // EXEC, DISCARD, UNWATCH without MULTI
 	}
@@ -195,17 +201,20 @@ func allowedSubscribed(cmd *Command) bool {
 	return false
 }
 
-// Next is the state after cmd ran (ignoring replies not yet seen): MULTI
-// enters a transaction, EXEC and DISCARD leave it, whatever their replies,
-// as in Redis. The session corrects the rest of its state from replies.
+// Next is the state after cmd ran, as far as Redis' rules decide it
+// without the reply: MULTI enters a transaction, EXEC and DISCARD leave it,
+// whatever their replies; none of them does anything with the wrong number
+// of arguments or in the RESP2 pub/sub context, where Redis refuses them.
+// The session corrects the rest of its state from replies.
 func (st State) Next(cmd *Command) State {
+	if !cmd.ArityOK() || st.Subscribed && st.Proto == 2 {
+		return st
+	}
 	switch cmd.ID {
 	case CmdMulti:
 		st.Multi = true
 	case CmdExec, CmdDiscard:
-		if st.Multi {
-			st.Multi = false
-		}
+		st.Multi = false
 	}
 	return st
 }

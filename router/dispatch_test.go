@@ -30,6 +30,7 @@ const (
 	pi = "pinned"
 	bl = "blocking"
 	de = "detach"
+	wa = "watch"
 	lo = "local"
 	ro = "routed"
 	qu = "queue"
@@ -62,8 +63,8 @@ func TestDispatchTable(t *testing.T) {
 		{"MULTI", [10]string{pi, na, pi, pi, pi, pi, pi, pi, pi, pi}},
 		{"EXEC", [10]string{sh, na, pi, pi, ex, pi, pi, pi, sh, sh}},
 		{"DISCARD", [10]string{sh, na, pi, pi, pi, pi, pi, pi, sh, sh}},
-		{"WATCH k", [10]string{pi, na, pi, pi, pi, pi, pi, pi, pi, pi}},
-		{"WATCH user:1", [10]string{pi, na, pi, pi, pi, ce, pi, pi, pi, pi}},
+		{"WATCH k", [10]string{wa, na, wa, wa, pi, pi, wa, wa, wa, wa}},
+		{"WATCH user:1", [10]string{wa, na, wa, wa, pi, ce, wa, wa, wa, wa}},
 		{"UNWATCH", [10]string{sh, na, pi, pi, pi, pi, pi, pi, sh, sh}},
 		{"SUBSCRIBE c", [10]string{de, na, de, de, pi, de, de, de, de, de}},
 		{"PSUBSCRIBE p*", [10]string{de, na, de, de, pi, de, de, de, de, de}},

@@ -6,8 +6,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/tidwall/redcon"
-
 	"github.com/respite/respite/router"
 )
 
@@ -36,92 +34,72 @@ func (c *session) armIdle() {
 	if d <= 0 || p == nil || !(p.multi || p.watch) {
 		return
 	}
-	if p.upID == 0 {
-		return // pinUp could not learn the connection's id
+	if p.conn.ID() == 0 {
+		return // the handshake did not tell the connection's id
 	}
 	lost := "watch"
 	if p.multi {
 		lost = "multi"
 	}
-	id := p.upID
-	c.idle.timer = time.AfterFunc(d, func() {
-		c.idle.fired.Store(true)
-		ctx, cancel := context.WithTimeout(context.Background(), c.s.up.timeout)
+	id := p.conn.ID()
+	c.tx.idle.timer = time.AfterFunc(d, func() {
+		c.tx.idle.fired.Store(true)
+		ctx, cancel := context.WithTimeout(context.Background(), c.s.up.Timeout())
 		defer cancel()
-		c.s.up.shared[0].ClientKillByFilter(ctx, "ID", formatID(id))
+		c.s.up.Redis().ClientKillByFilter(ctx, "ID", formatID(id))
 		c.s.log.Warn("ended a WATCH/MULTI left open past transactions.idle_timeout", "client", c.id, "state", lost, "idle", d)
 	})
-	c.idle.armed = lost
+	c.tx.idle.armed = lost
 }
 
 // checkIdle runs before a batch: it stops the timer and, if it fired,
 // drops the dead pin. It returns the commands the session may still run.
 func (c *session) checkIdle() {
-	if c.idle.timer == nil {
+	if c.tx.idle.timer == nil {
 		return
 	}
-	c.idle.timer.Stop()
-	c.idle.timer = nil
-	if c.idle.fired.Swap(false) {
-		c.unpin()
-		c.idle.lost = c.idle.armed
+	c.tx.idle.timer.Stop()
+	c.tx.idle.timer = nil
+	if c.tx.idle.fired.Swap(false) {
+		c.discardPin()
+		c.tx.idle.lost = c.tx.idle.armed
 	}
 }
 
 // idleRefusal answers a command of a session whose transaction expired,
 // and reports whether it did.
-func (c *session) idleRefusal(args [][]byte) bool {
-	switch c.idle.lost {
+func (c *session) idleRefusal(cmd *router.Command) bool {
+	switch c.tx.idle.lost {
 	case "multi":
-		switch {
-		case router.Is(args[0], "exec"):
-			c.idle.lost = ""
+		switch cmd.ID {
+		case router.CmdExec:
+			c.tx.idle.lost = ""
 			c.sendError(errIdle)
-		case router.Is(args[0], "discard"):
-			c.idle.lost = ""
+		case router.CmdDiscard:
+			c.tx.idle.lost = ""
 			c.sendStatus("OK")
-		case router.Is(args[0], "quit"), router.Is(args[0], "reset"):
-			c.idle.lost = ""
+		case router.CmdQuit, router.CmdReset:
+			c.tx.idle.lost = ""
 			return false
 		default:
 			c.sendError(errIdle)
 		}
 		return true
 	case "watch":
-		if router.Is(args[0], "exec") {
-			c.idle.lost = ""
+		switch cmd.ID {
+		case router.CmdExec:
+			c.tx.idle.lost = ""
 			if c.pin != nil && c.pin.multi {
-				ctx, cancel := context.WithTimeout(context.Background(), c.s.up.timeout)
-				c.pin.conn.Do(ctx, "DISCARD")
-				cancel()
-				c.follow([][]byte{[]byte("DISCARD")}, []byte("+OK\r\n"))
-				c.maybeUnpin()
+				c.discardWith(errIdle)
+			} else {
+				c.sendError(errIdle)
 			}
-			c.sendError(errIdle)
 			return true
-		}
-		if router.Is(args[0], "unwatch") || router.Is(args[0], "discard") || router.Is(args[0], "reset") {
-			c.idle.lost = ""
+		case router.CmdUnwatch, router.CmdDiscard, router.CmdReset:
+			c.tx.idle.lost = ""
 		}
 	}
 	return false
-}
-
-// runIdle wraps run for sessions with an idle timeout.
-func (c *session) runIdle(cmds []redcon.Command) {
-	c.checkIdle()
-	for i := 0; i < len(cmds); i++ {
-		if c.idle.lost != "" && c.idleRefusal(cmds[i].Args) {
-			continue
-		}
-		if c.idle.lost != "" {
-			c.run(cmds[i : i+1])
-			continue
-		}
-		c.run(cmds[i:])
-		break
-	}
-	c.armIdle()
 }
 
 func formatID(id int64) string { return strconv.FormatInt(id, 10) }

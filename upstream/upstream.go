@@ -39,6 +39,8 @@ type Upstream struct {
 	// locks, write-back streams, invalidation pub/sub.
 	redis *redis.Client
 
+	cache *Cache // the route layer's commands on the multiplexed connections
+
 	mu      sync.Mutex
 	version string // redis_version, asked once
 }
@@ -51,6 +53,7 @@ func New(cfg config.Upstream) (*Upstream, error) {
 		return nil, err
 	}
 	u := &Upstream{cfg: cfg, tls: tc, timeout: time.Duration(cfg.Timeout)}
+	u.cache = &Cache{u: u}
 	muxConns := cfg.MuxConns
 	if muxConns == 0 {
 		// One per thread running Go code: with gomaxprocs 1 the single
