@@ -330,11 +330,54 @@ func Parse(name string, data []byte) (Config, error) {
 			return Config{}, decodeError(err).in(name)
 		}
 	}
+	for _, o := range Overrides {
+		if err := cfg.override(o); err != nil {
+			return Config{}, err
+		}
+	}
 	if err := cfg.validate(); err != nil {
+		for _, o := range Overrides {
+			if path, _, _ := strings.Cut(o, "="); err.path == path || strings.HasPrefix(err.path, path+".") {
+				return Config{}, err.in("-set " + o)
+			}
+		}
 		lines.locate(err)
 		return Config{}, err.in(name)
 	}
 	return cfg, nil
+}
+
+// Overrides are settings that win over the file's, on every Load and
+// Parse (so a reload applies them again): "section.field=value" with a
+// YAML value, e.g. "upstream.addr=127.0.0.1:6390" or "upstream.password=''"
+// (proxy -set). Only a main package sets it, before the first Load.
+var Overrides []string
+
+// override applies one of Overrides to c; it is checked like the file.
+func (c *Config) override(o string) error {
+	name := "-set " + o
+	path, value, ok := strings.Cut(o, "=")
+	if !ok || path == "" || strings.ContainsAny(path, "[] ") || strings.ContainsAny(value, "\r\n") {
+		return fmt.Errorf("%s: not field=value (a field of the file by its path, e.g. upstream.addr=127.0.0.1:6390)", name)
+	}
+	var doc strings.Builder
+	keys := strings.Split(path, ".")
+	for i, k := range keys {
+		doc.WriteString(strings.Repeat("  ", i) + k + ":")
+		if i < len(keys)-1 {
+			doc.WriteString("\n")
+		}
+	}
+	doc.WriteString(" " + value + "\n")
+	if _, err := check([]byte(doc.String())); err != nil {
+		err.line = 0
+		return err.in(name)
+	}
+	dec := yaml.NewDecoder(strings.NewReader(doc.String()), yaml.DisallowUnknownField())
+	if err := dec.Decode(c); err != nil {
+		return decodeError(err).in(name)
+	}
+	return nil
 }
 
 func (c *Config) validate() *fieldError {

@@ -140,6 +140,33 @@ func TestEnvValuesAreChecked(t *testing.T) {
 	}
 }
 
+// -set overrides win over the file, are checked like it, and name
+// themselves in errors.
+func TestOverrides(t *testing.T) {
+	t.Cleanup(func() { Overrides = nil })
+	Overrides = []string{"upstream.addr=127.0.0.1:6390", "upstream.password=''", "upstream.tls.enabled=true", "limits.max_args=7"}
+	cfg, err := Parse("o.yaml", []byte("upstream:\n  addr: 10.0.0.1:6379\n  password: secret\n  pool_size: 9\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u := cfg.Upstream; u.Addr != "127.0.0.1:6390" || u.Password != "" || !u.TLS.Enabled || u.PoolSize != 9 || cfg.Limits.MaxArgs != 7 || cfg.Limits.MaxClients != 10000 {
+		t.Errorf("overridden: %+v %+v", cfg.Upstream, cfg.Limits)
+	}
+	for _, tc := range []struct{ set, want string }{
+		{"upstream.pool_size=abc", "-set upstream.pool_size=abc: upstream.pool_size: abc is not an integer (a whole number such as 10)"},
+		{"upstream.adr=x", "-set upstream.adr=x: upstream.adr: unknown field; did you mean addr? (accepted: addr, username, password, db, pool_size, multiplexer, mux_conns, tls, dial_timeout, timeout)"},
+		{"upstream", "-set upstream: not field=value (a field of the file by its path, e.g. upstream.addr=127.0.0.1:6390)"},
+		{"routes[0].ttl=1s", "-set routes[0].ttl=1s: not field=value (a field of the file by its path, e.g. upstream.addr=127.0.0.1:6390)"},
+		{"upstream.addr=''", "-set upstream.addr='': upstream.addr: empty (host:port of the Redis, e.g. 127.0.0.1:6379)"},
+	} {
+		Overrides = []string{tc.set}
+		_, err := Parse("o.yaml", []byte("listen: 127.0.0.1:1\nupstream:\n  addr: x:1\n"))
+		if err == nil || err.Error() != tc.want {
+			t.Errorf("-set %s:\n got  %v\n want %s", tc.set, err, tc.want)
+		}
+	}
+}
+
 func TestEnvExpansion(t *testing.T) {
 	t.Setenv("RESPITE_TEST_PASS", "s3cret")
 	cfg, err := Parse("env.yaml", []byte("upstream:\n  password: ${RESPITE_TEST_PASS}\n"))
