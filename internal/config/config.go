@@ -349,8 +349,8 @@ func Parse(name string, data []byte) (Config, error) {
 
 // Overrides are settings that win over the file's, on every Load and
 // Parse (so a reload applies them again): "section.field=value" with a
-// YAML value, e.g. "upstream.addr=127.0.0.1:6390" or "upstream.password=''"
-// (proxy -set). Only a main package sets it, before the first Load.
+// YAML value, e.g. upstream.addr=127.0.0.1:6390, or upstream.password=""
+// for an empty password (proxy -set). Only a main package sets it, before the first Load.
 var Overrides []string
 
 // override applies one of Overrides to c; it is checked like the file.
