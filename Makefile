@@ -8,7 +8,8 @@ FUZZTIME ?= 60s
 
 .PHONY: demo test build bench
 
-# Run the proxy against the configured Redis, or throwaway servers.
+# Run the proxy against the configured Redis, or throwaway servers, on
+# config.yaml itself: edit it, then RESPITE RELOAD (or SIGHUP to the demo).
 # Built, then run (not `go run`, which exits 1 after a Ctrl-C even when the
 # demo stopped cleanly).
 demo:

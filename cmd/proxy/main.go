@@ -1,20 +1,28 @@
 // Command proxy runs Respite, a caching proxy that speaks the Redis
 // protocol. Usage:
 //
-//	proxy [-config config.yaml] [-version]
+//	proxy [-config config.yaml] [-set field=value ...] [-version]
+//
+// -set overrides a setting of the file (upstream.addr=127.0.0.1:6390), on
+// every reload too; it may be repeated.
 package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"runtime"
 	"runtime/pprof"
+	"strings"
 	"syscall"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/respite/respite/internal/config"
 	"github.com/respite/respite/server"
@@ -27,6 +35,13 @@ func main() {
 	path := flag.String("config", "config.yaml", "path of the YAML configuration file")
 	showVersion := flag.Bool("version", false, "print the version and exit")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile (go tool pprof) to this file until exit")
+	flag.Func("set", "override a setting of the file, on every reload too: field=value, e.g. upstream.addr=127.0.0.1:6390 (repeatable)", func(s string) error {
+		if !strings.Contains(s, "=") {
+			return errors.New("want field=value, e.g. upstream.addr=127.0.0.1:6390")
+		}
+		config.Overrides = append(config.Overrides, s)
+		return nil
+	})
 	flag.Parse()
 	if *showVersion {
 		fmt.Println("respite", version)
@@ -48,9 +63,18 @@ func main() {
 		handler = slog.NewJSONHandler(os.Stderr, opts)
 	}
 	log := slog.New(handler)
+	redis.SetLogger(redisLog{log})
+	// The listener first: a busy port or a bad address is reported before
+	// anything else starts, and "listening" is logged only once it is true.
+	l, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		cause, fix := listenError(err, *path)
+		log.Error("cannot listen", "addr", cfg.Listen, "err", cause, "fix", fix)
+		os.Exit(1)
+	}
 	srv, err := server.New(cfg, log)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "respite:", err)
+		log.Error("cannot start", "err", err)
 		os.Exit(1)
 	}
 	if *cpuProfile != "" {
@@ -82,7 +106,7 @@ func main() {
 	go func() {
 		defer close(done)
 		s := <-sig
-		log.Info("shutting down: flushing write-back queues", "signal", s.String(), "timeout", time.Duration(cfg.ShutdownTimeout))
+		log.Info("shutting down: flushing write-back queues", "signal", s.String(), "timeout", time.Duration(cfg.ShutdownTimeout).String())
 		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(cfg.ShutdownTimeout))
 		defer cancel()
 		left, err := srv.Shutdown(ctx)
@@ -92,13 +116,41 @@ func main() {
 		}
 		log.Info("shutdown complete: write-back queues flushed")
 	}()
-	log.Info("respite listening", "addr", cfg.Listen, "upstream", cfg.Upstream.Addr, "admin", cfg.Admin, "routes", len(cfg.Routes), "gomaxprocs", runtime.GOMAXPROCS(0), "version", version)
-	if err := srv.ListenAndServe(); err != nil && !isClosed(err) {
+	log.Info("respite listening", "addr", l.Addr().String(), "upstream", cfg.Upstream.Addr, "admin", srv.AdminAddr(), "routes", len(cfg.Routes), "gomaxprocs", runtime.GOMAXPROCS(0), "version", version)
+	if err := srv.Serve(l); err != nil && !isClosed(err) {
 		log.Error("serve", "err", err)
 		pprof.StopCPUProfile()
 		os.Exit(1)
 	}
 	<-done
+}
+
+// listenError is why the listener did not open (the system's words,
+// without Go's "listen tcp" prefix) and what to change.
+func listenError(err error, file string) (cause, fix string) {
+	cause = err.Error()
+	var op *net.OpError
+	if errors.As(err, &op) && op.Err != nil {
+		cause = op.Err.Error()
+	}
+	var addr *net.AddrError
+	switch {
+	case errors.Is(err, syscall.EADDRINUSE):
+		return cause, "another process is listening on that port: stop it, or change listen in " + file
+	case errors.Is(err, syscall.EACCES):
+		return cause, "ports below 1024 need privileges: change listen in " + file
+	case errors.As(err, &addr):
+		return cause, "listen is host:port, e.g. 127.0.0.1:6380: change it in " + file
+	}
+	return cause, "change listen in " + file
+}
+
+// redisLog sends go-redis' own log lines (dial failures, pool warnings)
+// to the proxy's logger, so that a log_format: json stream stays JSON.
+type redisLog struct{ log *slog.Logger }
+
+func (l redisLog) Printf(ctx context.Context, format string, v ...any) {
+	l.log.WarnContext(ctx, strings.TrimPrefix(fmt.Sprintf(format, v...), "redis: "), "component", "go-redis")
 }
 
 func level(s string) slog.Level {

@@ -2,7 +2,10 @@ package main
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -258,5 +261,140 @@ func TestGOMAXPROCS(t *testing.T) {
 		}
 		p.cmd.Process.Kill()
 		p.cmd.Wait()
+	}
+}
+
+// writeConfig writes text to a config file in a temp folder.
+func writeConfig(t *testing.T, text string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// With log_format: json every line on stderr is one JSON object, go-redis'
+// own lines (here: dialing a Redis that is not there) included.
+func TestJSONLogStaysJSON(t *testing.T) {
+	port, err := testenv.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	down, err := testenv.FreePort() // nothing listens there
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	path := writeConfig(t, fmt.Sprintf("listen: %s\nlog_format: json\nupstream:\n  addr: 127.0.0.1:%d\n  multiplexer: go-redis\n  dial_timeout: 200ms\n", addr, down))
+	var stderr strings.Builder
+	cmd := exec.Command(bin, "-config", path)
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	c := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1})
+	defer c.Close()
+	// The proxy answers with the upstream's error; go-redis logs its failed
+	// dial once it has given up retrying.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		err := c.Get(context.Background(), "k").Err()
+		if err != nil && strings.Contains(err.Error(), "upstream") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no upstream error from the proxy: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for !strings.Contains(stderr.String(), `"component":"go-redis"`) {
+		if time.Now().After(deadline) {
+			t.Fatalf("go-redis logged nothing through the proxy's logger:\n%s", stderr.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("exit after SIGTERM: %v", err)
+	}
+	lines := strings.Split(strings.TrimSuffix(stderr.String(), "\n"), "\n")
+	for _, l := range lines {
+		var v map[string]any
+		if err := json.Unmarshal([]byte(l), &v); err != nil {
+			t.Errorf("not a JSON line: %q", l)
+		}
+	}
+	if !strings.Contains(lines[0], `"msg":"respite listening"`) {
+		t.Errorf("first line %q, want respite listening", lines[0])
+	}
+}
+
+// A listener that cannot open is one line naming the address and the
+// cause, exit status 1, and no "respite listening".
+func TestListenFailures(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	for _, tc := range []struct{ listen, format, want string }{
+		{busy.Addr().String(), "text", `err="bind: address already in use" fix="another process is listening on that port: stop it, or change listen in `},
+		{"notaport", "text", `err="address notaport: missing port in address" fix="listen is host:port, e.g. 127.0.0.1:6380: change it in `},
+		{busy.Addr().String(), "json", `"err":"bind: address already in use"`},
+	} {
+		path := writeConfig(t, fmt.Sprintf("listen: %s\nlog_format: %s\nupstream: {addr: %s}\n", tc.listen, tc.format, rds.Addr))
+		var stdout, stderr strings.Builder
+		cmd := exec.Command(bin, "-config", path)
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		err := cmd.Run()
+		var exit *exec.ExitError
+		if !errors.As(err, &exit) || exit.ExitCode() != 1 {
+			t.Errorf("listen %s: %v, want exit status 1", tc.listen, err)
+		}
+		out := stderr.String()
+		if strings.Count(out, "\n") != 1 || !strings.Contains(out, tc.want) || !strings.Contains(out, tc.listen) || stdout.Len() != 0 {
+			t.Errorf("listen %s: stderr %q, want one line with the address and %q", tc.listen, out, tc.want)
+		}
+		if strings.Contains(out, "respite listening") {
+			t.Errorf("listen %s: %q says it is listening", tc.listen, out)
+		}
+	}
+}
+
+// -set wins over the file, on a reload too: the proxy serves on the
+// Redis -set names though the file names one that is down.
+func TestSetOverridesTheFile(t *testing.T) {
+	port, err := testenv.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	path := writeConfig(t, fmt.Sprintf("listen: %s\nupstream:\n  addr: 127.0.0.1:1\n", addr))
+	var stderr strings.Builder
+	cmd := exec.Command(bin, "-config", path, "-set", "upstream.addr="+rds.Addr)
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	c := redis.NewClient(&redis.Options{Addr: addr})
+	defer c.Close()
+	for i := 0; c.Ping(context.Background()).Err() != nil; i++ {
+		if i > 100 {
+			t.Fatalf("proxy did not start on the -set upstream: %s", stderr.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if got, err := c.Do(context.Background(), "RESPITE", "RELOAD").Result(); err != nil || got != "OK" {
+		t.Fatalf("RESPITE RELOAD with -set: %v %v (want OK: upstream.addr is the same)", got, err)
+	}
+	if err := c.Set(context.Background(), "set-flag", "1", 0).Err(); err != nil {
+		t.Fatalf("after the reload: %v", err)
+	}
+	out, err := exec.Command(bin, "-config", path, "-set", "upstream.pool_size=lots").CombinedOutput()
+	if want := "respite: -set upstream.pool_size=lots: upstream.pool_size: lots is not an integer (a whole number such as 10)\n"; err == nil || string(out) != want {
+		t.Errorf("bad -set: %v %q, want %q", err, out, want)
 	}
 }

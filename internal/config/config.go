@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strconv"
 	"strings"
 	"time"
 
@@ -189,13 +188,17 @@ type Percent float64
 
 // UnmarshalYAML parses "10%" as 0.10.
 func (p *Percent) UnmarshalYAML(b []byte) error {
-	s := strings.TrimSuffix(strings.Trim(strings.TrimSpace(string(b)), `"'`), "%")
-	v, err := strconv.ParseFloat(s, 64)
-	if err != nil || v < 0 || v > 100 {
-		return fmt.Errorf("invalid percentage %q (use 0%% to 100%%, e.g. 10%%)", string(b))
+	v, msg := parsePercent(unquote(b))
+	if msg != "" {
+		return errors.New(msg)
 	}
-	*p = Percent(v / 100)
+	*p = v
 	return nil
+}
+
+// unquote is a scalar's text as the decoder hands it to UnmarshalYAML.
+func unquote(b []byte) string {
+	return strings.TrimSpace(strings.Trim(strings.TrimSpace(string(b)), `"'`))
 }
 
 // Upstream is the Redis server every unrouted key goes to.
@@ -261,17 +264,15 @@ type Limits struct {
 // Duration is a time.Duration written as a Go duration string in YAML.
 type Duration time.Duration
 
-// UnmarshalYAML parses "1.5s", "200ms", "1h".
+// UnmarshalYAML parses "1.5s", "200ms", "1h". A number without a unit
+// ("60") is refused: seconds, milliseconds or minutes would each be a
+// plausible reading.
 func (d *Duration) UnmarshalYAML(b []byte) error {
-	s := strings.Trim(strings.TrimSpace(string(b)), `"'`)
-	v, err := time.ParseDuration(s)
-	if err != nil {
-		return fmt.Errorf("invalid duration %q (use Go syntax such as 500ms, 30s, 1h)", s)
+	v, msg := parseDuration(unquote(b))
+	if msg != "" {
+		return errors.New(msg)
 	}
-	if v < 0 {
-		return fmt.Errorf("invalid duration %q: must not be negative", s)
-	}
-	*d = Duration(v)
+	*d = v
 	return nil
 }
 
@@ -307,8 +308,10 @@ func Default() Config {
 	}
 }
 
-// Load reads and validates the file at path. Errors name the file and, for
-// syntax and type errors, the line and field.
+// Load reads and validates the file at path. Every error names the file,
+// the line and the field, as
+//
+//	config.yaml:41: routes[0].ttl: 60 has no unit (add one, e.g. 60s)
 func Load(path string) (Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -320,73 +323,140 @@ func Load(path string) (Config, error) {
 // Parse is Load on bytes already read; name is used in error messages.
 func Parse(name string, data []byte) (Config, error) {
 	cfg := Default()
-	expanded := os.Expand(string(data), os.Getenv)
-	if strings.TrimSpace(expanded) != "" {
-		if err := checkInts([]byte(expanded)); err != nil {
-			return Config{}, fmt.Errorf("%s: %w", name, err)
+	expanded := []byte(os.Expand(string(data), os.Getenv))
+	lines := fileLines{}
+	if strings.TrimSpace(string(expanded)) != "" {
+		var err *fieldError
+		if lines, err = check(expanded); err != nil {
+			return Config{}, err.in(name)
 		}
-		dec := yaml.NewDecoder(bytes.NewReader([]byte(expanded)), yaml.DisallowUnknownField())
+		// check has refused what the decoder would; this is a backstop.
+		// check refuses a key set twice; the decoder's own check would
+		// also refuse a key that overrides one merged in with <<: *anchor
+		// (docs/UPSTREAM-BUGS.md).
+		dec := yaml.NewDecoder(bytes.NewReader(expanded), yaml.DisallowUnknownField(), yaml.AllowDuplicateMapKey())
 		if err := dec.Decode(&cfg); err != nil {
-			return Config{}, fmt.Errorf("%s: %s", name, yaml.FormatError(err, false, true))
+			return Config{}, decodeError(err).in(name)
+		}
+	}
+	for _, o := range Overrides {
+		if err := cfg.override(o); err != nil {
+			return Config{}, err
 		}
 	}
 	if err := cfg.validate(); err != nil {
-		return Config{}, fmt.Errorf("%s: %w", name, err)
+		for _, o := range Overrides {
+			if path, _, _ := strings.Cut(o, "="); err.path == path || strings.HasPrefix(err.path, path+".") {
+				return Config{}, err.in("-set " + o)
+			}
+		}
+		lines.locate(err)
+		return Config{}, err.in(name)
 	}
 	return cfg, nil
 }
 
-func (c *Config) validate() error {
+// Overrides are settings that win over the file's, on every Load and
+// Parse (so a reload applies them again): "section.field=value" with a
+// YAML value, e.g. upstream.addr=127.0.0.1:6390, or upstream.password=""
+// for an empty password (proxy -set). Only a main package sets it, before the first Load.
+var Overrides []string
+
+// override applies one of Overrides to c; it is checked like the file.
+func (c *Config) override(o string) error {
+	name := "-set " + o
+	path, value, ok := strings.Cut(o, "=")
+	if !ok || path == "" || strings.ContainsAny(path, "[] ") || strings.ContainsAny(value, "\r\n") {
+		return fmt.Errorf("%s: not field=value (a field of the file by its path, e.g. upstream.addr=127.0.0.1:6390)", name)
+	}
+	var doc strings.Builder
+	keys := strings.Split(path, ".")
+	for i, k := range keys {
+		doc.WriteString(strings.Repeat("  ", i) + k + ":")
+		if i < len(keys)-1 {
+			doc.WriteString("\n")
+		}
+	}
+	doc.WriteString(" " + value + "\n")
+	if _, err := check([]byte(doc.String())); err != nil {
+		err.line = 0
+		return err.in(name)
+	}
+	dec := yaml.NewDecoder(strings.NewReader(doc.String()), yaml.DisallowUnknownField())
+	if err := dec.Decode(c); err != nil {
+		return decodeError(err).in(name)
+	}
+	return nil
+}
+
+func (c *Config) validate() *fieldError {
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":
 	default:
-		return fmt.Errorf("log_level: %q is not one of debug, info, warn, error", c.LogLevel)
+		return bad("log_level", "%q is not a log level (debug, info, warn or error)", c.LogLevel)
 	}
 	if c.LogFormat != "text" && c.LogFormat != "json" {
-		return fmt.Errorf("log_format: %q is not text or json", c.LogFormat)
+		return bad("log_format", "%q is not a log format (text or json)", c.LogFormat)
 	}
 	if c.GOMAXPROCS < 0 || c.GOMAXPROCS > MaxGOMAXPROCS {
-		return fmt.Errorf("gomaxprocs: %d must be between 0 (Go's default) and %d", c.GOMAXPROCS, MaxGOMAXPROCS)
+		return bad("gomaxprocs", "%d is out of range (0, Go's default, to %d)", c.GOMAXPROCS, MaxGOMAXPROCS)
 	}
 	if c.Listen == "" {
-		return errors.New("listen: must not be empty")
+		return bad("listen", "empty (an address such as 127.0.0.1:6380)")
 	}
 	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
-		return errors.New("tls: cert_file and key_file go together")
+		missing, given := "tls.key_file", "tls.cert_file"
+		if c.TLS.CertFile == "" {
+			missing, given = given, missing
+		}
+		e := bad(missing, "missing (cert_file and key_file go together)")
+		e.near = given
+		return e
 	}
 	if c.Upstream.Addr == "" {
-		return errors.New("upstream.addr: must not be empty")
+		return bad("upstream.addr", "empty (host:port of the Redis, e.g. 127.0.0.1:6379)")
 	}
 	if c.Upstream.DB < 0 {
-		return fmt.Errorf("upstream.db: %d must not be negative", c.Upstream.DB)
+		return bad("upstream.db", "%d is negative (0 or more)", c.Upstream.DB)
 	}
 	if c.Upstream.PoolSize <= 0 {
-		return fmt.Errorf("upstream.pool_size: %d must be positive", c.Upstream.PoolSize)
+		return bad("upstream.pool_size", "%d is not positive (1 or more, default 64)", c.Upstream.PoolSize)
 	}
 	if c.Upstream.Multiplexer != "builtin" && c.Upstream.Multiplexer != "go-redis" {
-		return fmt.Errorf("upstream.multiplexer: %q is not builtin or go-redis", c.Upstream.Multiplexer)
+		return bad("upstream.multiplexer", "%q is not a multiplexer (builtin or go-redis)", c.Upstream.Multiplexer)
 	}
 	if c.Upstream.MuxConns < 0 || c.Upstream.MuxConns > MaxMuxConns {
-		return fmt.Errorf("upstream.mux_conns: %d must be between 0 (one per gomaxprocs) and %d", c.Upstream.MuxConns, MaxMuxConns)
+		return bad("upstream.mux_conns", "%d is out of range (0, one per gomaxprocs, to %d)", c.Upstream.MuxConns, MaxMuxConns)
 	}
-	if c.Transactions.TrackedKeys <= 0 || c.Transactions.Gate.MinAttempts <= 0 || c.Transactions.Gate.MaxWait <= 0 {
-		return errors.New("transactions: tracked_keys, gate.min_attempts and gate.max_wait must be positive")
-	}
-	l := c.Limits
-	if l.MaxClients <= 0 || l.MaxBulkBytes <= 0 || l.MaxArgs <= 0 || l.MaxInlineBytes <= 0 {
-		return errors.New("limits: max_clients, max_bulk_bytes, max_args and max_inline_bytes must be positive")
+	for _, f := range []struct {
+		path string
+		v    int64
+	}{
+		{"transactions.tracked_keys", int64(c.Transactions.TrackedKeys)},
+		{"transactions.gate.min_attempts", int64(c.Transactions.Gate.MinAttempts)},
+		{"transactions.gate.max_wait", int64(c.Transactions.Gate.MaxWait)},
+		{"limits.max_clients", int64(c.Limits.MaxClients)},
+		{"limits.max_bulk_bytes", c.Limits.MaxBulkBytes},
+		{"limits.max_args", int64(c.Limits.MaxArgs)},
+		{"limits.max_inline_bytes", int64(c.Limits.MaxInlineBytes)},
+	} {
+		if f.v <= 0 {
+			return bad(f.path, "must be positive (leave it out for the default)")
+		}
 	}
 	return c.validateRoutes()
 }
 
 // validateRoutes fills route defaults and checks every route; errors name
-// the route by position and name.
-func (c *Config) validateRoutes() error {
+// the route by position (routes[1].ttl).
+func (c *Config) validateRoutes() *fieldError {
 	if len(c.Routes) == 0 {
 		return nil
 	}
 	if c.Postgres.DSN == "" {
-		return errors.New("postgres.dsn: required when routes are configured")
+		e := bad("postgres.dsn", "required when routes are configured (a postgres:// URL)")
+		e.near = "routes"
+		return e
 	}
 	if c.WriteBack.Consumer == "" {
 		c.WriteBack.Consumer, _ = os.Hostname()
@@ -400,100 +470,109 @@ func (c *Config) validateRoutes() error {
 	if c.Postgres.FlushConns == 0 {
 		c.Postgres.FlushConns = 2
 	}
-	names, prefixes := map[string]bool{}, map[string]bool{}
+	names, prefixes := map[string]int{}, map[string]int{}
 	for i := range c.Routes {
-		r := &c.Routes[i]
-		at := fmt.Sprintf("routes[%d]", i)
-		if r.Name != "" {
-			at += fmt.Sprintf(" (%s)", r.Name)
+		if err := c.Routes[i].validate(fmt.Sprintf("routes[%d]", i), i, names, prefixes); err != nil {
+			return err
 		}
-		fail := func(field, msg string, args ...any) error {
-			return fmt.Errorf("%s.%s: %s", at, field, fmt.Sprintf(msg, args...))
+	}
+	return nil
+}
+
+// validate fills r's defaults and checks it; at is its path (routes[1]),
+// names and prefixes the index of the routes before it by name and prefix.
+func (r *Route) validate(at string, i int, names, prefixes map[string]int) *fieldError {
+	fail := func(field, msg string, args ...any) *fieldError {
+		return bad(at+"."+field, msg, args...)
+	}
+	switch {
+	case r.Name == "":
+		return fail("name", "required (a name for the route, unique in the file)")
+	case names[r.Name] > 0:
+		return fail("name", "%q is also the name of routes[%d] (names are unique)", r.Name, names[r.Name]-1)
+	case r.Prefix == "":
+		return fail("prefix", "required (the key prefix, e.g. \"user:\")")
+	case prefixes[r.Prefix] > 0:
+		return fail("prefix", "%q is also the prefix of routes[%d] (prefixes are unique)", r.Prefix, prefixes[r.Prefix]-1)
+	case r.Table == "":
+		return fail("table", "required (the PostgreSQL table of the rows)")
+	case r.KeyColumn == "":
+		return fail("key_column", "required (the column the part of the key after the prefix matches)")
+	}
+	names[r.Name], prefixes[r.Prefix] = i+1, i+1
+	switch r.Policy {
+	case CacheAside, WriteThrough, WriteBack:
+	default:
+		return fail("policy", "%q is not a policy (cache-aside, write-through or write-back)", r.Policy)
+	}
+	switch r.Format {
+	case FormatJSON, FormatHash:
+		if r.ValueColumn != "" {
+			return fail("value_column", "only for format value (remove it, or set format: value)")
 		}
-		switch {
-		case r.Name == "":
-			return fail("name", "required")
-		case names[r.Name]:
-			return fail("name", "%q is used by another route", r.Name)
-		case r.Prefix == "":
-			return fail("prefix", "required")
-		case prefixes[r.Prefix]:
-			return fail("prefix", "%q is used by another route", r.Prefix)
-		case r.Table == "":
-			return fail("table", "required")
-		case r.KeyColumn == "":
-			return fail("key_column", "required")
+	case FormatValue:
+		if r.ValueColumn == "" {
+			e := fail("value_column", "required for format value (the column that holds the value)")
+			e.near = at + ".format"
+			return e
 		}
-		names[r.Name], prefixes[r.Prefix] = true, true
-		switch r.Policy {
-		case CacheAside, WriteThrough, WriteBack:
-		default:
-			return fail("policy", "%q is not cache-aside, write-through or write-back", r.Policy)
+	default:
+		return fail("format", "%q is not a format (json, hash or value)", r.Format)
+	}
+	if r.TTL == 0 {
+		r.TTL = Duration(time.Hour)
+	}
+	if r.TTLJitter == 0 {
+		r.TTLJitter = 0.10
+	}
+	if r.NegativeTTL == nil {
+		d := Duration(30 * time.Second)
+		r.NegativeTTL = &d
+	}
+	if r.EarlyRefreshBeta == 0 {
+		r.EarlyRefreshBeta = 1
+	}
+	if r.EarlyRefreshBeta < 0 {
+		return fail("early_refresh_beta", "%g is negative (a positive number, default 1)", r.EarlyRefreshBeta)
+	}
+	if r.LockTTL == 0 {
+		r.LockTTL = Duration(5 * time.Second)
+	}
+	if lc := r.LocalCache; lc != nil {
+		if r.Format == FormatHash {
+			return fail("local_cache", "only for json and value routes (remove it, or change format)")
 		}
-		switch r.Format {
-		case FormatJSON, FormatHash:
-			if r.ValueColumn != "" {
-				return fail("value_column", "only for format value")
-			}
-		case FormatValue:
-			if r.ValueColumn == "" {
-				return fail("value_column", "required for format value")
-			}
-		default:
-			return fail("format", "%q is not json, hash or value", r.Format)
+		if lc.Size == 0 {
+			lc.Size = 10000
 		}
-		if r.TTL == 0 {
-			r.TTL = Duration(time.Hour)
+		if lc.TTL == 0 {
+			lc.TTL = Duration(time.Second)
 		}
-		if r.TTLJitter == 0 {
-			r.TTLJitter = 0.10
+		if lc.Size < 0 {
+			return fail("local_cache.size", "%d is negative (a number of entries, default 10000)", lc.Size)
 		}
-		if r.NegativeTTL == nil {
-			d := Duration(30 * time.Second)
-			r.NegativeTTL = &d
-		}
-		if r.EarlyRefreshBeta == 0 {
-			r.EarlyRefreshBeta = 1
-		}
-		if r.EarlyRefreshBeta < 0 {
-			return fail("early_refresh_beta", "must be positive")
-		}
-		if r.LockTTL == 0 {
-			r.LockTTL = Duration(5 * time.Second)
-		}
-		if lc := r.LocalCache; lc != nil {
-			if r.Format == FormatHash {
-				return fail("local_cache", "only for json and value routes")
-			}
-			if lc.Size == 0 {
-				lc.Size = 10000
-			}
-			if lc.TTL == 0 {
-				lc.TTL = Duration(time.Second)
-			}
-			if lc.Size < 0 {
-				return fail("local_cache.size", "must be positive")
-			}
-		}
-		if r.BatchSize == 0 {
-			r.BatchSize = 100
-		}
-		if r.FlushInterval == 0 {
-			r.FlushInterval = Duration(time.Second)
-		}
-		if r.MaxRetries == 0 {
-			r.MaxRetries = 5
-		}
-		if r.BatchSize < 0 || r.MaxRetries < 0 {
-			return fail("batch_size", "batch_size and max_retries must be positive")
-		}
-		switch r.Priority {
-		case "":
-			r.Priority = "low"
-		case "low", "high":
-		default:
-			return fail("priority", "%q is not high or low", r.Priority)
-		}
+	}
+	if r.BatchSize == 0 {
+		r.BatchSize = 100
+	}
+	if r.FlushInterval == 0 {
+		r.FlushInterval = Duration(time.Second)
+	}
+	if r.MaxRetries == 0 {
+		r.MaxRetries = 5
+	}
+	if r.BatchSize < 0 {
+		return fail("batch_size", "%d is negative (entries per flush, default 100)", r.BatchSize)
+	}
+	if r.MaxRetries < 0 {
+		return fail("max_retries", "%d is negative (attempts, default 5)", r.MaxRetries)
+	}
+	switch r.Priority {
+	case "":
+		r.Priority = "low"
+	case "low", "high":
+	default:
+		return fail("priority", "%q is not a priority (high or low)", r.Priority)
 	}
 	return nil
 }

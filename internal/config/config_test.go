@@ -16,43 +16,154 @@ func TestDefaultsFromEmptyFile(t *testing.T) {
 	}
 }
 
+// route is a valid route for the tables below, one field a line, so that
+// the line of each field is known: name on line 4, ttl on line 10 after
+// the two lines of postgres: and routes:.
+const route = `postgres:
+  dsn: postgres://x@127.0.0.1/db
+routes:
+  - name: users
+    prefix: "user:"
+    policy: cache-aside
+    table: users
+    key_column: id
+    format: json
+`
+
+// Every kind of bad value is refused with file:line: field.path: what is
+// wrong (what is accepted). The whole message is compared.
 func TestErrorsNameFileLineAndField(t *testing.T) {
-	_, err := Parse("bad.yaml", []byte("listen: 127.0.0.1:1\nupstream:\n  adr: x\n"))
-	if err == nil || !strings.Contains(err.Error(), "bad.yaml") || !strings.Contains(err.Error(), "adr") || !strings.Contains(err.Error(), "3") {
-		t.Fatalf("unknown field: %v", err)
-	}
-	_, err = Parse("bad.yaml", []byte("upstream:\n  timeout: soon\n"))
-	if err == nil || !strings.Contains(err.Error(), "invalid duration") {
-		t.Fatalf("bad duration: %v", err)
-	}
-	_, err = Parse("bad.yaml", []byte("log_level: loud\n"))
-	if err == nil || !strings.Contains(err.Error(), "log_level") {
-		t.Fatalf("bad level: %v", err)
-	}
 	for _, tc := range []struct{ yaml, want string }{
-		{"gomaxprocs: 1.5\n", "line 1: gomaxprocs: 1.5 is not an integer"},
-		{"gomaxprocs: 0.9\n", "line 1: gomaxprocs: 0.9 is not an integer"},
-		{"log_level: warn\nupstream:\n  addr: x:1\n  mux_conns: abc\n", "line 4: upstream.mux_conns: abc is not an integer"},
-		{"upstream: {pool_size: 1.5}\n", "line 1: upstream.pool_size: 1.5 is not an integer"},
-		{"limits:\n  max_bulk_bytes: '1024'\n", "line 2: limits.max_bulk_bytes: '1024' is not an integer"},
-		{"postgres:\n  dsn: x\nroutes:\n  - name: a\n    batch_size: 2.5\n", "line 5: routes[0].batch_size: 2.5 is not an integer"},
-		{"routes:\n  - name: a\n    local_cache: {size: 1e3}\n", "line 3: routes[0].local_cache.size: 1e3 is not an integer"},
-		{"gomaxprocs: 100000\n", "gomaxprocs: 100000 must be between 0 (Go's default) and 1024"},
-		{"upstream:\n  mux_conns: 5000\n", "upstream.mux_conns: 5000 must be between 0 (one per gomaxprocs) and 256"},
+		// unknown fields
+		{"listen: 127.0.0.1:1\nupstream:\n  adr: x\n", "bad.yaml:3: upstream.adr: unknown field; did you mean addr? (accepted: addr, username, password, db, pool_size, multiplexer, mux_conns, tls, dial_timeout, timeout)"},
+		{"log_levle: info\n", "bad.yaml:1: log_levle: unknown field; did you mean log_level? (accepted: listen, requirepass, log_level, log_format, admin, admin_password, tls, upstream, limits, postgres, transactions, write_back, shutdown_timeout, gomaxprocs, routes)"},
+		{route + "    local_cache: {sise: 5}\n", "bad.yaml:10: routes[0].local_cache.sise: unknown field; did you mean size? (accepted: size, ttl)"},
+		{"transactions:\n  gate: {on: true}\n", "bad.yaml:2: transactions.gate.on: unknown field (accepted: enabled, threshold, min_attempts, max_wait)"},
+		// durations
+		{route + "    ttl: banana\n", `bad.yaml:10: routes[0].ttl: "banana" is not a duration (Go syntax such as 500ms, 30s, 1h)`},
+		{route + "    ttl: -5s\n", "bad.yaml:10: routes[0].ttl: -5s is negative (0s or more)"},
+		{route + "    ttl: 60\n", "bad.yaml:10: routes[0].ttl: 60 has no unit (add one, e.g. 60s)"},
+		{route + "    ttl: '60'\n", "bad.yaml:10: routes[0].ttl: 60 has no unit (add one, e.g. 60s)"},
+		{"shutdown_timeout: 1.5\n", "bad.yaml:1: shutdown_timeout: 1.5 has no unit (add one, e.g. 1.5s)"},
+		{"upstream:\n  timeout: [1s]\n", "bad.yaml:2: upstream.timeout: a list is not a duration (Go syntax such as 500ms, 30s, 1h)"},
+		{route + "    negative_ttl: never\n", `bad.yaml:10: routes[0].negative_ttl: "never" is not a duration (Go syntax such as 500ms, 30s, 1h)`},
+		{route + "    local_cache:\n      ttl: 2\n", "bad.yaml:11: routes[0].local_cache.ttl: 2 has no unit (add one, e.g. 2s)"},
+		// percentages
+		{route + "    ttl_jitter: 150%\n", "bad.yaml:10: routes[0].ttl_jitter: 150% is out of range (0% to 100%)"},
+		{route + "    ttl_jitter: lots\n", `bad.yaml:10: routes[0].ttl_jitter: "lots" is not a percentage (0% to 100%, e.g. 10%)`},
+		{"transactions:\n  gate:\n    threshold: -1%\n", "bad.yaml:3: transactions.gate.threshold: -1% is out of range (0% to 100%)"},
+		// booleans
+		{route + "    early_refresh: maybe\n", "bad.yaml:10: routes[0].early_refresh: maybe is not a boolean (true or false)"},
+		{route + "    contention_gate: 1\n", "bad.yaml:10: routes[0].contention_gate: 1 is not a boolean (true or false)"},
+		{"upstream:\n  tls:\n    enabled: yes\n", "bad.yaml:3: upstream.tls.enabled: yes is not a boolean (true or false)"},
+		// integers
+		{"gomaxprocs: 1.5\n", "bad.yaml:1: gomaxprocs: 1.5 is not an integer (a whole number such as 10)"},
+		{"gomaxprocs: 0.9\n", "bad.yaml:1: gomaxprocs: 0.9 is not an integer (a whole number such as 10)"},
+		{"log_level: warn\nupstream:\n  addr: x:1\n  mux_conns: abc\n", "bad.yaml:4: upstream.mux_conns: abc is not an integer (a whole number such as 10)"},
+		{"upstream: {pool_size: 1.5}\n", "bad.yaml:1: upstream.pool_size: 1.5 is not an integer (a whole number such as 10)"},
+		{"limits:\n  max_bulk_bytes: '1024'\n", "bad.yaml:2: limits.max_bulk_bytes: '1024' is not an integer (a whole number such as 10)"},
+		{route + "    batch_size: 2.5\n", "bad.yaml:10: routes[0].batch_size: 2.5 is not an integer (a whole number such as 10)"},
+		{route + "    local_cache: {size: 1e3}\n", "bad.yaml:10: routes[0].local_cache.size: 1e3 is not an integer (a whole number such as 10)"},
+		{"postgres:\n  max_conns: 99999999999\n", "bad.yaml:2: postgres.max_conns: 99999999999 is out of range (-2147483648 to 2147483647)"},
+		{"limits:\n  max_clients: 99999999999999999999999\n", "bad.yaml:2: limits.max_clients: 99999999999999999999999 is out of range (-9223372036854775808 to 9223372036854775807)"},
+		// floats
+		{route + "    early_refresh_beta: high\n", "bad.yaml:10: routes[0].early_refresh_beta: high is not a number (e.g. 1 or 0.5)"},
+		// strings
+		{"listen: [a, b]\n", "bad.yaml:1: listen: a list is not a string (one value; quote it if it starts with [ or {)"},
+		{"upstream:\n  password: {a: b}\n", "bad.yaml:2: upstream.password: a section (key: value) is not a string (one value; quote it if it starts with [ or {)"},
+		// sections and lists
+		{"upstream: 5\n", "bad.yaml:1: upstream: 5 is not a section (its fields: addr, username, password, db, pool_size, multiplexer, mux_conns, tls, dial_timeout, timeout)"},
+		{route + "    local_cache: 5\n", "bad.yaml:10: routes[0].local_cache: 5 is not a section (its fields: size, ttl)"},
+		{"routes: users\n", `bad.yaml:1: routes: users is not a list (one entry per line, each starting with "- ")`},
+		{route + "  - users\n", "bad.yaml:10: routes[1]: users is not a section (its fields: name, prefix, policy, table, key_column, format, value_column, ttl, ttl_jitter, negative_ttl, sliding, early_refresh, early_refresh_beta, distributed_lock, lock_ttl, contention_gate, local_cache, batch_size, flush_interval, max_retries, priority)"},
+		{"- listen: x\n", "bad.yaml:1: a list is not a YAML mapping of settings (its fields: listen, requirepass, log_level, log_format, admin, admin_password, tls, upstream, limits, postgres, transactions, write_back, shutdown_timeout, gomaxprocs, routes)"},
+		// the document itself
+		{"listen: a:1\nadmin: b:2\nlisten: c:3\n", "bad.yaml:3: listen: set twice (first on line 1; keep one)"},
+		{"listen: a:1\n---\nlisten: b:2\n", "bad.yaml:3: a second YAML document (after ---) is not read (keep the whole configuration in one document)"},
+		{"upstream:\n  addr: [x\n", "bad.yaml:2: sequence end token ']' not found"},
+		// values that parse but are not accepted (validate)
+		{"log_level: info\nlog_format: xml\n", `bad.yaml:2: log_format: "xml" is not a log format (text or json)`},
+		{"\nlog_level: loud\n", `bad.yaml:2: log_level: "loud" is not a log level (debug, info, warn or error)`},
+		{"gomaxprocs: 100000\n", "bad.yaml:1: gomaxprocs: 100000 is out of range (0, Go's default, to 1024)"},
+		{"gomaxprocs: -1\n", "bad.yaml:1: gomaxprocs: -1 is out of range (0, Go's default, to 1024)"},
+		{"listen: ''\n", "bad.yaml:1: listen: empty (an address such as 127.0.0.1:6380)"},
+		{"tls:\n  cert_file: c.pem\n", "bad.yaml:2: tls.key_file: missing (cert_file and key_file go together)"},
+		{"upstream:\n  mux_conns: 5000\n", "bad.yaml:2: upstream.mux_conns: 5000 is out of range (0, one per gomaxprocs, to 256)"},
+		{"upstream:\n  db: -1\n", "bad.yaml:2: upstream.db: -1 is negative (0 or more)"},
+		{"upstream:\n  multiplexer: fast\n", `bad.yaml:2: upstream.multiplexer: "fast" is not a multiplexer (builtin or go-redis)`},
+		{"transactions:\n  gate:\n    min_attempts: -3\n", "bad.yaml:3: transactions.gate.min_attempts: must be positive (leave it out for the default)"},
+		{"limits:\n  max_args: -1\n", "bad.yaml:2: limits.max_args: must be positive (leave it out for the default)"},
+		{"routes:\n  - name: a\n", "bad.yaml:1: postgres.dsn: required when routes are configured (a postgres:// URL)"},
+		{route + "  - prefix: 'x:'\n", "bad.yaml:10: routes[1].name: required (a name for the route, unique in the file)"},
+		{route + "  - name: users\n", `bad.yaml:10: routes[1].name: "users" is also the name of routes[0] (names are unique)`},
+		{route + "    policy: lazy\n", `bad.yaml:10: routes[0].policy: set twice (first on line 6; keep one)`},
+		{strings.Replace(route, "cache-aside", "lazy", 1), `bad.yaml:6: routes[0].policy: "lazy" is not a policy (cache-aside, write-through or write-back)`},
+		{strings.Replace(route, "json", "xml", 1), `bad.yaml:9: routes[0].format: "xml" is not a format (json, hash or value)`},
+		{strings.Replace(route, "json", "value", 1), "bad.yaml:9: routes[0].value_column: required for format value (the column that holds the value)"},
+		{route + "    value_column: v\n", "bad.yaml:10: routes[0].value_column: only for format value (remove it, or set format: value)"},
+		{strings.Replace(route, "    table: users\n", "", 1), "bad.yaml:4: routes[0].table: required (the PostgreSQL table of the rows)"},
+		{strings.Replace(route, "json", "hash", 1) + "    local_cache: {size: 5}\n", "bad.yaml:10: routes[0].local_cache: only for json and value routes (remove it, or change format)"},
+		{route + "    local_cache: {size: -5}\n", "bad.yaml:10: routes[0].local_cache.size: -5 is negative (a number of entries, default 10000)"},
+		{route + "    max_retries: -1\n", "bad.yaml:10: routes[0].max_retries: -1 is negative (attempts, default 5)"},
+		{route + "    priority: urgent\n", `bad.yaml:10: routes[0].priority: "urgent" is not a priority (high or low)`},
+		{route + "    early_refresh_beta: -2\n", "bad.yaml:10: routes[0].early_refresh_beta: -2 is negative (a positive number, default 1)"},
 	} {
 		_, err := Parse("bad.yaml", []byte(tc.yaml))
-		if err == nil || !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("%q: got %v, want an error containing %q", tc.yaml, err, tc.want)
+		if err == nil || err.Error() != tc.want {
+			t.Errorf("%q:\n got  %v\n want %s", tc.yaml, err, tc.want)
 		}
 	}
-	// Whole numbers, durations and percentages still decode.
+	// Whole numbers, durations, percentages and <<: merges still decode.
 	cfg, err := Parse("ok.yaml", []byte("gomaxprocs: 2\nupstream: {mux_conns: 3, timeout: 1.5s}\nlimits:\n  max_bulk_bytes: 1024\n"))
 	if err != nil || cfg.GOMAXPROCS != 2 || cfg.Upstream.MuxConns != 3 || cfg.Limits.MaxBulkBytes != 1024 || cfg.Upstream.Timeout != Duration(1500*time.Millisecond) {
 		t.Fatalf("whole numbers: %+v %v", cfg, err)
 	}
-	_, err = Parse("bad.yaml", []byte("gomaxprocs: -1\n"))
-	if err == nil || !strings.Contains(err.Error(), "gomaxprocs") {
-		t.Fatalf("negative gomaxprocs: %v", err)
+	if cfg.Upstream.PoolSize != 64 || cfg.Upstream.DialTimeout != Duration(5*time.Second) {
+		t.Errorf("a section with some fields keeps the defaults of the others: %+v", cfg.Upstream)
+	}
+	cfg, err = Parse("ok.yaml", []byte(route+"    ttl: 0\n    ttl_jitter: 5\n  - <<: *base\n    name: b\n    prefix: 'b:'\n"))
+	if err == nil {
+		t.Fatalf("an alias of a missing anchor must be refused")
+	}
+	cfg, err = Parse("ok.yaml", []byte(strings.Replace(route, "  - name", "  - &base\n    name", 1)+"    ttl: 0\n    ttl_jitter: 5\n  - <<: *base\n    name: b\n    prefix: 'b:'\n"))
+	if err != nil || len(cfg.Routes) != 2 || cfg.Routes[1].Name != "b" || cfg.Routes[1].Table != "users" || cfg.Routes[0].TTL != Duration(time.Hour) || cfg.Routes[0].TTLJitter != 0.05 {
+		t.Fatalf("merged route: %+v %v", cfg.Routes, err)
+	}
+}
+
+// A value from the environment is checked like one written in the file.
+func TestEnvValuesAreChecked(t *testing.T) {
+	t.Setenv("RESPITE_TEST_TIMEOUT", "10")
+	_, err := Parse("env.yaml", []byte("upstream:\n  timeout: ${RESPITE_TEST_TIMEOUT}\n"))
+	if want := "env.yaml:2: upstream.timeout: 10 has no unit (add one, e.g. 10s)"; err == nil || err.Error() != want {
+		t.Fatalf("got %v, want %s", err, want)
+	}
+}
+
+// -set overrides win over the file, are checked like it, and name
+// themselves in errors.
+func TestOverrides(t *testing.T) {
+	t.Cleanup(func() { Overrides = nil })
+	Overrides = []string{"upstream.addr=127.0.0.1:6390", "upstream.password=''", "upstream.tls.enabled=true", "limits.max_args=7"}
+	cfg, err := Parse("o.yaml", []byte("upstream:\n  addr: 10.0.0.1:6379\n  password: secret\n  pool_size: 9\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u := cfg.Upstream; u.Addr != "127.0.0.1:6390" || u.Password != "" || !u.TLS.Enabled || u.PoolSize != 9 || cfg.Limits.MaxArgs != 7 || cfg.Limits.MaxClients != 10000 {
+		t.Errorf("overridden: %+v %+v", cfg.Upstream, cfg.Limits)
+	}
+	for _, tc := range []struct{ set, want string }{
+		{"upstream.pool_size=abc", "-set upstream.pool_size=abc: upstream.pool_size: abc is not an integer (a whole number such as 10)"},
+		{"upstream.adr=x", "-set upstream.adr=x: upstream.adr: unknown field; did you mean addr? (accepted: addr, username, password, db, pool_size, multiplexer, mux_conns, tls, dial_timeout, timeout)"},
+		{"upstream", "-set upstream: not field=value (a field of the file by its path, e.g. upstream.addr=127.0.0.1:6390)"},
+		{"routes[0].ttl=1s", "-set routes[0].ttl=1s: not field=value (a field of the file by its path, e.g. upstream.addr=127.0.0.1:6390)"},
+		{"upstream.addr=''", "-set upstream.addr='': upstream.addr: empty (host:port of the Redis, e.g. 127.0.0.1:6379)"},
+	} {
+		Overrides = []string{tc.set}
+		_, err := Parse("o.yaml", []byte("listen: 127.0.0.1:1\nupstream:\n  addr: x:1\n"))
+		if err == nil || err.Error() != tc.want {
+			t.Errorf("-set %s:\n got  %v\n want %s", tc.set, err, tc.want)
+		}
 	}
 }
 
@@ -98,7 +209,7 @@ func TestRoutes(t *testing.T) {
 		{"  - {name: a, prefix: 'a:', policy: cache-aside, table: t, key_column: k, format: xml}\n", "format"},
 		{"  - {name: a, prefix: 'a:', policy: cache-aside, key_column: k, format: json}\n", "table"},
 		{"  - {name: a, prefix: 'a:', policy: cache-aside, table: t, key_column: k, format: json}\n  - {name: b, prefix: 'a:', policy: cache-aside, table: t, key_column: k, format: json}\n", "prefix"},
-		{"  - {name: a, prefix: 'a:', policy: cache-aside, table: t, key_column: k, format: json, ttl_jitter: lots}\n", "percentage"},
+		{"  - {name: a, prefix: 'a:', policy: cache-aside, table: t, key_column: k, format: json, ttl_jitter: lots}\n", "r.yaml:4: routes[0].ttl_jitter"},
 	} {
 		_, err := Parse("r.yaml", []byte(base+tc.route))
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

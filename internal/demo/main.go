@@ -6,14 +6,19 @@
 // PING and otherwise starts a throwaway redis-server (see
 // internal/testenv), locates or starts a PostgreSQL (RESPITE_PG_DSN if it
 // answers, else a throwaway one; skipped with a note when PostgreSQL is not
-// installed), builds ./cmd/proxy and runs it in the foreground with a
-// config pointing at those servers. SIGINT and SIGTERM go to the proxy;
-// when it exits the throwaway servers are stopped.
+// installed), builds ./cmd/proxy and runs it in the foreground on the
+// config file itself, pointed at those servers with -set overrides
+// (upstream.addr and its credentials for a throwaway Redis, postgres.dsn).
+// The proxy re-applies the overrides on every reload, so editing the file
+// and sending SIGHUP (to the demo or the proxy) or RESPITE RELOAD changes
+// what the file says, and the throwaway servers stay. SIGHUP is passed on
+// to the proxy; SIGINT and SIGTERM stop it, and when it exits the
+// throwaway servers are stopped.
 //
-// The PostgreSQL DSN is passed to the proxy in the environment variable
-// RESPITE_PG_DSN, which config.yaml uses (dsn: ${RESPITE_PG_DSN}). The
-// demo schema (schema.sql: users, products, page_views) is created if
-// missing, with a few rows.
+// The PostgreSQL DSN is also in the environment variable RESPITE_PG_DSN,
+// which config.yaml uses (dsn: ${RESPITE_PG_DSN}). The demo schema
+// (schema.sql: users, products, page_views) is created if missing, with a
+// few rows.
 package main
 
 import (
@@ -29,11 +34,11 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
-	"github.com/goccy/go-yaml"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/respite/respite/internal/config"
@@ -51,6 +56,11 @@ func logf(format string, args ...any) {
 func run() int {
 	cfgPath := flag.String("config", "config.yaml", "Respite configuration file")
 	flag.Parse()
+	// A SIGHUP while the servers start must not end the demo; it is passed
+	// on once the proxy runs. SIGINT and SIGTERM are caught from then on.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGHUP)
+	defer signal.Stop(sigs)
 
 	freshDB := false // a throwaway PostgreSQL was started
 	// PostgreSQL: RESPITE_PG_DSN if it answers, or a throwaway one.
@@ -88,8 +98,10 @@ func run() int {
 	// Redis: the configured upstream, or a throwaway one. A fresh database
 	// gets a fresh Redis too: a cache left by an earlier run would serve
 	// rows the new database does not have (and the routed keys would land
-	// in your own Redis).
-	adjusted := false
+	// in your own Redis). Both go to the proxy as -set overrides, which it
+	// applies over the file at start and on every reload: the file the
+	// user edits is the one that is read.
+	sets := []string{"-set", "postgres.dsn=" + strconv.Quote(dsn)}
 	if freshDB {
 		logf("fresh PostgreSQL: starting a throwaway redis-server as its cache")
 	}
@@ -106,10 +118,7 @@ func run() int {
 		}
 		defer r.Stop()
 		logf("throwaway redis-server on %s (dir %s)", r.Addr, r.Dir)
-		cfg.Upstream.Addr = r.Addr
-		cfg.Upstream.Username = ""
-		cfg.Upstream.Password = ""
-		adjusted = true
+		sets = append(sets, "-set", "upstream.addr="+r.Addr, "-set", "upstream.username=''", "-set", "upstream.password=''")
 	}
 
 	tmp, err := os.MkdirTemp("", "respite-demo-")
@@ -118,15 +127,6 @@ func run() int {
 		return 1
 	}
 	defer os.RemoveAll(tmp)
-
-	runCfg := *cfgPath
-	if adjusted {
-		runCfg = filepath.Join(tmp, "config.yaml")
-		if err := writeAdjusted(*cfgPath, runCfg, cfg); err != nil {
-			logf("write adjusted config: %v", err)
-			return 1
-		}
-	}
 
 	bin := filepath.Join(tmp, "respite")
 	logf("building ./cmd/proxy")
@@ -138,15 +138,13 @@ func run() int {
 		return 1
 	}
 
-	proxy := exec.Command(bin, "-config", runCfg)
+	proxy := exec.Command(bin, append([]string{"-config", *cfgPath}, sets...)...)
 	proxy.Stdout, proxy.Stderr = os.Stdout, os.Stderr
 	proxy.Env = os.Environ()
 	// Its own process group: a Ctrl-C reaches it once, through us.
 	proxy.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 
-	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
-	defer signal.Stop(sigs)
 
 	if err := proxy.Start(); err != nil {
 		logf("start proxy: %v", err)
@@ -160,11 +158,17 @@ func run() int {
 		port = p
 	}
 	fmt.Printf("Respite is starting on %s: try  redis-cli -p %s PING   (Ctrl-C stops it)\n", cfg.Listen, port)
+	fmt.Printf("Edit %s, then  redis-cli -p %s RESPITE RELOAD  (or kill -HUP %d) to apply it\n", *cfgPath, port, os.Getpid())
 
 	var killTimer <-chan time.Time
 	for {
 		select {
 		case sig := <-sigs:
+			if sig == syscall.SIGHUP {
+				logf("SIGHUP: the proxy reloads %s", *cfgPath)
+				proxy.Process.Signal(sig)
+				continue
+			}
 			logf("%v: stopping the proxy", sig)
 			proxy.Process.Signal(sig)
 			if killTimer == nil {
@@ -273,54 +277,6 @@ func pgReachable(dsn string) error {
 		return err
 	}
 	return c.Close()
-}
-
-// writeAdjusted copies the config at src to dst with the upstream replaced
-// by cfg's. It edits the YAML tree rather than marshalling config.Config so
-// that every other setting (durations included) stays exactly as written;
-// the result is loaded back as a check.
-func writeAdjusted(src, dst string, cfg config.Config) error {
-	data, err := os.ReadFile(src)
-	if err != nil {
-		return err
-	}
-	var doc yaml.MapSlice
-	if err := yaml.UnmarshalWithOptions(data, &doc, yaml.UseOrderedMap()); err != nil {
-		return err
-	}
-	up, _ := get(doc, "upstream").(yaml.MapSlice)
-	up = set(up, "addr", cfg.Upstream.Addr)
-	up = set(up, "password", cfg.Upstream.Password)
-	up = set(up, "username", cfg.Upstream.Username)
-	doc = set(doc, "upstream", up)
-	out, err := yaml.Marshal(doc)
-	if err != nil {
-		return err
-	}
-	if err := os.WriteFile(dst, out, 0o600); err != nil {
-		return err
-	}
-	_, err = config.Load(dst)
-	return err
-}
-
-func get(m yaml.MapSlice, key string) any {
-	for _, it := range m {
-		if it.Key == key {
-			return it.Value
-		}
-	}
-	return nil
-}
-
-func set(m yaml.MapSlice, key string, v any) yaml.MapSlice {
-	for i, it := range m {
-		if it.Key == key {
-			m[i].Value = v
-			return m
-		}
-	}
-	return append(m, yaml.MapItem{Key: key, Value: v})
 }
 
 // goTool is the go command: from PATH, else the usual /usr/local/go.
