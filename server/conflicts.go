@@ -230,4 +230,3 @@ func boolInt(b bool) int64 {
 	}
 	return 0
 }
-

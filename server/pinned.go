@@ -32,12 +32,12 @@ type pinned struct {
 	tracking bool
 	redirect int64
 
-	queued          int             // commands queued since MULTI: the next one's place in EXEC's array
+	queued          int              // commands queued since MULTI: the next one's place in EXEC's array
 	ops             []*policy.Queued // routed writes queued in this MULTI
-	locals          []queuedLocal   // commands the proxy answers itself, queued in this MULTI
-	detachAfterExec bool            // the MULTI queued SUBSCRIBE, MONITOR or CLIENT TRACKING ON
-	watched         []string        // keys WATCHed (retry metadata)
-	watchedAt       time.Time       // when the first WATCH was armed
+	locals          []queuedLocal    // commands the proxy answers itself, queued in this MULTI
+	detachAfterExec bool             // the MULTI queued SUBSCRIBE, MONITOR or CLIENT TRACKING ON
+	watched         []string         // keys WATCHed (retry metadata)
+	watchedAt       time.Time        // when the first WATCH was armed
 
 	// relay, once the session is detached, relays everything Redis sends
 	// on conn to the client as it arrives.

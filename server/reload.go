@@ -49,7 +49,7 @@ func (s *Server) ReloadFile() (needRestart []string, err error) {
 	if s.ConfigFile == "" {
 		return nil, fmt.Errorf("no configuration file to reload")
 	}
-	cfg, err := config.Load(s.ConfigFile)
+	cfg, err := config.Load(s.ConfigFile, s.ConfigOverrides...)
 	if err != nil {
 		return nil, err
 	}

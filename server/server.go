@@ -34,8 +34,10 @@ import (
 
 // Server is one Respite RESP listener and its upstream clients.
 type Server struct {
-	// ConfigFile is the file ReloadFile (RESPITE RELOAD) reads again.
-	ConfigFile string
+	// ConfigFile is the file ReloadFile (RESPITE RELOAD) reads again, and
+	// ConfigOverrides the settings that win over it (config.Load).
+	ConfigFile      string
+	ConfigOverrides []string
 	// LogLevel, if set, follows log_level on Reload.
 	LogLevel *slog.LevelVar
 

@@ -90,19 +90,19 @@ type clientInfo struct {
 // UNBLOCK, TRACKING REDIRECT): a copy the session publishes after each
 // batch and whenever it blocks or pins.
 type view struct {
-	id                   int64
-	name, user           string
-	addr, laddr          string
-	fd                   int
-	created, lastActive  time.Time
-	lastCmd              router.ID
-	db, proto            int
-	multi                int // commands queued, -1 outside MULTI
-	sub, psub, ssub      int
-	tracking             bool
-	redirect             int64 // CLIENT TRACKING REDIRECT, as a proxy client id
-	blocked              bool
-	upID                 int64 // the pinned connection's id upstream, 0 without one
+	id                  int64
+	name, user          string
+	addr, laddr         string
+	fd                  int
+	created, lastActive time.Time
+	lastCmd             router.ID
+	db, proto           int
+	multi               int // commands queued, -1 outside MULTI
+	sub, psub, ssub     int
+	tracking            bool
+	redirect            int64 // CLIENT TRACKING REDIRECT, as a proxy client id
+	blocked             bool
+	upID                int64 // the pinned connection's id upstream, 0 without one
 }
 
 // publish copies the session's state into its view.

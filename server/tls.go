@@ -17,4 +17,3 @@ func listenerTLS(c config.ListenerTLS) (*tls.Config, error) {
 	}
 	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, nil
 }
-

@@ -11,7 +11,7 @@ import (
 // It satisfies policy.Cache.
 type Cache struct {
 	u     *Upstream
-	calls sync.Pool    // *Call, each with its channel
+	calls sync.Pool     // *Call, each with its channel
 	pick  atomic.Uint32 // spreads calls over the multiplexed connections
 }
 

@@ -35,11 +35,12 @@ func main() {
 	path := flag.String("config", "config.yaml", "path of the YAML configuration file")
 	showVersion := flag.Bool("version", false, "print the version and exit")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile (go tool pprof) to this file until exit")
+	var overrides []string
 	flag.Func("set", "override a setting of the file, on every reload too: field=value, e.g. upstream.addr=127.0.0.1:6390 (repeatable)", func(s string) error {
 		if !strings.Contains(s, "=") {
 			return errors.New("want field=value, e.g. upstream.addr=127.0.0.1:6390")
 		}
-		config.Overrides = append(config.Overrides, s)
+		overrides = append(overrides, s)
 		return nil
 	})
 	flag.Parse()
@@ -47,7 +48,7 @@ func main() {
 		fmt.Println("respite", version)
 		return
 	}
-	cfg, err := config.Load(*path)
+	cfg, err := config.Load(*path, overrides...)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "respite:", err)
 		os.Exit(2)
@@ -86,7 +87,7 @@ func main() {
 		pprof.StartCPUProfile(f)
 		defer pprof.StopCPUProfile()
 	}
-	srv.ConfigFile, srv.LogLevel = *path, lv
+	srv.ConfigFile, srv.ConfigOverrides, srv.LogLevel = *path, overrides, lv
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	go func() {

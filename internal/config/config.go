@@ -312,16 +312,24 @@ func Default() Config {
 // the line and the field, as
 //
 //	config.yaml:41: routes[0].ttl: 60 has no unit (add one, e.g. 60s)
-func Load(path string) (Config, error) {
+//
+// overrides ("section.field=value", the proxy's -set) win over the file;
+// see Parse.
+func Load(path string, overrides ...string) (Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return Config{}, err
 	}
-	return Parse(path, data)
+	return Parse(path, data, overrides...)
 }
 
 // Parse is Load on bytes already read; name is used in error messages.
-func Parse(name string, data []byte) (Config, error) {
+// overrides are settings that win over the file's: "section.field=value"
+// with a YAML value, e.g. upstream.addr=127.0.0.1:6390, or
+// upstream.password="" for an empty password (the proxy's -set, applied
+// again on every reload). They are checked like the file, and an error
+// they cause names them.
+func Parse(name string, data []byte, overrides ...string) (Config, error) {
 	cfg := Default()
 	expanded := []byte(os.Expand(string(data), os.Getenv))
 	lines := fileLines{}
@@ -339,13 +347,13 @@ func Parse(name string, data []byte) (Config, error) {
 			return Config{}, decodeError(err).in(name)
 		}
 	}
-	for _, o := range Overrides {
+	for _, o := range overrides {
 		if err := cfg.override(o); err != nil {
 			return Config{}, err
 		}
 	}
 	if err := cfg.validate(); err != nil {
-		for _, o := range Overrides {
+		for _, o := range overrides {
 			if path, _, _ := strings.Cut(o, "="); err.path == path || strings.HasPrefix(err.path, path+".") {
 				return Config{}, err.in("-set " + o)
 			}
@@ -356,13 +364,8 @@ func Parse(name string, data []byte) (Config, error) {
 	return cfg, nil
 }
 
-// Overrides are settings that win over the file's, on every Load and
-// Parse (so a reload applies them again): "section.field=value" with a
-// YAML value, e.g. upstream.addr=127.0.0.1:6390, or upstream.password=""
-// for an empty password (proxy -set). Only a main package sets it, before the first Load.
-var Overrides []string
-
-// override applies one of Overrides to c; it is checked like the file.
+// override applies one override ("section.field=value") to c; it is
+// checked like the file.
 func (c *Config) override(o string) error {
 	name := "-set " + o
 	path, value, ok := strings.Cut(o, "=")

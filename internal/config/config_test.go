@@ -143,9 +143,8 @@ func TestEnvValuesAreChecked(t *testing.T) {
 // -set overrides win over the file, are checked like it, and name
 // themselves in errors.
 func TestOverrides(t *testing.T) {
-	t.Cleanup(func() { Overrides = nil })
-	Overrides = []string{"upstream.addr=127.0.0.1:6390", "upstream.password=''", "upstream.tls.enabled=true", "limits.max_args=7"}
-	cfg, err := Parse("o.yaml", []byte("upstream:\n  addr: 10.0.0.1:6379\n  password: secret\n  pool_size: 9\n"))
+	overrides := []string{"upstream.addr=127.0.0.1:6390", "upstream.password=''", "upstream.tls.enabled=true", "limits.max_args=7"}
+	cfg, err := Parse("o.yaml", []byte("upstream:\n  addr: 10.0.0.1:6379\n  password: secret\n  pool_size: 9\n"), overrides...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -159,8 +158,7 @@ func TestOverrides(t *testing.T) {
 		{"routes[0].ttl=1s", "-set routes[0].ttl=1s: not field=value (a field of the file by its path, e.g. upstream.addr=127.0.0.1:6390)"},
 		{"upstream.addr=''", "-set upstream.addr='': upstream.addr: empty (host:port of the Redis, e.g. 127.0.0.1:6379)"},
 	} {
-		Overrides = []string{tc.set}
-		_, err := Parse("o.yaml", []byte("listen: 127.0.0.1:1\nupstream:\n  addr: x:1\n"))
+		_, err := Parse("o.yaml", []byte("listen: 127.0.0.1:1\nupstream:\n  addr: x:1\n"), tc.set)
 		if err == nil || err.Error() != tc.want {
 			t.Errorf("-set %s:\n got  %v\n want %s", tc.set, err, tc.want)
 		}

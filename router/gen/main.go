@@ -66,9 +66,9 @@ type spec struct {
 	first, last, step int
 	write, readonly   bool
 	movablekeys       bool
-	keyWrite          bool // a key spec has RW, OW or RM: the command may write a key
-	notKey            bool // the key positions are shard channels (not_key), not keys
-	subcommands       bool // a container: look up "name|sub"
+	keyWrite          bool     // a key spec has RW, OW or RM: the command may write a key
+	notKey            bool     // the key positions are shard channels (not_key), not keys
+	subcommands       bool     // a container: look up "name|sub"
 	flags             []string // COMMAND flags and ACL categories the router keeps, as router.Flag names
 }
 
