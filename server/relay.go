@@ -66,11 +66,20 @@ type expect struct {
 var errRelayStopped = errors.New("relay stopped")
 
 // detach moves the session to its own loop with a relay on its pinned
-// connection, and runs cmds (the rest of the batch, the first being the
-// command that needs it) there. It returns false, with the errors sent, if
-// no pinned connection could be had.
+// connection, where cmds (the rest of the batch, the first being the
+// command that needs it) run. It returns false, with the errors sent, if
+// no pinned connection could be had, and false too for a session that is
+// detached already (its relay starts now, and the batch goes on). The
+// goroutines start when the current batch is done (startDetached), so
+// that nothing else touches the session meanwhile.
 func (c *session) detach(cmds []router.Command) bool {
 	if !c.pinUp(1) {
+		return false
+	}
+	if dc, ok := c.w.(redcon.DetachedConn); ok {
+		r := newRelay(c, dc)
+		c.pin.relay = r
+		go r.read()
 		return false
 	}
 	pending := make([][][]byte, len(cmds))
@@ -78,17 +87,27 @@ func (c *session) detach(cmds []router.Command) bool {
 		pending[i] = cloneArgs(cmds[i].Args)
 	}
 	dc := c.conn.Detach()
+	c.w = dc
+	c.pin.relay = newRelay(c, dc)
+	c.toDetach = pending
+	return true
+}
+
+func newRelay(c *session, dc redcon.DetachedConn) *relay {
 	r := &relay{c: c, conn: c.pin.conn, dc: dc, channels: map[string]struct{}{},
 		patterns: map[string]struct{}{}, shards: map[string]struct{}{}}
 	r.cond.L = &c.mu
-	c.mu.Lock()
-	c.w = dc
-	c.pin.relay = r
-	c.mu.Unlock()
+	return r
+}
+
+// startDetached starts the relay and the detached loop of a session that
+// detach moved out of redcon's loop during the batch just served.
+func (c *session) startDetached() {
+	pending := c.toDetach
+	c.toDetach = nil
 	c.s.counts.detached.Add(1)
-	go r.read()
-	go c.detachedLoop(dc, pending)
-	return true
+	go c.pin.relay.read()
+	go c.detachedLoop(c.w.(redcon.DetachedConn), pending)
 }
 
 // detachedLoop serves a detached client: first the commands left of the

@@ -38,6 +38,9 @@ func (c *session) serve(batch []redcon.Command) {
 	for i := range cmds {
 		cmds[i].Args = nil // do not keep redcon's buffer alive
 	}
+	if c.toDetach != nil {
+		c.startDetached()
+	}
 }
 
 // run carries cmds in order, each where router.Dispatch says. Runs of

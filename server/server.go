@@ -133,9 +133,7 @@ func (s *Server) Close() error {
 	err := s.rs.Close()
 	for _, sess := range s.snapshot() {
 		sess.end()
-		if sess.w != sess.conn {
-			sess.w.Close()
-		}
+		sess.closeDetached()
 	}
 	if s.adminSrv != nil {
 		s.adminSrv.Close()
@@ -153,9 +151,7 @@ func (s *Server) Close() error {
 func (s *Server) Shutdown(ctx context.Context) (left int64, err error) {
 	s.rs.Close()
 	for _, sess := range s.snapshot() {
-		if sess.w != sess.conn {
-			sess.w.Close() // detached clients are not redcon's any more
-		}
+		sess.closeDetached() // detached clients are not redcon's any more
 	}
 	left, err = s.routes.Load().Drain(ctx)
 	if s.adminSrv != nil {

@@ -69,6 +69,10 @@ type session struct {
 
 	blocked bool // inside a blocking command
 
+	// toDetach holds the commands left of the batch that detached the
+	// session, for its own loop to run first.
+	toDetach [][][]byte
+
 	pubMu sync.Mutex
 	pub   view
 
@@ -212,6 +216,16 @@ func (c *session) end() {
 		c.tx.idle.timer.Stop()
 	}
 	c.releasePin()
+}
+
+// closeDetached closes the connection of a detached client (redcon closes
+// the others).
+func (c *session) closeDetached() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.w != c.conn {
+		c.w.Close()
+	}
 }
 
 func formatInt(n int64) string { return strconv.FormatInt(n, 10) }
