@@ -29,8 +29,7 @@ func (l *listener) Accept() (net.Conn, error) {
 
 // minRead is the smallest p that Read fills directly; smaller reads go
 // through an internal buffer. A held item (a multibulk header, at most 23
-// bytes before it is invalid, or a compressed blank prefix of 2 bytes) always
-// fits.
+// bytes before it is invalid) always fits.
 const minRead = 64
 
 // Conn is a net.Conn whose Read returns only bytes that form a valid RESP
@@ -53,14 +52,17 @@ type Conn struct {
 	args      int    // bulk arguments left in the current command
 	remain    int64  // payload bytes left to skip
 	cmdBytes  int64  // bytes of the current multibulk command so far
-	lineLen   int    // bytes of the current inline line so far
-	lineCarry int    // lineLen of a line pushed back (compressed blank prefix)
-	cr, sp    bool   // inline: '\r' seen but not processed; blank prefix had spaces
-	quote     byte   // inline: open quote character, or 0
-	esc       bool   // inline: after '\\' inside quotes
-	closedQ   bool   // inline: right after a closing quote
-	atStart   bool   // inline: at the start of a token
 	item      int    // output offset in the current Read where the current item began
+
+	// inline line state (inline.go), persists across Reads
+	lineLen int      // bytes of the current line so far
+	tk      tokState // tokenizer position
+	hex     byte     // first hex digit of a \xHH escape
+	line    []byte   // the arguments so far, decoded, back to back
+	ends    []int    // end offset in line of every finished argument
+	argv    [][]byte // scratch: the arguments as slices of line
+	encBuf  []byte   // the multibulk form of the last complete line
+	enc     []byte   // the part of encBuf not yet returned by Read
 
 	pbuf  []byte // raw bytes not yet parsed: pbuf[pend:]
 	pend  int
@@ -103,10 +105,13 @@ func (c *Conn) Underlying() net.Conn { return c.Conn }
 //     from the stream, as Redis ignores them. Payload bytes are skipped by
 //     counting, never scanned.
 //   - Anything not starting with '*' is an inline command: a line ending in
-//     '\n' (a '\r' before it is stripped), split into arguments by spaces
-//     with "double" and 'single' quotes. Lines holding only spaces get no
-//     reply in Redis and are dropped. Quoting is checked by redcon's stricter
-//     rules (a quote may only open a token), since redcon parses the line.
+//     '\n' (a '\r' before it is stripped), split into arguments as Redis'
+//     sdssplitargs does (blanks, "double" and 'single' quotes, \xHH and other
+//     escapes: see inline.go). Read returns the arguments as a multibulk
+//     command in place of the line, so redcon's own inline parser, which
+//     differs from Redis', never sees one. Lines without arguments get no
+//     reply in Redis and are dropped. A line with a NUL byte never ends, as
+//     in Redis.
 //
 // Read keeps reading from the wrapped conn until p holds at least one
 // complete command or p is full, and returns as soon as one command is
@@ -119,7 +124,9 @@ func (c *Conn) Underlying() net.Conn { return c.Conn }
 // still grows its buffer (by doubling, kept while the connection lives) to
 // hold the largest command, so each connection may use about 2×MaxCommand
 // (1 GiB by default: lower MaxCommand/MaxBulk to bound it); the guard itself
-// buffers at most one p of held-back bytes.
+// buffers at most one p of held-back bytes and, for an inline line, its
+// decoded arguments and their multibulk form (at most MaxInline bytes and
+// under 4×MaxInline bytes). An inline command ends the Read that returns it.
 //
 // On a protocol violation Read returns the complete commands before it, then
 // (at once, or on the next call if commands were returned) writes the Redis
@@ -134,12 +141,13 @@ func (c *Conn) Underlying() net.Conn { return c.Conn }
 //   - a payload not followed by "\r\n": "invalid bulk length" (Redis skips
 //     the two bytes unchecked; redcon rejects them, so the guard does too)
 //   - an inline line longer than MaxInline: "too big inline request"
-//   - bad inline quoting: "unbalanced quotes in request"
+//   - bad inline quoting: "unbalanced quotes in request", at the line's end
 //   - a command larger than MaxCommand: the connection is closed without a
 //     reply (Redis' client-query-buffer-limit behaviour).
 //
-// Errors are reported at the first byte that cannot start or continue a valid
-// request; Redis sometimes waits for the end of the line first.
+// Multibulk errors are reported at the first byte that cannot continue a
+// valid command; Redis sometimes waits for the end of the header line first.
+// Inline quoting errors wait for the end of the line, as in Redis.
 //
 // Read never returns 0, nil for len(p) > 0. Errors of the wrapped conn are
 // returned after the valid bytes read before them; timeouts are not sticky,
@@ -170,6 +178,10 @@ func (c *Conn) Read(p []byte) (int, error) {
 }
 
 func (c *Conn) read(p []byte) (int, error) {
+	if len(c.enc) > 0 {
+		// the rest of an inline command larger than the last p
+		return c.takeEnc(p), nil
+	}
 	if c.perr != nil {
 		return 0, c.fail()
 	}
@@ -190,11 +202,10 @@ func (c *Conn) read(p []byte) (int, error) {
 			}
 		}
 		if n > 0 {
+			end := w + n
 			var perr *ProtocolError
-			w, perr = c.parse(p, w, w+n, &bnd)
-			if perr == nil && c.st == stBlank {
-				c.compress(p, &w)
-			}
+			var stop int
+			w, stop, perr = c.parse(p, w, end, &bnd)
 			if perr != nil {
 				c.perr = perr
 				c.reset()
@@ -203,6 +214,17 @@ func (c *Conn) read(p []byte) (int, error) {
 					return bnd, nil
 				}
 				return 0, c.fail()
+			}
+			if len(c.enc) > 0 {
+				// An inline line is complete; everything before it is
+				// complete commands (w == bnd). Its multibulk form goes
+				// in its place, the input after it back to pending.
+				c.pushBack(p[stop:end])
+				if w > 0 && len(c.enc) > len(p)-w {
+					return w, nil // c.enc goes out next
+				}
+				w += c.takeEnc(p[w:])
+				bnd = w
 			}
 		}
 		if bnd > 0 {
@@ -223,8 +245,7 @@ func (c *Conn) read(p []byte) (int, error) {
 			if c.held() {
 				if c.item == 0 {
 					// Unreachable with len(p) >= minRead: a header longer
-					// than that is invalid and a blank prefix compresses to
-					// at most 2 bytes. Fail closed.
+					// than that is invalid. Fail closed.
 					c.perr = errMultibulkLen
 					c.reset()
 					return 0, c.fail()
@@ -247,55 +268,28 @@ func (c *Conn) fail() error {
 }
 
 // held reports whether the current item must not be returned unfinished: a
-// multibulk header (it may turn out to be `*0`, which is dropped) or a blank
-// inline prefix (it may turn out to be an empty line, which is dropped).
+// multibulk header (it may turn out to be `*0`, which is dropped).
 func (c *Conn) held() bool {
-	return c.st == stMBNum || c.st == stMBLF || c.st == stBlank
+	return c.st == stMBNum || c.st == stMBLF
 }
 
-func (c *Conn) reset() {
-	c.st = stStart
-	c.lineCarry = 0
-}
+func (c *Conn) reset() { c.st = stStart }
 
-// compress shrinks a held blank inline prefix p[c.item:*w] (spaces and maybe
-// a pending '\r') to its canonical form: one space if there were spaces, then
-// the '\r'. Leading spaces mean the same to redcon whatever their number.
-// lineLen keeps counting the original bytes for MaxInline. Read compresses
-// after every parse step, so a blank prefix never takes more than 2 bytes
-// of p.
-func (c *Conn) compress(p []byte, w *int) bool {
-	m := c.item
-	if c.sp {
-		p[m] = ' '
-		m++
-	}
-	if c.cr {
-		p[m] = '\r'
-		m++
-	}
-	if m >= *w {
-		return false
-	}
-	*w = m
-	return true
-}
-
-// hold pushes the unfinished item p[from:w] back in front of the pending
-// bytes and resets the parser to a command boundary, so the item is parsed
-// again, from its start, by the next Read.
+// hold pushes the unfinished multibulk item p[from:w] back in front of the
+// pending bytes and resets the parser to a command boundary, so the item is
+// parsed again, from its start, by the next Read. An inline line in progress
+// has no bytes in p (its state lives in the Conn) and is left alone.
 func (c *Conn) hold(p []byte, from, w int) {
 	switch c.st {
-	case stStart:
+	case stStart, stInline, stNul:
 		return
-	case stBlank:
-		c.compress(p, &w)
-		c.lineCarry = c.lineLen - (w - from)
-	case stInline:
-		c.lineCarry = c.lineLen - (w - from)
 	}
 	c.st = stStart
-	b := p[from:w]
+	c.pushBack(p[from:w])
+}
+
+// pushBack puts b in front of the pending bytes.
+func (c *Conn) pushBack(b []byte) {
 	switch {
 	case len(b) == 0:
 	case c.pend >= len(b):

@@ -25,7 +25,9 @@
 //   - conn.go: Conn and NewConn/NewListener; Read's loop, which fills the
 //     caller's buffer, holds unfinished commands back and reports errors.
 //   - parse.go: the incremental validator of the request stream (multibulk
-//     headers, payload skipping, inline lines).
+//     headers and payloads, counted and skipped; the start of inline lines).
+//   - inline.go: inline command lines, split into arguments as Redis'
+//     sdssplitargs does and handed to redcon as multibulk commands.
 //   - limits.go: Limits, their defaults and clamping.
 //   - errors.go: ProtocolError, ErrProtocol and Redis' exact error texts.
 //   - closewatch.go: WatchClose, Closed and the read-deadline bookkeeping that

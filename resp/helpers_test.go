@@ -257,3 +257,31 @@ func (s *scriptConn) SetReadDeadline(t time.Time) error  { return nil }
 func (s *scriptConn) SetWriteDeadline(t time.Time) error { return nil }
 
 func fixed(n int) func() int { return func() int { return n } }
+
+// readCheckedSize is the p of every Read that readChecked makes.
+const readCheckedSize = 4096
+
+// readChecked reads gc to EOF and returns all it read. After every Read that
+// returns bytes it calls check with them and with everything so far. A Read
+// returning 0, nil or an error other than io.EOF fails the test.
+func readChecked(t *testing.T, gc *Conn, check func(got, all []byte)) []byte {
+	t.Helper()
+	var out []byte
+	p := make([]byte, readCheckedSize)
+	for {
+		n, err := gc.Read(p)
+		if n == 0 && err == nil {
+			t.Fatal("Read returned 0, nil")
+		}
+		out = append(out, p[:n]...)
+		if n > 0 {
+			check(p[:n], out)
+		}
+		if err != nil {
+			if err != io.EOF {
+				t.Fatal(err)
+			}
+			return out
+		}
+	}
+}

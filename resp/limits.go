@@ -35,7 +35,10 @@ type Limits struct {
 	// MaxInline is the longest inline command line in bytes, counting every
 	// byte before the terminating '\n' (a '\r' before it included). Default
 	// 64 KiB, Redis' PROTO_INLINE_MAX_SIZE. A longer line is answered with
-	// "-ERR Protocol error: too big inline request".
+	// "-ERR Protocol error: too big inline request". A line holding a NUL
+	// byte never ends (Redis finds the '\n' with strchr): every byte since
+	// its start counts, so the error comes once more than MaxInline bytes
+	// have followed.
 	MaxInline int
 	// MaxCommand is the largest multibulk command in bytes as sent (all
 	// headers, payloads and CRLFs). Default 1 GiB, Redis' default

@@ -13,17 +13,20 @@ const (
 	stPayload              // skipping payload bytes
 	stPayCR                // expecting the payload's '\r'
 	stPayLF                // expecting the payload's '\n'
-	stBlank                // inline line with only spaces so far (held)
-	stInline               // inline line with content
+	stInline               // in an inline line (inline.go)
+	stNul                  // in an inline line after a NUL byte: it never ends
 )
 
 // parse validates the new input p[in:end] (p[:in] is output already) and
-// compacts the kept bytes in place. It returns the new output length w; the
-// output offset just past the last complete command is stored in *bnd.
+// compacts the kept bytes in place. It returns the new output length w and
+// the input offset it stopped at: end, unless an inline command became ready
+// in c.enc, which Read then places at w (the bytes after it are not parsed
+// yet). The output offset just past the last complete command is stored in
+// *bnd.
 // Dropped items are cut out lazily: p[keep:i] is the run of input kept since
 // the last cut and belongs at output offset w, so input offset i maps to
 // output offset w+i-keep.
-func (c *Conn) parse(p []byte, in, end int, bnd *int) (int, *ProtocolError) {
+func (c *Conn) parse(p []byte, in, end int, bnd *int) (int, int, *ProtocolError) {
 	w, keep, i := in, in, in
 	var perr *ProtocolError
 loop:
@@ -46,10 +49,7 @@ loop:
 				i++
 				continue
 			}
-			c.st = stBlank
-			c.lineLen = c.lineCarry
-			c.lineCarry = 0
-			c.cr, c.sp = false, false
+			c.startLine()
 
 		case stMBNum, stBulkNum:
 			limit := uint64(c.lim.MaxBulk)
@@ -205,69 +205,22 @@ loop:
 				c.st = stDollar
 			}
 
-		case stBlank:
-			b := p[i]
-			i++
-			if b == '\n' {
-				// An empty or all-space line: no command, no reply in Redis
-				// (processInlineBuffer: argc == 0) and in redcon, but redcon
-				// recurses into another read after it, so drop it.
-				w, keep = c.drop(p, w, keep, i)
-				c.st = stStart
-				c.lineLen = 0
-				continue
-			}
-			c.lineLen++
-			if c.lineLen > c.lim.MaxInline {
-				perr = errTooBigInline
+		case stInline, stNul:
+			// The line's bytes are consumed, never kept: when it is
+			// complete, Read puts its multibulk form in their place.
+			c.item = w + i - keep
+			var ready bool
+			i, ready, perr = c.inline(p[:end], i)
+			w, keep = c.drop(p, w, keep, i)
+			if perr != nil || ready {
 				break loop
-			}
-			if !c.cr && b == ' ' {
-				c.sp = true
-				continue
-			}
-			if !c.cr && b == '\r' {
-				c.cr = true
-				continue
-			}
-			// the line has content
-			c.st = stInline
-			c.quote, c.esc, c.closedQ, c.atStart = 0, false, false, true
-			if !c.inlineByte(b) {
-				perr = errUnbalanced
-				break loop
-			}
-
-		case stInline:
-			for i < end {
-				b := p[i]
-				i++
-				if b == '\n' {
-					if c.quote != 0 {
-						perr = errUnbalanced
-						break loop
-					}
-					*bnd = w + i - keep
-					c.st = stStart
-					c.lineLen = 0
-					continue loop
-				}
-				c.lineLen++
-				if c.lineLen > c.lim.MaxInline {
-					perr = errTooBigInline
-					break loop
-				}
-				if !c.inlineByte(b) {
-					perr = errUnbalanced
-					break loop
-				}
 			}
 		}
 	}
 	if w != keep {
 		copy(p[w:], p[keep:i])
 	}
-	return w + i - keep, perr
+	return w + i - keep, i, perr
 }
 
 // drop cuts the item that began at output offset c.item and ends before
@@ -309,65 +262,4 @@ func (c *Conn) numErr() *ProtocolError {
 		return errMultibulkLen
 	}
 	return errBulkLen
-}
-
-// inlineByte feeds one byte of an inline command line to the tokenizer. A
-// CR is held back until the next byte shows it does not end the line;
-// false means the quotes do not balance.
-func (c *Conn) inlineByte(b byte) bool {
-	if c.cr {
-		c.cr = false
-		if !c.token('\r') {
-			return false
-		}
-	}
-	if b == '\r' {
-		c.cr = true
-		return true
-	}
-	return c.token(b)
-}
-
-// token feeds one content byte of an inline line to a checker of redcon's
-// inline syntax (redcon.go readCommands): arguments are separated by spaces;
-// a "double" or 'single' quote may only open a token, a backslash inside
-// quotes escapes the next byte, a closing quote must be followed by a space or
-// the end of the line, and a quote must be closed by the end of the line.
-// Redis' sdssplitargs also allows a quote inside a token (a"b" is ab); redcon
-// rejects it with the same message Redis uses for bad quoting. It reports
-// false on a violation.
-func (c *Conn) token(b byte) bool {
-	if c.closedQ {
-		if b != ' ' {
-			return false
-		}
-		c.closedQ = false
-		c.atStart = true
-		return true
-	}
-	if c.quote != 0 {
-		switch {
-		case c.esc:
-			c.esc = false
-		case b == '\\':
-			c.esc = true
-		case b == c.quote:
-			c.quote = 0
-			c.closedQ = true
-		}
-		return true
-	}
-	switch b {
-	case ' ':
-		c.atStart = true
-	case '"', '\'':
-		if !c.atStart {
-			return false
-		}
-		c.quote = b
-		c.atStart = false
-	default:
-		c.atStart = false
-	}
-	return true
 }
