@@ -411,7 +411,9 @@ if [[ " $SIDES " == *" respite "* ]]; then
 	[ -x "$RESPITE_BIN" ] || { echo "redis-suite: $RESPITE_BIN is not executable" >&2; exit 2; }
 	echo "redis-suite: proxy $RESPITE_BIN: $("$RESPITE_BIN" -version 2>&1 | sed -n 1p)"
 fi
-echo "redis-suite: tags $TAGS; UNIT_TIMEOUT=${UNIT_TIMEOUT}s TEST_TIMEOUT=${TEST_TIMEOUT}s${DURABLE:+ --durable}${EXTRA:+ ${EXTRA[*]}}; logs in $LOGS"
+kept=""
+[ -n "$KEEP" ] || kept=" (removed at exit; keep them with --keep-logs DIR)"
+echo "redis-suite: tags $TAGS; UNIT_TIMEOUT=${UNIT_TIMEOUT}s TEST_TIMEOUT=${TEST_TIMEOUT}s${DURABLE:+ --durable}${EXTRA:+ ${EXTRA[*]}}; logs in $LOGS$kept"
 T_SETUP=$(elapsed "$T_START")
 
 for u in $UNITS; do
