@@ -293,14 +293,15 @@ parse() {
 }
 
 # locate FILE: reads UNIT<TAB>NAME<TAB>WHAT lines, appends <TAB>FILE:LINE of
-# the first `test` in FILE whose name (a {literal} or a "string" whose $vars
-# and [commands] match anything) matches NAME, or <TAB>FILE when none does.
+# the `test` in FILE whose name (a {literal} or a "string" whose $vars and
+# [commands] match anything) matches NAME with the most literal characters
+# (the first of those), or <TAB>FILE when none matches.
 locate() {
 	awk -F'\t' -v file="$1" -v path="$SUITE/$1" '
 	function esc(c) { return index("\\^$.[]|()*+?{}/", c) ? "\\" c : c }
 	# pattern S: a regexp for the test name S as written in the file.
 	function pattern(s, quoted, out, i, c, depth) {
-		out = ""
+		out = ""; lit = 0
 		for (i = 1; i <= length(s); i++) {
 			c = substr(s, i, 1)
 			if (quoted && c == "\\") { i++; out = out esc(substr(s, i, 1)) }
@@ -313,7 +314,7 @@ locate() {
 				depth = 1
 				while (depth > 0 && i < length(s)) { i++; c = substr(s, i, 1); if (c == "[") depth++; if (c == "]") depth-- }
 				out = out ".*"
-			} else out = out esc(c)
+			} else { out = out esc(c); lit++ }
 		}
 		return "^" out "$"
 	}
@@ -326,12 +327,12 @@ locate() {
 			for (i = 2; i <= length(rest); i++) { c = substr(rest, i, 1); if (c == "\\") { i++; continue }; if (c == "\"") break }
 			pats[++n] = pattern(substr(rest, 2, i - 2), 1)
 		}
-		if (pats[n] != "") lines[n] = FNR
+		if (pats[n] != "") { lines[n] = FNR; lits[n] = lit }
 		next
 	}
 	{
-		where = file
-		for (i = 1; i <= n; i++) if (lines[i] && $2 ~ pats[i]) { where = file ":" lines[i]; break }
+		where = file; best = -1
+		for (i = 1; i <= n; i++) if (lines[i] && lits[i] > best && $2 ~ pats[i]) { where = file ":" lines[i]; best = lits[i] }
 		print $0 "\t" where
 	}' "$SUITE/$1" -
 }
