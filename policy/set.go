@@ -163,6 +163,8 @@ func (s *Set) PoolStats() (total, idle int64) {
 // with its Redis error code.
 func ErrorText(err error) string { return oneLine(err.Error()) }
 
+var cmdSet = []byte("SET")
+
 // route returns the route of cmd's key i (an index into cmd.Keys).
 func (s *Set) route(cmd *router.Command, i int) *Route {
 	if r := cmd.KeyRoute[i]; r >= 0 {
@@ -192,7 +194,7 @@ func (s *Set) Do(ctx context.Context, proto int, cmd *router.Command) resp.Reply
 	if len(cmd.Keys) != 1 || cmd.Keys[0] != 1 {
 		return resp.Err(r.Refusal(cmd.Name()))
 	}
-	return resp.Raw(r.Do(ctx, proto, cmd.Name(), cmd.Args))
+	return r.Do(ctx, Op{ID: cmd.ID, Args: cmd.Args, Proto: proto})
 }
 
 // plain runs args (a command on plain keys only) on the cache tier as it
@@ -220,7 +222,7 @@ func (s *Set) mget(ctx context.Context, proto int, cmd *router.Command) resp.Rep
 			plainAt = append(plainAt, i)
 			continue
 		}
-		parts[i] = resp.Raw(r.Do(ctx, proto, "get", [][]byte{[]byte("GET"), args[k]}))
+		parts[i] = r.Do(ctx, Op{ID: router.CmdGet, Args: [][]byte{cmdGet, args[k]}, Proto: proto})
 		if parts[i].IsError() {
 			return parts[i]
 		}
@@ -249,7 +251,7 @@ func (s *Set) mset(ctx context.Context, proto int, cmd *router.Command) resp.Rep
 			plain = append(plain, args[k], args[k+1])
 			continue
 		}
-		if reply := resp.Raw(r.Do(ctx, proto, "set", [][]byte{[]byte("SET"), args[k], args[k+1]})); reply.IsError() {
+		if reply := r.Do(ctx, Op{ID: router.CmdSet, Args: [][]byte{cmdSet, args[k], args[k+1]}, Proto: proto}); reply.IsError() {
 			return reply
 		}
 	}
@@ -263,7 +265,6 @@ func (s *Set) mset(ctx context.Context, proto int, cmd *router.Command) resp.Rep
 // one upstream command for the others.
 func (s *Set) sum(ctx context.Context, proto int, cmd *router.Command) resp.Reply {
 	args := cmd.Args
-	name := cmd.Name()
 	var total int64
 	plain := [][]byte{args[0]}
 	for i, k := range cmd.Keys {
@@ -272,7 +273,7 @@ func (s *Set) sum(ctx context.Context, proto int, cmd *router.Command) resp.Repl
 			plain = append(plain, args[k])
 			continue
 		}
-		reply := resp.Raw(r.Do(ctx, proto, name, [][]byte{args[0], args[k]}))
+		reply := r.Do(ctx, Op{ID: cmd.ID, Args: [][]byte{args[0], args[k]}, Proto: proto})
 		n, ok := reply.AsInt()
 		if !ok {
 			return reply
@@ -310,22 +311,24 @@ func (s *Set) Ensure(ctx context.Context, cmd *router.Command) error {
 // then makes Redis abort the transaction (EXECABORT), as Redis does for a
 // command it refuses while queueing.
 func (s *Set) Queue(ctx context.Context, cmd *router.Command) (*Queued, error) {
-	name := cmd.Name()
-	if IsRead(name) {
+	if IsRead(cmd.ID) {
 		for i, k := range cmd.Keys {
-			if r := s.route(cmd, i); r != nil && Supported(r.Config().Format, name) {
+			if r := s.route(cmd, i); r != nil && Supported(r.Config().Format, cmd.ID) {
 				r.Ensure(ctx, string(cmd.Args[k]))
 			}
 		}
 		return &Queued{Cmd: cmd.Args, read: true}, nil
 	}
 	if len(cmd.Keys) != 1 || cmd.Keys[0] != 1 || cmd.Route < 0 {
-		return nil, redisErr("ERR command '" + strings.ToUpper(name) + "' on several routed keys is not supported inside MULTI")
+		return nil, redisErr("ERR command '" + strings.ToUpper(cmd.Name()) + "' on several routed keys is not supported inside MULTI")
 	}
 	r := s.list[cmd.Route]
-	q, err := r.QueueWrite(ctx, name, cmd.Args)
+	if !Supported(r.cfg.Format, cmd.ID) {
+		return nil, redisErr(r.Refusal(cmd.Name()))
+	}
+	q, err := r.policy.Queue(ctx, Op{ID: cmd.ID, Args: cmd.Args, Proto: 2})
 	if err != nil {
-		return nil, redisErr(strings.TrimRight(string(r.Fail(err)[1:]), "\r\n"))
+		return nil, redisErr(r.errorText(err))
 	}
 	return q, nil
 }
@@ -334,21 +337,20 @@ func (s *Set) Queue(ctx context.Context, cmd *router.Command) (*Queued, error) {
 // their PostgreSQL statements, run in one database transaction before
 // Redis' EXEC and committed only if EXEC ran.
 type Txn struct {
-	s       *Set
-	ops     []*Queued
-	proto   int
-	tx      pgx.Tx // nil when no write needs PostgreSQL (write-back only)
-	replies [][]byte
-	done    bool
+	s     *Set
+	ops   []*Queued
+	proto int
+	tx    pgx.Tx // nil when no write needs PostgreSQL (write-back only)
+	done  bool
 }
 
 // Begin runs the PostgreSQL side of ops in one transaction, not yet
 // committed. An error means none of it happened.
 func (s *Set) Begin(ctx context.Context, ops []*Queued, proto int) (*Txn, error) {
-	t := &Txn{s: s, ops: ops, proto: proto, replies: make([][]byte, len(ops))}
+	t := &Txn{s: s, ops: ops, proto: proto}
 	needDB := false
 	for _, op := range ops {
-		needDB = needDB || op.NeedsDB()
+		needDB = needDB || op.needsDB()
 	}
 	if !needDB {
 		return t, nil
@@ -358,16 +360,17 @@ func (s *Set) Begin(ctx context.Context, ops []*Queued, proto int) (*Txn, error)
 		return nil, fmt.Errorf("PostgreSQL: %w", err)
 	}
 	t.tx = tx
-	for i, op := range ops {
-		if !op.NeedsDB() {
+	for _, op := range ops {
+		if !op.needsDB() {
 			continue
 		}
-		reply, err := op.Apply(ctx, tx, proto, nil)
+		op.r.Stats.Writes.Add(1)
+		reply, err := op.r.policy.Prepare(ctx, tx, op)
 		if err != nil {
 			t.Rollback()
-			return nil, err
+			return nil, redisErr(op.r.errorText(err))
 		}
-		t.replies[i] = reply
+		op.reply = reply
 	}
 	return t, nil
 }
@@ -382,32 +385,29 @@ func (t *Txn) Commit(ctx context.Context, execReply []byte) ([]byte, error) {
 		t.done = true
 		if err := t.tx.Commit(ctx); err != nil {
 			for _, op := range t.ops {
-				op.Abandoned(ctx)
+				op.r.policy.Finish(ctx, op, nil, false)
 			}
 			return nil, err
 		}
 	}
 	elems, ok := resp.Elements(execReply)
-	if ok {
-		for i, op := range t.ops {
-			if op.Pos >= len(elems) {
-				continue
-			}
-			if t.replies[i] == nil {
-				t.replies[i], _ = op.Apply(ctx, nil, t.proto, elems[op.Pos])
-			}
-			elems[op.Pos] = t.replies[i]
-		}
-		b := resp.AppendArray(nil, len(elems))
-		for _, e := range elems {
-			b = append(b, e...)
-		}
-		execReply = b
+	if !ok {
+		return execReply, nil
 	}
 	for _, op := range t.ops {
-		op.Committed(ctx)
+		if op.Pos >= len(elems) {
+			continue
+		}
+		if !op.needsDB() {
+			op.r.Stats.Writes.Add(1)
+		}
+		elems[op.Pos] = op.r.policy.Finish(ctx, op, elems[op.Pos], true).AppendTo(nil, t.proto)
 	}
-	return execReply, nil
+	b := resp.AppendArray(nil, len(elems))
+	for _, e := range elems {
+		b = append(b, e...)
+	}
+	return b, nil
 }
 
 // Rollback abandons the PostgreSQL transaction unless it committed.
