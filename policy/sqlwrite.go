@@ -372,5 +372,3 @@ func parseSet(op Op) ([]byte, setOpts, error) {
 	}
 	return args[2], o, nil
 }
-
-

@@ -304,4 +304,3 @@ func (r *Route) refresh(key string) {
 		return nil, err
 	})
 }
-
