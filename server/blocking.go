@@ -17,8 +17,11 @@ func (c *session) blocking(cmd *router.Command) {
 		return
 	}
 	p := c.pin
-	c.s.conflicts.noteWrites([]router.Command{*cmd})
+	// Written first: a command another client sends after this one must
+	// reach Redis after it, as it would have directly.
 	p.req = resp.AppendCommand(p.req[:0], cmd.Args)
+	err := p.conn.Write(p.req)
+	c.s.conflicts.noteWrites([]router.Command{*cmd})
 	c.blocked = true
 	c.publish()
 	c.s.counts.blocked.Add(1)
@@ -37,7 +40,6 @@ func (c *session) blocking(cmd *router.Command) {
 			}
 		}()
 	}
-	err := p.conn.Write(p.req)
 	if err == nil {
 		p.buf, err = p.conn.ReadReply(p.buf[:0])
 	}

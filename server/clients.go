@@ -296,8 +296,8 @@ func (c *session) clientUnblock(cmd *router.Command) {
 	}
 	target := c.s.session(id)
 	upID := int64(0)
-	if target != nil {
-		upID = target.view().upID
+	if target != nil && target.view().upConn != nil {
+		upID = target.view().upConn.ID()
 	}
 	if upID == 0 {
 		c.sendInt(0)
@@ -324,8 +324,23 @@ func (c *session) upstreamArgs(cmd *router.Command) [][]byte {
 			return cmd.Args // Redis says what is wrong with it
 		}
 		upID := int64(math.MaxInt64) // no such client upstream: Redis refuses
-		if t := c.s.session(id); t != nil && t.view().upID != 0 {
-			upID = t.view().upID
+		if t := c.s.session(id); t != nil {
+			up := t.view().upConn
+			if up == nil {
+				// The target has no connection of its own yet: take one
+				// for it, so Redis has a client to push to.
+				if conn, err := c.s.up.Take(t.view().proto); err == nil {
+					t.handOff(conn)
+					up = conn
+				}
+			} else {
+				t.wantRelay.Store(true)
+			}
+			if up != nil {
+				if n := up.ID(); n != 0 {
+					upID = n
+				}
+			}
 		}
 		if c.pin != nil && cmd.Arg(2, "on") {
 			c.pin.redirect = id

@@ -144,7 +144,7 @@ func (c *session) forwardPinned(cmds []router.Command) {
 	err := p.conn.Write(p.req)
 	for i := range cmds {
 		if err == nil {
-			p.buf, err = p.conn.ReadReply(p.buf[:0])
+			p.buf, err = c.readReply(p.buf[:0])
 		}
 		if err != nil {
 			c.pinLost(err)
@@ -155,6 +155,25 @@ func (c *session) forwardPinned(cmds []router.Command) {
 		c.send(reply)
 	}
 	c.maybeUnpin()
+}
+
+// readReply reads the next reply on the pinned connection of a session
+// that is not relayed. A push that arrives meanwhile (an invalidation for a
+// client that another client's CLIENT TRACKING REDIRECT names) goes to the
+// client as it is, and the session is relayed from its next command on.
+func (c *session) readReply(dst []byte) ([]byte, error) {
+	for {
+		b, err := c.pin.conn.ReadReply(dst)
+		if err != nil || len(b) == 0 {
+			return b, err
+		}
+		if kind, _ := frameKind(b, false); b[0] != '>' && kind != framePush {
+			return b, nil
+		}
+		c.w.WriteRaw(b)
+		c.wantRelay.Store(true)
+		dst = b[:0]
+	}
 }
 
 // roundTrip sends one command of the proxy's own on the pinned connection
@@ -168,8 +187,7 @@ func (c *session) roundTrip(args [][]byte) ([]byte, error) {
 	if err := p.conn.Write(p.req); err != nil {
 		return nil, err
 	}
-	b, err := p.conn.ReadReply(nil)
-	return b, err
+	return c.readReply(nil)
 }
 
 // follow updates the pin's state from one command and its raw reply.

@@ -43,6 +43,10 @@ type relay struct {
 	pending  []expect
 	captured []byte
 	caught   bool
+	// holding: the session has a captured reply to answer; nothing more
+	// is written until it has (release), so what Redis sent after it
+	// reaches the client after the session's answer.
+	holding  bool
 	err      error
 	stopped  bool
 	monitor  bool
@@ -220,6 +224,7 @@ func (r *relay) write(req []byte) error {
 // Redis sends for it, after every reply owed before it. The caller holds
 // c.mu.
 func (r *relay) roundTrip(req []byte) ([]byte, error) {
+	r.release() // the session is done with an earlier capture
 	r.waitIdle()
 	if r.err != nil {
 		return nil, r.err
@@ -237,6 +242,15 @@ func (r *relay) roundTrip(req []byte) ([]byte, error) {
 	b := r.captured
 	r.captured, r.caught = nil, false
 	return b, nil
+}
+
+// release lets the relay write again after the session answered a
+// captured reply. The caller holds c.mu.
+func (r *relay) release() {
+	if r.holding {
+		r.holding = false
+		r.cond.Broadcast()
+	}
 }
 
 // waitIdle waits until every reply Redis owes the client is written (or
@@ -272,6 +286,9 @@ func (r *relay) read() {
 	for {
 		frame, err := r.conn.ReadReply(buf[:0])
 		c.mu.Lock()
+		for r.holding && err == nil && !r.stopped {
+			r.cond.Wait()
+		}
 		if err != nil {
 			if r.err == nil {
 				r.err = err
@@ -307,7 +324,7 @@ func (r *relay) deliver(frame []byte) {
 	}
 	e := &r.pending[0]
 	if e.capture {
-		r.captured, r.caught = append([]byte(nil), frame...), true
+		r.captured, r.caught, r.holding = append([]byte(nil), frame...), true, true
 		r.pop()
 		return
 	}
@@ -322,7 +339,7 @@ func (r *relay) deliver(frame []byte) {
 			r.monitor = true
 		}
 	}
-	if e.send {
+	if e.send || e.confirm { // confirmations bypass CLIENT REPLY OFF, as in Redis 7
 		r.dc.WriteRaw(reply)
 		r.dc.Flush()
 	}

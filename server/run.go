@@ -26,7 +26,11 @@ func (c *session) serve(batch []redcon.Command) {
 	if idle {
 		c.checkIdle()
 	}
-	c.run(set, cmds)
+	if c.adoptRelay() && c.detach(cmds) {
+		// Relayed from now on: the detached loop runs the batch.
+	} else {
+		c.run(set, cmds)
+	}
 	if idle {
 		c.armIdle()
 	}
@@ -130,6 +134,9 @@ func (c *session) run(set *policy.Set, cmds []router.Command) {
 		case router.PathRefused:
 			c.sendError(d.Err)
 			i++
+		}
+		if c.relayed() {
+			c.pin.relay.release() // the command is answered: what Redis sent since may follow
 		}
 	}
 }

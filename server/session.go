@@ -3,6 +3,7 @@ package server
 import (
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tidwall/redcon"
@@ -76,6 +77,13 @@ type session struct {
 	pubMu sync.Mutex
 	pub   view
 
+	// wantRelay: another client's CLIENT TRACKING REDIRECT names this one,
+	// so Redis may push to it at any time: it is relayed from its next
+	// command on, on its pinned connection, or on handoff, a connection
+	// the other client took for it (guarded by pubMu).
+	wantRelay atomic.Bool
+	handoff   *upstream.Conn
+
 	ended bool
 }
 
@@ -106,7 +114,7 @@ type view struct {
 	tracking            bool
 	redirect            int64 // CLIENT TRACKING REDIRECT, as a proxy client id
 	blocked             bool
-	upID                int64 // the pinned connection's id upstream, 0 without one
+	upConn              *upstream.Conn // the pinned connection, nil without one
 }
 
 // publish copies the session's state into its view.
@@ -118,7 +126,7 @@ func (c *session) publish() {
 		v.user = "default"
 	}
 	if p := c.pin; p != nil {
-		v.upID = p.conn.ID()
+		v.upConn = p.conn
 		if p.multi {
 			v.multi = p.queued
 		}
@@ -215,7 +223,48 @@ func (c *session) end() {
 	if c.tx.idle.timer != nil {
 		c.tx.idle.timer.Stop()
 	}
-	c.releasePin()
+	c.discardPin() // closed, not reset: a client that left leaves no trace upstream
+}
+
+// adoptRelay, at the start of a batch, gives a session that another
+// client's REDIRECT names its pinned connection (the one handed to it, if
+// it had none) and reports whether it must now be relayed.
+func (c *session) adoptRelay() bool {
+	if !c.wantRelay.Load() {
+		return false
+	}
+	c.wantRelay.Store(false)
+	c.pubMu.Lock()
+	h := c.handoff
+	c.handoff = nil
+	c.pubMu.Unlock()
+	if c.pin == nil && h != nil {
+		c.pin = &pinned{conn: h, sticky: true}
+		c.s.counts.pinned.Add(1)
+	} else if h != nil {
+		h.Close()
+	}
+	if c.pin == nil {
+		return false
+	}
+	c.pin.sticky = true
+	return c.pin.relay == nil
+}
+
+// handOff gives the session a pinned connection taken for it by another
+// session (a REDIRECT target); it is adopted at the session's next batch.
+func (c *session) handOff(conn *upstream.Conn) {
+	c.pubMu.Lock()
+	old := c.handoff
+	c.handoff = conn
+	if c.pub.upConn == nil {
+		c.pub.upConn = conn
+	}
+	c.pubMu.Unlock()
+	if old != nil {
+		old.Close()
+	}
+	c.wantRelay.Store(true)
 }
 
 // closeDetached closes the connection of a detached client (redcon closes

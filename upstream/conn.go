@@ -24,7 +24,7 @@ type Conn struct {
 	nc    net.Conn
 	br    *bufio.Reader
 	proto int
-	id    int64 // Redis' CLIENT ID of the connection
+	id    atomic.Int64 // Redis' CLIENT ID of the connection, 0 until known
 	u     *Upstream
 	// closed is set once Close ran.
 	closed atomic.Bool
@@ -35,7 +35,11 @@ var errUnexpected = errors.New("unexpected reply from upstream")
 
 // dial connects to the upstream and sets the connection up in one round
 // trip: HELLO proto [AUTH user password] (whose reply gives the
-// connection's id), then SELECT db when it is not 0.
+// connection's id), then SELECT db when it is not 0. A RESP2 connection
+// without a password in database 0 needs none of it, and gets no command
+// at all: a client's connection through the proxy shows in Redis' SLOWLOG
+// and MONITOR exactly what the client sent. Its id is then learnt when
+// needed (Conn.ID).
 func dial(cfg config.Upstream, tc *tls.Config, proto int, user, password string) (net.Conn, *bufio.Reader, int64, error) {
 	timeout := time.Duration(cfg.DialTimeout)
 	var nc net.Conn
@@ -49,6 +53,9 @@ func dial(cfg config.Upstream, tc *tls.Config, proto int, user, password string)
 		return nil, nil, 0, err
 	}
 	br := bufio.NewReaderSize(nc, 64<<10)
+	if proto == 2 && password == "" && cfg.DB == 0 {
+		return nc, br, 0, nil
+	}
 	id, err := handshake(nc, br, cfg, proto, user, password, false)
 	if err != nil {
 		nc.Close()
@@ -137,8 +144,18 @@ func strArgs(args ...string) [][]byte {
 	return out
 }
 
-// ID is Redis' CLIENT ID of the connection.
-func (c *Conn) ID() int64 { return c.id }
+// ID is Redis' CLIENT ID of the connection. When the handshake did not
+// tell it, it is looked up once in CLIENT LIST (on another connection, so
+// it works while this one blocks or is subscribed), by the connection's
+// address; 0 if Redis cannot be asked. Safe for concurrent use.
+func (c *Conn) ID() int64 {
+	if id := c.id.Load(); id != 0 {
+		return id
+	}
+	id := c.u.lookupID(c.nc.LocalAddr().String())
+	c.id.CompareAndSwap(0, id)
+	return c.id.Load()
+}
 
 // Proto is the RESP version the connection speaks.
 func (c *Conn) Proto() int { return c.proto }

@@ -14,6 +14,7 @@ import (
 	"context"
 	"crypto/tls"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -124,7 +125,9 @@ func (u *Upstream) Take(proto int) (*Conn, error) {
 			return nil, err
 		}
 		u.open.Add(1)
-		return &Conn{nc: nc, br: br, proto: proto, id: id, u: u}, nil
+		c := &Conn{nc: nc, br: br, proto: proto, u: u}
+		c.id.Store(id)
+		return c, nil
 	}
 }
 
@@ -141,16 +144,41 @@ func (u *Upstream) Put(c *Conn) {
 			return
 		}
 		proto := c.proto
-		if _, err := handshake(c.nc, c.br, u.cfg, proto, u.cfg.Username, u.cfg.Password, true); err != nil {
+		id, err := handshake(c.nc, c.br, u.cfg, proto, u.cfg.Username, u.cfg.Password, true)
+		if err != nil {
 			c.Close()
 			return
 		}
+		c.id.Store(id) // RESET keeps the id; HELLO tells it
 		select {
 		case u.free[index(proto)] <- c:
 		default:
 			c.Close()
 		}
 	}()
+}
+
+// lookupID finds the id of the connection from addr (its local address)
+// in CLIENT LIST; 0 if there is none or Redis cannot be asked.
+func (u *Upstream) lookupID(addr string) int64 {
+	ctx, cancel := context.WithTimeout(context.Background(), u.timeout)
+	defer cancel()
+	list, err := u.redis.ClientList(ctx).Result()
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(list, "\n") {
+		var id int64
+		for _, f := range strings.Fields(line) {
+			if v, ok := strings.CutPrefix(f, "id="); ok {
+				id, _ = strconv.ParseInt(v, 10, 64)
+			}
+			if f == "addr="+addr {
+				return id
+			}
+		}
+	}
+	return 0
 }
 
 // Pinned reports the pinned connections open and those idle in the free
