@@ -53,10 +53,11 @@ func Setup(ctx context.Context, dsn string) error {
 	err = createMeta(ctx, conn)
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && pgErr.Code == "42501" {
-		var user string
-		_ = conn.QueryRow(ctx, `SELECT current_user::text`).Scan(&user)
-		return fmt.Errorf("create %s: role %s may not create tables (%s): run the setup as the owner of the schema, or GRANT CREATE ON SCHEMA to the role first",
-			metaTable, pgx.Identifier{user}.Sanitize(), pgErr.Message)
+		var user, schema string
+		_ = conn.QueryRow(ctx, `SELECT current_user::text, coalesce(current_schema()::text, 'public')`).Scan(&user, &schema)
+		role, nsp := pgx.Identifier{user}.Sanitize(), pgx.Identifier{schema}.Sanitize()
+		return fmt.Errorf("create %s: role %s may not create tables (%s): run the setup with a DSN of the schema's owner, or first GRANT CREATE ON SCHEMA %s TO %s;",
+			metaTable, role, pgErr.Message, nsp, role)
 	}
 	if err != nil {
 		return fmt.Errorf("create %s: %w", metaTable, wrapErr(err))
