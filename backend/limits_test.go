@@ -25,7 +25,8 @@ func TestStatementTimeoutAndBulkhead(t *testing.T) {
 CREATE TABLE lock_fast (k text PRIMARY KEY, v text);
 INSERT INTO lock_slow VALUES ('a', '1'); INSERT INTO lock_fast VALUES ('a', '1')`)
 	const timeout = 2 * time.Second
-	d := openWith(t, pg.DSN, Options{LoadConns: 4, FlushConns: 2, StatementTimeout: timeout})
+	// The DSN's own statement_timeout is replaced.
+	d := openWith(t, pg.DSN+"&statement_timeout=100", Options{LoadConns: 4, FlushConns: 2, StatementTimeout: timeout})
 	if d.StatementTimeout() != timeout || d.loadPerTable != 2 || d.flushPerTable != 1 {
 		t.Fatalf("timeout %v, per table %d/%d", d.StatementTimeout(), d.loadPerTable, d.flushPerTable)
 	}
