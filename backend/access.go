@@ -113,7 +113,7 @@ type Access struct {
 // The error names the route, the role, each missing privilege with its
 // table and columns, and the GRANT statements that would add them, e.g.
 //
-//	route "users": role "app" lacks DELETE on table "public"."users"; as the table's owner run: GRANT DELETE ON TABLE "public"."users" TO "app";
+//	route "users": role "app" is missing privileges on table "public"."users": INSERT ("age"), DELETE; as the owner of these objects run: GRANT INSERT ("age"), DELETE ON TABLE "public"."users" TO "app";
 func (t *Table) CheckAccess(ctx context.Context, a Access) error {
 	db := t.db
 	role := db.currentUser(ctx)

@@ -79,7 +79,7 @@ func fold(entries []Entry, merge func(f *folded, v string) error) ([]*folded, er
 // again in SQL on the cast key (so "5" and "05" are one integer key). A
 // key deleted and then set again in the batch is recreated: its other
 // columns get their defaults. The side table respite_versions (see
-// EnsureMeta) is updated in the same statement with a data-modifying CTE,
+// SetupSQL) is updated in the same statement with a data-modifying CTE,
 // and only keys whose version advanced are applied, so an older batch
 // flushed after a newer one (a retry, a DLQ replay) changes nothing, and a
 // replayed batch is idempotent. route names the version rows.
