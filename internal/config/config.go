@@ -111,6 +111,12 @@ type Postgres struct {
 	// FlushConns bounds connections for write-back flushes (default 2), a
 	// separate budget so a flush storm cannot starve reads.
 	FlushConns int32 `yaml:"flush_conns"`
+	// StatementTimeout bounds every cache-miss load and every write,
+	// write-back flushes included: PostgreSQL's statement_timeout on every
+	// pooled connection, and the deadline of each operation (plus 1s for
+	// the network). A load or write on a locked table fails after it
+	// (default 5s; 0 means the default: it cannot be turned off).
+	StatementTimeout Duration `yaml:"statement_timeout"`
 }
 
 // Policy is a route's caching policy.
@@ -472,6 +478,12 @@ func (c *Config) validateRoutes() *fieldError {
 	}
 	if c.Postgres.FlushConns == 0 {
 		c.Postgres.FlushConns = 2
+	}
+	if c.Postgres.StatementTimeout == 0 {
+		c.Postgres.StatementTimeout = Duration(5 * time.Second)
+	}
+	if c.Postgres.StatementTimeout < Duration(time.Millisecond) {
+		return bad("postgres.statement_timeout", "%v is below 1ms (PostgreSQL counts milliseconds; default 5s)", time.Duration(c.Postgres.StatementTimeout))
 	}
 	names, prefixes := map[string]int{}, map[string]int{}
 	for i := range c.Routes {
