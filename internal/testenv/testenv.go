@@ -30,6 +30,8 @@
 package testenv
 
 import (
+	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -111,8 +113,10 @@ func (p *proc) exited() bool {
 
 // stop sends sig to the group leader (SIGKILL goes to the whole group),
 // waits up to grace for it to exit, then SIGKILLs the whole group. It
-// returns once the leader has been reaped. Calling it on a process that
-// already died is fine.
+// returns once the leader has been reaped and the rest of the group
+// (children it forked, such as redis-server's replication child) is gone
+// too, or after groupGoneTimeout. Calling it on a process that already
+// died is fine.
 func (p *proc) stop(sig syscall.Signal, grace time.Duration) {
 	pid := p.cmd.Process.Pid
 	if !p.exited() {
@@ -130,7 +134,16 @@ func (p *proc) stop(sig syscall.Signal, grace time.Duration) {
 	// the grace period) goes now.
 	syscall.Kill(-pid, syscall.SIGKILL)
 	<-p.done
+	// SIGKILL is delivered asynchronously: a forked child may still be
+	// dying, or waiting to be reaped by its new parent, when the leader
+	// has been reaped.
+	for deadline := time.Now().Add(groupGoneTimeout); syscall.Kill(-pid, 0) == nil && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
 }
+
+// groupGoneTimeout bounds stop's wait for the rest of a process group.
+const groupGoneTimeout = 5 * time.Second
 
 // logTail returns the last lines of the log file at path, for error
 // messages.
@@ -212,4 +225,61 @@ func makeTempDir(base, prefix string) (string, error) {
 		return "", err
 	}
 	return dir, nil
+}
+
+// runTool runs a short-lived program such as redis-cli to completion, in a
+// process group of its own like the servers, and returns its combined
+// output. After timeout it SIGKILLs the group and returns an error.
+func runTool(cmd *exec.Cmd, timeout time.Duration) ([]byte, error) {
+	var out bytes.Buffer
+	cmd.Stdout = &out
+	cmd.Stderr = &out
+	setProcAttr(cmd)
+	if err := spawn(cmd); err != nil {
+		return nil, err
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		return out.Bytes(), err
+	case <-time.After(timeout):
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		<-done
+		return out.Bytes(), fmt.Errorf("killed after %v", timeout)
+	}
+}
+
+// poll calls check until it returns nil, first after 5ms, then at
+// doubling intervals up to maxPollInterval, and gives up when ctx is done,
+// returning check's last error (so the caller's message says what was
+// still wrong).
+func poll(ctx context.Context, check func() error) error {
+	interval := 5 * time.Millisecond
+	for {
+		err := check()
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(interval):
+		}
+		interval = min(2*interval, maxPollInterval)
+	}
+}
+
+// maxPollInterval is the longest pause between two checks of poll.
+const maxPollInterval = 100 * time.Millisecond
+
+// pollFor is poll with a deadline of timeout from now; the error says how
+// long it waited.
+func pollFor(timeout time.Duration, check func() error) error {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if err := poll(ctx, check); err != nil {
+		return fmt.Errorf("not within %v: %w", timeout, err)
+	}
+	return nil
 }
