@@ -152,3 +152,19 @@ func infoField(info, field string) string {
 	}
 	return ""
 }
+
+// linkUp checks that the server at addr is a replica whose link to its
+// primary is up.
+func linkUp(addr string) error {
+	info, err := redisText(addr, "INFO", "replication")
+	if err != nil {
+		return err
+	}
+	if role := infoField(info, "role"); role != "slave" {
+		return fmt.Errorf("%s has role:%s, want slave", addr, role)
+	}
+	if st := infoField(info, "master_link_status"); st != "up" {
+		return fmt.Errorf("%s has master_link_status:%s", addr, st)
+	}
+	return nil
+}
