@@ -1,6 +1,25 @@
 // Package testenv starts throwaway Redis and PostgreSQL servers for tests
 // and the demo: real servers, no mocks.
 //
+//   - StartRedis: one redis-server; Kill and Restart it to test outages.
+//   - StartPostgres: one PostgreSQL server with a database "respite" and
+//     pg_stat_statements; Halt and Resume it.
+//   - StartCluster: a Redis Cluster, by default three primaries, with
+//     ClusterReplicas one or more replicas each, created by redis-cli
+//     --cluster create. Nodes gives the roles and slots, Kill and Restart
+//     one node (its replica takes over after ClusterNodeTimeout),
+//     MigrateSlot moves a slot and its keys live to another primary (clients
+//     see -ASK during the move and -MOVED after it), and KeySlot computes a
+//     key's slot with hash tags as Redis does.
+//   - StartSentinel: a primary, its replica and one sentinel watching them;
+//     PrimaryAddr asks the sentinel, Failover swaps the two servers' roles
+//     through the sentinel.
+//
+// Each start returns once the servers are ready (for Cluster: every node
+// reports cluster_state:ok and all agree on the slots; for Sentinel: the
+// replica is in sync and the sentinel knows both), within bounded waits
+// whose errors say what was still missing.
+//
 // Every server listens on a free loopback port picked at start (never the
 // machine's standard 6379 or 5432), keeps its files in a fresh temporary
 // directory, and runs as a child process in a process group of its own, so
@@ -25,8 +44,9 @@
 //	}
 //
 // The binaries come from PATH (PostgreSQL's also from the newest
-// /usr/lib/postgresql/*/bin). When one is missing the error says which
-// Debian package to install.
+// /usr/lib/postgresql/*/bin; redis-cli, for StartCluster, from the Debian
+// package redis-tools; the sentinel is redis-server --sentinel). When one
+// is missing the error says which Debian package to install.
 package testenv
 
 import (
