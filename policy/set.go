@@ -43,7 +43,10 @@ func Open(cfg config.Config, cache Cache, rdb *redis.Client, log *slog.Logger) (
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	db, err := backend.Open(ctx, cfg.Postgres.DSN, cfg.Postgres.MaxConns, cfg.Postgres.FlushConns)
+	db, err := backend.OpenWith(ctx, cfg.Postgres.DSN, backend.Options{
+		LoadConns: cfg.Postgres.MaxConns, FlushConns: cfg.Postgres.FlushConns,
+		StatementTimeout: time.Duration(cfg.Postgres.StatementTimeout),
+	})
 	if err != nil {
 		return nil, err // backend errors already name PostgreSQL
 	}
@@ -52,6 +55,18 @@ func Open(cfg config.Config, cache Cache, rdb *redis.Client, log *slog.Logger) (
 		return nil, err
 	}
 	s := &Set{db: db, cache: cache}
+	for _, rc := range cfg.Routes {
+		if rc.Policy == config.WriteBack {
+			// The version side table: created here when the role may
+			// (a single-role deployment), else set up once with
+			// respite -setup-db; the error says which.
+			if err := db.EnsureMeta(ctx); err != nil {
+				db.Close()
+				return nil, fmt.Errorf("route %q: %w", rc.Name, err)
+			}
+			break
+		}
+	}
 	var facts []router.Route
 	for _, rc := range cfg.Routes {
 		t, err := db.Describe(ctx, rc.Table, rc.KeyColumn, rc.ValueColumn)
@@ -59,12 +74,15 @@ func Open(cfg config.Config, cache Cache, rdb *redis.Client, log *slog.Logger) (
 			db.Close()
 			return nil, fmt.Errorf("route %q: %w", rc.Name, err)
 		}
+		// Every policy writes (cache-aside takes writes too): the role
+		// needs what the route's writes and flushes do.
+		if err := t.CheckAccess(ctx, backend.Access{Route: rc.Name, ValueOnly: rc.Format == config.FormatValue,
+			Write: true, WriteBack: rc.Policy == config.WriteBack}); err != nil {
+			db.Close()
+			return nil, err
+		}
 		s.list = append(s.list, New(rc, db, t, cache, rdb, log))
 		facts = append(facts, router.Route{Name: rc.Name, Prefix: rc.Prefix, Policy: rc.Policy, Format: rc.Format})
-	}
-	if err := db.EnsureMeta(ctx); err != nil {
-		db.Close()
-		return nil, err
 	}
 	s.routes = router.NewRoutes(facts)
 	bg, stop := context.WithCancel(context.Background())

@@ -84,6 +84,9 @@ func New(cfg config.Config, log *slog.Logger) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, defaultDB: strconv.Itoa(cfg.Upstream.DB), log: log, up: up, sessions: map[int64]*session{}}
+	if cfg.Upstream.Multiplexer == "go-redis" {
+		log.Warn("upstream.multiplexer: go-redis was removed; the builtin multiplexer carries the shared path (remove the setting)")
+	}
 	s.live.Store(&cfg)
 	if s.tls, err = listenerTLS(cfg.TLS); err != nil {
 		up.Close()

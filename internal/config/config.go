@@ -218,9 +218,11 @@ type Upstream struct {
 	// PoolSize bounds the shared upstream connections per RESP protocol
 	// version (default 64). Pinned sessions use connections of their own.
 	PoolSize int `yaml:"pool_size"`
-	// Multiplexer picks how the shared path reaches Redis: "builtin" (the
-	// default: mux_conns pipelined connections, twemproxy's design) or
-	// "go-redis" (go-redis' AutoPipeliner over pool_size connections).
+	// Multiplexer names how the shared path reaches Redis: "builtin" (the
+	// default and the only one: mux_conns pipelined connections,
+	// twemproxy's design). "go-redis" (go-redis' AutoPipeliner, kept for a
+	// while to compare the two) is still accepted, with a warning at
+	// start-up, and runs the builtin multiplexer.
 	Multiplexer string `yaml:"multiplexer"`
 	// MuxConns is the number of multiplexed connections per RESP version
 	// on the builtin path; 0 (the default) means one per GOMAXPROCS, at
