@@ -262,8 +262,13 @@ func (r *Route) ensure(ctx context.Context, key string) (bool, error) {
 	}
 	r.Stats.Misses.Add(1)
 	rw, err := r.fetch(ctx, key, filled)
-	if rw.cached {
-		return true, err
+	if err == nil && rw.cached {
+		// Another load filled it meanwhile, with the row or "absent".
+		out, err := r.cache.Do(ctx, 2, [][]byte{cmdExists, []byte(key)})
+		if err != nil {
+			return false, err
+		}
+		return string(out[0]) == ":1\r\n", nil
 	}
 	return rw.found, err
 }

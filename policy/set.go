@@ -225,24 +225,38 @@ func (s *Set) plain(ctx context.Context, proto int, args [][]byte) resp.Reply {
 	return resp.Raw(out[0])
 }
 
-// mget answers MGET: routed keys through their route's GET, the others with
-// one MGET upstream; the array keeps the client's order. An error from a
-// route is the whole reply: Redis' MGET never has one inside its array.
+// mget answers MGET: each route's keys in one round trip for its hits
+// (Route.getMany), the plain keys with one MGET upstream; the array keeps
+// the client's order. An error from a route is the whole reply: Redis'
+// MGET never has one inside its array.
 func (s *Set) mget(ctx context.Context, proto int, cmd *router.Command) resp.Reply {
 	args := cmd.Args
 	parts := make([]resp.Reply, len(cmd.Keys))
 	plain := [][]byte{args[0]}
 	var plainAt []int
+	byRoute := map[int16][]int{} // route → positions in cmd.Keys
 	for i, k := range cmd.Keys {
-		r := s.route(cmd, i)
-		if r == nil {
-			plain = append(plain, args[k])
-			plainAt = append(plainAt, i)
+		if r := cmd.KeyRoute[i]; r >= 0 {
+			byRoute[r] = append(byRoute[r], i)
 			continue
 		}
-		parts[i] = r.Do(ctx, Op{ID: router.CmdGet, Args: [][]byte{cmdGet, args[k]}, Proto: proto})
-		if parts[i].IsError() {
-			return parts[i]
+		plain = append(plain, args[k])
+		plainAt = append(plainAt, i)
+	}
+	for r, at := range byRoute {
+		route := s.list[r]
+		if !Supported(route.cfg.Format, router.CmdGet) {
+			return resp.Err(route.Refusal("get"))
+		}
+		keys := make([][]byte, len(at))
+		for j, i := range at {
+			keys[j] = args[cmd.Keys[i]]
+		}
+		for j, reply := range route.getMany(ctx, proto, keys) {
+			if reply.IsError() {
+				return reply
+			}
+			parts[at[j]] = reply
 		}
 	}
 	if len(plain) > 1 {
@@ -280,21 +294,35 @@ func (s *Set) mset(ctx context.Context, proto int, cmd *router.Command) resp.Rep
 }
 
 // sum answers DEL, UNLINK, EXISTS and TOUCH: the sum over routed keys and
-// one upstream command for the others.
+// one upstream command for the others. EXISTS over one route's keys takes
+// one round trip for the cached ones (Route.existsMany); writes go key by
+// key through their route's policy.
 func (s *Set) sum(ctx context.Context, proto int, cmd *router.Command) resp.Reply {
 	args := cmd.Args
 	var total int64
 	plain := [][]byte{args[0]}
+	byRoute := map[int16][][]byte{}
 	for i, k := range cmd.Keys {
-		r := s.route(cmd, i)
-		if r == nil {
+		r := cmd.KeyRoute[i]
+		if r < 0 {
 			plain = append(plain, args[k])
 			continue
 		}
-		reply := r.Do(ctx, Op{ID: cmd.ID, Args: [][]byte{args[0], args[k]}, Proto: proto})
+		if cmd.ID == router.CmdExists && Supported(s.list[r].cfg.Format, cmd.ID) {
+			byRoute[r] = append(byRoute[r], args[k])
+			continue
+		}
+		reply := s.list[r].Do(ctx, Op{ID: cmd.ID, Args: [][]byte{args[0], args[k]}, Proto: proto})
 		n, ok := reply.AsInt()
 		if !ok {
 			return reply
+		}
+		total += n
+	}
+	for r, keys := range byRoute {
+		n, err := s.list[r].existsMany(ctx, keys)
+		if err != nil {
+			return s.list[r].fail(err)
 		}
 		total += n
 	}
@@ -437,3 +465,14 @@ func (t *Txn) Rollback() {
 		}
 	}
 }
+
+// SetupDB creates, as the role of dsn, the schema objects the route layer
+// needs in PostgreSQL (the write-back version table; backend.SetupSQL):
+// the one-time step of respite -setup-db. The error is safe to show; its
+// full detail for a log is backend.Detail's (see LogDetail).
+func SetupDB(ctx context.Context, dsn string) error { return backend.Setup(ctx, dsn) }
+
+// LogDetail is err with the PostgreSQL connection details a log may keep
+// and a client must not see (user, database, host, port; never a
+// password).
+func LogDetail(err error) string { return backend.Detail(err) }

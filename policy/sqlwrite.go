@@ -347,15 +347,16 @@ func parseSet(op Op) ([]byte, setOpts, error) {
 		return nil, o, arity(name)
 	}
 	for i := 3; i < len(args); i++ {
-		switch strings.ToLower(string(args[i])) {
-		case "nx":
+		a := args[i]
+		switch {
+		case router.IsOption(a, "nx"):
 			o.nx = true
-		case "xx":
+		case router.IsOption(a, "xx"):
 			o.xx = true
-		case "get":
+		case router.IsOption(a, "get"):
 			o.get = true
-		case "keepttl":
-		case "ex", "px", "exat", "pxat":
+		case router.IsOption(a, "keepttl"):
+		case router.IsOption(a, "ex"), router.IsOption(a, "px"), router.IsOption(a, "exat"), router.IsOption(a, "pxat"):
 			if i+1 >= len(args) {
 				return nil, o, errSyntax
 			}

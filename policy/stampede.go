@@ -188,7 +188,7 @@ func (r *Route) fill(ctx context.Context, key string, rw row, overwrite bool) er
 		if neg <= 0 {
 			return nil
 		}
-		return r.rdb.Set(ctx, negKey(key), "1", neg).Err()
+		return r.cacheCmd(ctx, []byte("SET"), []byte(negKey(key)), []byte("1"), cmdPX, itob(neg.Milliseconds()))
 	}
 	switch r.cfg.Format {
 	case config.FormatHash:
@@ -202,16 +202,25 @@ func (r *Route) fill(ctx context.Context, key string, rw row, overwrite bool) er
 		if r.cfg.Format == config.FormatJSON {
 			v = string(rw.json)
 		}
-		a := redis.SetArgs{TTL: time.Duration(ttl) * time.Millisecond}
+		cmd := [][]byte{[]byte("SET"), []byte(key), []byte(v), cmdPX, itob(ttl)}
 		if !overwrite {
-			a.Mode = "NX"
+			cmd = append(cmd, []byte("NX"))
 		}
-		err := r.rdb.SetArgs(ctx, key, v, a).Err()
-		if err == redis.Nil {
-			return nil
-		}
+		return r.cacheCmd(ctx, cmd...)
+	}
+}
+
+// cacheCmd runs one command of the proxy's own on the cache tier (the
+// shared multiplexed connections) and returns Redis' error, if any.
+func (r *Route) cacheCmd(ctx context.Context, cmd ...[]byte) error {
+	out, err := r.cache.Do(ctx, 2, cmd)
+	if err != nil {
 		return err
 	}
+	if len(out[0]) > 0 && out[0][0] == '-' {
+		return redisErr(oneLine(string(out[0][1 : len(out[0])-2])))
+	}
+	return nil
 }
 
 // releaseLock deletes a lease only if it is still ours.

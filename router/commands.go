@@ -34,15 +34,35 @@ const (
 	CmdClientSetinfo
 	CmdClientNoTouch
 	CmdRespite
+	CmdRespiteAuth
+	CmdRespiteStats
+	CmdRespiteRoutes
+	CmdRespiteConflicts
+	CmdRespiteLastabort
+	CmdRespiteAttributes
+	CmdRespiteQueue
+	CmdRespiteDlq
+	CmdRespiteFlush
+	CmdRespiteReload
 	numIDs
 )
 
 // extraNames are the names of the ids above.
 var extraNames = [...]string{
-	CmdWaitaof - numGenerated:       "waitaof",
-	CmdClientSetinfo - numGenerated: "client|setinfo",
-	CmdClientNoTouch - numGenerated: "client|no-touch",
-	CmdRespite - numGenerated:       "respite",
+	CmdWaitaof - numGenerated:           "waitaof",
+	CmdClientSetinfo - numGenerated:     "client|setinfo",
+	CmdClientNoTouch - numGenerated:     "client|no-touch",
+	CmdRespite - numGenerated:           "respite",
+	CmdRespiteAuth - numGenerated:       "respite|auth",
+	CmdRespiteStats - numGenerated:      "respite|stats",
+	CmdRespiteRoutes - numGenerated:     "respite|routes",
+	CmdRespiteConflicts - numGenerated:  "respite|conflicts",
+	CmdRespiteLastabort - numGenerated:  "respite|lastabort",
+	CmdRespiteAttributes - numGenerated: "respite|attributes",
+	CmdRespiteQueue - numGenerated:      "respite|queue",
+	CmdRespiteDlq - numGenerated:        "respite|dlq",
+	CmdRespiteFlush - numGenerated:      "respite|flush",
+	CmdRespiteReload - numGenerated:     "respite|reload",
 }
 
 // Flag is a COMMAND flag (or ACL category) the router keeps.
@@ -186,8 +206,16 @@ func init() {
 	specs[CmdClientSetinfo].Flags = FlagNoScript | FlagLoading | FlagStale
 	specs[CmdClientNoTouch].keys = keySpec{arity: 3}
 	specs[CmdClientNoTouch].Flags = FlagNoScript | FlagLoading | FlagStale
-	specs[CmdRespite].keys = keySpec{arity: -2}
+	specs[CmdRespite].keys = keySpec{arity: -2, subcommands: true}
+	for id := CmdRespiteAuth; id <= CmdRespiteReload; id++ {
+		specs[id].keys = keySpec{arity: -2}
+		specs[id].Kind = KindLocal
+	}
 }
+
+// IsRespite reports whether id is RESPITE or one of its subcommands (the
+// proxy's admin commands).
+func IsRespite(id ID) bool { return id >= CmdRespite && id <= CmdRespiteReload }
 
 // SpecOf returns the table's entry for id (the zero Spec for CmdUnknown).
 func SpecOf(id ID) *Spec { return &specs[id] }

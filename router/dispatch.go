@@ -95,7 +95,7 @@ func Dispatch(st State, cmd *Command) Decision {
 	if cmd.Kind == KindRefused {
 		return Decision{Path: PathRefused, Err: "ERR command '" + cmd.Name() + "' is not supported by the proxy"}
 	}
-	if cmd.ID == CmdUnknown || cmd.UnknownSub || !cmd.ArityOK() && cmd.ID != CmdRespite {
+	if (cmd.ID == CmdUnknown || cmd.UnknownSub || !cmd.ArityOK()) && !IsRespite(cmd.ID) {
 		// Redis refuses these before anything else and runs nothing:
 		// let it say so, on the connection that keeps the reply in order.
 		return upstream(st)
@@ -171,12 +171,15 @@ func inMulti(st State, cmd *Command, routed bool) Decision {
 	case CmdDiscard, CmdMulti, CmdWatch:
 		return Decision{Path: PathPinned}
 	case CmdClientId, CmdClientSetname, CmdClientGetname, CmdClientReply, CmdClientSetinfo,
-		CmdClientList, CmdClientInfo, CmdClientKill, CmdClientUnblock, CmdHello, CmdRespite:
+		CmdClientList, CmdClientInfo, CmdClientKill, CmdClientUnblock, CmdHello:
 		return Decision{Path: PathQueueLocal}
 	case CmdAuth:
 		if st.ProxyAuth {
 			return Decision{Path: PathQueueLocal}
 		}
+	}
+	if IsRespite(cmd.ID) {
+		return Decision{Path: PathQueueLocal}
 	}
 	if routed {
 		switch cmd.Kind {

@@ -37,22 +37,21 @@ func (c *session) respite(set *policy.Set, cmd *router.Command) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), c.s.up.Timeout())
 	defer cancel()
-	sub := strings.ToLower(string(args[1]))
 	if pw := c.s.cfg.AdminPassword; pw != "" && !c.admin.ok {
-		if sub == "auth" && len(args) == 3 && subtle.ConstantTimeCompare(args[2], []byte(pw)) == 1 {
+		if cmd.ID == router.CmdRespiteAuth && len(args) == 3 && subtle.ConstantTimeCompare(args[2], []byte(pw)) == 1 {
 			c.admin.ok = true
 			c.sendStatus("OK")
-		} else if sub == "auth" {
+		} else if cmd.ID == router.CmdRespiteAuth {
 			c.sendError(errWrongPass)
 		} else {
-			c.sendError("NOPERM RESPITE " + strings.ToUpper(sub) + " needs RESPITE AUTH <admin_password> first")
+			c.sendError("NOPERM RESPITE " + strings.ToUpper(string(args[1])) + " needs RESPITE AUTH <admin_password> first")
 		}
 		return
 	}
-	switch sub {
-	case "auth":
+	switch cmd.ID {
+	case router.CmdRespiteAuth:
 		c.sendStatus("OK")
-	case "conflicts":
+	case router.CmdRespiteConflicts:
 		n := 10
 		if len(args) > 2 {
 			var err error
@@ -75,7 +74,7 @@ func (c *session) respite(set *policy.Set, cmd *router.Command) {
 			b = resp.AppendBulk(b, strconv.FormatFloat(h.rate, 'f', 3, 64))
 		}
 		c.send(b)
-	case "attributes":
+	case router.CmdRespiteAttributes:
 		switch {
 		case len(args) == 3 && router.IsOption(args[2], "on"):
 			c.admin.attributes = true
@@ -86,19 +85,19 @@ func (c *session) respite(set *policy.Set, cmd *router.Command) {
 			return
 		}
 		c.sendStatus("OK")
-	case "lastabort":
+	case router.CmdRespiteLastabort:
 		if c.tx.lastAbort == nil {
 			c.send(resp.AppendNull(nil, c.proto))
 			return
 		}
 		c.send(appendAbortInfo(nil, c.tx.lastAbort, c.proto))
-	case "stats":
+	case router.CmdRespiteStats:
 		c.send(statsReply(set, c.proto))
-	case "routes":
+	case router.CmdRespiteRoutes:
 		c.send(routesReply(set, c.proto))
-	case "queue":
+	case router.CmdRespiteQueue:
 		c.send(queueReply(ctx, set, c.proto))
-	case "flush":
+	case router.CmdRespiteFlush:
 		if set.Flusher() == nil {
 			c.sendError("ERR no write-back routes")
 			return
@@ -108,9 +107,9 @@ func (c *session) respite(set *policy.Set, cmd *router.Command) {
 			return
 		}
 		c.sendStatus("OK")
-	case "dlq":
+	case router.CmdRespiteDlq:
 		c.dlq(ctx, set, args)
-	case "reload":
+	case router.CmdRespiteReload:
 		restart, err := c.s.ReloadFile()
 		if err != nil {
 			c.sendError("ERR reload refused, the old configuration keeps serving: " + oneLine(err.Error()))

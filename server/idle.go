@@ -19,11 +19,22 @@ import (
 type idleState struct {
 	timer *time.Timer
 	fired atomic.Bool // set by the timer's goroutine
-	armed string      // what the running timer would end: "multi" or "watch"
-	// lost is what an expired session had: "multi" (commands until EXEC
-	// or DISCARD are refused) or "watch" (its next EXEC fails).
-	lost string
+	armed lostState   // what the running timer would end
+	// lost is what an expired session had: lostMulti (commands until EXEC
+	// or DISCARD are refused) or lostWatch (its next EXEC fails).
+	lost lostState
 }
+
+// lostState is the transaction state an idle timeout ended.
+type lostState uint8
+
+const (
+	lostNone lostState = iota
+	lostMulti
+	lostWatch
+)
+
+func (l lostState) String() string { return [...]string{"", "multi", "watch"}[l] }
 
 const errIdle = "ERR transaction ended by the proxy: WATCH/MULTI idle longer than transactions.idle_timeout"
 
@@ -37,9 +48,9 @@ func (c *session) armIdle() {
 	if p.conn.ID() == 0 {
 		return // the handshake did not tell the connection's id
 	}
-	lost := "watch"
+	lost := lostWatch
 	if p.multi {
-		lost = "multi"
+		lost = lostMulti
 	}
 	id := p.conn.ID()
 	c.tx.idle.timer = time.AfterFunc(d, func() {
@@ -47,7 +58,7 @@ func (c *session) armIdle() {
 		ctx, cancel := context.WithTimeout(context.Background(), c.s.up.Timeout())
 		defer cancel()
 		c.s.up.Redis().ClientKillByFilter(ctx, "ID", formatID(id))
-		c.s.log.Warn("ended a WATCH/MULTI left open past transactions.idle_timeout", "client", c.id, "state", lost, "idle", d)
+		c.s.log.Warn("ended a WATCH/MULTI left open past transactions.idle_timeout", "client", c.id, "state", lost.String(), "idle", d)
 	})
 	c.tx.idle.armed = lost
 }
@@ -70,25 +81,25 @@ func (c *session) checkIdle() {
 // and reports whether it did.
 func (c *session) idleRefusal(cmd *router.Command) bool {
 	switch c.tx.idle.lost {
-	case "multi":
+	case lostMulti:
 		switch cmd.ID {
 		case router.CmdExec:
-			c.tx.idle.lost = ""
+			c.tx.idle.lost = lostNone
 			c.sendError(errIdle)
 		case router.CmdDiscard:
-			c.tx.idle.lost = ""
+			c.tx.idle.lost = lostNone
 			c.sendStatus("OK")
 		case router.CmdQuit, router.CmdReset:
-			c.tx.idle.lost = ""
+			c.tx.idle.lost = lostNone
 			return false
 		default:
 			c.sendError(errIdle)
 		}
 		return true
-	case "watch":
+	case lostWatch:
 		switch cmd.ID {
 		case router.CmdExec:
-			c.tx.idle.lost = ""
+			c.tx.idle.lost = lostNone
 			if c.pin != nil && c.pin.multi {
 				c.discardWith(errIdle)
 			} else {
@@ -96,7 +107,7 @@ func (c *session) idleRefusal(cmd *router.Command) bool {
 			}
 			return true
 		case router.CmdUnwatch, router.CmdDiscard, router.CmdReset:
-			c.tx.idle.lost = ""
+			c.tx.idle.lost = lostNone
 		}
 	}
 	return false

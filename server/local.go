@@ -28,6 +28,10 @@ func errArity(cmd string) string {
 // RESET, CLIENT ID, SETNAME, GETNAME, SETINFO, REPLY, LIST, INFO, KILL,
 // UNBLOCK), or add the proxy's own data (INFO, RESPITE).
 func (c *session) local(set *policy.Set, cmd *router.Command) {
+	if router.IsRespite(cmd.ID) {
+		c.respite(set, cmd)
+		return
+	}
 	switch cmd.ID {
 	case router.CmdQuit:
 		c.sendStatus("OK")
@@ -42,8 +46,6 @@ func (c *session) local(set *policy.Set, cmd *router.Command) {
 		c.hello(cmd)
 	case router.CmdInfo:
 		c.info(set, cmd)
-	case router.CmdRespite:
-		c.respite(set, cmd)
 	case router.CmdClientId:
 		c.sendInt(c.id)
 	case router.CmdClientSetname:
@@ -267,7 +269,7 @@ func (c *session) reset() {
 	c.reply = replyOn
 	c.authed = c.s.cfg.RequirePass == ""
 	c.admin.ok, c.admin.attributes = false, false
-	c.tx.idle.lost = ""
+	c.tx.idle.lost = lostNone
 }
 
 // setinfo is CLIENT SETINFO LIB-NAME|LIB-VER value, which Redis added in

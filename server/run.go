@@ -55,7 +55,7 @@ func (c *session) run(set *policy.Set, cmds []router.Command) {
 		if c.quit {
 			return
 		}
-		if c.tx.idle.lost != "" && c.idleRefusal(&cmds[i]) {
+		if c.tx.idle.lost != lostNone && c.idleRefusal(&cmds[i]) {
 			i++
 			continue
 		}
@@ -71,7 +71,7 @@ func (c *session) run(set *policy.Set, cmds []router.Command) {
 		switch d.Path {
 		case router.PathShared:
 			j := i + 1
-			for j < len(cmds) && c.tx.idle.lost == "" && router.Dispatch(st, &cmds[j]).Path == router.PathShared {
+			for j < len(cmds) && c.tx.idle.lost == lostNone && router.Dispatch(st, &cmds[j]).Path == router.PathShared {
 				j++
 			}
 			c.forwardShared(cmds[i:j])
@@ -79,7 +79,7 @@ func (c *session) run(set *policy.Set, cmds []router.Command) {
 		case router.PathPinned:
 			j, next := i+1, st.Next(&cmds[i])
 			next.Pinned = true
-			for j < len(cmds) && c.tx.idle.lost == "" {
+			for j < len(cmds) && c.tx.idle.lost == lostNone {
 				if router.Dispatch(next, &cmds[j]).Path != router.PathPinned {
 					break
 				}

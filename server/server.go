@@ -84,9 +84,6 @@ func New(cfg config.Config, log *slog.Logger) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, defaultDB: strconv.Itoa(cfg.Upstream.DB), log: log, up: up, sessions: map[int64]*session{}}
-	if cfg.Upstream.Multiplexer == "go-redis" {
-		log.Warn("upstream.multiplexer: go-redis was removed; the builtin multiplexer carries the shared path (remove the setting)")
-	}
 	s.live.Store(&cfg)
 	if s.tls, err = listenerTLS(cfg.TLS); err != nil {
 		up.Close()
@@ -115,6 +112,9 @@ func New(cfg config.Config, log *slog.Logger) (*Server, error) {
 // wrapped by resp.NewConn, which enforces the configured limits before
 // redcon parses a byte.
 func (s *Server) Serve(l net.Listener) error {
+	if s.cfg.Upstream.Multiplexer == "go-redis" {
+		s.log.Warn("upstream.multiplexer: go-redis was removed; the builtin multiplexer carries the shared path (remove the setting)")
+	}
 	if s.tls != nil {
 		l = tls.NewListener(l, s.tls)
 	}

@@ -27,8 +27,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/respite/respite/backend"
 	"github.com/respite/respite/internal/config"
+	"github.com/respite/respite/policy"
 	"github.com/respite/respite/server"
 )
 
@@ -65,8 +65,8 @@ func main() {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		if err := backend.Setup(ctx, cfg.Postgres.DSN); err != nil {
-			fmt.Fprintln(os.Stderr, "respite: -setup-db:", backend.Detail(err))
+		if err := policy.SetupDB(ctx, cfg.Postgres.DSN); err != nil {
+			fmt.Fprintln(os.Stderr, "respite: -setup-db:", policy.LogDetail(err))
 			os.Exit(1)
 		}
 		fmt.Println("respite: respite_versions is ready; grant the proxy's role SELECT, INSERT, UPDATE on it (docs/OPERATIONS.md, \"PostgreSQL roles\")")

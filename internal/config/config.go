@@ -61,7 +61,7 @@ type Config struct {
 	Routes []Route `yaml:"routes"`
 }
 
-// Transactions configures WATCH/MULTI/EXEC tracking (PRODUCT.md §6).
+// Transactions configures WATCH/MULTI/EXEC tracking.
 type Transactions struct {
 	// TrackedKeys bounds the keys whose conflict counts are kept (an LRU,
 	// default 10000).
