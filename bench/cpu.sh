@@ -24,7 +24,7 @@
 # Env overrides: ROUNDS (repeat everything, report the median; default 1),
 # CLIENTS (default 50), MANY (the many-clients GET, default 1000),
 # PIPELINE (default 16), TESTS (default get,set,incr,lpush,lrange_100,mset),
-# CPU_SECS (default 1.2), MIN_TICKS (runs of the measured process below it
+# CPU_SECS (default 1.4), MIN_TICKS (runs of the measured process below it
 # are flagged, default 100), LAT_N (latency runs' -n, default 50000),
 # ROUTES (0 skips the routed section and PostgreSQL), RESPITE_BIN (a proxy
 # binary to measure instead of building ./cmd/proxy), RESULTS (also keep
@@ -56,7 +56,7 @@ CLIENTS=${CLIENTS:-50}
 MANY=${MANY:-1000}
 PIPELINE=${PIPELINE:-16}
 TESTS=${TESTS:-get,set,incr,lpush,lrange_100,mset}
-CPU_SECS=${CPU_SECS:-1.2}
+CPU_SECS=${CPU_SECS:-1.4}
 MIN_TICKS=${MIN_TICKS:-100}
 LAT_N=${LAT_N:-50000}
 ROUTES=${ROUTES:-1}
@@ -208,7 +208,7 @@ sized() {
 			n=$((n * 4))
 		done
 		SIZE[$key.$target]=$(awk -v n="$n" -v t="$got" -v want="$CPU_SECS" -v hz="$CLK_TCK" \
-			'BEGIN { if (t < 1) t = 1; m = n * want * hz / t; m = int((m + 999) / 1000) * 1000; if (m < n) m = n; print m }')
+			'BEGIN { if (t < 1) t = 1; m = n * want * hz / t; m = int((m + 999) / 1000) * 1000; print m }')
 	fi
 	measure "$1" "$key" "$target" "$4" "${SIZE[$key.$target]}" "${@:6}"
 }
