@@ -21,6 +21,7 @@ import (
 	"os/signal"
 	"runtime"
 	"runtime/pprof"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -31,6 +32,22 @@ import (
 	"github.com/respite/respite/policy"
 	"github.com/respite/respite/server"
 )
+
+// threads is the number of threads to run Go code on (GOMAXPROCS):
+// configured when it is set, else one on a host of two CPUs or fewer (what
+// Go would use, cgroup limits included), where one event loop measured
+// fastest: the proxy shares those CPUs with Redis and its clients, and
+// each hand-off between threads costs a wake-up (docs/BENCHMARKS.md); on
+// a bigger host Go's own choice.
+func threads(configured, available int) (int, string) {
+	switch {
+	case configured > 0:
+		return configured, "configured"
+	case available <= 2:
+		return 1, "auto: " + strconv.Itoa(available) + " CPUs, one event loop is fastest"
+	}
+	return available, "auto: Go's default, one per CPU"
+}
 
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
@@ -72,9 +89,8 @@ func main() {
 		fmt.Println("respite: respite_versions is ready; grant the proxy's role SELECT, INSERT, UPDATE on it (docs/OPERATIONS.md, \"PostgreSQL roles\")")
 		return
 	}
-	if cfg.GOMAXPROCS > 0 {
-		runtime.GOMAXPROCS(cfg.GOMAXPROCS)
-	}
+	procs, procsWhy := threads(cfg.GOMAXPROCS, runtime.GOMAXPROCS(0))
+	runtime.GOMAXPROCS(procs)
 	lv := new(slog.LevelVar)
 	lv.Set(level(cfg.LogLevel))
 	opts := &slog.HandlerOptions{Level: lv}
@@ -136,7 +152,7 @@ func main() {
 		}
 		log.Info("shutdown complete: write-back queues flushed")
 	}()
-	log.Info("respite listening", "addr", l.Addr().String(), "upstream", cfg.Upstream.Addr, "admin", srv.AdminAddr(), "routes", len(cfg.Routes), "gomaxprocs", runtime.GOMAXPROCS(0), "version", version)
+	log.Info("respite listening", "addr", l.Addr().String(), "upstream", cfg.Upstream.Addr, "admin", srv.AdminAddr(), "routes", len(cfg.Routes), "gomaxprocs", runtime.GOMAXPROCS(0), "gomaxprocs_reason", procsWhy, "version", version)
 	if err := srv.Serve(l); err != nil && !isClosed(err) {
 		log.Error("serve", "err", err)
 		pprof.StopCPUProfile()

@@ -246,7 +246,8 @@ func TestGOMAXPROCS(t *testing.T) {
 		want  int
 	}{
 		{[]string{"gomaxprocs: 1"}, 1},
-		{nil, runtime.NumCPU()},
+		{[]string{"gomaxprocs: 3"}, 3},
+		{nil, autoThreads()},
 	} {
 		p := start(t, "1s", tc.extra...)
 		c := redis.NewClient(&redis.Options{Addr: p.addr})
@@ -262,6 +263,15 @@ func TestGOMAXPROCS(t *testing.T) {
 		p.cmd.Process.Kill()
 		p.cmd.Wait()
 	}
+}
+
+// autoThreads is what the proxy chooses without gomaxprocs: one thread on
+// a host of up to two CPUs, else one per CPU.
+func autoThreads() int {
+	if n := runtime.GOMAXPROCS(0); n > 2 {
+		return n
+	}
+	return 1
 }
 
 // writeConfig writes text to a config file in a temp folder.

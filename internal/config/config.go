@@ -50,10 +50,11 @@ type Config struct {
 	// left stays in the durable queue (default 30s).
 	ShutdownTimeout Duration `yaml:"shutdown_timeout"`
 	// GOMAXPROCS, when > 0, caps the OS threads running Go code at once
-	// (runtime.GOMAXPROCS); 0 (the default) keeps Go's choice, the CPUs
-	// the process may use. 1 makes the proxy one event loop, the fastest
-	// setting when it shares two or so cores with Redis or its clients
-	// (docs/BENCHMARKS.md). At most MaxGOMAXPROCS.
+	// (runtime.GOMAXPROCS); 0 (the default) chooses: 1 when the process
+	// may use 2 CPUs or fewer, Go's choice (one per CPU) otherwise. 1
+	// makes the proxy one event loop, the fastest setting when it shares
+	// two or so cores with Redis or its clients (docs/BENCHMARKS.md). At
+	// most MaxGOMAXPROCS.
 	GOMAXPROCS int `yaml:"gomaxprocs"`
 	// Routes put key prefixes under a caching policy backed by PostgreSQL.
 	// A key belongs to the route with the longest matching prefix; keys
