@@ -91,6 +91,9 @@ func main() {
 	}
 	procs, procsWhy := threads(cfg.GOMAXPROCS, runtime.GOMAXPROCS(0))
 	runtime.GOMAXPROCS(procs)
+	if procs == 1 && !keepSysmonAwake() {
+		procsWhy += " (could not keep the runtime's sysmon awake; see docs/UPSTREAM-BUGS.md)"
+	}
 	lv := new(slog.LevelVar)
 	lv.Set(level(cfg.LogLevel))
 	opts := &slog.HandlerOptions{Level: lv}

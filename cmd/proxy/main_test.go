@@ -260,6 +260,15 @@ func TestGOMAXPROCS(t *testing.T) {
 		if !strings.Contains(info, want) {
 			t.Errorf("config %q: INFO respite lacks %q:\n%s", tc.extra, want, info)
 		}
+		// On one thread the proxy runs with sysmon kept awake
+		// (sysmon_linux.go): it re-executed itself with schedtrace set.
+		env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", p.cmd.Process.Pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if awake := strings.Contains(string(env), "schedtrace=2147483647"); awake != (tc.want == 1) {
+			t.Errorf("config %q: schedtrace in the environment = %v, want %v", tc.extra, awake, tc.want == 1)
+		}
 		p.cmd.Process.Kill()
 		p.cmd.Wait()
 	}
