@@ -17,10 +17,15 @@ import (
 // commands travel on a few upstream connections, each one a single
 // pipelined stream. A client's run of commands is written as one block
 // (writes that arrive while another client's write is in flight are
-// combined into the next one), and one reader goroutine per connection
-// hands each reply, as the exact bytes Redis sent, to the call waiting for
-// it. Replies arrive in the order requests were written, so per-client
-// order is kept: a client waits for its replies before sending more.
+// combined into the next one), and replies, the exact bytes Redis sent,
+// are handed to the calls waiting for them in the order their requests
+// were written, so per-client order is kept: a client waits for its
+// replies before sending more.
+//
+// There is no reader goroutine: the first waiting call reads (the
+// leader), handing each reply to the call it belongs to, until its own
+// are in; then it passes the reading on to the oldest call still waiting.
+// A lone client thus reads its own reply, with no goroutine in between.
 //
 // Only commands that leave no state on the connection may use it (the
 // router decides): everything else runs on a pinned Conn.
@@ -46,7 +51,19 @@ type Call struct {
 	Out  []byte // the replies' raw bytes, concatenated
 	Ends []int  // where each reply in Out ends
 	Err  error  // set when the connection failed before all replies came
-	done chan struct{}
+	// done receives when the call is finished, or when it is its turn to
+	// read (finished tells which; both guarded by the connection's mu).
+	done     chan struct{}
+	finished bool
+}
+
+// wake tells a waiting call that its state changed (finished, or its turn
+// to read); a wake already pending is enough, as the call looks again.
+func (cl *Call) wake() {
+	select {
+	case cl.done <- struct{}{}:
+	default:
+	}
 }
 
 // NewCall returns an empty call.
@@ -98,15 +115,17 @@ type muxConn struct {
 
 	mu      sync.Mutex
 	nc      net.Conn
+	br      *bufio.Reader
 	wbuf    []byte  // requests waiting to be written
 	spare   []byte  // the other write buffer
 	writing bool    // a goroutine is writing wbuf
+	reading bool    // a call is reading replies (the leader)
 	queue   []*Call // calls awaiting replies, oldest first
 	head    int     // index of the oldest call in queue
 }
 
 func (c *muxConn) do(cl *Call) {
-	cl.Got, cl.Out, cl.Ends, cl.Err = 0, cl.Out[:0], cl.Ends[:0], nil
+	cl.Got, cl.Out, cl.Ends, cl.Err, cl.finished = 0, cl.Out[:0], cl.Ends[:0], nil, false
 	if cl.Want == 0 {
 		return
 	}
@@ -118,8 +137,7 @@ func (c *muxConn) do(cl *Call) {
 			cl.Err = err
 			return
 		}
-		c.nc = nc
-		go c.readLoop(nc, br)
+		c.nc, c.br = nc, br
 	}
 	c.wbuf = append(c.wbuf, cl.Req...)
 	if c.head == len(c.queue) {
@@ -147,36 +165,47 @@ func (c *muxConn) do(cl *Call) {
 		}
 		c.writing = false
 	}
-	c.mu.Unlock()
-	<-cl.done
-}
-
-// readLoop hands each reply on nc to the oldest waiting call.
-func (c *muxConn) readLoop(nc net.Conn, br *bufio.Reader) {
-	for {
-		if _, err := br.Peek(1); err != nil {
-			c.fail(nc, err)
+	for !cl.finished {
+		if !c.reading && c.nc != nil {
+			c.reading = true
+			nc, br := c.nc, c.br
+			c.mu.Unlock()
+			c.read(nc, br, cl)
 			return
 		}
+		c.mu.Unlock()
+		<-cl.done
+		c.mu.Lock()
+	}
+	c.mu.Unlock()
+}
+
+// read is the leader's loop: it hands each reply on nc to the oldest
+// waiting call until cl has all of its own, then passes the reading on.
+func (c *muxConn) read(nc net.Conn, br *bufio.Reader, cl *Call) {
+	for {
 		c.mu.Lock()
 		if c.nc != nc || c.head == len(c.queue) {
-			// An unsolicited reply (or a connection already failed):
-			// the stream cannot be trusted any more.
-			c.failLocked(nc, errUnexpected)
+			// The connection failed meanwhile (its calls are failed), or
+			// nobody waits: nothing more to read.
+			c.reading = false
 			c.mu.Unlock()
 			return
 		}
-		cl := c.queue[c.head]
+		head := c.queue[c.head]
 		c.mu.Unlock()
-		out, err := resp.AppendReply(cl.Out, br)
+		out, err := resp.AppendReply(head.Out, br)
 		if err != nil {
-			c.fail(nc, err)
+			c.mu.Lock()
+			c.reading = false
+			c.failLocked(nc, err)
+			c.mu.Unlock()
 			return
 		}
-		cl.Out = out
-		cl.Ends = append(cl.Ends, len(out))
-		cl.Got++
-		if cl.Got < cl.Want {
+		head.Out = out
+		head.Ends = append(head.Ends, len(out))
+		head.Got++
+		if head.Got < head.Want {
 			continue
 		}
 		c.mu.Lock()
@@ -188,8 +217,19 @@ func (c *muxConn) readLoop(nc net.Conn, br *bufio.Reader) {
 		} else {
 			nc.SetReadDeadline(time.Now().Add(time.Duration(c.cfg.Timeout)))
 		}
+		head.finished = true
+		if head != cl {
+			head.wake()
+			c.mu.Unlock()
+			continue
+		}
+		// Our own replies are in: the oldest call still waiting reads on.
+		c.reading = false
+		if c.head < len(c.queue) {
+			c.queue[c.head].wake()
+		}
 		c.mu.Unlock()
-		cl.done <- struct{}{}
+		return
 	}
 }
 
@@ -206,11 +246,12 @@ func (c *muxConn) failLocked(nc net.Conn, err error) {
 		return
 	}
 	nc.Close()
-	c.nc = nil
+	c.nc, c.br = nil, nil
 	c.wbuf = c.wbuf[:0]
 	for _, cl := range c.queue[c.head:] {
 		cl.Err = err
-		cl.done <- struct{}{}
+		cl.finished = true
+		cl.wake()
 	}
 	clear(c.queue)
 	c.queue, c.head = c.queue[:0], 0
