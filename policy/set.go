@@ -197,6 +197,9 @@ func (s *Set) route(cmd *router.Command, i int) *Route {
 // the client's order; any other command must have all its keys in one
 // route, and the route's policy answers it.
 func (s *Set) Do(ctx context.Context, proto int, cmd *router.Command) resp.Reply {
+	if cmd.Guarded {
+		return s.flush(ctx, cmd)
+	}
 	switch cmd.Split {
 	case router.SplitArray:
 		return s.mget(ctx, proto, cmd)

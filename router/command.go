@@ -28,6 +28,21 @@ type Command struct {
 	// UnknownSub: ID is a container (CLIENT, CONFIG, ...) called with a
 	// subcommand the table does not know; Redis answers it.
 	UnknownSub bool
+	// Reserved: a key (or, for pub/sub commands, a channel) is in the
+	// proxy's own keyspace (ReservedPrefix).
+	Reserved bool
+	// Guarded: FLUSHALL or FLUSHDB while write-back routes queue entries
+	// in the keyspace they would empty; the route layer guards it.
+	Guarded bool
+}
+
+// ReservedPrefix is the prefix of the keys the proxy keeps for itself in
+// Redis (negative-cache markers, locks, write-back queues and dead
+// letters, the invalidation channel). Clients never read or write them.
+const ReservedPrefix = "respite:"
+
+func reserved(b []byte) bool {
+	return len(b) >= len(ReservedPrefix) && string(b[:len(ReservedPrefix)]) == ReservedPrefix
 }
 
 // Route values of a Command that name no single route.
@@ -44,6 +59,7 @@ func Classify(cmd *Command, args [][]byte, rs *Routes) {
 	s := &specs[id]
 	cmd.Args, cmd.ID, cmd.Kind, cmd.Flags, cmd.Split = args, id, s.Kind, s.Flags, s.Split
 	cmd.Keys, cmd.KeyRoute, cmd.Route, cmd.Routed, cmd.UnknownSub = cmd.Keys[:0], cmd.KeyRoute[:0], NoRoute, 0, false
+	cmd.Reserved, cmd.Guarded = false, false
 	if id == CmdUnknown {
 		return
 	}
@@ -55,6 +71,21 @@ func Classify(cmd *Command, args [][]byte, rs *Routes) {
 		return
 	}
 	cmd.Keys = keyPositions(cmd.Keys, id, args)
+	for _, k := range cmd.Keys {
+		if reserved(args[k]) {
+			cmd.Reserved = true
+		}
+	}
+	switch cmd.Kind {
+	case KindSubscribe, KindUnsubscribe:
+		cmd.Reserved = anyReserved(args[1:])
+	}
+	switch id {
+	case CmdPublish, CmdSpublish:
+		cmd.Reserved = len(args) > 1 && reserved(args[1])
+	case CmdFlushall, CmdFlushdb:
+		cmd.Guarded = rs != nil && rs.writeBack
+	}
 	if rs.Len() == 0 || len(cmd.Keys) == 0 {
 		return
 	}
@@ -78,6 +109,15 @@ func Classify(cmd *Command, args [][]byte, rs *Routes) {
 			cmd.Route = MixedRoutes
 		}
 	}
+}
+
+func anyReserved(list [][]byte) bool {
+	for _, a := range list {
+		if reserved(a) {
+			return true
+		}
+	}
+	return false
 }
 
 // xreadBlocks reports whether XREAD/XREADGROUP args have a BLOCK option

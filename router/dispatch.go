@@ -1,5 +1,7 @@
 package router
 
+import "strings"
+
 // State is what Dispatch needs to know about a session: a value the
 // session builds before each decision.
 type State struct {
@@ -25,6 +27,14 @@ type State struct {
 	// DefaultDB is the database clients start in, as SELECT's argument
 	// spells it ("0").
 	DefaultDB string
+	// AdminDenied: server-administration commands (COMMAND flag admin:
+	// CONFIG, ACL SETUSER/LIST, SHUTDOWN, DEBUG, MODULE, REPLICAOF, SAVE,
+	// CLIENT KILL/PAUSE, MONITOR, ...) are refused for this client: the
+	// proxy logs in to Redis with credentials the client does not have,
+	// and the client has no admin rights. AdminAllowed are the commands
+	// that pass for it anyway (the operator's list).
+	AdminDenied  bool
+	AdminAllowed []ID
 	// Watching (WATCH armed) and ReplyOff (CLIENT REPLY OFF or SKIP) are
 	// part of a session's state but choose no path: a WATCHing session is
 	// pinned, and replies that are not sent are still produced where they
@@ -82,7 +92,10 @@ type Decision struct {
 
 // Errors Dispatch answers with, as Redis words them (src/server.c).
 const (
-	ErrNoAuth = "NOAUTH Authentication required."
+	ErrNoAuth          = "NOAUTH Authentication required."
+	ErrNoPermKey       = "NOPERM this user has no permissions to access one of the keys used as arguments"
+	ErrNoPermChannel   = "NOPERM this user has no permissions to access one of the channels used as arguments"
+	errNoPermRunPrefix = "NOPERM this user has no permissions to run the '"
 )
 
 // Dispatch chooses the path of cmd for a session in state st. It is a pure
@@ -103,6 +116,17 @@ func Dispatch(st State, cmd *Command) Decision {
 	if st.ProxyAuth && !st.Authed && cmd.Flags&FlagNoAuth == 0 {
 		return Decision{Path: PathRefused, Err: ErrNoAuth}
 	}
+	// Then permissions, as Redis' ACL check comes next: the proxy's own
+	// keyspace, and administration for clients without the rights.
+	if cmd.Reserved && !st.OtherDB {
+		if cmd.Kind == KindSubscribe || cmd.Kind == KindUnsubscribe || cmd.ID == CmdPublish || cmd.ID == CmdSpublish {
+			return Decision{Path: PathRefused, Err: ErrNoPermChannel}
+		}
+		return Decision{Path: PathRefused, Err: ErrNoPermKey}
+	}
+	if st.AdminDenied && cmd.Flags&FlagAdmin != 0 && !allowed(st.AdminAllowed, cmd.ID) {
+		return Decision{Path: PathRefused, Err: errNoPermRunPrefix + cmd.Name() + "' command"}
+	}
 	routed := cmd.Routed > 0 && !st.OtherDB
 	if st.Subscribed && st.Proto == 2 && !allowedSubscribed(cmd) {
 		// RESP2 pub/sub context: Redis refuses the command; the proxy says
@@ -114,7 +138,13 @@ func Dispatch(st State, cmd *Command) Decision {
 		return Decision{Path: PathPinned}
 	}
 	if st.Multi {
+		if cmd.Guarded && !st.OtherDB {
+			return Decision{Path: PathRefused, Err: "ERR " + strings.ToUpper(cmd.Name()) + " inside MULTI is not supported while write-back routes queue writes in Redis: run it outside the transaction"}
+		}
 		return inMulti(st, cmd, routed)
+	}
+	if cmd.Guarded && !st.OtherDB {
+		return Decision{Path: PathRouted} // the route layer checks the write-back queues first
 	}
 	switch cmd.Kind {
 	case KindLocal:
@@ -150,6 +180,15 @@ func Dispatch(st State, cmd *Command) Decision {
 		return Decision{Path: PathBlocking}
 	}
 	return upstream(st)
+}
+
+func allowed(list []ID, id ID) bool {
+	for _, a := range list {
+		if a == id || a == id.Container() {
+			return true
+		}
+	}
+	return false
 }
 
 // upstream is the path of a command that needs nothing from the proxy.

@@ -243,3 +243,50 @@ func equalInt16s(a, b []int16) bool {
 	}
 	return true
 }
+
+// TestDispatchPermissions: the proxy's own keyspace is refused in every
+// state of the default database, administration only for clients without
+// admin rights (and not for the commands the operator lets through), and
+// FLUSHALL/FLUSHDB go to the route layer while write-back routes queue in
+// Redis.
+func TestDispatchPermissions(t *testing.T) {
+	wb := NewRoutes([]Route{{Name: "pv", Prefix: "pv:", Policy: config.WriteBack, Format: config.FormatValue}})
+	plain := NewRoutes([]Route{{Name: "users", Prefix: "user:", Policy: config.CacheAside, Format: config.FormatJSON}})
+	denied := State{Proto: 2, AdminDenied: true, AdminAllowed: []ID{CmdSlowlog}}
+	for _, tc := range []struct {
+		cmd  string
+		rs   *Routes
+		st   State
+		want string
+	}{
+		{"GET respite:neg:user:1", plain, State{Proto: 2}, "refused:" + ErrNoPermKey},
+		{"DEL respite:wb:pv", plain, State{Proto: 2, Pinned: true, Multi: true}, "refused:" + ErrNoPermKey},
+		{"XADD respite:wb:pv * k v", wb, State{Proto: 2}, "refused:" + ErrNoPermKey},
+		{"GET respite:x", plain, State{Proto: 2, Pinned: true, OtherDB: true}, "pinned"},
+		{"SUBSCRIBE respite:invalidate", plain, State{Proto: 2}, "refused:" + ErrNoPermChannel},
+		{"PUBLISH respite:invalidate x", plain, State{Proto: 2}, "refused:" + ErrNoPermChannel},
+		{"GET respitex", plain, State{Proto: 2}, "shared"},
+		{"CONFIG GET requirepass", plain, denied, "refused:NOPERM this user has no permissions to run the 'config|get' command"},
+		{"CONFIG GET requirepass", plain, State{Proto: 2}, "shared"},
+		{"SHUTDOWN", plain, denied, "refused:NOPERM this user has no permissions to run the 'shutdown' command"},
+		{"SLOWLOG GET", plain, denied, "shared"},
+		{"ACL WHOAMI", plain, denied, "shared"},
+		{"ACL LIST", plain, denied, "refused:NOPERM this user has no permissions to run the 'acl|list' command"},
+		{"FLUSHALL", wb, State{Proto: 2}, "routed"},
+		{"FLUSHDB", wb, State{Proto: 2, Pinned: true}, "routed"},
+		{"FLUSHALL", wb, State{Proto: 2, Pinned: true, Multi: true}, "refused:ERR FLUSHALL inside MULTI"},
+		{"FLUSHDB", wb, State{Proto: 2, Pinned: true, OtherDB: true}, "pinned"},
+		{"FLUSHALL", plain, State{Proto: 2}, "shared"},
+	} {
+		var cmd Command
+		Classify(&cmd, split(tc.cmd), tc.rs)
+		d := Dispatch(tc.st, &cmd)
+		got := d.Path.String()
+		if d.Path == PathRefused {
+			got = "refused:" + d.Err
+		}
+		if !strings.HasPrefix(got, tc.want) {
+			t.Errorf("%s in %+v: %s, want %s", tc.cmd, tc.st, got, tc.want)
+		}
+	}
+}

@@ -16,9 +16,10 @@ type Route struct {
 // reload builds a new one. A key belongs to the route with the longest
 // prefix it starts with. The zero *Routes (nil) has no routes.
 type Routes struct {
-	list   []Route
-	byLen  []int // indexes into list, longest prefix first
-	minLen int   // the shortest prefix's length
+	list      []Route
+	byLen     []int // indexes into list, longest prefix first
+	minLen    int   // the shortest prefix's length
+	writeBack bool  // a route is write-back: its queue lives in Redis
 }
 
 // NewRoutes indexes list; Match returns positions in it.
@@ -26,6 +27,7 @@ func NewRoutes(list []Route) *Routes {
 	rs := &Routes{list: append([]Route(nil), list...)}
 	for i := range rs.list {
 		rs.byLen = append(rs.byLen, i)
+		rs.writeBack = rs.writeBack || rs.list[i].Policy == config.WriteBack
 	}
 	for i := 1; i < len(rs.byLen); i++ { // insertion sort, longest first
 		for j := i; j > 0 && len(rs.list[rs.byLen[j]].Prefix) > len(rs.list[rs.byLen[j-1]].Prefix); j-- {

@@ -356,6 +356,8 @@ func (c *session) upstreamArgs(cmd *router.Command) [][]byte {
 // proxy's client id (CLIENT GETREDIR, CLIENT TRACKINGINFO).
 func (c *session) rewriteReply(cmd *router.Command, reply []byte) []byte {
 	switch cmd.ID {
+	case router.CmdKeys, router.CmdScan, router.CmdRandomkey:
+		return c.hideReserved(cmd, reply)
 	case router.CmdClientGetredir:
 		if len(reply) > 1 && reply[0] == ':' && reply[1] != '-' && string(reply) != ":0\r\n" {
 			return resp.AppendInt(nil, c.pin.redirect)

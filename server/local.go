@@ -265,7 +265,7 @@ func (c *session) reset() {
 	c.releasePin()
 	c.proto = 2
 	c.db = c.s.cfg.Upstream.DB
-	c.client.name, c.client.user = "", ""
+	c.client.name, c.client.user, c.client.upstreamAuthed = "", "", false
 	c.reply = replyOn
 	c.authed = c.s.cfg.RequirePass == ""
 	c.admin.ok, c.admin.attributes = false, false

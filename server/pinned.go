@@ -254,8 +254,11 @@ func (c *session) follow(cmd *router.Command, reply []byte) {
 			c.db, _ = strconv.Atoi(string(cmd.Args[1]))
 		}
 	case router.CmdAuth:
-		if ok && !c.sameUser(cmd) {
-			p.sticky = true // the connection runs as another user now
+		if ok {
+			c.client.upstreamAuthed = true
+			if !c.sameUser(cmd) {
+				p.sticky = true // the connection runs as another user now
+			}
 		}
 	case router.CmdClientTracking:
 		if ok {

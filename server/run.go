@@ -132,7 +132,11 @@ func (c *session) run(set *policy.Set, cmds []router.Command) {
 				}
 			}
 		case router.PathRefused:
-			c.sendError(d.Err)
+			if c.pin != nil && c.pin.multi {
+				c.abortQueue(d.Err) // refused while queueing: EXEC fails, as on Redis
+			} else {
+				c.sendError(d.Err)
+			}
 			i++
 		}
 		if c.relayed() {

@@ -20,6 +20,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -29,6 +30,7 @@ import (
 	"github.com/respite/respite/internal/config"
 	"github.com/respite/respite/policy"
 	"github.com/respite/respite/resp"
+	"github.com/respite/respite/router"
 	"github.com/respite/respite/upstream"
 )
 
@@ -43,6 +45,9 @@ type Server struct {
 
 	cfg       config.Config
 	defaultDB string // cfg.Upstream.DB as SELECT spells it
+	// adminAllowed are the admin commands every client may run (config
+	// admin_commands), when the proxy holds upstream credentials.
+	adminAllowed []router.ID
 	log       *slog.Logger
 	up        *upstream.Upstream
 	rs        *redcon.Server
@@ -85,6 +90,19 @@ func New(cfg config.Config, log *slog.Logger) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, defaultDB: strconv.Itoa(cfg.Upstream.DB), log: log, up: up, sessions: map[int64]*session{}}
 	s.live.Store(&cfg)
+	for _, name := range cfg.AdminCommands {
+		cmd, sub, _ := strings.Cut(strings.ToLower(name), "|")
+		args := [][]byte{[]byte(cmd)}
+		if sub != "" {
+			args = append(args, []byte(sub))
+		}
+		id := router.Lookup(args)
+		if id == router.CmdUnknown || id.Name() != strings.ToLower(name) {
+			up.Close()
+			return nil, fmt.Errorf("admin_commands: %q is not a command Redis %s knows (write it as Redis does, e.g. config|get)", name, "7.0")
+		}
+		s.adminAllowed = append(s.adminAllowed, id)
+	}
 	if s.tls, err = listenerTLS(cfg.TLS); err != nil {
 		up.Close()
 		return nil, fmt.Errorf("tls: %w", err)

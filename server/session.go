@@ -92,6 +92,7 @@ type session struct {
 type clientInfo struct {
 	name, libName, libVer string
 	user                  string // the upstream ACL user it authenticated as ("" for the proxy's own)
+	upstreamAuthed        bool   // it logged in to Redis itself (AUTH, HELLO AUTH): Redis checks its rights
 	addr, laddr           string
 	fd                    int
 	created, lastActive   time.Time
@@ -176,6 +177,10 @@ func (c *session) state() router.State {
 		OtherDB:   c.db != c.s.cfg.Upstream.DB,
 		DefaultDB: c.s.defaultDB,
 		ReplyOff:  c.reply != replyOn,
+		// A client never uses credentials the proxy holds for more than
+		// data: administration needs rights of its own.
+		AdminDenied:  c.s.up.HasCredentials() && !c.admin.ok && !c.client.upstreamAuthed,
+		AdminAllowed: c.s.adminAllowed,
 	}
 	if p := c.pin; p != nil {
 		st.Pinned, st.Multi, st.Watching = true, p.multi, p.watch

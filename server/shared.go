@@ -24,17 +24,30 @@ func (c *session) forwardShared(cmds []router.Command) {
 		cl.Add(cmds[i].Args)
 	}
 	c.s.up.Shared(c.proto).Do(cl, uint32(c.id))
-	if c.reply == replyOn {
+	if c.reply == replyOn && !listsKeys(cmds) {
 		c.w.WriteRaw(cl.Out) // the common case: all replies in one write
 	} else {
 		for i := range cl.Got {
-			c.send(cl.Reply(i))
+			c.send(c.hideReserved(&cmds[i], cl.Reply(i)))
 		}
 	}
 	for i := cl.Got; i < len(cmds); i++ {
 		c.s.counts.upErrors.Add(1)
 		c.sendError(upstreamError(cl.Err))
 	}
+}
+
+// listsKeys reports whether a command of cmds lists keys it does not name
+// (KEYS, SCAN, RANDOMKEY), whose reply may need the proxy's own keys
+// hidden.
+func listsKeys(cmds []router.Command) bool {
+	for i := range cmds {
+		switch cmds[i].ID {
+		case router.CmdKeys, router.CmdScan, router.CmdRandomkey:
+			return true
+		}
+	}
+	return false
 }
 
 // forwardOwn sends a command the proxy built (args) where the session's

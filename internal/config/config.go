@@ -34,6 +34,15 @@ type Config struct {
 	// AdminPassword, when set, must be given with RESPITE AUTH before any
 	// other RESPITE admin command on a connection.
 	AdminPassword string `yaml:"admin_password"`
+	// AdminCommands are server-administration commands (COMMAND flag
+	// admin: CONFIG, ACL SETUSER/LIST/GETUSER, SHUTDOWN, DEBUG, MODULE,
+	// REPLICAOF, SAVE, CLIENT KILL/PAUSE, MONITOR, ...) every client may run
+	// although the proxy logs in to Redis with upstream.password: names as
+	// Redis spells them, "slowlog" or "config|get" for one subcommand.
+	// Without upstream.password all of them pass, as on Redis; with it,
+	// only these, and any for a client with RESPITE AUTH rights or logged
+	// in as an upstream user (AUTH user pass).
+	AdminCommands []string `yaml:"admin_commands"`
 	// TLS, when cert_file and key_file are set, makes the RESP listener
 	// accept TLS connections only.
 	TLS      ListenerTLS `yaml:"tls"`
@@ -512,6 +521,8 @@ func (r *Route) validate(at string, i int, names, prefixes map[string]int) *fiel
 		return fail("prefix", "required (the key prefix, e.g. \"user:\")")
 	case prefixes[r.Prefix] > 0:
 		return fail("prefix", "%q is also the prefix of routes[%d] (prefixes are unique)", r.Prefix, prefixes[r.Prefix]-1)
+	case strings.HasPrefix(r.Prefix, "respite:") || strings.HasPrefix("respite:", r.Prefix):
+		return fail("prefix", "%q overlaps respite:, the proxy's own keys (choose another prefix)", r.Prefix)
 	case r.Table == "":
 		return fail("table", "required (the PostgreSQL table of the rows)")
 	case r.KeyColumn == "":

@@ -36,7 +36,7 @@ func TestErrorsNameFileLineAndField(t *testing.T) {
 	for _, tc := range []struct{ yaml, want string }{
 		// unknown fields
 		{"listen: 127.0.0.1:1\nupstream:\n  adr: x\n", "bad.yaml:3: upstream.adr: unknown field; did you mean addr? (accepted: addr, username, password, db, pool_size, multiplexer, mux_conns, tls, dial_timeout, timeout)"},
-		{"log_levle: info\n", "bad.yaml:1: log_levle: unknown field; did you mean log_level? (accepted: listen, requirepass, log_level, log_format, admin, admin_password, tls, upstream, limits, postgres, transactions, write_back, shutdown_timeout, gomaxprocs, routes)"},
+		{"log_levle: info\n", "bad.yaml:1: log_levle: unknown field; did you mean log_level? (accepted: listen, requirepass, log_level, log_format, admin, admin_password, admin_commands, tls, upstream, limits, postgres, transactions, write_back, shutdown_timeout, gomaxprocs, routes)"},
 		{route + "    local_cache: {sise: 5}\n", "bad.yaml:10: routes[0].local_cache.sise: unknown field; did you mean size? (accepted: size, ttl)"},
 		{"transactions:\n  gate: {on: true}\n", "bad.yaml:2: transactions.gate.on: unknown field (accepted: enabled, threshold, min_attempts, max_wait)"},
 		// durations
@@ -77,7 +77,7 @@ func TestErrorsNameFileLineAndField(t *testing.T) {
 		{route + "    local_cache: 5\n", "bad.yaml:10: routes[0].local_cache: 5 is not a section (its fields: size, ttl)"},
 		{"routes: users\n", `bad.yaml:1: routes: users is not a list (one entry per line, each starting with "- ")`},
 		{route + "  - users\n", "bad.yaml:10: routes[1]: users is not a section (its fields: name, prefix, policy, table, key_column, format, value_column, ttl, ttl_jitter, negative_ttl, sliding, early_refresh, early_refresh_beta, distributed_lock, lock_ttl, contention_gate, local_cache, batch_size, flush_interval, max_retries, priority)"},
-		{"- listen: x\n", "bad.yaml:1: a list is not a YAML mapping of settings (its fields: listen, requirepass, log_level, log_format, admin, admin_password, tls, upstream, limits, postgres, transactions, write_back, shutdown_timeout, gomaxprocs, routes)"},
+		{"- listen: x\n", "bad.yaml:1: a list is not a YAML mapping of settings (its fields: listen, requirepass, log_level, log_format, admin, admin_password, admin_commands, tls, upstream, limits, postgres, transactions, write_back, shutdown_timeout, gomaxprocs, routes)"},
 		// the document itself
 		{"listen: a:1\nadmin: b:2\nlisten: c:3\n", "bad.yaml:3: listen: set twice (first on line 1; keep one)"},
 		{"listen: a:1\n---\nlisten: b:2\n", "bad.yaml:3: a second YAML document (after ---) is not read (keep the whole configuration in one document)"},
@@ -98,6 +98,7 @@ func TestErrorsNameFileLineAndField(t *testing.T) {
 		{strings.Replace(route, "postgres:\n", "postgres:\n  statement_timeout: 1us\n", 1), "bad.yaml:2: postgres.statement_timeout: 1µs is below 1ms (PostgreSQL counts milliseconds; default 5s)"},
 		{route + "  - prefix: 'x:'\n", "bad.yaml:10: routes[1].name: required (a name for the route, unique in the file)"},
 		{route + "  - name: users\n", `bad.yaml:10: routes[1].name: "users" is also the name of routes[0] (names are unique)`},
+		{route + "  - name: mine\n    prefix: 'respite:x:'\n", `bad.yaml:11: routes[1].prefix: "respite:x:" overlaps respite:, the proxy's own keys (choose another prefix)`},
 		{route + "    policy: lazy\n", `bad.yaml:10: routes[0].policy: set twice (first on line 6; keep one)`},
 		{strings.Replace(route, "cache-aside", "lazy", 1), `bad.yaml:6: routes[0].policy: "lazy" is not a policy (cache-aside, write-through or write-back)`},
 		{strings.Replace(route, "json", "xml", 1), `bad.yaml:9: routes[0].format: "xml" is not a format (json, hash or value)`},

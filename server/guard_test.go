@@ -1,0 +1,192 @@
+package server
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/respite/respite/internal/config"
+	"github.com/respite/respite/internal/testenv"
+)
+
+// The proxy's own keys are out of clients' reach: refused by name (with
+// Redis' NOPERM text, and EXEC failing when one was queued), left out of
+// KEYS, SCAN and RANDOMKEY, and their channels refused.
+func TestReservedKeysOutOfReach(t *testing.T) {
+	r, err := testenv.StartRedis()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Stop()
+	proxy := startProxy(t, func(c *config.Config) { c.Upstream.Addr = r.Addr })
+	d := dialRaw(t, r.Addr)
+	d.do("SET", "respite:neg:user:2", "1")
+	d.do("SET", "respite:wb:pv", "x")
+	d.do("SET", "plain", "1")
+	c := dialRaw(t, proxy)
+	const noKey = "-NOPERM this user has no permissions to access one of the keys used as arguments\r\n"
+	for _, cmd := range [][]string{
+		{"GET", "respite:neg:user:2"}, {"SET", "respite:neg:user:2", "1"}, {"DEL", "respite:wb:pv"},
+		{"XADD", "respite:wb:pv", "*", "k", "v"}, {"MGET", "plain", "respite:neg:user:2"},
+		{"EVAL", "return 1", "1", "respite:lock:x"}, {"TYPE", "respite:wb:pv"},
+	} {
+		if got := c.do(cmd...); got != noKey {
+			t.Errorf("%v: %q", cmd, got)
+		}
+	}
+	if got := c.do("SUBSCRIBE", "respite:invalidate"); !strings.HasPrefix(got, "-NOPERM this user has no permissions to access one of the channels") {
+		t.Errorf("SUBSCRIBE respite:invalidate: %q", got)
+	}
+	if got := c.do("PUBLISH", "respite:invalidate", "x"); !strings.HasPrefix(got, "-NOPERM this user has no permissions to access one of the channels") {
+		t.Errorf("PUBLISH respite:invalidate: %q", got)
+	}
+	if got := c.do("KEYS", "*"); got != "*1\r\n$5\r\nplain\r\n" {
+		t.Errorf("KEYS *: %q", got)
+	}
+	if got := c.do("SCAN", "0", "COUNT", "100"); got != "*2\r\n$1\r\n0\r\n*1\r\n$5\r\nplain\r\n" {
+		t.Errorf("SCAN: %q", got)
+	}
+	for i := 0; i < 20; i++ {
+		if got := c.do("RANDOMKEY"); got != "$5\r\nplain\r\n" {
+			t.Fatalf("RANDOMKEY: %q", got)
+		}
+	}
+	// Queued inside MULTI: refused, and the transaction fails at EXEC.
+	c.do("MULTI")
+	c.do("SET", "plain", "2")
+	if got := c.do("GET", "respite:wb:pv"); got != noKey {
+		t.Errorf("GET in MULTI: %q", got)
+	}
+	if got := c.do("EXEC"); !strings.HasPrefix(got, "-EXECABORT") {
+		t.Errorf("EXEC: %q", got)
+	}
+	if got := d.do("GET", "plain"); got != "$1\r\n1\r\n" {
+		t.Errorf("the aborted transaction ran: plain = %q", got)
+	}
+	// In another database the prefix is nobody's.
+	c.do("SELECT", "3")
+	if got := c.do("SET", "respite:x", "1"); got != "+OK\r\n" {
+		t.Errorf("SET respite:x in db 3: %q", got)
+	}
+	if got := d.do("GET", "respite:neg:user:2"); got != "$1\r\n1\r\n" {
+		t.Errorf("the marker changed: %q", got)
+	}
+}
+
+// With upstream credentials the client does not have, administration is
+// refused with Redis' NOPERM (so CONFIG GET requirepass cannot leak the
+// password), except the operator's admin_commands, and for a client with
+// RESPITE AUTH rights or logged in to Redis itself.
+func TestAdminCommandsNeedRights(t *testing.T) {
+	r, err := testenv.StartRedis("--requirepass", "upstream-secret")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Stop()
+	proxy := startProxy(t, func(c *config.Config) {
+		c.Upstream.Addr = r.Addr
+		c.Upstream.Password = "upstream-secret"
+		c.AdminPassword = "admin-pw"
+		c.AdminCommands = []string{"config|resetstat", "slowlog"}
+	})
+	c := dialRaw(t, proxy)
+	if got := c.do("SET", "k", "v"); got != "+OK\r\n" {
+		t.Fatalf("SET through the proxy's credentials: %q", got)
+	}
+	for _, tc := range []struct{ cmd []string }{
+		{[]string{"CONFIG", "GET", "requirepass"}}, {[]string{"ACL", "LIST"}}, {[]string{"CONFIG", "SET", "maxmemory", "1"}},
+		{[]string{"SHUTDOWN"}}, {[]string{"ACL", "GETUSER", "default"}}, {[]string{"MONITOR"}},
+	} {
+		want := "-NOPERM this user has no permissions to run the '" + strings.ToLower(strings.Join(tc.cmd[:min(2, len(tc.cmd))], "|")) + "' command\r\n"
+		if len(tc.cmd) == 1 {
+			want = "-NOPERM this user has no permissions to run the '" + strings.ToLower(tc.cmd[0]) + "' command\r\n"
+		}
+		if got := c.do(tc.cmd...); got != want || strings.Contains(got, "upstream-secret") {
+			t.Errorf("%v: %q, want %q", tc.cmd, got, want)
+		}
+	}
+	for _, cmd := range [][]string{{"CONFIG", "RESETSTAT"}, {"SLOWLOG", "LEN"}, {"ACL", "WHOAMI"}} {
+		if got := c.do(cmd...); strings.HasPrefix(got, "-") {
+			t.Errorf("%v (allowed): %q", cmd, got)
+		}
+	}
+	// RESPITE AUTH gives admin rights; RESET takes them away.
+	c.do("RESPITE", "AUTH", "admin-pw")
+	if got := c.do("CONFIG", "GET", "maxclients"); !strings.HasPrefix(got, "*2\r\n") {
+		t.Errorf("CONFIG GET after RESPITE AUTH: %q", got)
+	}
+	c.do("RESET")
+	if got := c.do("CONFIG", "GET", "maxclients"); !strings.HasPrefix(got, "-NOPERM") {
+		t.Errorf("CONFIG GET after RESET: %q", got)
+	}
+	// A client that logs in to Redis itself has that user's rights.
+	u := dialRaw(t, proxy)
+	if got := u.do("AUTH", "upstream-secret"); got != "+OK\r\n" {
+		t.Fatalf("AUTH: %q", got)
+	}
+	if got := u.do("CONFIG", "GET", "requirepass"); got != "*2\r\n$11\r\nrequirepass\r\n$15\r\nupstream-secret\r\n" {
+		t.Errorf("CONFIG GET as the upstream's default user: %q", got)
+	}
+	// Without upstream credentials, administration passes as on Redis.
+	open := startProxy(t, nil)
+	if got := dialRaw(t, open).do("CONFIG", "GET", "maxclients"); !strings.HasPrefix(got, "*2\r\n") {
+		t.Errorf("CONFIG GET without upstream credentials: %q", got)
+	}
+}
+
+// FLUSHALL while write-back routes queue writes: refused while a queue
+// holds entries not yet in PostgreSQL, else the keyspace is flushed and
+// the queues go on (their stream and consumer group are recreated).
+func TestFlushallKeepsWriteBackQueue(t *testing.T) {
+	pg := sharedPostgres(t)
+	r, err := testenv.StartRedis()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Stop()
+	proxy := startProxy(t, func(c *config.Config) {
+		c.Upstream.Addr = r.Addr
+		c.Postgres.DSN = pg.DSN
+		c.Routes = []config.Route{{Name: "fpv", Prefix: "fpv:", Policy: config.WriteBack, Table: "page_views", KeyColumn: "page_id", Format: config.FormatValue, ValueColumn: "views", FlushInterval: config.Duration(time.Hour)}}
+		if err := fillDefaults(c); err != nil {
+			t.Fatal(err)
+		}
+	})
+	c := dialRaw(t, proxy)
+	c.do("SET", "plain", "1")
+	if got := c.do("INCR", "fpv:flush-test"); got != ":1\r\n" {
+		t.Fatalf("INCR: %q", got)
+	}
+	if got := c.do("FLUSHALL"); !strings.HasPrefix(got, "-ERR FLUSHALL refused: write-back queue respite:wb:fpv holds 1 entries") {
+		t.Fatalf("FLUSHALL with a queued write: %q", got)
+	}
+	if got := dialRaw(t, r.Addr).do("EXISTS", "plain"); got != ":1\r\n" {
+		t.Fatalf("the refused FLUSHALL flushed: %q", got)
+	}
+	if got := c.do("RESPITE", "FLUSH"); got != "+OK\r\n" {
+		t.Fatalf("RESPITE FLUSH: %q", got)
+	}
+	if got, _ := pg.Query("SELECT views FROM page_views WHERE page_id = 'flush-test'"); !strings.Contains(got, "1") {
+		t.Fatalf("not flushed to PostgreSQL: %q", got)
+	}
+	if got := c.do("FLUSHALL"); got != "+OK\r\n" {
+		t.Fatalf("FLUSHALL with empty queues: %q", got)
+	}
+	d := dialRaw(t, r.Addr)
+	if got := d.do("EXISTS", "plain"); got != ":0\r\n" {
+		t.Errorf("FLUSHALL did not flush: %q", got)
+	}
+	if got := d.do("XINFO", "GROUPS", "respite:wb:fpv"); !strings.Contains(got, "respite") {
+		t.Errorf("the queue's consumer group is gone: %q", got)
+	}
+	// The queue works on: a new write is acknowledged and flushed.
+	if got := c.do("INCR", "fpv:flush-test"); got != ":2\r\n" {
+		t.Fatalf("INCR after FLUSHALL: %q", got)
+	}
+	if got := c.do("RESPITE", "FLUSH"); got != "+OK\r\n" {
+		t.Fatalf("RESPITE FLUSH: %q", got)
+	}
+	if got, _ := pg.Query("SELECT views FROM page_views WHERE page_id = 'flush-test'"); !strings.Contains(got, "2") {
+		t.Errorf("the write after FLUSHALL was not flushed: %q", got)
+	}
+}
