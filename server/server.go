@@ -48,11 +48,11 @@ type Server struct {
 	// adminAllowed are the admin commands every client may run (config
 	// admin_commands), when the proxy holds upstream credentials.
 	adminAllowed []router.ID
-	log       *slog.Logger
-	up        *upstream.Upstream
-	rs        *redcon.Server
-	routes    atomic.Pointer[policy.Set]    // nil without routes; swapped by Reload
-	live      atomic.Pointer[config.Config] // the settings Reload can change
+	log          *slog.Logger
+	up           *upstream.Upstream
+	rs           *redcon.Server
+	routes       atomic.Pointer[policy.Set]    // nil without routes; swapped by Reload
+	live         atomic.Pointer[config.Config] // the settings Reload can change
 
 	conflicts *conflicts // optimistic-transaction metadata
 	gate      *gate      // contention gate
