@@ -6,7 +6,7 @@ SHELL := /bin/bash
 GO ?= go
 FUZZTIME ?= 60s
 
-.PHONY: demo test build bench
+.PHONY: demo test build bench redis-suite
 
 # Run the proxy against the configured Redis, or throwaway servers, on
 # config.yaml itself: edit it, then RESPITE RELOAD (or SIGHUP to the demo).
@@ -41,3 +41,10 @@ build:
 
 bench:
 	bash bench/passthrough.sh
+
+# Redis 7.0.15's own Tcl test suite (external mode), each unit directly
+# against a throwaway redis-server and through a throwaway Respite; lists
+# the tests that differ (scripts/redis-suite.sh). Not part of `make test`.
+# Options go in ARGS, e.g. make redis-suite ARGS='--units "multi pubsub"'.
+redis-suite:
+	bash scripts/redis-suite.sh $(ARGS)

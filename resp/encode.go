@@ -69,6 +69,17 @@ func AppendPush(dst []byte, n int, proto int) []byte {
 	return appendHeader(dst, '*', n)
 }
 
+// AppendCommand encodes args as a RESP multibulk request onto dst.
+func AppendCommand(dst []byte, args [][]byte) []byte {
+	dst = appendHeader(dst, '*', len(args))
+	for _, a := range args {
+		dst = appendHeader(dst, '$', len(a))
+		dst = append(dst, a...)
+		dst = append(dst, '\r', '\n')
+	}
+	return dst
+}
+
 func appendHeader(dst []byte, kind byte, n int) []byte {
 	dst = append(dst, kind)
 	dst = strconv.AppendInt(dst, int64(n), 10)

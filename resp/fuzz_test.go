@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -81,6 +82,12 @@ func FuzzRequestStream(f *testing.F) {
 		"ECHO a\"b\"\r\n",
 		"ECHO \"a\\\"b\" 'c\\'d' \"\\x41\\n\"\r\n",
 		"ECHO \"a\r\n",
+		"ECHO a\tb\x0bc \x0c\"d\"\x0be\r\n",
+		"ECHO \"c\\x41\\n\" \"\\x4\" \"\\xZZ\" \"\\x4g\" \"\\b\\a\\q\\\\\"\r\n",
+		"ECHO a\"b c\" a'b' '\\n\\'' 'a\\\\' \"\"\r\n",
+		"ECHO a\"b\"c\r\nECHO ''x\r\nECHO \"a\\\"\r\n",
+		"ECHO a\x00b\r\nPING\r\n",
+		"PING\r\n\x00" + strings.Repeat("x", 70) + "\r\n",
 		" *1\r\n\r\r\n \r \n\"\"\r\n''\r\n",
 		"*2\r\n$1\r\na\r\n$65\r\n" + strings.Repeat("x", 65) + "\r\n",
 		"*9\r\n",
@@ -155,7 +162,7 @@ func FuzzRequestStream(f *testing.F) {
 		var out []byte
 		var rerr error
 		for reads := 0; ; reads++ {
-			if reads > 4*len(data)+10 {
+			if reads > 6*len(data)+10 { // an inline line's multibulk form is up to 5.5 times longer
 				t.Fatal("too many Reads")
 			}
 			p := make([]byte, 1+r.IntN(200))
@@ -331,30 +338,25 @@ func refParse(in []byte, lim Limits) (cmds [][]string, perr *ProtocolError) {
 			cmds = append(cmds, args)
 			continue
 		}
-		// inline
+		// inline: Redis looks for the '\n' with strchr, which stops at a
+		// NUL, so a line with a NUL never ends.
 		e := bytes.IndexByte(in[pos:], '\n')
-		complete := e >= 0
-		raw := in[pos:]
-		if complete {
-			raw = in[pos : pos+e]
-		}
-		content := raw
-		if len(content) > 0 && content[len(content)-1] == '\r' {
-			// stripped if the line is complete; not yet processed otherwise
-			content = content[:len(content)-1]
-		}
-		args, errAt := refTokenize(content, complete, len(raw))
-		tooBig := -1
-		if len(raw) > lim.MaxInline {
-			tooBig = lim.MaxInline
-		}
-		switch {
-		case tooBig >= 0 && (errAt < 0 || tooBig <= errAt):
-			return cmds, errTooBigInline
-		case errAt >= 0:
-			return cmds, errUnbalanced
-		case !complete:
+		if nul := bytes.IndexByte(in[pos:], 0); e < 0 || (nul >= 0 && nul < e) {
+			if len(in)-pos > lim.MaxInline {
+				return cmds, errTooBigInline
+			}
 			return cmds, nil
+		}
+		if e > lim.MaxInline {
+			return cmds, errTooBigInline
+		}
+		line := in[pos : pos+e]
+		if len(line) > 0 && line[len(line)-1] == '\r' {
+			line = line[:len(line)-1]
+		}
+		args, ok := refSplit(line)
+		if !ok {
+			return cmds, errUnbalanced
 		}
 		if len(args) > 0 {
 			cmds = append(cmds, args)
@@ -364,80 +366,74 @@ func refParse(in []byte, lim Limits) (cmds [][]string, perr *ProtocolError) {
 	return cmds, nil
 }
 
-// refTokenize splits an inline line the way redcon does (see token in
-// guard.go for the rules) and unescapes \n, \r, \t inside quotes. errAt is
-// the offset in the raw line at which the guard detects bad quoting: the
-// offending byte, or the byte after it for a '\r' (whose processing waits
-// for the next byte), or rawLen (the '\n') for an unterminated quote.
-func refTokenize(s []byte, complete bool, rawLen int) (args []string, errAt int) {
-	det := func(k int) int {
-		if s[k] == '\r' {
-			return k + 1
+// refSplit splits a whole inline line (no NUL, no '\n') with lookahead, the
+// way Redis 7.0's sdssplitargs walks a C string; ok is false for bad quoting.
+// The guard's tokenizer (inline.go) works a byte at a time instead.
+func refSplit(s []byte) (args []string, ok bool) {
+	at := func(k int) byte { // 0 past the end, like the C string's NUL
+		if k < len(s) {
+			return s[k]
 		}
-		return k
+		return 0
 	}
-	var cur []byte
-	inTok, esc, closed := false, false, false
-	var quote byte
-	for k := 0; k < len(s); k++ {
-		ch := s[k]
-		if closed {
-			if ch != ' ' {
-				return nil, det(k)
-			}
-			closed = false
-			continue
+	space := func(b byte) bool { return strings.IndexByte(" \t\n\v\f\r", b) >= 0 }
+	hex := func(b byte) (byte, bool) {
+		v, err := strconv.ParseUint(string([]byte{b}), 16, 8)
+		return byte(v), err == nil && b != 0
+	}
+	p := 0
+	for {
+		for p < len(s) && space(s[p]) {
+			p++
 		}
-		if quote != 0 {
-			switch {
-			case esc:
-				esc = false
-				switch ch {
-				case 'n':
-					ch = '\n'
-				case 'r':
-					ch = '\r'
-				case 't':
-					ch = '\t'
+		if p == len(s) {
+			return args, true
+		}
+		cur := []byte{}
+		var quote byte
+		for done := false; !done; {
+			ch := at(p)
+			if quote != 0 {
+				h1, ok1 := hex(at(p + 2))
+				h2, ok2 := hex(at(p + 3))
+				switch {
+				case quote == '"' && ch == '\\' && at(p+1) == 'x' && ok1 && ok2:
+					cur = append(cur, h1*16+h2)
+					p += 3
+				case quote == '"' && ch == '\\' && p+1 < len(s):
+					p++
+					if m := strings.IndexByte("nrtba", s[p]); m >= 0 {
+						cur = append(cur, "\n\r\t\b\a"[m])
+					} else {
+						cur = append(cur, s[p])
+					}
+				case quote == '\'' && ch == '\\' && at(p+1) == '\'':
+					p++
+					cur = append(cur, '\'')
+				case ch == quote:
+					if p+1 < len(s) && !space(s[p+1]) {
+						return nil, false
+					}
+					done = true
+				case p == len(s):
+					return nil, false
+				default:
+					cur = append(cur, ch)
 				}
-				cur = append(cur, ch)
-			case ch == '\\':
-				esc = true
-			case ch == quote:
-				quote = 0
-				closed = true
-				args = append(args, string(cur))
-				cur = nil
-			default:
-				cur = append(cur, ch)
+			} else {
+				switch {
+				case p == len(s) || ch == ' ' || ch == '\n' || ch == '\r' || ch == '\t':
+					done = true
+				case ch == '"' || ch == '\'':
+					quote = ch
+				default:
+					cur = append(cur, ch)
+				}
 			}
-			continue
-		}
-		switch ch {
-		case ' ':
-			if inTok {
-				args = append(args, string(cur))
-				cur, inTok = nil, false
+			if p < len(s) {
+				p++
 			}
-		case '"', '\'':
-			if inTok {
-				return nil, det(k)
-			}
-			quote = ch
-			cur = []byte{}
-		default:
-			inTok = true
-			cur = append(cur, ch)
 		}
-	}
-	if quote != 0 {
-		if complete {
-			return nil, rawLen
-		}
-		return nil, -1
-	}
-	if inTok {
 		args = append(args, string(cur))
 	}
-	return args, -1
 }

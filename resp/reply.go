@@ -87,14 +87,3 @@ func grow(b []byte, n int) []byte {
 	copy(nb, b)
 	return nb
 }
-
-// AppendCommand encodes args as a RESP multibulk request onto dst.
-func AppendCommand(dst []byte, args [][]byte) []byte {
-	dst = appendHeader(dst, '*', len(args))
-	for _, a := range args {
-		dst = appendHeader(dst, '$', len(a))
-		dst = append(dst, a...)
-		dst = append(dst, '\r', '\n')
-	}
-	return dst
-}
