@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // The catalog side of a route's table: Describe reads the table's columns,
@@ -25,8 +26,10 @@ type Field struct {
 // concurrent use. Build it with DB.Describe.
 type Table struct {
 	db    *DB
-	name  string // as configured, for messages
-	ident string // quoted, schema-qualified: "public"."users"
+	oid   uint32
+	bh    *bulkhead // shared by the Tables of one table
+	name  string    // as configured, for messages
+	ident string    // quoted, schema-qualified: "public"."users"
 	cols  []column
 	byNm  map[string]int
 	key   int // index of the key column in cols
@@ -102,7 +105,20 @@ WHERE c.oid = pg_catalog.to_regclass($1)`, ident).Scan(&oid, &nsp, &rel, &relkin
 				msg += fmt.Sprintf(" (names are case-sensitive; did you mean %q?)", low)
 			}
 		}
+		// The search_path skips schemas the role may not use.
+		var nspName string
+		if !strings.Contains(table, ".") && db.load.QueryRow(ctx, `SELECT n.nspname::text
+FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relname = $1 AND NOT pg_catalog.has_schema_privilege(n.oid, 'USAGE') ORDER BY 1 LIMIT 1`, table).Scan(&nspName) == nil {
+			nsp, role := pgx.Identifier{nspName}.Sanitize(), db.currentUser(ctx)
+			msg += fmt.Sprintf(" for role %s (one exists in schema %s, on which the role lacks USAGE: GRANT USAGE ON SCHEMA %s TO %s;)", role, nsp, nsp, role)
+		}
 		return nil, errors.New(msg)
+	}
+	var pgErr *pgconn.PgError
+	if i := strings.IndexByte(table, '.'); i > 0 && errors.As(err, &pgErr) && pgErr.Code == "42501" {
+		nsp, role := pgx.Identifier{table[:i]}.Sanitize(), db.currentUser(ctx)
+		return nil, fmt.Errorf("table %q: %s (role %s lacks USAGE on the schema: GRANT USAGE ON SCHEMA %s TO %s;)", table, pgErr.Message, role, nsp, role)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("table %q: %w", table, wrapErr(err))
@@ -113,6 +129,8 @@ WHERE c.oid = pg_catalog.to_regclass($1)`, ident).Scan(&oid, &nsp, &rel, &relkin
 
 	t := &Table{
 		db:    db,
+		oid:   oid,
+		bh:    db.bulkheadFor(oid),
 		name:  table,
 		ident: pgx.Identifier{nsp, rel}.Sanitize(),
 		byNm:  map[string]int{},

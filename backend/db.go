@@ -20,7 +20,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -32,20 +34,48 @@ import (
 type DB struct {
 	load  *pgxpool.Pool
 	flush *pgxpool.Pool
+	dbState
 }
 
-// Open creates the two pools for dsn (a pgx connection string: URL or
-// key=value). loadConns and flushConns are the pools' MaxConns; a value
-// <= 0 keeps pgxpool's default (max(4, NumCPU), or pool_max_conns from the
-// DSN). Open does not connect: pools dial lazily, so a proxy can start while
-// PostgreSQL is down and still serve cache hits (docs/OPERATIONS.md,
-// "Failure behaviour"). Call Ping or Describe at start-up to report an
-// unusable database. The error is about the DSN only.
+// Options size the pools and bound their statements (see OpenWith).
+type Options struct {
+	// LoadConns and FlushConns are the pools' MaxConns; <= 0 keeps
+	// pgxpool's default (max(4, NumCPU), or pool_max_conns from the DSN).
+	LoadConns, FlushConns int32
+	// StatementTimeout bounds every load and write, flushes included
+	// (see TimeoutError); <= 0 means DefaultStatementTimeout. It is
+	// PostgreSQL's statement_timeout on every connection of both pools,
+	// rounded up to a millisecond, and replaces one the DSN sets.
+	StatementTimeout time.Duration
+	// TableConns bounds the statements of one table's Table methods
+	// running at once on the load pool (the bulkhead); <= 0 means
+	// max(1, MaxConns/2). On the flush pool the bound is always
+	// max(1, its MaxConns/2).
+	TableConns int
+}
+
+// Open is OpenWith with Options{LoadConns: loadConns, FlushConns:
+// flushConns}: the default statement timeout and bulkheads.
 func Open(ctx context.Context, dsn string, loadConns, flushConns int32) (*DB, error) {
+	return OpenWith(ctx, dsn, Options{LoadConns: loadConns, FlushConns: flushConns})
+}
+
+// OpenWith creates the two pools for dsn (a pgx connection string: URL or
+// key=value). It does not connect: pools dial lazily, so a proxy can start
+// while PostgreSQL is down and still serve cache hits (docs/OPERATIONS.md,
+// "Failure behaviour"). Call Ping or Describe at start-up to report an
+// unusable database. The error is about the DSN only, a *ConnError that
+// does not quote it.
+func OpenWith(ctx context.Context, dsn string, o Options) (*DB, error) {
+	timeout := o.StatementTimeout
+	if timeout <= 0 {
+		timeout = DefaultStatementTimeout
+	}
+	ms := (timeout + time.Millisecond - 1) / time.Millisecond
 	mk := func(n int32, name string) (*pgxpool.Pool, error) {
 		cfg, err := pgxpool.ParseConfig(dsn)
 		if err != nil {
-			return nil, fmt.Errorf("postgres: invalid dsn: %w", err)
+			return nil, wrapErr(err)
 		}
 		if n > 0 {
 			cfg.MaxConns = n
@@ -56,19 +86,35 @@ func Open(ctx context.Context, dsn string, loadConns, flushConns int32) (*DB, er
 		if _, ok := cfg.ConnConfig.RuntimeParams["application_name"]; !ok {
 			cfg.ConnConfig.RuntimeParams["application_name"] = "respite-" + name
 		}
-		return pgxpool.NewWithConfig(ctx, cfg)
+		cfg.ConnConfig.RuntimeParams["statement_timeout"] = strconv.FormatInt(int64(ms), 10) + "ms"
+		p, err := pgxpool.NewWithConfig(ctx, cfg)
+		if err != nil {
+			return nil, wrapErr(err)
+		}
+		return p, nil
 	}
-	load, err := mk(loadConns, "load")
+	load, err := mk(o.LoadConns, "load")
 	if err != nil {
 		return nil, err
 	}
-	flush, err := mk(flushConns, "flush")
+	flush, err := mk(o.FlushConns, "flush")
 	if err != nil {
 		load.Close()
 		return nil, err
 	}
-	return &DB{load: load, flush: flush}, nil
+	db := &DB{load: load, flush: flush}
+	db.timeout = timeout
+	db.loadPerTable = o.TableConns
+	if db.loadPerTable <= 0 {
+		db.loadPerTable = max(1, int(load.Config().MaxConns)/2)
+	}
+	db.flushPerTable = max(1, int(flush.Config().MaxConns)/2)
+	db.bulkheads = map[uint32]*bulkhead{}
+	return db, nil
 }
+
+// StatementTimeout is the bound on every load and write (Options).
+func (db *DB) StatementTimeout() time.Duration { return db.timeout }
 
 // Close closes both pools, waiting for connections in use to be released.
 func (db *DB) Close() {
@@ -123,35 +169,47 @@ func (db *DB) Begin(ctx context.Context) (pgx.Tx, error) {
 }
 
 // metaTable is the write-back version side table, resolved through the
-// connection's search_path (EnsureMeta creates it in the first schema of
+// connection's search_path (SetupSQL creates it in the first schema of
 // that path, normally public).
 const metaTable = "respite_versions"
 
-// EnsureMeta creates the side table used by Flush to refuse out-of-order
-// batches, if it does not exist:
-//
-//	respite_versions(route text, key text, version bigint, primary key (route, key))
-//
-// One row per route and key that was ever flushed (deleted keys keep their
-// row, so that an older SET cannot bring them back). Safe to call from
-// several proxy instances at once.
+// EnsureMeta makes sure the side table used by Flush to refuse
+// out-of-order batches exists (see SetupSQL): if it exists already it
+// does nothing, else it creates it, which needs the CREATE privilege on
+// the schema. Tests and single-role deployments use it; a proxy whose
+// role may not create tables (PostgreSQL 15's default on schema public)
+// has it created once with Setup and checks it at start-up with
+// CheckMeta. Safe to call from several proxy instances at once.
 func (db *DB) EnsureMeta(ctx context.Context) error {
-	_, err := db.flush.Exec(ctx, `CREATE TABLE IF NOT EXISTS `+metaTable+` (
-	route   text   NOT NULL,
-	key     text   NOT NULL,
-	version bigint NOT NULL,
-	PRIMARY KEY (route, key)
-) WITH (fillfactor = 70)`)
+	var exists bool
+	if err := db.flush.QueryRow(ctx, `SELECT pg_catalog.to_regclass($1) IS NOT NULL`, metaTable).Scan(&exists); err != nil {
+		return fmt.Errorf("look up %s: %w", metaTable, wrapErr(err))
+	}
+	if exists {
+		return nil
+	}
+	err := createMeta(ctx, db.flush)
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "42501" {
+		return fmt.Errorf("table %s does not exist and role %s may not create it (%s): %s",
+			metaTable, db.currentUser(ctx), pgErr.Message, setupHint)
+	}
+	if err != nil {
+		return fmt.Errorf("create %s: %w", metaTable, wrapErr(err))
+	}
+	return nil
+}
+
+// createMeta runs SetupSQL on q.
+func createMeta(ctx context.Context, q Querier) error {
+	_, err := q.Exec(ctx, SetupSQL)
 	var pgErr *pgconn.PgError
 	// Two concurrent CREATE TABLE IF NOT EXISTS can both pass the check;
 	// the loser fails on the catalog's unique index: the table exists.
 	if errors.As(err, &pgErr) && (pgErr.Code == "23505" || pgErr.Code == "42P07") {
 		return nil
 	}
-	if err != nil {
-		return fmt.Errorf("create %s: %w", metaTable, wrapErr(err))
-	}
-	return nil
+	return err
 }
 
 // DBError is an error reported by PostgreSQL for a statement (a constraint
@@ -225,22 +283,6 @@ func quoteKey(s string) string {
 		return fmt.Sprintf("%q...", s[:max])
 	}
 	return fmt.Sprintf("%q", s)
-}
-
-// wrapErr turns a PostgreSQL error into a *DBError and prefixes other
-// errors (network, context) with "postgres: ".
-func wrapErr(err error) error {
-	if err == nil {
-		return nil
-	}
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) {
-		return &DBError{Err: pgErr}
-	}
-	if strings.HasPrefix(err.Error(), "postgres") {
-		return err
-	}
-	return fmt.Errorf("postgres: %w", err)
 }
 
 // isDataException reports SQLSTATE class 22 (data exception): invalid

@@ -79,7 +79,7 @@ func fold(entries []Entry, merge func(f *folded, v string) error) ([]*folded, er
 // again in SQL on the cast key (so "5" and "05" are one integer key). A
 // key deleted and then set again in the batch is recreated: its other
 // columns get their defaults. The side table respite_versions (see
-// EnsureMeta) is updated in the same statement with a data-modifying CTE,
+// SetupSQL) is updated in the same statement with a data-modifying CTE,
 // and only keys whose version advanced are applied, so an older batch
 // flushed after a newer one (a retry, a DLQ replay) changes nothing, and a
 // replayed batch is idempotent. route names the version rows.
@@ -107,7 +107,15 @@ func fold(entries []Entry, merge func(f *folded, v string) error) ([]*folded, er
 //	SELECT (SELECT count(*) FROM respite_u0) + (SELECT count(*) FROM respite_i0) [+ ...]
 //
 // (UPDATE then INSERT rather than the upsert alone: see writeSQL.)
-func (t *Table) Flush(ctx context.Context, route string, entries []Entry) (int, error) {
+func (t *Table) Flush(ctx context.Context, route string, entries []Entry) (n int, err error) {
+	err = t.do(ctx, t.db.flush, "flush", func(ctx context.Context) error {
+		n, err = t.flush(ctx, route, entries)
+		return err
+	})
+	return n, err
+}
+
+func (t *Table) flush(ctx context.Context, route string, entries []Entry) (int, error) {
 	if t.val < 0 {
 		return 0, ErrNoValueColumn
 	}
@@ -254,7 +262,15 @@ func (t *Table) flushSQL(in, payload string, groups []flushGroup, expr func(ci i
 //	    CROSS JOIN LATERAL jsonb_populate_record(NULL::T, g.o) r WHERE g.o IS NOT NULL AND g.grp = N
 //	    AND NOT EXISTS (SELECT 1 FROM respite_uN u WHERE u.respite_k = g.kc) ORDER BY g.kc
 //	    ON CONFLICT (K) DO UPDATE SET c1 = EXCLUDED.c1, c2 = EXCLUDED.c2 [, other = DEFAULT ...] RETURNING 1)
-func (t *Table) FlushJSON(ctx context.Context, route string, entries []Entry) (int, error) {
+func (t *Table) FlushJSON(ctx context.Context, route string, entries []Entry) (n int, err error) {
+	err = t.do(ctx, t.db.flush, "flush", func(ctx context.Context) error {
+		n, err = t.flushJSON(ctx, route, entries)
+		return err
+	})
+	return n, err
+}
+
+func (t *Table) flushJSON(ctx context.Context, route string, entries []Entry) (int, error) {
 	if len(entries) == 0 {
 		return 0, nil
 	}

@@ -108,6 +108,12 @@ func (t *Table) keyError(key string, err error) *KeyError {
 // only when Go cannot tell, e.g. never for integer keys in decimal or text
 // keys in valid UTF-8. Write-back routes use it before queueing a write.
 func (t *Table) CheckKey(ctx context.Context, key string) error {
+	return t.do(ctx, nil, "key check", func(ctx context.Context) error {
+		return t.checkKey(ctx, key)
+	})
+}
+
+func (t *Table) checkKey(ctx context.Context, key string) error {
 	ok, err := t.castable(ctx, &t.cols[t.key], t.sqlKeyCheck, key)
 	if err != nil {
 		return err
@@ -122,6 +128,12 @@ func (t *Table) CheckKey(ctx context.Context, key string) error {
 // column's type (the same checks as CheckKey; constraints are not
 // checked). Write-back value routes use it before queueing a write.
 func (t *Table) CheckValue(ctx context.Context, value string) error {
+	return t.do(ctx, nil, "value check", func(ctx context.Context) error {
+		return t.checkValue(ctx, value)
+	})
+}
+
+func (t *Table) checkValue(ctx context.Context, value string) error {
 	if t.val < 0 {
 		return ErrNoValueColumn
 	}

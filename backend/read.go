@@ -36,6 +36,14 @@ func readErr(err error) (found bool, _ error) {
 //
 //	SELECT row_to_json(r.*)::text FROM T AS r WHERE r.K = $1::text::KT
 func (t *Table) LoadJSON(ctx context.Context, q Querier, key string) (obj []byte, found bool, err error) {
+	err = t.do(ctx, q, "load", func(ctx context.Context) error {
+		obj, found, err = t.loadJSON(ctx, q, key)
+		return err
+	})
+	return obj, found, err
+}
+
+func (t *Table) loadJSON(ctx context.Context, q Querier, key string) (obj []byte, found bool, err error) {
 	if ok, err := t.readKey(ctx, q, key); !ok || err != nil {
 		return nil, false, err
 	}
@@ -54,6 +62,14 @@ func (t *Table) LoadJSON(ctx context.Context, q Querier, key string) (obj []byte
 //
 //	SELECT c1::text, c2::text, ... FROM T WHERE K = $1::text::KT
 func (t *Table) LoadFields(ctx context.Context, q Querier, key string) (fields []Field, found bool, err error) {
+	err = t.do(ctx, q, "load", func(ctx context.Context) error {
+		fields, found, err = t.loadFields(ctx, q, key)
+		return err
+	})
+	return fields, found, err
+}
+
+func (t *Table) loadFields(ctx context.Context, q Querier, key string) (fields []Field, found bool, err error) {
 	if ok, err := t.readKey(ctx, q, key); !ok || err != nil {
 		return nil, false, err
 	}
@@ -81,6 +97,14 @@ func (t *Table) LoadFields(ctx context.Context, q Querier, key string) (fields [
 //
 //	SELECT V::text FROM T WHERE K = $1::text::KT
 func (t *Table) LoadValue(ctx context.Context, q Querier, key string) (value string, found bool, err error) {
+	err = t.do(ctx, q, "load", func(ctx context.Context) error {
+		value, found, err = t.loadValue(ctx, q, key)
+		return err
+	})
+	return value, found, err
+}
+
+func (t *Table) loadValue(ctx context.Context, q Querier, key string) (value string, found bool, err error) {
 	if t.val < 0 {
 		return "", false, ErrNoValueColumn
 	}

@@ -149,6 +149,12 @@ func (t *Table) runWrite(ctx context.Context, q Querier, key, sql string, args .
 //
 //	e_i = r.c_i, f = jsonb_populate_record(NULL::T, $2::text::jsonb) AS r, [cond = r.K = $1::text::KT]
 func (t *Table) WriteJSON(ctx context.Context, q Querier, key string, obj []byte) error {
+	return t.do(ctx, q, "write", func(ctx context.Context) error {
+		return t.writeJSON(ctx, q, key, obj)
+	})
+}
+
+func (t *Table) writeJSON(ctx context.Context, q Querier, key string, obj []byte) error {
 	ms, err := parseObject(obj)
 	if err != nil {
 		return err
@@ -181,6 +187,12 @@ func (t *Table) WriteJSON(ctx context.Context, q Querier, key string, obj []byte
 //
 //	e_i = $n::text::T_i, [cond = $m::text::KT = $1::text::KT]
 func (t *Table) WriteFields(ctx context.Context, q Querier, key string, fields []Field) error {
+	return t.do(ctx, q, "write", func(ctx context.Context) error {
+		return t.writeFields(ctx, q, key, fields)
+	})
+}
+
+func (t *Table) writeFields(ctx context.Context, q Querier, key string, fields []Field) error {
 	names := make([]string, len(fields))
 	for i, f := range fields {
 		names[i] = f.Name
@@ -222,7 +234,15 @@ func (t *Table) WriteFields(ctx context.Context, q Querier, key string, fields [
 //
 //	WITH o AS (SELECT K AS k, (c1 IS NOT NULL)::int + (c2 IS NOT NULL)::int AS n FROM T WHERE K = $1::text::KT FOR UPDATE)
 //	UPDATE T AS t SET c1 = NULL, c2 = NULL FROM o WHERE t.K = o.k AND o.n > 0 RETURNING o.n
-func (t *Table) ClearFields(ctx context.Context, q Querier, key string, names []string) (int64, error) {
+func (t *Table) ClearFields(ctx context.Context, q Querier, key string, names []string) (n int64, err error) {
+	err = t.do(ctx, q, "write", func(ctx context.Context) error {
+		n, err = t.clearFields(ctx, q, key, names)
+		return err
+	})
+	return n, err
+}
+
+func (t *Table) clearFields(ctx context.Context, q Querier, key string, names []string) (int64, error) {
 	cols, keyAt, err := t.columnsOf(names)
 	if err != nil {
 		return 0, err
@@ -262,6 +282,12 @@ func (t *Table) ClearFields(ctx context.Context, q Querier, key string, names []
 //
 //	e = $2::text::VT
 func (t *Table) WriteValue(ctx context.Context, q Querier, key, value string) error {
+	return t.do(ctx, q, "write", func(ctx context.Context) error {
+		return t.writeValue(ctx, q, key, value)
+	})
+}
+
+func (t *Table) writeValue(ctx context.Context, q Querier, key, value string) error {
 	if t.val < 0 {
 		return ErrNoValueColumn
 	}
@@ -276,7 +302,15 @@ func (t *Table) WriteValue(ctx context.Context, q Querier, key, value string) er
 // key, not an error.
 //
 //	DELETE FROM T WHERE K = $1::text::KT
-func (t *Table) Delete(ctx context.Context, q Querier, key string) (bool, error) {
+func (t *Table) Delete(ctx context.Context, q Querier, key string) (found bool, err error) {
+	err = t.do(ctx, q, "delete", func(ctx context.Context) error {
+		found, err = t.delete(ctx, q, key)
+		return err
+	})
+	return found, err
+}
+
+func (t *Table) delete(ctx context.Context, q Querier, key string) (bool, error) {
 	if ok, err := t.readKey(ctx, q, key); !ok || err != nil {
 		return false, err
 	}

@@ -29,62 +29,30 @@ cd "$REPO"
 . "$SCRIPT_DIR/lib.sh"
 
 # --- 1. dependencies -------------------------------------------------------
-if ! command -v nutcracker >/dev/null 2>&1; then
-	apt_install nutcracker
-fi
-if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-benchmark >/dev/null 2>&1 ||
-	! command -v redis-cli >/dev/null 2>&1; then
-	apt_install redis-server redis-tools
-fi
-command -v go >/dev/null 2>&1 || { echo "go not found in PATH" >&2; exit 1; }
+need_nutcracker
+need_redis
+need_go
 
 # --- 2. throwaway servers --------------------------------------------------
 make_tmp respite-bench
 
-free_port REDIS_PORT
-free_port RESPITE_PORT
-free_port RESPITE1_PORT
-free_port TWEM_PORT
-free_port TWEM_STATS_PORT
+mkdir -p "$TMP/csv"
+build_proxy
+start_servers -postgres=false
 
-mkdir -p "$TMP/redis" "$TMP/csv"
-
-bg redis-server --save "" --appendonly no --port "$REDIS_PORT" --bind 127.0.0.1 \
-	--dir "$TMP/redis" --daemonize no >"$TMP/redis.log" 2>&1
-wait_ready redis "$REDIS_PORT" "${PIDS[-1]}" "$TMP/redis.log"
-
-run go build -o "$TMP/respite" ./cmd/proxy
-build_info
-cat >"$TMP/respite.yaml" <<EOF
-listen: 127.0.0.1:$RESPITE_PORT
+respite_yaml() {
+	cat <<EOF
+listen: 127.0.0.1:$1
 log_level: warn
 upstream:
   addr: 127.0.0.1:$REDIS_PORT
 EOF
-bg "$TMP/respite" -config "$TMP/respite.yaml" >"$TMP/respite.log" 2>&1
-RESPITE_PID=${PIDS[-1]}
-wait_ready respite "$RESPITE_PORT" "$RESPITE_PID" "$TMP/respite.log"
+}
 # The same proxy as one event loop (gomaxprocs: 1, docs/CONFIGURATION.md).
-{ sed "s/:$RESPITE_PORT\$/:$RESPITE1_PORT/" "$TMP/respite.yaml"; echo "gomaxprocs: 1"; } >"$TMP/respite1.yaml"
-bg "$TMP/respite" -config "$TMP/respite1.yaml" >"$TMP/respite1.log" 2>&1
-RESPITE1_PID=${PIDS[-1]}
-wait_ready respite1 "$RESPITE1_PORT" "$RESPITE1_PID" "$TMP/respite1.log"
-
-cat >"$TMP/nutcracker.yml" <<EOF
-bench:
-  listen: 127.0.0.1:$TWEM_PORT
-  redis: true
-  hash: fnv1a_64
-  distribution: ketama
-  auto_eject_hosts: false
-  servers:
-   - 127.0.0.1:$REDIS_PORT:1
-EOF
-run nutcracker -t -c "$TMP/nutcracker.yml"
-bg nutcracker -c "$TMP/nutcracker.yml" -s "$TWEM_STATS_PORT" -a 127.0.0.1 \
-	-p "$TMP/nutcracker.pid" -o "$TMP/nutcracker.log"
-TWEM_PID=${PIDS[-1]}
-wait_ready twemproxy "$TWEM_PORT" "$TWEM_PID" "$TMP/nutcracker.log"
+respite1_yaml() { respite_yaml "$1"; echo "gomaxprocs: 1"; }
+start_proxy respite RESPITE_PORT RESPITE_PID
+start_proxy respite1 RESPITE1_PORT RESPITE1_PID
+start_twemproxy TWEM_PORT TWEM_PID
 
 # --- 3. benchmarks ---------------------------------------------------------
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -149,22 +117,9 @@ table() {
 	}' "$TMP/csv/$mode.direct.csv" "$TMP/csv/$mode.respite.csv" "$TMP/csv/$mode.respite1.csv" "$TMP/csv/$mode.twemproxy.csv"
 }
 
-commit=$BUILD_COMMIT
-dirty=""
-if [ -n "$BUILD_STATUS" ]; then
-	dirty=" + uncommitted working-tree changes at build time (listed below)"
-fi
-
 echo
-echo "Respite passthrough benchmark"
-echo "date:    $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
-echo "commit:  $commit (HEAD at build time)$dirty"
-echo "nproc:   $(nproc)"
-echo "load:    $LOAD_BEFORE before, $LOAD_AFTER after (1/5/15-min load average; other work on the machine shows here)"
-echo "cpu:     $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo 2>/dev/null || echo unknown)"
-echo "redis:   $(redis-server --version | awk '{print $3}')"
+report_header "Respite passthrough benchmark"
 echo "nutcracker: $(nutcracker -V 2>&1 | head -n1)"
-echo "go:      $(go version | awk '{print $3}')"
 echo "params:  N=$N CLIENTS=$CLIENTS TESTS=$TESTS PIPELINE=$PIPELINE"
 echo "targets: unpipelined respite/direct >= $TARGET_DIRECT_RATIO; respite >= twemproxy unpipelined and at -P $PIPELINE (checked for both proxies)"
 for mode in "${MODES[@]}"; do
@@ -206,12 +161,7 @@ fi
 [ "$odd" = 1 ] || echo "no errors from redis-benchmark, respite or nutcracker"
 
 echo
-echo "commands run (from $REPO):"
-for c in "${COMMANDS[@]}"; do echo "  $c"; done
-if [ -n "$BUILD_STATUS" ]; then
-	echo "working tree at build time (git status --porcelain):"
-	echo "$BUILD_STATUS" | sed 's/^/  /'
-fi
+report_commands
 for t in respite respite1; do
 	echo "$TMP/$t.yaml:"
 	sed 's/^/  /' "$TMP/$t.yaml"

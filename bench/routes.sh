@@ -37,93 +37,35 @@ REPO=$(cd "$SCRIPT_DIR/.." && pwd)
 cd "$REPO"
 
 . "$SCRIPT_DIR/lib.sh"
-note() { echo "== $*" >&4; }
 
 # --- 1. dependencies -------------------------------------------------------
-if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-benchmark >/dev/null 2>&1 ||
-	! command -v redis-cli >/dev/null 2>&1; then
-	apt_install redis-server redis-tools
-fi
-if ! compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || ! command -v psql >/dev/null 2>&1 ||
-	! command -v pgbench >/dev/null 2>&1; then
-	apt_install postgresql postgresql-contrib postgresql-client
-fi
-command -v go >/dev/null 2>&1 || { echo "go not found in PATH" >&2; exit 1; }
+need_redis
+need_postgres
+need_go
 
 # --- 2. throwaway servers and proxies --------------------------------------
 make_tmp respite-routes
 
 mkdir -p "$TMP/out"
-run go build -o "$TMP/respite" ./cmd/proxy
-run go build -o "$TMP/servers" ./bench/servers
-build_info
-
-bg "$TMP/servers" -env "$TMP/servers.env" >"$TMP/servers.log" 2>&1
-SERVERS_PID=${PIDS[-1]}
-for _ in $(seq 600); do
-	[ -f "$TMP/servers.env" ] && break
-	if ! kill -0 "$SERVERS_PID" 2>/dev/null; then
-		echo "bench/servers exited during startup; its output:" >&2
-		cat "$TMP/servers.log" >&2
-		exit 1
-	fi
-	sleep 0.1
-done
-[ -f "$TMP/servers.env" ] || { echo "bench/servers not ready within 60s" >&2; cat "$TMP/servers.log" >&2; exit 1; }
+build_proxy
 # REDIS_ADDR REDIS_PORT PG_DSN PG_PORT PG_DIR
-. "$TMP/servers.env"
-note "redis 127.0.0.1:$REDIS_PORT, postgres $PG_DSN"
+start_servers
 
 # PostgreSQL client programs of the server's own version (pgbench included).
 PG_MAJOR=$(psql "$PG_DSN" -XAtc 'SHOW server_version_num' | cut -c1-2)
 PGBENCH=pgbench
 if [ -x "/usr/lib/postgresql/$PG_MAJOR/bin/pgbench" ]; then PGBENCH=/usr/lib/postgresql/$PG_MAJOR/bin/pgbench; fi
 
-psql_q() { psql "$PG_DSN" -XAtq -v ON_ERROR_STOP=1 -c "$1"; }
-
-run psql "$PG_DSN" -Xq -v ON_ERROR_STOP=1 -c "
-CREATE TABLE bench_kv (k text PRIMARY KEY, v text NOT NULL);
-INSERT INTO bench_kv VALUES ('__rand_int__', 'xxx');
-CREATE TABLE bench_counters (k text PRIMARY KEY, v bigint NOT NULL DEFAULT 0);
-CREATE TABLE bench_kv2 (k text PRIMARY KEY, v text);
-ANALYZE bench_kv;"
-
-# proxy_head PORT: the settings every proxy here shares.
-proxy_head() {
-	cat <<EOF
-listen: 127.0.0.1:$1
-log_level: warn
-upstream:
-  addr: 127.0.0.1:$REDIS_PORT
-postgres:
-  dsn: "$PG_DSN"
-EOF
-}
-# route NAME PREFIX POLICY TABLE: a format: value route over TABLE(k, v).
-route() {
-	cat <<EOF
-  - name: $1
-    prefix: "$2"
-    policy: $3
-    table: $4
-    key_column: k
-    format: value
-    value_column: v
-EOF
-}
-kv_route() { route kv key: cache-aside bench_kv; }
-local_tier() { echo "    local_cache: {size: 100000, ttl: 10s}"; }
+create_bench_tables
 
 # The main proxy: the cache-aside read route and both write-back routes.
 respite_yaml() {
-	proxy_head "$1"
-	printf 'write_back:\n  consumer: bench\nroutes:\n'
-	kv_route
+	kv_write_back_yaml "$1"
 	route counters counter: write-back bench_counters
 	route wb wb: write-back bench_kv2
 }
 # The second proxy: the same read route with the in-process tier.
-respite_local_yaml() { proxy_head "$1"; echo "routes:"; kv_route; local_tier; }
+respite_local_yaml() { kv_local_yaml "$1"; }
 
 # The same read route, Redis tier and in-process tier, with the proxy as one
 # event loop (gomaxprocs: 1, docs/CONFIGURATION.md).
@@ -134,31 +76,6 @@ respite_local_g1_yaml() { respite_g1_yaml "$1"; local_tier; }
 respite_local_g1_st_yaml() { respite_local_g1_yaml "$1"; }
 SCHEDTRACE_ENV=GODEBUG=schedtrace=2147483647
 
-# start_proxy NAME PORTVAR PIDVAR [VAR=VALUE]: write $TMP/NAME.yaml (from
-# NAME_yaml PORT, dashes as underscores) with a free port and start the
-# proxy, with VAR=VALUE in its environment if given; if another process
-# took the port meanwhile, try another.
-start_proxy() {
-	local name=$1 port rc _ envset=()
-	[ -z "${4:-}" ] || envset=(env "$4")
-	for _ in 1 2 3 4 5; do
-		free_port port
-		"${name//-/_}_yaml" "$port" >"$TMP/$name.yaml"
-		bg "${envset[@]}" "$TMP/respite" -config "$TMP/$name.yaml" >"$TMP/$name.log" 2>&1
-		rc=0
-		wait_ready "$name" "$port" "${PIDS[-1]}" "$TMP/$name.log" || rc=$?
-		if [ "$rc" = 0 ]; then
-			printf -v "$2" '%s' "$port"
-			printf -v "$3" '%s' "${PIDS[-1]}"
-			return 0
-		fi
-		echo "$name: retrying on another port" >&2
-		STARTUP_RETRIES+=("$name: port $port taken: $(tr '\n' ' ' <"$TMP/$name.log")")
-	done
-	echo "$name: no port could be bound in 5 attempts" >&2
-	exit 1
-}
-STARTUP_RETRIES=()
 start_proxy respite RESPITE_PORT RESPITE_PID
 start_proxy respite-local LOCAL_PORT LOCAL_PID
 start_proxy respite-g1 G1_PORT G1_PID
@@ -171,13 +88,6 @@ rcli() { redis-cli -h 127.0.0.1 -p "$1" "${@:2}"; }
 # PostgreSQL into Redis (key "key:__rand_int__", ttl 1h); the second is a
 # Redis hit that fills the in-process tier. Direct Redis GETs read that same
 # cached key.
-# warm PORT WANT: GET key:__rand_int__ on PORT (logged) must return WANT.
-warm() {
-	run redis-cli -h 127.0.0.1 -p "$1" GET key:__rand_int__ >"$TMP/out/warm.out"
-	local got
-	got=$(cat "$TMP/out/warm.out")
-	[ "$got" = "$2" ] || { echo "GET key:__rand_int__ on port $1 returned '$got', want '$2'" >&2; cat "$TMP"/respite*.log >&2; exit 1; }
-}
 warm "$RESPITE_PORT" xxx
 warm "$LOCAL_PORT" xxx
 warm "$G1_PORT" xxx
@@ -189,12 +99,6 @@ run redis-cli -h 127.0.0.1 -p "$RESPITE_PORT" SET plain:__rand_int__ xxx >/dev/n
 # --- 3. benchmarks ---------------------------------------------------------
 declare -A RPS ELAPSED NREQ P50 P99
 ORDER=()
-
-# csv_field FILE COL: column COL (2 rps, 5 p50, 7 p99) of the last data row
-# of redis-benchmark --csv output.
-csv_field() {
-	awk -F'","' -v col="$2" '{ gsub(/^"|"\r?$/, "") } $1 != "test" && NF >= col { v = $col } END { if (col == 2) printf "%.0f\n", v; else print v + 0 }' "$1"
-}
 
 # rb LABEL PORT ARGS...: redis-benchmark -c CLIENTS ARGS against PORT, with
 # -n from N or from a short calibration run (about SECS seconds).
@@ -261,25 +165,6 @@ PG_TPS=${PG_TPS:-0}
 PG_LAT=$(awk '/^latency average/ { print $4; exit }' "$TMP/out/pgbench.out")
 
 # 3c. write-back.
-xlen() { rcli "$REDIS_PORT" XLEN "respite:wb:$1"; }
-# drain ROUTE: wait until the route's queue is empty; prints the seconds waited.
-drain() {
-	local route=$1 t0 t1 len
-	t0=$(date +%s.%N)
-	while :; do
-		len=$(xlen "$route")
-		[ "$len" = 0 ] && break
-		t1=$(date +%s.%N)
-		if awk -v a="$t0" -v b="$t1" -v m="$DRAIN_TIMEOUT" 'BEGIN { exit !(b - a > m) }'; then
-			echo "write-back queue respite:wb:$route still holds $len entries after ${DRAIN_TIMEOUT}s" >&2
-			echo timeout
-			return 0
-		fi
-		sleep 0.05
-	done
-	t1=$(date +%s.%N)
-	awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }'
-}
 # flush_stmts TABLE: flush statements (INSERT, UPDATE, DELETE, WITH)
 # touching TABLE since the last pg_stat_statements_reset.
 flush_stmts() {
@@ -327,22 +212,9 @@ ge() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a != "-" && a + 0 >= b + 0) }'; }
 check() { if ge "$1" "$2"; then echo "ok"; else echo "MISS"; fi; }
 DIRECT=$(awk -v a="${RPS[direct_get]}" -v b="${RPS[direct_get2]}" 'BEGIN { printf "%.0f", (a + b) / 2 }')
 
-commit=$BUILD_COMMIT
-dirty=""
-if [ -n "$BUILD_STATUS" ]; then
-	dirty=" + uncommitted working-tree changes at build time (listed below)"
-fi
-
 echo
-echo "Respite routes benchmark"
-echo "date:    $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
-echo "commit:  $commit (HEAD at build time)$dirty"
-echo "nproc:   $(nproc)"
-echo "load:    $LOAD_BEFORE before, $LOAD_AFTER after (1/5/15-min load average; other work on the machine shows here)"
-echo "cpu:     $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo 2>/dev/null || echo unknown)"
-echo "redis:   $(redis-server --version | awk '{print $3}')"
+report_header "Respite routes benchmark"
 echo "postgres: $(psql_q 'SHOW server_version') (fsync, synchronous_commit, full_page_writes off; pg_stat_statements)"
-echo "go:      $(go version | awk '{print $3}')"
 echo "params:  CLIENTS=$CLIENTS SECS=$SECS CAL_N=$CAL_N N=${N:-calibrated} PG_SECS=$PG_SECS"
 echo "targets: in-process hit >= ${TARGET_LOCAL_DIRECT}x direct GET; Redis-tier hit >= ${TARGET_REDIS_DIRECT}x direct GET; routed hit >= ${TARGET_HIT_PG}x PostgreSQL SELECT"
 echo
@@ -443,16 +315,11 @@ fi
 [ "$odd" = 1 ] || echo "no errors from redis-benchmark, pgbench or the proxies"
 
 echo
-echo "commands run (from $REPO):"
-for c in "${COMMANDS[@]}"; do echo "  $c"; done
+report_commands
 echo "$TMP/servers.env (bench/servers):"
 sed 's/^/  /' "$TMP/servers.env"
 echo "$TMP/select.sql:"
 sed 's/^/  /' "$TMP/select.sql"
-if [ -n "$BUILD_STATUS" ]; then
-	echo "working tree at build time (git status --porcelain):"
-	echo "$BUILD_STATUS" | sed 's/^/  /'
-fi
 echo "$TMP/respite.yaml:"
 sed 's/^/  /' "$TMP/respite.yaml"
 for f in respite-local respite-g1 respite-local-g1 respite-local-g1-st; do

@@ -25,6 +25,7 @@ import (
 	"github.com/respite/respite/backend"
 	"github.com/respite/respite/internal/config"
 	"github.com/respite/respite/internal/testenv"
+	"github.com/respite/respite/router"
 )
 
 var (
@@ -211,7 +212,9 @@ func doRaw(ctx context.Context, r *Route, args ...string) string {
 	for i, a := range args {
 		bs[i] = []byte(a)
 	}
-	return string(r.Do(ctx, 2, strings.ToLower(args[0]), bs))
+	var cmd router.Command
+	router.Classify(&cmd, bs, nil)
+	return string(r.Do(ctx, Op{ID: cmd.ID, Args: bs, Proto: 2}).AppendTo(nil, 2))
 }
 
 // waitFor polls cond every 10ms until it holds, failing the test after

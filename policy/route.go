@@ -1,13 +1,18 @@
-// Package policy carries commands on routed keys: keys under a configured
-// prefix whose data lives in PostgreSQL and is cached in Redis under a
-// caching policy (PRODUCT.md §5). Each policy has its own file:
-// cacheaside.go, writethrough.go, writeback.go; stampede.go holds the
-// protection every read path shares (coalesced misses, negative caching,
-// TTL jitter, early refresh).
+// Package policy is the route layer: it carries commands on routed keys,
+// keys under a configured prefix whose data lives in PostgreSQL and is
+// cached in Redis under a caching policy.
 //
-// A Route handles single-key commands; the server splits multi-key
-// commands (MGET, MSET, DEL, EXISTS, UNLINK) into one command per key and
-// merges the replies. Replies are raw RESP in the client's protocol.
+// Files: set.go (Set, the routes at run time: splitting multi-key commands
+// between routes, the PostgreSQL transaction around EXEC), route.go (one
+// route), policy.go (the Policy interface, the commands each format
+// serves), read.go (the read path every policy shares), cacheaside.go,
+// writethrough.go and writeback.go (one policy each), sqlwrite.go (the
+// PostgreSQL side of a write, shared by cache-aside and write-through),
+// stampede.go (coalesced loads, distributed lease, negative caching, TTL
+// jitter, early refresh), local.go (the in-process tier), tx.go (writes
+// queued in MULTI), flusher*.go, flushstream.go, flushbatch.go,
+// deadletter.go and version.go (the write-back flusher), cache.go (a Cache
+// over go-redis, for tests and tools).
 package policy
 
 import (
@@ -17,6 +22,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -25,6 +31,7 @@ import (
 	"github.com/respite/respite/backend"
 	"github.com/respite/respite/internal/config"
 	"github.com/respite/respite/resp"
+	"github.com/respite/respite/router"
 )
 
 // Cache runs commands on the Redis cache tier. Do sends cmds as one
@@ -36,16 +43,16 @@ type Cache interface {
 
 // Route is one configured route at run time.
 type Route struct {
-	cfg   config.Route
-	db    *backend.DB
-	table *backend.Table
-	cache Cache         // the fast shared path, for hits
-	rdb   *redis.Client // go-redis (RESP2), for fills, scripts and locks
-	log   *slog.Logger
+	cfg    config.Route
+	db     *backend.DB
+	table  *backend.Table
+	cache  Cache         // the fast shared path, for hits
+	rdb    *redis.Client // go-redis (RESP2), for fills, scripts and locks
+	log    *slog.Logger
+	policy Policy
 
 	loads   loader
 	locks   keyLocks
-	wb      *writeBack // write-back routes only
 	local   *localTier // in-process tier, when configured
 	loadDur atomic.Int64
 
@@ -65,20 +72,21 @@ type Stats struct {
 func New(cfg config.Route, db *backend.DB, table *backend.Table, cache Cache, rdb *redis.Client, log *slog.Logger) *Route {
 	r := &Route{cfg: cfg, db: db, table: table, cache: cache, rdb: rdb, log: log.With("route", cfg.Name)}
 	r.loads.init()
-	if cfg.Policy == config.WriteBack {
-		r.wb = newWriteBack(r)
-	}
 	if lc := cfg.LocalCache; lc != nil && cfg.Format != config.FormatHash {
 		r.local = newLocalTier(lc.Size, time.Duration(lc.TTL))
 	}
+	r.policy = newPolicy(r)
 	return r
 }
 
 // Config returns the route's effective configuration.
 func (r *Route) Config() config.Route { return r.cfg }
 
+// DB returns the PostgreSQL pools the route uses.
+func (r *Route) DB() *backend.DB { return r.db }
+
 // id is the key column's value for a Redis key: the part after the
-// route's prefix (PRODUCT.md §4, "Key → row").
+// route's prefix (a routed key is a row: docs/MIGRATION.md).
 func (r *Route) id(key string) string { return key[len(r.cfg.Prefix):] }
 
 // Redis keys the policies keep beside a routed key; the "respite:" prefix
@@ -86,137 +94,89 @@ func (r *Route) id(key string) string { return key[len(r.cfg.Prefix):] }
 func negKey(key string) string  { return "respite:neg:" + key }
 func lockKey(key string) string { return "respite:lock:" + key }
 
-// Supported reports whether a route of this format serves command name
-// (lower case), per PRODUCT.md §4.
-func Supported(format, name string) bool {
-	switch format {
-	case config.FormatJSON:
-		switch name {
-		case "get", "set", "setex", "getdel", "mget", "mset", "del", "unlink", "exists", "ttl", "pttl", "expire":
-			return true
-		}
-	case config.FormatHash:
-		switch name {
-		case "hget", "hmget", "hgetall", "hset", "hmset", "hdel", "hexists", "hlen", "hkeys", "hvals", "hincrby", "del", "unlink", "exists":
-			return true
-		}
-	case config.FormatValue:
-		switch name {
-		case "get", "set", "mget", "mset", "del", "unlink", "exists", "incr", "incrby", "decr", "decrby", "incrbyfloat", "getset":
-			return true
-		}
-	}
-	return false
-}
-
 // Refusal is the error for a command a route does not serve.
 func (r *Route) Refusal(name string) string {
 	return fmt.Sprintf("ERR command '%s' is not supported on route '%s' (%s, prefix %q)",
-		upper(name), r.cfg.Name, r.cfg.Policy, r.cfg.Prefix)
+		strings.ToUpper(name), r.cfg.Name, r.cfg.Policy, r.cfg.Prefix)
 }
 
-func upper(s string) string {
-	b := []byte(s)
-	for i, c := range b {
-		if 'a' <= c && c <= 'z' {
-			b[i] = c - 'a' + 'A'
-		}
+// Do carries one command on one of the route's keys (o.Args[1]).
+func (r *Route) Do(ctx context.Context, o Op) resp.Reply {
+	if !Supported(r.cfg.Format, o.ID) {
+		return resp.Err(r.Refusal(o.name()))
 	}
-	return string(b)
-}
-
-// Do runs one single-key command (name in lower case, args[1] the key) and
-// returns its raw reply for a client speaking proto.
-func (r *Route) Do(ctx context.Context, proto int, name string, args [][]byte) []byte {
-	if !Supported(r.cfg.Format, name) {
-		return resp.AppendError(nil, r.Refusal(name))
+	if len(o.Args) < 2 {
+		return resp.Err("ERR wrong number of arguments for '" + o.name() + "' command")
 	}
-	if len(args) < 2 {
-		return resp.AppendError(nil, "ERR wrong number of arguments for '"+name+"' command")
-	}
-	key := string(args[1])
+	key := o.key()
 	if canonical, ok := r.table.CanonicalKey(r.id(key)); !ok {
 		// "user:01" would be a second cached copy of row 1.
-		if IsRead(name) {
-			return r.absent(proto, name, len(args))
+		if IsRead(o.ID) {
+			return absent(o)
 		}
-		return resp.AppendError(nil, fmt.Sprintf("ERR route '%s': key %q is not in canonical form; use %q", r.cfg.Name, key, r.cfg.Prefix+canonical))
+		return resp.Err(fmt.Sprintf("ERR route '%s': key %q is not in canonical form; use %q", r.cfg.Name, key, r.cfg.Prefix+canonical))
 	}
-	switch name {
-	case "get", "hget", "hmget", "hgetall", "hexists", "hlen", "hkeys", "hvals":
-		return r.read(ctx, proto, key, args)
-	case "exists":
-		found, err := r.ensure(ctx, key)
-		if err != nil {
-			return r.fail(err)
-		}
-		return resp.AppendInt(nil, boolInt(found))
-	case "ttl", "pttl", "expire":
+	switch o.ID {
+	case router.CmdTtl, router.CmdPttl, router.CmdExpire:
 		// Cache-side only: the TTL of the cached copy.
-		return r.passthrough(ctx, proto, args)
+		return r.passthrough(ctx, o)
+	}
+	if IsRead(o.ID) {
+		return r.policy.Read(ctx, o)
 	}
 	r.Stats.Writes.Add(1)
 	ctx, cancel := context.WithTimeout(ctx, writeTimeout)
 	defer cancel()
-	switch r.cfg.Policy {
-	case config.WriteBack:
-		return r.wb.write(ctx, proto, name, key, args)
-	default:
-		return r.writeDirect(ctx, proto, name, key, args)
-	}
+	return r.policy.Write(ctx, o)
 }
 
 // writeTimeout bounds one write command's PostgreSQL and Redis work.
 const writeTimeout = 30 * time.Second
 
 // absent is a read command's reply for a key that has no row.
-func (r *Route) absent(proto int, name string, argc int) []byte {
-	switch name {
-	case "hgetall":
-		return resp.AppendMap(nil, 0, proto)
-	case "hkeys", "hvals":
-		return resp.AppendArray(nil, 0)
-	case "hmget":
-		b := resp.AppendArray(nil, max(argc-2, 0))
-		for i := 2; i < argc; i++ {
-			b = resp.AppendNull(b, proto)
+func absent(o Op) resp.Reply {
+	switch o.ID {
+	case router.CmdHgetall:
+		return resp.Map()
+	case router.CmdHkeys, router.CmdHvals:
+		return resp.Array()
+	case router.CmdHmget:
+		elems := make([]resp.Reply, max(len(o.Args)-2, 0))
+		for i := range elems {
+			elems[i] = resp.Null()
 		}
-		return b
-	case "hexists", "hlen", "exists":
-		return resp.AppendInt(nil, 0)
-	case "ttl", "pttl":
-		return resp.AppendInt(nil, -2)
+		return resp.Array(elems...)
+	case router.CmdHexists, router.CmdHlen, router.CmdExists:
+		return resp.Int(0)
+	case router.CmdTtl, router.CmdPttl:
+		return resp.Int(-2)
 	}
-	return resp.AppendNull(nil, proto)
+	return resp.Null()
 }
 
-// passthrough runs args on the cache tier as they are.
-func (r *Route) passthrough(ctx context.Context, proto int, args [][]byte) []byte {
-	out, err := r.cache.Do(ctx, proto, args)
+// passthrough runs o on the cache tier as it is.
+func (r *Route) passthrough(ctx context.Context, o Op) resp.Reply {
+	out, err := r.cache.Do(ctx, o.Proto, o.Args)
 	if err != nil {
 		return r.fail(err)
 	}
-	return out[0]
+	return resp.Raw(out[0])
 }
 
-// Fail is the raw Redis error reply for err, as the route reports it.
-func (r *Route) Fail(err error) []byte { return r.fail(err) }
-
 // fail turns an error into a Redis error reply and counts it.
-func (r *Route) fail(err error) []byte {
+func (r *Route) fail(err error) resp.Reply {
 	r.Stats.Errors.Add(1)
+	return resp.Err(r.errorText(err))
+}
+
+// errorText is err as the route reports it: Redis' own errors as they
+// are, anything else naming the route.
+func (r *Route) errorText(err error) string {
 	var re redisErr
 	if errors.As(err, &re) {
-		return resp.AppendError(nil, string(re))
+		return string(re)
 	}
-	var ke *backend.KeyError
-	var fe *backend.FieldError
-	var de *backend.DBError
-	switch {
-	case errors.As(err, &ke), errors.As(err, &fe), errors.As(err, &de), errors.Is(err, backend.ErrInvalidJSON):
-		return resp.AppendError(nil, fmt.Sprintf("ERR route '%s': %s", r.cfg.Name, oneLine(err.Error())))
-	}
-	return resp.AppendError(nil, fmt.Sprintf("ERR route '%s': %s", r.cfg.Name, oneLine(err.Error())))
+	return fmt.Sprintf("ERR route '%s': %s", r.cfg.Name, oneLine(err.Error()))
 }
 
 // redisErr is an error whose text is already a Redis error reply.
@@ -231,6 +191,10 @@ const (
 	errSyntax     = redisErr("ERR syntax error")
 	errOverflow   = redisErr("ERR increment or decrement would overflow")
 )
+
+func arity(name string) error {
+	return redisErr("ERR wrong number of arguments for '" + name + "' command")
+}
 
 // oneLine keeps an error text usable in a RESP error reply.
 func oneLine(s string) string {
@@ -259,3 +223,7 @@ func (r *Route) ttl() int64 {
 }
 
 func ms(d config.Duration) string { return strconv.FormatInt(time.Duration(d).Milliseconds(), 10) }
+
+func formatInt(n int64) string { return strconv.FormatInt(n, 10) }
+
+func itob(n int64) []byte { return []byte(formatInt(n)) }

@@ -18,7 +18,6 @@ import (
 
 	"github.com/respite/respite/backend"
 	"github.com/respite/respite/internal/config"
-	"github.com/respite/respite/resp"
 )
 
 // loadTimeout bounds one PostgreSQL load, whoever waits for it.
@@ -26,18 +25,26 @@ const loadTimeout = 10 * time.Second
 
 // loader coalesces concurrent loads of one key (singleflight) and keeps
 // per-key generations, so that a write during a load keeps the stale
-// result out of the cache (LIBRARIES.md, singleflight).
+// result out of the cache: a write bumps the key's generation and forgets
+// the load in flight, and a load stores its result only if the generation
+// is unchanged. It also counts fills per key, so a read that missed
+// before another load filled the key reads the cache again instead of
+// loading a second time.
 type loader struct {
 	group singleflight.Group
 	seed  maphash.Seed
 	gens  [4096]atomic.Uint64 // striped by key hash; a collision only skips a fill
+	fills [4096]atomic.Uint64 // fills done, striped the same way
 }
 
 func (l *loader) init() { l.seed = maphash.MakeSeed() }
 
-func (l *loader) slot(key string) *atomic.Uint64 {
-	return &l.gens[maphash.String(l.seed, key)%uint64(len(l.gens))]
-}
+func (l *loader) index(key string) uint64 { return maphash.String(l.seed, key) % uint64(len(l.gens)) }
+
+func (l *loader) slot(key string) *atomic.Uint64 { return &l.gens[l.index(key)] }
+
+// filled returns key's fill count, to pass to fetch.
+func (l *loader) filled(key string) uint64 { return l.fills[l.index(key)].Load() }
 
 // invalidated bumps key's generation and forgets an in-flight load, so
 // the next read loads again.
@@ -87,9 +94,12 @@ func (r *Route) loadRow(ctx context.Context, q backend.Querier, key string) (row
 }
 
 // fetch loads key once however many callers miss it together, fills the
-// cache (or the negative cache) and returns the row. A caller whose ctx
-// ends stops waiting; the load goes on for the others.
-func (r *Route) fetch(ctx context.Context, key string) (row, error) {
+// cache (or the negative cache) and returns the row. filled is the key's
+// fill count from before the caller read the cache: if a fill happened
+// since, the cache has the key and nothing is loaded (row.cached, or an
+// absent row). A caller whose ctx ends stops waiting; the load goes on for
+// the others.
+func (r *Route) fetch(ctx context.Context, key string, filled uint64) (row, error) {
 	r.Stats.Coalesced.Add(1)
 	ch := r.loads.group.DoChan(key, func() (v any, err error) {
 		r.Stats.Coalesced.Add(-1)
@@ -102,10 +112,8 @@ func (r *Route) fetch(ctx context.Context, key string) (row, error) {
 		defer cancel()
 		// A load that finished just before this one started has filled
 		// the cache already: its late arrivals must not load again.
-		if present, absent := r.inCache(lctx, key); present {
+		if r.loads.filled(key) != filled {
 			return row{found: true, cached: true}, nil
-		} else if absent {
-			return row{}, nil
 		}
 		if r.cfg.DistributedLock {
 			return r.fetchLocked(lctx, key)
@@ -137,6 +145,8 @@ func (r *Route) loadAndFill(ctx context.Context, key string) (row, error) {
 	if r.loads.slot(key).Load() == gen {
 		if err := r.fill(ctx, key, rw, false); err != nil {
 			r.log.Warn("cache fill failed", "err", err)
+		} else {
+			r.loads.fills[r.loads.index(key)].Add(1)
 		}
 		if r.local != nil && rw.found {
 			v := rw.value
@@ -178,7 +188,7 @@ func (r *Route) fill(ctx context.Context, key string, rw row, overwrite bool) er
 		if neg <= 0 {
 			return nil
 		}
-		return r.rdb.Set(ctx, negKey(key), "1", neg).Err()
+		return r.cacheCmd(ctx, []byte("SET"), []byte(negKey(key)), []byte("1"), cmdPX, itob(neg.Milliseconds()))
 	}
 	switch r.cfg.Format {
 	case config.FormatHash:
@@ -192,16 +202,25 @@ func (r *Route) fill(ctx context.Context, key string, rw row, overwrite bool) er
 		if r.cfg.Format == config.FormatJSON {
 			v = string(rw.json)
 		}
-		a := redis.SetArgs{TTL: time.Duration(ttl) * time.Millisecond}
+		cmd := [][]byte{[]byte("SET"), []byte(key), []byte(v), cmdPX, itob(ttl)}
 		if !overwrite {
-			a.Mode = "NX"
+			cmd = append(cmd, []byte("NX"))
 		}
-		err := r.rdb.SetArgs(ctx, key, v, a).Err()
-		if err == redis.Nil {
-			return nil
-		}
+		return r.cacheCmd(ctx, cmd...)
+	}
+}
+
+// cacheCmd runs one command of the proxy's own on the cache tier (the
+// shared multiplexed connections) and returns Redis' error, if any.
+func (r *Route) cacheCmd(ctx context.Context, cmd ...[]byte) error {
+	out, err := r.cache.Do(ctx, 2, cmd)
+	if err != nil {
 		return err
 	}
+	if len(out[0]) > 0 && out[0][0] == '-' {
+		return redisErr(oneLine(string(out[0][1 : len(out[0])-2])))
+	}
+	return nil
 }
 
 // releaseLock deletes a lease only if it is still ours.
@@ -293,20 +312,4 @@ func (r *Route) refresh(key string) {
 		}
 		return nil, err
 	})
-}
-
-// isNull reports whether a raw reply is a null ($-1, *-1 or _).
-func isNull(b []byte) bool {
-	return len(b) > 0 && (b[0] == '_' || (len(b) > 1 && (b[0] == '$' || b[0] == '*') && b[1] == '-'))
-}
-
-// rowReply encodes a loaded row as GET's reply.
-func (r *Route) rowReply(proto int, rw row) []byte {
-	if !rw.found {
-		return resp.AppendNull(nil, proto)
-	}
-	if r.cfg.Format == config.FormatJSON {
-		return resp.AppendBulk(nil, string(rw.json))
-	}
-	return resp.AppendBulk(nil, rw.value)
 }

@@ -6,14 +6,16 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/respite/respite/backend"
 	"github.com/respite/respite/internal/config"
 	"github.com/respite/respite/resp"
+	"github.com/respite/respite/router"
 )
 
-// Write-back (write-behind, PRODUCT.md §5.3): a write changes the cached
+// Write-back (write-behind): a write changes the cached
 // copy and appends the change to the route's durable queue, a Redis
 // Stream, in one Lua script (atomic on the Redis side), and the client
 // gets its reply at once. The Flusher (flusher.go) drains the stream into
@@ -29,15 +31,15 @@ import (
 // the string, or for a hash route the whole hash as a JSON object, with
 // removed fields as null) or op=del.
 
-// writeBack is a route's write-back state.
+// writeBack is the write-back policy of a route. Reads are cache-aside's.
 type writeBack struct {
-	r      *Route
+	reader
 	stream string // respite:wb:<route>
 	dlq    string // respite:dlq:<route>
 }
 
 func newWriteBack(r *Route) *writeBack {
-	return &writeBack{r: r, stream: StreamKey(r.cfg.Name), dlq: DeadLetterKey(r.cfg.Name)}
+	return &writeBack{reader: reader{r}, stream: StreamKey(r.cfg.Name), dlq: DeadLetterKey(r.cfg.Name)}
 }
 
 // StreamKey is the Redis Stream holding route's pending writes.
@@ -110,21 +112,23 @@ var (
 	wbHash = redis.NewScript(wbHashSrc)
 )
 
-// write carries one write command on a write-back route.
-func (w *writeBack) write(ctx context.Context, proto int, name, key string, args [][]byte) []byte {
+// Write carries one write command: the cache write and the queue append,
+// atomically, in one script.
+func (w *writeBack) Write(ctx context.Context, o Op) resp.Reply {
 	r := w.r
+	key, args := o.key(), o.Args
 	if err := r.table.CheckKey(ctx, r.id(key)); err != nil {
 		return r.fail(err)
 	}
 	keys := []string{key, negKey(key), w.stream}
-	switch name {
-	case "set", "setex", "getset":
-		value, opts, err := parseSet(name, args)
+	switch o.ID {
+	case router.CmdSet, router.CmdSetex, router.CmdGetset:
+		value, opts, err := parseSet(o)
 		if err != nil {
 			return r.fail(err)
 		}
 		if opts.nx || opts.xx || opts.get {
-			return resp.AppendError(nil, "ERR SET with NX, XX or GET is not supported on write-back route '"+r.cfg.Name+"'")
+			return resp.Err("ERR " + strings.ToUpper(o.name()) + " with NX, XX or GET is not supported on write-back route '" + r.cfg.Name + "'")
 		}
 		if err := w.check(ctx, value); err != nil {
 			return r.fail(err)
@@ -133,9 +137,9 @@ func (w *writeBack) write(ctx context.Context, proto int, name, key string, args
 		if err := wbSet.Run(ctx, r.rdb, keys, value).Err(); err != nil {
 			return r.fail(err)
 		}
-		return resp.AppendStatus(nil, "OK")
-	case "incr", "decr", "incrby", "decrby", "incrbyfloat":
-		delta, float, err := parseIncr(name, args)
+		return resp.OK()
+	case router.CmdIncr, router.CmdDecr, router.CmdIncrby, router.CmdDecrby, router.CmdIncrbyfloat:
+		delta, float, err := parseIncr(o)
 		if err != nil {
 			return r.fail(err)
 		}
@@ -152,26 +156,23 @@ func (w *writeBack) write(ctx context.Context, proto int, name, key string, args
 		}
 		s, _ := v.(string)
 		if float {
-			return resp.AppendBulk(nil, s)
+			return resp.Bulk(s)
 		}
 		n, _ := strconv.ParseInt(s, 10, 64)
-		return resp.AppendInt(nil, n)
-	case "del", "unlink":
+		return resp.Int(n)
+	case router.CmdDel, router.CmdUnlink:
 		v, err := w.run(ctx, wbDel, key, keys)
 		if err != nil {
 			return r.fail(err)
 		}
 		n, _ := v.(int64)
-		return resp.AppendInt(nil, n)
-	case "hset", "hmset", "hdel", "hincrby":
-		hargs := []any{strings.ToUpper(name)}
-		if name == "hmset" {
-			hargs[0] = "HSET"
-		}
+		return resp.Int(n)
+	case router.CmdHset, router.CmdHmset, router.CmdHdel, router.CmdHincrby:
+		hargs := []any{hashOp(o)}
 		for _, a := range args[2:] {
 			hargs = append(hargs, string(a))
 		}
-		if name != "hdel" {
+		if o.ID != router.CmdHdel {
 			for i := 2; i+1 < len(args); i += 2 {
 				if !contains(r.table.Columns(), string(args[i])) {
 					return r.fail(&backend.FieldError{Table: r.cfg.Table, Field: string(args[i])})
@@ -182,13 +183,114 @@ func (w *writeBack) write(ctx context.Context, proto int, name, key string, args
 		if err != nil {
 			return r.fail(err)
 		}
-		if name == "hmset" {
-			return resp.AppendStatus(nil, "OK")
+		if o.ID == router.CmdHmset {
+			return resp.OK()
 		}
 		n, _ := v.(int64)
-		return resp.AppendInt(nil, n)
+		return resp.Int(n)
 	}
 	return r.fail(errors.New("unsupported write"))
+}
+
+// hashOp is the command the hash script runs for o (HMSET runs as HSET).
+func hashOp(o Op) string {
+	if o.ID == router.CmdHmset {
+		return "HSET"
+	}
+	return strings.ToUpper(o.name())
+}
+
+// Queue queues the write's script itself, so the cache write and the
+// queue append happen inside the client's MULTI.
+func (w *writeBack) Queue(ctx context.Context, o Op) (*Queued, error) {
+	r := w.r
+	key := o.key()
+	q := &Queued{r: r, op: Op{ID: o.ID, Args: cloneArgs(o.Args), Proto: o.Proto}}
+	if err := r.table.CheckKey(ctx, r.id(key)); err != nil {
+		return nil, err
+	}
+	keys := []string{key, negKey(key), w.stream}
+	var src string
+	var sargs []string
+	switch o.ID {
+	case router.CmdSet, router.CmdSetex, router.CmdGetset:
+		value, opts, err := parseSet(o)
+		if err != nil {
+			return nil, err
+		}
+		if opts.nx || opts.xx || opts.get || o.ID == router.CmdGetset {
+			return nil, redisErr("ERR " + strings.ToUpper(o.name()) + " with NX, XX or GET is not supported on write-back route '" + r.cfg.Name + "'")
+		}
+		if err := w.check(ctx, value); err != nil {
+			return nil, err
+		}
+		src, sargs = wbSetSrc, []string{string(value)}
+	case router.CmdIncr, router.CmdDecr, router.CmdIncrby, router.CmdDecrby, router.CmdIncrbyfloat:
+		delta, float, err := parseIncr(o)
+		if err != nil {
+			return nil, err
+		}
+		kind := "int"
+		if float {
+			kind = "float"
+			if err := w.floatColumn(ctx); err != nil {
+				return nil, err
+			}
+		}
+		q.float = float
+		src, sargs = wbIncrSrc, []string{delta, kind}
+	case router.CmdDel, router.CmdUnlink:
+		src = wbDelSrc
+	default: // hash writes
+		sargs = []string{hashOp(o)}
+		for _, a := range o.Args[2:] {
+			sargs = append(sargs, string(a))
+		}
+		src = wbHashSrc
+	}
+	if o.ID != router.CmdSet && o.ID != router.CmdSetex {
+		// The script needs the row cached (or tombstoned) when EXEC runs.
+		if _, err := r.ensure(ctx, key); err != nil {
+			return nil, err
+		}
+	}
+	q.Cmd = [][]byte{[]byte("EVAL"), []byte(src), []byte("3")}
+	for _, k := range keys {
+		q.Cmd = append(q.Cmd, []byte(k))
+	}
+	for _, a := range sargs {
+		q.Cmd = append(q.Cmd, []byte(a))
+	}
+	r.invalidated(key)
+	return q, nil
+}
+
+// Prepare does nothing: the flusher writes PostgreSQL later.
+func (w *writeBack) Prepare(context.Context, pgx.Tx, *Queued) (resp.Reply, error) {
+	return resp.Reply{}, nil
+}
+
+// Finish turns the queued script's reply (elem, from EXEC's array) into
+// the command's own reply.
+func (w *writeBack) Finish(_ context.Context, q *Queued, elem []byte, _ bool) resp.Reply {
+	if len(elem) == 0 || elem[0] == '-' {
+		return resp.Raw(elem)
+	}
+	switch q.op.ID {
+	case router.CmdSet, router.CmdSetex, router.CmdHmset:
+		return resp.OK()
+	case router.CmdIncr, router.CmdDecr, router.CmdIncrby, router.CmdDecrby, router.CmdIncrbyfloat:
+		v, ok := bulkValue(elem)
+		if !ok || q.float {
+			return resp.Raw(elem)
+		}
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return resp.Raw(elem)
+		}
+		return resp.Int(n)
+	}
+	return resp.Raw(elem)
 }
 
 // run runs a script that needs the key cached (or tombstoned), loading the
@@ -205,7 +307,7 @@ func (w *writeBack) run(ctx context.Context, s *redis.Script, key string, keys [
 			}
 			return v, err
 		}
-		if _, err := w.r.fetch(ctx, key); err != nil {
+		if _, err := w.r.fetch(ctx, key, w.r.loads.filled(key)); err != nil {
 			return nil, err
 		}
 	}

@@ -10,8 +10,11 @@ import (
 // ErrReply reports a malformed reply from the upstream server.
 var ErrReply = errors.New("resp: malformed reply from upstream")
 
-// maxDepth bounds nesting of aggregate replies read by AppendReply.
-const maxDepth = 64
+// maxDepth bounds nesting of aggregate replies read by AppendReply. Redis
+// itself nests as deep as a Lua script's reply goes (until "reached lua
+// stack limit", some thousands of levels), so the bound only stops a
+// stream that cannot be RESP.
+const maxDepth = 1 << 16
 
 // AppendReply reads one complete RESP2 or RESP3 reply from br and appends
 // its exact bytes to dst. Aggregates (arrays, maps, sets, pushes) are read

@@ -31,10 +31,17 @@ func TestAppendReplyKeepsExactBytes(t *testing.T) {
 }
 
 func TestAppendReplyRejectsGarbage(t *testing.T) {
-	for _, in := range []string{"?x\r\n", "$abc\r\n", "*1\n", "x\r\n", strings.Repeat("*1\r\n", 100) + ":1\r\n"} {
+	for _, in := range []string{"?x\r\n", "$abc\r\n", "*1\n", "x\r\n", strings.Repeat("*1\r\n", maxDepth+2) + ":1\r\n"} {
 		if _, err := AppendReply(nil, bufio.NewReader(strings.NewReader(in))); err == nil {
 			t.Errorf("%q: no error", in)
 		}
+	}
+	// Redis nests as deep as a Lua script's reply goes: a table that
+	// contains itself comes back as 7995 arrays of one element around
+	// "-ERR reached lua stack limit" (Redis 7.0.15). That is RESP.
+	deep := strings.Repeat("*1\r\n", 7995) + "-ERR reached lua stack limit\r\n"
+	if got, err := AppendReply(nil, bufio.NewReader(strings.NewReader(deep))); err != nil || string(got) != deep {
+		t.Errorf("Redis' deepest reply: %v", err)
 	}
 	if _, err := AppendReply(nil, bufio.NewReader(strings.NewReader("$5\r\nab"))); err != io.ErrUnexpectedEOF {
 		t.Errorf("truncated bulk: %v", err)

@@ -47,54 +47,6 @@ type keySpec struct {
 	subcommands bool
 }
 
-// maxName bounds "name|sub" in lookups; the longest in the table is 29
-// bytes ("cluster|count-failure-reports"). Longer names are unknown.
-const maxName = 48
-
-// lookupSpec finds the entry for args, lower-casing args[0] (and, for a
-// container, "|" and args[1]) into buf. It reports the entry, the length of
-// the name in buf, and whether args name a known command (and known
-// subcommand; a container called without one is known, and fails arity).
-func lookupSpec(buf *[maxName]byte, args [][]byte) (keySpec, int, bool) {
-	if len(args) == 0 {
-		return keySpec{}, 0, false
-	}
-	n, ok := appendLower(buf, 0, args[0])
-	if !ok {
-		return keySpec{}, 0, false
-	}
-	s, ok := keySpecs[string(buf[:n])]
-	if !ok || !s.subcommands || len(args) < 2 {
-		return s, n, ok
-	}
-	if n >= maxName {
-		return keySpec{}, 0, false
-	}
-	buf[n] = '|'
-	n, ok = appendLower(buf, n+1, args[1])
-	if !ok {
-		return keySpec{}, 0, false
-	}
-	s, ok = keySpecs[string(buf[:n])]
-	return s, n, ok
-}
-
-// appendLower copies name, lower-cased, into buf at n; false if it does
-// not fit.
-func appendLower(buf *[maxName]byte, n int, name []byte) (int, bool) {
-	if len(name) > maxName-n {
-		return 0, false
-	}
-	for _, c := range name {
-		if 'A' <= c && c <= 'Z' {
-			c += 'a' - 'A'
-		}
-		buf[n] = c
-		n++
-	}
-	return n, true
-}
-
 // arityOK reports whether argc arguments satisfy arity.
 func arityOK(arity int16, argc int) bool {
 	if arity >= 0 {
@@ -120,20 +72,28 @@ func arityOK(arity int16, argc int) bool {
 // one Redis writes. Positions come in
 // increasing order, none twice.
 func KeyPositions(dst []int, args [][]byte) (positions []int, known bool) {
-	var buf [maxName]byte
-	s, n, known := lookupSpec(&buf, args)
-	if !known || s.notKey || !arityOK(s.arity, len(args)) {
-		return dst, known
+	id := lookup(args)
+	if id == CmdUnknown || specs[id].keys.subcommands && len(args) >= 2 {
+		return dst, false // unknown, or a container with an unknown subcommand
+	}
+	return keyPositions(dst, id, args), true
+}
+
+// keyPositions is KeyPositions for a command whose id is known.
+func keyPositions(dst []int, id ID, args [][]byte) []int {
+	s := &specs[id].keys
+	if s.notKey || !arityOK(s.arity, len(args)) {
+		return dst
 	}
 	if s.movablekeys {
-		if r, ok := movableRules[string(buf[:n])]; ok {
-			return r.appendKeys(dst, args), true
+		if r, ok := movableRules[specs[id].Name]; ok {
+			return r.appendKeys(dst, args)
 		}
 		// A movable command without a rule: tests make sure there is none
 		// in the table; fall through to its fixed range, if any.
 	}
 	if s.first <= 0 || s.step <= 0 {
-		return dst, true
+		return dst
 	}
 	last := int(s.last)
 	if last < 0 {
@@ -142,7 +102,7 @@ func KeyPositions(dst []int, args [][]byte) (positions []int, known bool) {
 	for i := int(s.first); i <= last && i < len(args); i += int(s.step) {
 		dst = append(dst, i)
 	}
-	return dst, true
+	return dst
 }
 
 // IsWrite reports whether the command may modify data (COMMAND flag
@@ -158,11 +118,15 @@ func IsWrite(args [][]byte) bool {
 	if len(args) == 0 {
 		return false
 	}
-	var buf [maxName]byte
-	s, _, known := lookupSpec(&buf, args)
-	if !known {
+	id := lookup(args)
+	if id == CmdUnknown || specs[id].keys.subcommands && len(args) >= 2 {
 		return true
 	}
+	return isWrite(id)
+}
+
+func isWrite(id ID) bool {
+	s := &specs[id].keys
 	return s.write || s.keyWrite && !s.readonly
 }
 
@@ -268,12 +232,12 @@ func (r movableRule) appendKeys(dst []int, args [][]byte) []int {
 			more := len(args) - i - 1
 			a := args[i]
 			switch {
-			case Is(a, "block") && more >= 1, Is(a, "count") && more >= 1:
+			case equalFold(a, "block") && more >= 1, equalFold(a, "count") && more >= 1:
 				i++
-			case Is(a, "group") && more >= 2:
+			case equalFold(a, "group") && more >= 2:
 				i += 2
-			case Is(a, "noack"):
-			case Is(a, "streams") && more >= 1:
+			case equalFold(a, "noack"):
+			case equalFold(a, "streams") && more >= 1:
 				if more%2 != 0 {
 					return dst // unbalanced: error
 				}
@@ -294,12 +258,12 @@ func (r movableRule) appendKeys(dst []int, args [][]byte) []int {
 			more := len(args) - i - 1
 			a := args[i]
 			switch {
-			case Is(a, "limit") && more >= 2:
+			case equalFold(a, "limit") && more >= 2:
 				i += 2
-			case Is(a, "store") && more >= 1:
+			case equalFold(a, "store") && more >= 1:
 				i++
 				dst = append(dst, i)
-			case Is(a, "by") && more >= 1, Is(a, "get") && more >= 1:
+			case equalFold(a, "by") && more >= 1, equalFold(a, "get") && more >= 1:
 				i++
 			}
 		}
@@ -314,7 +278,7 @@ func (r movableRule) appendKeys(dst []int, args [][]byte) []int {
 		for i := 6; i < len(args); i++ {
 			a := args[i]
 			switch {
-			case Is(a, "keys"):
+			case equalFold(a, "keys"):
 				if len(args[3]) != 0 {
 					return dst // error: KEYS wants an empty key argument
 				}
@@ -322,9 +286,9 @@ func (r movableRule) appendKeys(dst []int, args [][]byte) []int {
 					dst = append(dst, j)
 				}
 				return dst
-			case Is(a, "auth"):
+			case equalFold(a, "auth"):
 				i++
-			case Is(a, "auth2"):
+			case equalFold(a, "auth2"):
 				i += 2
 			}
 		}
@@ -335,7 +299,7 @@ func (r movableRule) appendKeys(dst []int, args [][]byte) []int {
 		// skip, must be a number for the command to run.
 		dst = append(dst, 1)
 		for i := int(r.start); i < len(args)-1; i++ {
-			if Is(args[i], "store") || Is(args[i], "storedist") {
+			if equalFold(args[i], "store") || equalFold(args[i], "storedist") {
 				i++
 				dst = append(dst, i)
 			}

@@ -375,3 +375,1098 @@ var keySpecs = map[string]keySpec{
 	"zunion":                        {arity: -3, first: 0, last: 0, step: 0, readonly: true, movablekeys: true},
 	"zunionstore":                   {arity: -4, first: 1, last: 1, step: 1, write: true, movablekeys: true, keyWrite: true},
 }
+
+// Command ids, one per entry of keySpecs in name order; ids of commands
+// newer than this table follow in commands.go.
+const (
+	CmdAcl                        ID = iota + 1 // acl
+	CmdAclCat                                   // acl|cat
+	CmdAclDeluser                               // acl|deluser
+	CmdAclDryrun                                // acl|dryrun
+	CmdAclGenpass                               // acl|genpass
+	CmdAclGetuser                               // acl|getuser
+	CmdAclHelp                                  // acl|help
+	CmdAclList                                  // acl|list
+	CmdAclLoad                                  // acl|load
+	CmdAclLog                                   // acl|log
+	CmdAclSave                                  // acl|save
+	CmdAclSetuser                               // acl|setuser
+	CmdAclUsers                                 // acl|users
+	CmdAclWhoami                                // acl|whoami
+	CmdAppend                                   // append
+	CmdAsking                                   // asking
+	CmdAuth                                     // auth
+	CmdBgrewriteaof                             // bgrewriteaof
+	CmdBgsave                                   // bgsave
+	CmdBitcount                                 // bitcount
+	CmdBitfield                                 // bitfield
+	CmdBitfieldRo                               // bitfield_ro
+	CmdBitop                                    // bitop
+	CmdBitpos                                   // bitpos
+	CmdBlmove                                   // blmove
+	CmdBlmpop                                   // blmpop
+	CmdBlpop                                    // blpop
+	CmdBrpop                                    // brpop
+	CmdBrpoplpush                               // brpoplpush
+	CmdBzmpop                                   // bzmpop
+	CmdBzpopmax                                 // bzpopmax
+	CmdBzpopmin                                 // bzpopmin
+	CmdClient                                   // client
+	CmdClientCaching                            // client|caching
+	CmdClientGetname                            // client|getname
+	CmdClientGetredir                           // client|getredir
+	CmdClientHelp                               // client|help
+	CmdClientId                                 // client|id
+	CmdClientInfo                               // client|info
+	CmdClientKill                               // client|kill
+	CmdClientList                               // client|list
+	CmdClientNoEvict                            // client|no-evict
+	CmdClientPause                              // client|pause
+	CmdClientReply                              // client|reply
+	CmdClientSetname                            // client|setname
+	CmdClientTracking                           // client|tracking
+	CmdClientTrackinginfo                       // client|trackinginfo
+	CmdClientUnblock                            // client|unblock
+	CmdClientUnpause                            // client|unpause
+	CmdCluster                                  // cluster
+	CmdClusterAddslots                          // cluster|addslots
+	CmdClusterAddslotsrange                     // cluster|addslotsrange
+	CmdClusterBumpepoch                         // cluster|bumpepoch
+	CmdClusterCountFailureReports               // cluster|count-failure-reports
+	CmdClusterCountkeysinslot                   // cluster|countkeysinslot
+	CmdClusterDelslots                          // cluster|delslots
+	CmdClusterDelslotsrange                     // cluster|delslotsrange
+	CmdClusterFailover                          // cluster|failover
+	CmdClusterFlushslots                        // cluster|flushslots
+	CmdClusterForget                            // cluster|forget
+	CmdClusterGetkeysinslot                     // cluster|getkeysinslot
+	CmdClusterHelp                              // cluster|help
+	CmdClusterInfo                              // cluster|info
+	CmdClusterKeyslot                           // cluster|keyslot
+	CmdClusterLinks                             // cluster|links
+	CmdClusterMeet                              // cluster|meet
+	CmdClusterMyid                              // cluster|myid
+	CmdClusterNodes                             // cluster|nodes
+	CmdClusterReplicas                          // cluster|replicas
+	CmdClusterReplicate                         // cluster|replicate
+	CmdClusterReset                             // cluster|reset
+	CmdClusterSaveconfig                        // cluster|saveconfig
+	CmdClusterSetConfigEpoch                    // cluster|set-config-epoch
+	CmdClusterSetslot                           // cluster|setslot
+	CmdClusterShards                            // cluster|shards
+	CmdClusterSlaves                            // cluster|slaves
+	CmdClusterSlots                             // cluster|slots
+	CmdCommand                                  // command
+	CmdCommandCount                             // command|count
+	CmdCommandDocs                              // command|docs
+	CmdCommandGetkeys                           // command|getkeys
+	CmdCommandGetkeysandflags                   // command|getkeysandflags
+	CmdCommandHelp                              // command|help
+	CmdCommandInfo                              // command|info
+	CmdCommandList                              // command|list
+	CmdConfig                                   // config
+	CmdConfigGet                                // config|get
+	CmdConfigHelp                               // config|help
+	CmdConfigResetstat                          // config|resetstat
+	CmdConfigRewrite                            // config|rewrite
+	CmdConfigSet                                // config|set
+	CmdCopy                                     // copy
+	CmdDbsize                                   // dbsize
+	CmdDebug                                    // debug
+	CmdDecr                                     // decr
+	CmdDecrby                                   // decrby
+	CmdDel                                      // del
+	CmdDiscard                                  // discard
+	CmdDump                                     // dump
+	CmdEcho                                     // echo
+	CmdEval                                     // eval
+	CmdEvalRo                                   // eval_ro
+	CmdEvalsha                                  // evalsha
+	CmdEvalshaRo                                // evalsha_ro
+	CmdExec                                     // exec
+	CmdExists                                   // exists
+	CmdExpire                                   // expire
+	CmdExpireat                                 // expireat
+	CmdExpiretime                               // expiretime
+	CmdFailover                                 // failover
+	CmdFcall                                    // fcall
+	CmdFcallRo                                  // fcall_ro
+	CmdFlushall                                 // flushall
+	CmdFlushdb                                  // flushdb
+	CmdFunction                                 // function
+	CmdFunctionDelete                           // function|delete
+	CmdFunctionDump                             // function|dump
+	CmdFunctionFlush                            // function|flush
+	CmdFunctionHelp                             // function|help
+	CmdFunctionKill                             // function|kill
+	CmdFunctionList                             // function|list
+	CmdFunctionLoad                             // function|load
+	CmdFunctionRestore                          // function|restore
+	CmdFunctionStats                            // function|stats
+	CmdGeoadd                                   // geoadd
+	CmdGeodist                                  // geodist
+	CmdGeohash                                  // geohash
+	CmdGeopos                                   // geopos
+	CmdGeoradius                                // georadius
+	CmdGeoradiusRo                              // georadius_ro
+	CmdGeoradiusbymember                        // georadiusbymember
+	CmdGeoradiusbymemberRo                      // georadiusbymember_ro
+	CmdGeosearch                                // geosearch
+	CmdGeosearchstore                           // geosearchstore
+	CmdGet                                      // get
+	CmdGetbit                                   // getbit
+	CmdGetdel                                   // getdel
+	CmdGetex                                    // getex
+	CmdGetrange                                 // getrange
+	CmdGetset                                   // getset
+	CmdHdel                                     // hdel
+	CmdHello                                    // hello
+	CmdHexists                                  // hexists
+	CmdHget                                     // hget
+	CmdHgetall                                  // hgetall
+	CmdHincrby                                  // hincrby
+	CmdHincrbyfloat                             // hincrbyfloat
+	CmdHkeys                                    // hkeys
+	CmdHlen                                     // hlen
+	CmdHmget                                    // hmget
+	CmdHmset                                    // hmset
+	CmdHrandfield                               // hrandfield
+	CmdHscan                                    // hscan
+	CmdHset                                     // hset
+	CmdHsetnx                                   // hsetnx
+	CmdHstrlen                                  // hstrlen
+	CmdHvals                                    // hvals
+	CmdIncr                                     // incr
+	CmdIncrby                                   // incrby
+	CmdIncrbyfloat                              // incrbyfloat
+	CmdInfo                                     // info
+	CmdKeys                                     // keys
+	CmdLastsave                                 // lastsave
+	CmdLatency                                  // latency
+	CmdLatencyDoctor                            // latency|doctor
+	CmdLatencyGraph                             // latency|graph
+	CmdLatencyHelp                              // latency|help
+	CmdLatencyHistogram                         // latency|histogram
+	CmdLatencyHistory                           // latency|history
+	CmdLatencyLatest                            // latency|latest
+	CmdLatencyReset                             // latency|reset
+	CmdLcs                                      // lcs
+	CmdLindex                                   // lindex
+	CmdLinsert                                  // linsert
+	CmdLlen                                     // llen
+	CmdLmove                                    // lmove
+	CmdLmpop                                    // lmpop
+	CmdLolwut                                   // lolwut
+	CmdLpop                                     // lpop
+	CmdLpos                                     // lpos
+	CmdLpush                                    // lpush
+	CmdLpushx                                   // lpushx
+	CmdLrange                                   // lrange
+	CmdLrem                                     // lrem
+	CmdLset                                     // lset
+	CmdLtrim                                    // ltrim
+	CmdMemory                                   // memory
+	CmdMemoryDoctor                             // memory|doctor
+	CmdMemoryHelp                               // memory|help
+	CmdMemoryMallocStats                        // memory|malloc-stats
+	CmdMemoryPurge                              // memory|purge
+	CmdMemoryStats                              // memory|stats
+	CmdMemoryUsage                              // memory|usage
+	CmdMget                                     // mget
+	CmdMigrate                                  // migrate
+	CmdModule                                   // module
+	CmdModuleHelp                               // module|help
+	CmdModuleList                               // module|list
+	CmdModuleLoad                               // module|load
+	CmdModuleLoadex                             // module|loadex
+	CmdModuleUnload                             // module|unload
+	CmdMonitor                                  // monitor
+	CmdMove                                     // move
+	CmdMset                                     // mset
+	CmdMsetnx                                   // msetnx
+	CmdMulti                                    // multi
+	CmdObject                                   // object
+	CmdObjectEncoding                           // object|encoding
+	CmdObjectFreq                               // object|freq
+	CmdObjectHelp                               // object|help
+	CmdObjectIdletime                           // object|idletime
+	CmdObjectRefcount                           // object|refcount
+	CmdPersist                                  // persist
+	CmdPexpire                                  // pexpire
+	CmdPexpireat                                // pexpireat
+	CmdPexpiretime                              // pexpiretime
+	CmdPfadd                                    // pfadd
+	CmdPfcount                                  // pfcount
+	CmdPfdebug                                  // pfdebug
+	CmdPfmerge                                  // pfmerge
+	CmdPfselftest                               // pfselftest
+	CmdPing                                     // ping
+	CmdPsetex                                   // psetex
+	CmdPsubscribe                               // psubscribe
+	CmdPsync                                    // psync
+	CmdPttl                                     // pttl
+	CmdPublish                                  // publish
+	CmdPubsub                                   // pubsub
+	CmdPubsubChannels                           // pubsub|channels
+	CmdPubsubHelp                               // pubsub|help
+	CmdPubsubNumpat                             // pubsub|numpat
+	CmdPubsubNumsub                             // pubsub|numsub
+	CmdPubsubShardchannels                      // pubsub|shardchannels
+	CmdPubsubShardnumsub                        // pubsub|shardnumsub
+	CmdPunsubscribe                             // punsubscribe
+	CmdQuit                                     // quit
+	CmdRandomkey                                // randomkey
+	CmdReadonly                                 // readonly
+	CmdReadwrite                                // readwrite
+	CmdRename                                   // rename
+	CmdRenamenx                                 // renamenx
+	CmdReplconf                                 // replconf
+	CmdReplicaof                                // replicaof
+	CmdReset                                    // reset
+	CmdRestore                                  // restore
+	CmdRestoreAsking                            // restore-asking
+	CmdRole                                     // role
+	CmdRpop                                     // rpop
+	CmdRpoplpush                                // rpoplpush
+	CmdRpush                                    // rpush
+	CmdRpushx                                   // rpushx
+	CmdSadd                                     // sadd
+	CmdSave                                     // save
+	CmdScan                                     // scan
+	CmdScard                                    // scard
+	CmdScript                                   // script
+	CmdScriptDebug                              // script|debug
+	CmdScriptExists                             // script|exists
+	CmdScriptFlush                              // script|flush
+	CmdScriptHelp                               // script|help
+	CmdScriptKill                               // script|kill
+	CmdScriptLoad                               // script|load
+	CmdSdiff                                    // sdiff
+	CmdSdiffstore                               // sdiffstore
+	CmdSelect                                   // select
+	CmdSet                                      // set
+	CmdSetbit                                   // setbit
+	CmdSetex                                    // setex
+	CmdSetnx                                    // setnx
+	CmdSetrange                                 // setrange
+	CmdShutdown                                 // shutdown
+	CmdSinter                                   // sinter
+	CmdSintercard                               // sintercard
+	CmdSinterstore                              // sinterstore
+	CmdSismember                                // sismember
+	CmdSlaveof                                  // slaveof
+	CmdSlowlog                                  // slowlog
+	CmdSlowlogGet                               // slowlog|get
+	CmdSlowlogHelp                              // slowlog|help
+	CmdSlowlogLen                               // slowlog|len
+	CmdSlowlogReset                             // slowlog|reset
+	CmdSmembers                                 // smembers
+	CmdSmismember                               // smismember
+	CmdSmove                                    // smove
+	CmdSort                                     // sort
+	CmdSortRo                                   // sort_ro
+	CmdSpop                                     // spop
+	CmdSpublish                                 // spublish
+	CmdSrandmember                              // srandmember
+	CmdSrem                                     // srem
+	CmdSscan                                    // sscan
+	CmdSsubscribe                               // ssubscribe
+	CmdStrlen                                   // strlen
+	CmdSubscribe                                // subscribe
+	CmdSubstr                                   // substr
+	CmdSunion                                   // sunion
+	CmdSunionstore                              // sunionstore
+	CmdSunsubscribe                             // sunsubscribe
+	CmdSwapdb                                   // swapdb
+	CmdSync                                     // sync
+	CmdTime                                     // time
+	CmdTouch                                    // touch
+	CmdTtl                                      // ttl
+	CmdType                                     // type
+	CmdUnlink                                   // unlink
+	CmdUnsubscribe                              // unsubscribe
+	CmdUnwatch                                  // unwatch
+	CmdWait                                     // wait
+	CmdWatch                                    // watch
+	CmdXack                                     // xack
+	CmdXadd                                     // xadd
+	CmdXautoclaim                               // xautoclaim
+	CmdXclaim                                   // xclaim
+	CmdXdel                                     // xdel
+	CmdXgroup                                   // xgroup
+	CmdXgroupCreate                             // xgroup|create
+	CmdXgroupCreateconsumer                     // xgroup|createconsumer
+	CmdXgroupDelconsumer                        // xgroup|delconsumer
+	CmdXgroupDestroy                            // xgroup|destroy
+	CmdXgroupHelp                               // xgroup|help
+	CmdXgroupSetid                              // xgroup|setid
+	CmdXinfo                                    // xinfo
+	CmdXinfoConsumers                           // xinfo|consumers
+	CmdXinfoGroups                              // xinfo|groups
+	CmdXinfoHelp                                // xinfo|help
+	CmdXinfoStream                              // xinfo|stream
+	CmdXlen                                     // xlen
+	CmdXpending                                 // xpending
+	CmdXrange                                   // xrange
+	CmdXread                                    // xread
+	CmdXreadgroup                               // xreadgroup
+	CmdXrevrange                                // xrevrange
+	CmdXsetid                                   // xsetid
+	CmdXtrim                                    // xtrim
+	CmdZadd                                     // zadd
+	CmdZcard                                    // zcard
+	CmdZcount                                   // zcount
+	CmdZdiff                                    // zdiff
+	CmdZdiffstore                               // zdiffstore
+	CmdZincrby                                  // zincrby
+	CmdZinter                                   // zinter
+	CmdZintercard                               // zintercard
+	CmdZinterstore                              // zinterstore
+	CmdZlexcount                                // zlexcount
+	CmdZmpop                                    // zmpop
+	CmdZmscore                                  // zmscore
+	CmdZpopmax                                  // zpopmax
+	CmdZpopmin                                  // zpopmin
+	CmdZrandmember                              // zrandmember
+	CmdZrange                                   // zrange
+	CmdZrangebylex                              // zrangebylex
+	CmdZrangebyscore                            // zrangebyscore
+	CmdZrangestore                              // zrangestore
+	CmdZrank                                    // zrank
+	CmdZrem                                     // zrem
+	CmdZremrangebylex                           // zremrangebylex
+	CmdZremrangebyrank                          // zremrangebyrank
+	CmdZremrangebyscore                         // zremrangebyscore
+	CmdZrevrange                                // zrevrange
+	CmdZrevrangebylex                           // zrevrangebylex
+	CmdZrevrangebyscore                         // zrevrangebyscore
+	CmdZrevrank                                 // zrevrank
+	CmdZscan                                    // zscan
+	CmdZscore                                   // zscore
+	CmdZunion                                   // zunion
+	CmdZunionstore                              // zunionstore
+	numGenerated
+)
+
+// generatedNames are the lower-case names of the generated ids.
+var generatedNames = [numGenerated]string{
+	CmdAcl:                        "acl",
+	CmdAclCat:                     "acl|cat",
+	CmdAclDeluser:                 "acl|deluser",
+	CmdAclDryrun:                  "acl|dryrun",
+	CmdAclGenpass:                 "acl|genpass",
+	CmdAclGetuser:                 "acl|getuser",
+	CmdAclHelp:                    "acl|help",
+	CmdAclList:                    "acl|list",
+	CmdAclLoad:                    "acl|load",
+	CmdAclLog:                     "acl|log",
+	CmdAclSave:                    "acl|save",
+	CmdAclSetuser:                 "acl|setuser",
+	CmdAclUsers:                   "acl|users",
+	CmdAclWhoami:                  "acl|whoami",
+	CmdAppend:                     "append",
+	CmdAsking:                     "asking",
+	CmdAuth:                       "auth",
+	CmdBgrewriteaof:               "bgrewriteaof",
+	CmdBgsave:                     "bgsave",
+	CmdBitcount:                   "bitcount",
+	CmdBitfield:                   "bitfield",
+	CmdBitfieldRo:                 "bitfield_ro",
+	CmdBitop:                      "bitop",
+	CmdBitpos:                     "bitpos",
+	CmdBlmove:                     "blmove",
+	CmdBlmpop:                     "blmpop",
+	CmdBlpop:                      "blpop",
+	CmdBrpop:                      "brpop",
+	CmdBrpoplpush:                 "brpoplpush",
+	CmdBzmpop:                     "bzmpop",
+	CmdBzpopmax:                   "bzpopmax",
+	CmdBzpopmin:                   "bzpopmin",
+	CmdClient:                     "client",
+	CmdClientCaching:              "client|caching",
+	CmdClientGetname:              "client|getname",
+	CmdClientGetredir:             "client|getredir",
+	CmdClientHelp:                 "client|help",
+	CmdClientId:                   "client|id",
+	CmdClientInfo:                 "client|info",
+	CmdClientKill:                 "client|kill",
+	CmdClientList:                 "client|list",
+	CmdClientNoEvict:              "client|no-evict",
+	CmdClientPause:                "client|pause",
+	CmdClientReply:                "client|reply",
+	CmdClientSetname:              "client|setname",
+	CmdClientTracking:             "client|tracking",
+	CmdClientTrackinginfo:         "client|trackinginfo",
+	CmdClientUnblock:              "client|unblock",
+	CmdClientUnpause:              "client|unpause",
+	CmdCluster:                    "cluster",
+	CmdClusterAddslots:            "cluster|addslots",
+	CmdClusterAddslotsrange:       "cluster|addslotsrange",
+	CmdClusterBumpepoch:           "cluster|bumpepoch",
+	CmdClusterCountFailureReports: "cluster|count-failure-reports",
+	CmdClusterCountkeysinslot:     "cluster|countkeysinslot",
+	CmdClusterDelslots:            "cluster|delslots",
+	CmdClusterDelslotsrange:       "cluster|delslotsrange",
+	CmdClusterFailover:            "cluster|failover",
+	CmdClusterFlushslots:          "cluster|flushslots",
+	CmdClusterForget:              "cluster|forget",
+	CmdClusterGetkeysinslot:       "cluster|getkeysinslot",
+	CmdClusterHelp:                "cluster|help",
+	CmdClusterInfo:                "cluster|info",
+	CmdClusterKeyslot:             "cluster|keyslot",
+	CmdClusterLinks:               "cluster|links",
+	CmdClusterMeet:                "cluster|meet",
+	CmdClusterMyid:                "cluster|myid",
+	CmdClusterNodes:               "cluster|nodes",
+	CmdClusterReplicas:            "cluster|replicas",
+	CmdClusterReplicate:           "cluster|replicate",
+	CmdClusterReset:               "cluster|reset",
+	CmdClusterSaveconfig:          "cluster|saveconfig",
+	CmdClusterSetConfigEpoch:      "cluster|set-config-epoch",
+	CmdClusterSetslot:             "cluster|setslot",
+	CmdClusterShards:              "cluster|shards",
+	CmdClusterSlaves:              "cluster|slaves",
+	CmdClusterSlots:               "cluster|slots",
+	CmdCommand:                    "command",
+	CmdCommandCount:               "command|count",
+	CmdCommandDocs:                "command|docs",
+	CmdCommandGetkeys:             "command|getkeys",
+	CmdCommandGetkeysandflags:     "command|getkeysandflags",
+	CmdCommandHelp:                "command|help",
+	CmdCommandInfo:                "command|info",
+	CmdCommandList:                "command|list",
+	CmdConfig:                     "config",
+	CmdConfigGet:                  "config|get",
+	CmdConfigHelp:                 "config|help",
+	CmdConfigResetstat:            "config|resetstat",
+	CmdConfigRewrite:              "config|rewrite",
+	CmdConfigSet:                  "config|set",
+	CmdCopy:                       "copy",
+	CmdDbsize:                     "dbsize",
+	CmdDebug:                      "debug",
+	CmdDecr:                       "decr",
+	CmdDecrby:                     "decrby",
+	CmdDel:                        "del",
+	CmdDiscard:                    "discard",
+	CmdDump:                       "dump",
+	CmdEcho:                       "echo",
+	CmdEval:                       "eval",
+	CmdEvalRo:                     "eval_ro",
+	CmdEvalsha:                    "evalsha",
+	CmdEvalshaRo:                  "evalsha_ro",
+	CmdExec:                       "exec",
+	CmdExists:                     "exists",
+	CmdExpire:                     "expire",
+	CmdExpireat:                   "expireat",
+	CmdExpiretime:                 "expiretime",
+	CmdFailover:                   "failover",
+	CmdFcall:                      "fcall",
+	CmdFcallRo:                    "fcall_ro",
+	CmdFlushall:                   "flushall",
+	CmdFlushdb:                    "flushdb",
+	CmdFunction:                   "function",
+	CmdFunctionDelete:             "function|delete",
+	CmdFunctionDump:               "function|dump",
+	CmdFunctionFlush:              "function|flush",
+	CmdFunctionHelp:               "function|help",
+	CmdFunctionKill:               "function|kill",
+	CmdFunctionList:               "function|list",
+	CmdFunctionLoad:               "function|load",
+	CmdFunctionRestore:            "function|restore",
+	CmdFunctionStats:              "function|stats",
+	CmdGeoadd:                     "geoadd",
+	CmdGeodist:                    "geodist",
+	CmdGeohash:                    "geohash",
+	CmdGeopos:                     "geopos",
+	CmdGeoradius:                  "georadius",
+	CmdGeoradiusRo:                "georadius_ro",
+	CmdGeoradiusbymember:          "georadiusbymember",
+	CmdGeoradiusbymemberRo:        "georadiusbymember_ro",
+	CmdGeosearch:                  "geosearch",
+	CmdGeosearchstore:             "geosearchstore",
+	CmdGet:                        "get",
+	CmdGetbit:                     "getbit",
+	CmdGetdel:                     "getdel",
+	CmdGetex:                      "getex",
+	CmdGetrange:                   "getrange",
+	CmdGetset:                     "getset",
+	CmdHdel:                       "hdel",
+	CmdHello:                      "hello",
+	CmdHexists:                    "hexists",
+	CmdHget:                       "hget",
+	CmdHgetall:                    "hgetall",
+	CmdHincrby:                    "hincrby",
+	CmdHincrbyfloat:               "hincrbyfloat",
+	CmdHkeys:                      "hkeys",
+	CmdHlen:                       "hlen",
+	CmdHmget:                      "hmget",
+	CmdHmset:                      "hmset",
+	CmdHrandfield:                 "hrandfield",
+	CmdHscan:                      "hscan",
+	CmdHset:                       "hset",
+	CmdHsetnx:                     "hsetnx",
+	CmdHstrlen:                    "hstrlen",
+	CmdHvals:                      "hvals",
+	CmdIncr:                       "incr",
+	CmdIncrby:                     "incrby",
+	CmdIncrbyfloat:                "incrbyfloat",
+	CmdInfo:                       "info",
+	CmdKeys:                       "keys",
+	CmdLastsave:                   "lastsave",
+	CmdLatency:                    "latency",
+	CmdLatencyDoctor:              "latency|doctor",
+	CmdLatencyGraph:               "latency|graph",
+	CmdLatencyHelp:                "latency|help",
+	CmdLatencyHistogram:           "latency|histogram",
+	CmdLatencyHistory:             "latency|history",
+	CmdLatencyLatest:              "latency|latest",
+	CmdLatencyReset:               "latency|reset",
+	CmdLcs:                        "lcs",
+	CmdLindex:                     "lindex",
+	CmdLinsert:                    "linsert",
+	CmdLlen:                       "llen",
+	CmdLmove:                      "lmove",
+	CmdLmpop:                      "lmpop",
+	CmdLolwut:                     "lolwut",
+	CmdLpop:                       "lpop",
+	CmdLpos:                       "lpos",
+	CmdLpush:                      "lpush",
+	CmdLpushx:                     "lpushx",
+	CmdLrange:                     "lrange",
+	CmdLrem:                       "lrem",
+	CmdLset:                       "lset",
+	CmdLtrim:                      "ltrim",
+	CmdMemory:                     "memory",
+	CmdMemoryDoctor:               "memory|doctor",
+	CmdMemoryHelp:                 "memory|help",
+	CmdMemoryMallocStats:          "memory|malloc-stats",
+	CmdMemoryPurge:                "memory|purge",
+	CmdMemoryStats:                "memory|stats",
+	CmdMemoryUsage:                "memory|usage",
+	CmdMget:                       "mget",
+	CmdMigrate:                    "migrate",
+	CmdModule:                     "module",
+	CmdModuleHelp:                 "module|help",
+	CmdModuleList:                 "module|list",
+	CmdModuleLoad:                 "module|load",
+	CmdModuleLoadex:               "module|loadex",
+	CmdModuleUnload:               "module|unload",
+	CmdMonitor:                    "monitor",
+	CmdMove:                       "move",
+	CmdMset:                       "mset",
+	CmdMsetnx:                     "msetnx",
+	CmdMulti:                      "multi",
+	CmdObject:                     "object",
+	CmdObjectEncoding:             "object|encoding",
+	CmdObjectFreq:                 "object|freq",
+	CmdObjectHelp:                 "object|help",
+	CmdObjectIdletime:             "object|idletime",
+	CmdObjectRefcount:             "object|refcount",
+	CmdPersist:                    "persist",
+	CmdPexpire:                    "pexpire",
+	CmdPexpireat:                  "pexpireat",
+	CmdPexpiretime:                "pexpiretime",
+	CmdPfadd:                      "pfadd",
+	CmdPfcount:                    "pfcount",
+	CmdPfdebug:                    "pfdebug",
+	CmdPfmerge:                    "pfmerge",
+	CmdPfselftest:                 "pfselftest",
+	CmdPing:                       "ping",
+	CmdPsetex:                     "psetex",
+	CmdPsubscribe:                 "psubscribe",
+	CmdPsync:                      "psync",
+	CmdPttl:                       "pttl",
+	CmdPublish:                    "publish",
+	CmdPubsub:                     "pubsub",
+	CmdPubsubChannels:             "pubsub|channels",
+	CmdPubsubHelp:                 "pubsub|help",
+	CmdPubsubNumpat:               "pubsub|numpat",
+	CmdPubsubNumsub:               "pubsub|numsub",
+	CmdPubsubShardchannels:        "pubsub|shardchannels",
+	CmdPubsubShardnumsub:          "pubsub|shardnumsub",
+	CmdPunsubscribe:               "punsubscribe",
+	CmdQuit:                       "quit",
+	CmdRandomkey:                  "randomkey",
+	CmdReadonly:                   "readonly",
+	CmdReadwrite:                  "readwrite",
+	CmdRename:                     "rename",
+	CmdRenamenx:                   "renamenx",
+	CmdReplconf:                   "replconf",
+	CmdReplicaof:                  "replicaof",
+	CmdReset:                      "reset",
+	CmdRestore:                    "restore",
+	CmdRestoreAsking:              "restore-asking",
+	CmdRole:                       "role",
+	CmdRpop:                       "rpop",
+	CmdRpoplpush:                  "rpoplpush",
+	CmdRpush:                      "rpush",
+	CmdRpushx:                     "rpushx",
+	CmdSadd:                       "sadd",
+	CmdSave:                       "save",
+	CmdScan:                       "scan",
+	CmdScard:                      "scard",
+	CmdScript:                     "script",
+	CmdScriptDebug:                "script|debug",
+	CmdScriptExists:               "script|exists",
+	CmdScriptFlush:                "script|flush",
+	CmdScriptHelp:                 "script|help",
+	CmdScriptKill:                 "script|kill",
+	CmdScriptLoad:                 "script|load",
+	CmdSdiff:                      "sdiff",
+	CmdSdiffstore:                 "sdiffstore",
+	CmdSelect:                     "select",
+	CmdSet:                        "set",
+	CmdSetbit:                     "setbit",
+	CmdSetex:                      "setex",
+	CmdSetnx:                      "setnx",
+	CmdSetrange:                   "setrange",
+	CmdShutdown:                   "shutdown",
+	CmdSinter:                     "sinter",
+	CmdSintercard:                 "sintercard",
+	CmdSinterstore:                "sinterstore",
+	CmdSismember:                  "sismember",
+	CmdSlaveof:                    "slaveof",
+	CmdSlowlog:                    "slowlog",
+	CmdSlowlogGet:                 "slowlog|get",
+	CmdSlowlogHelp:                "slowlog|help",
+	CmdSlowlogLen:                 "slowlog|len",
+	CmdSlowlogReset:               "slowlog|reset",
+	CmdSmembers:                   "smembers",
+	CmdSmismember:                 "smismember",
+	CmdSmove:                      "smove",
+	CmdSort:                       "sort",
+	CmdSortRo:                     "sort_ro",
+	CmdSpop:                       "spop",
+	CmdSpublish:                   "spublish",
+	CmdSrandmember:                "srandmember",
+	CmdSrem:                       "srem",
+	CmdSscan:                      "sscan",
+	CmdSsubscribe:                 "ssubscribe",
+	CmdStrlen:                     "strlen",
+	CmdSubscribe:                  "subscribe",
+	CmdSubstr:                     "substr",
+	CmdSunion:                     "sunion",
+	CmdSunionstore:                "sunionstore",
+	CmdSunsubscribe:               "sunsubscribe",
+	CmdSwapdb:                     "swapdb",
+	CmdSync:                       "sync",
+	CmdTime:                       "time",
+	CmdTouch:                      "touch",
+	CmdTtl:                        "ttl",
+	CmdType:                       "type",
+	CmdUnlink:                     "unlink",
+	CmdUnsubscribe:                "unsubscribe",
+	CmdUnwatch:                    "unwatch",
+	CmdWait:                       "wait",
+	CmdWatch:                      "watch",
+	CmdXack:                       "xack",
+	CmdXadd:                       "xadd",
+	CmdXautoclaim:                 "xautoclaim",
+	CmdXclaim:                     "xclaim",
+	CmdXdel:                       "xdel",
+	CmdXgroup:                     "xgroup",
+	CmdXgroupCreate:               "xgroup|create",
+	CmdXgroupCreateconsumer:       "xgroup|createconsumer",
+	CmdXgroupDelconsumer:          "xgroup|delconsumer",
+	CmdXgroupDestroy:              "xgroup|destroy",
+	CmdXgroupHelp:                 "xgroup|help",
+	CmdXgroupSetid:                "xgroup|setid",
+	CmdXinfo:                      "xinfo",
+	CmdXinfoConsumers:             "xinfo|consumers",
+	CmdXinfoGroups:                "xinfo|groups",
+	CmdXinfoHelp:                  "xinfo|help",
+	CmdXinfoStream:                "xinfo|stream",
+	CmdXlen:                       "xlen",
+	CmdXpending:                   "xpending",
+	CmdXrange:                     "xrange",
+	CmdXread:                      "xread",
+	CmdXreadgroup:                 "xreadgroup",
+	CmdXrevrange:                  "xrevrange",
+	CmdXsetid:                     "xsetid",
+	CmdXtrim:                      "xtrim",
+	CmdZadd:                       "zadd",
+	CmdZcard:                      "zcard",
+	CmdZcount:                     "zcount",
+	CmdZdiff:                      "zdiff",
+	CmdZdiffstore:                 "zdiffstore",
+	CmdZincrby:                    "zincrby",
+	CmdZinter:                     "zinter",
+	CmdZintercard:                 "zintercard",
+	CmdZinterstore:                "zinterstore",
+	CmdZlexcount:                  "zlexcount",
+	CmdZmpop:                      "zmpop",
+	CmdZmscore:                    "zmscore",
+	CmdZpopmax:                    "zpopmax",
+	CmdZpopmin:                    "zpopmin",
+	CmdZrandmember:                "zrandmember",
+	CmdZrange:                     "zrange",
+	CmdZrangebylex:                "zrangebylex",
+	CmdZrangebyscore:              "zrangebyscore",
+	CmdZrangestore:                "zrangestore",
+	CmdZrank:                      "zrank",
+	CmdZrem:                       "zrem",
+	CmdZremrangebylex:             "zremrangebylex",
+	CmdZremrangebyrank:            "zremrangebyrank",
+	CmdZremrangebyscore:           "zremrangebyscore",
+	CmdZrevrange:                  "zrevrange",
+	CmdZrevrangebylex:             "zrevrangebylex",
+	CmdZrevrangebyscore:           "zrevrangebyscore",
+	CmdZrevrank:                   "zrevrank",
+	CmdZscan:                      "zscan",
+	CmdZscore:                     "zscore",
+	CmdZunion:                     "zunion",
+	CmdZunionstore:                "zunionstore",
+}
+
+// generatedFlags are the COMMAND flags (and ACL categories) of the
+// generated ids that the router keeps.
+var generatedFlags = [numGenerated]Flag{
+	CmdAclCat:                     FlagNoScript | FlagLoading | FlagStale,
+	CmdAclDeluser:                 FlagAdmin | FlagNoScript | FlagLoading | FlagStale | FlagDangerous,
+	CmdAclDryrun:                  FlagAdmin | FlagNoScript | FlagLoading | FlagStale | FlagDangerous,
+	CmdAclGenpass:                 FlagNoScript | FlagLoading | FlagStale,
+	CmdAclGetuser:                 FlagAdmin | FlagNoScript | FlagLoading | FlagStale | FlagDangerous,
+	CmdAclHelp:                    FlagLoading | FlagStale,
+	CmdAclList:                    FlagAdmin | FlagNoScript | FlagLoading | FlagStale | FlagDangerous,
+	CmdAclLoad:                    FlagAdmin | FlagNoScript | FlagLoading | FlagStale | FlagDangerous,
+	CmdAclLog:                     FlagAdmin | FlagNoScript | FlagLoading | FlagStale | FlagDangerous,
+	CmdAclSave:                    FlagAdmin | FlagNoScript | FlagLoading | FlagStale | FlagDangerous,
+	CmdAclSetuser:                 FlagAdmin | FlagNoScript | FlagLoading | FlagStale | FlagDangerous,
+	CmdAclUsers:                   FlagAdmin | FlagNoScript | FlagLoading | FlagStale | FlagDangerous,
+	CmdAclWhoami:                  FlagNoScript | FlagLoading | FlagStale,
+	CmdAppend:                     FlagWrite | FlagFast,
+	CmdAsking:                     FlagFast,
+	CmdAuth:                       FlagNoScript | FlagLoading | FlagStale | FlagFast | FlagNoAuth,
+	CmdBgrewriteaof:               FlagAdmin | FlagNoScript | FlagDangerous,
+	CmdBgsave:                     FlagAdmin | FlagNoScript | FlagDangerous,
+	CmdBitcount:                   FlagReadonly,
+	CmdBitfield:                   FlagWrite,
+	CmdBitfieldRo:                 FlagReadonly | FlagFast,
+	CmdBitop:                      FlagWrite,
+	CmdBitpos:                     FlagReadonly,
+	CmdBlmove:                     FlagWrite | FlagNoScript | FlagBlocking,
+	CmdBlmpop:                     FlagWrite | FlagBlocking,
+	CmdBlpop:                      FlagWrite | FlagNoScript | FlagBlocking,
+	CmdBrpop:                      FlagWrite | FlagNoScript | FlagBlocking,
+	CmdBrpoplpush:                 FlagWrite | FlagNoScript | FlagBlocking,
+	CmdBzmpop:                     FlagWrite | FlagBlocking,
+	CmdBzpopmax:                   FlagWrite | FlagNoScript | FlagBlocking | FlagFast,
+	CmdBzpopmin:                   FlagWrite | FlagNoScript | FlagBlocking | FlagFast,
+	CmdClientCaching:              FlagNoScript | FlagLoading | FlagStale,
+	CmdClientGetname:              FlagNoScript | FlagLoading | FlagStale,
+	CmdClientGetredir:             FlagNoScript | FlagLoading | FlagStale,
+	CmdClientHelp:                 FlagLoading | FlagStale,
+	CmdClientId:                   FlagNoScript | FlagLoading | FlagStale,
+	CmdClientInfo:                 FlagNoScript | FlagLoading | FlagStale,
+	CmdClientKill:                 FlagAdmin | FlagNoScript | FlagLoading | FlagStale | FlagDangerous,
+	CmdClientList:                 FlagAdmin | FlagNoScript | FlagLoading | FlagStale | FlagDangerous,
+	CmdClientNoEvict:              FlagAdmin | FlagNoScript | FlagLoading | FlagStale | FlagDangerous,
+	CmdClientPause:                FlagAdmin | FlagNoScript | FlagLoading | FlagStale | FlagDangerous,
+	CmdClientReply:                FlagNoScript | FlagLoading | FlagStale,
+	CmdClientSetname:              FlagNoScript | FlagLoading | FlagStale,
+	CmdClientTracking:             FlagNoScript | FlagLoading | FlagStale,
+	CmdClientTrackinginfo:         FlagNoScript | FlagLoading | FlagStale,
+	CmdClientUnblock:              FlagAdmin | FlagNoScript | FlagLoading | FlagStale | FlagDangerous,
+	CmdClientUnpause:              FlagAdmin | FlagNoScript | FlagLoading | FlagStale | FlagDangerous,
+	CmdClusterAddslots:            FlagAdmin | FlagStale | FlagDangerous,
+	CmdClusterAddslotsrange:       FlagAdmin | FlagStale | FlagDangerous,
+	CmdClusterBumpepoch:           FlagAdmin | FlagStale | FlagDangerous,
+	CmdClusterCountFailureReports: FlagAdmin | FlagStale | FlagDangerous,
+	CmdClusterCountkeysinslot:     FlagStale,
+	CmdClusterDelslots:            FlagAdmin | FlagStale | FlagDangerous,
+	CmdClusterDelslotsrange:       FlagAdmin | FlagStale | FlagDangerous,
+	CmdClusterFailover:            FlagAdmin | FlagStale | FlagDangerous,
+	CmdClusterFlushslots:          FlagAdmin | FlagStale | FlagDangerous,
+	CmdClusterForget:              FlagAdmin | FlagStale | FlagDangerous,
+	CmdClusterGetkeysinslot:       FlagStale,
+	CmdClusterHelp:                FlagLoading | FlagStale,
+	CmdClusterInfo:                FlagStale,
+	CmdClusterKeyslot:             FlagStale,
+	CmdClusterLinks:               FlagStale,
+	CmdClusterMeet:                FlagAdmin | FlagStale | FlagDangerous,
+	CmdClusterMyid:                FlagStale,
+	CmdClusterNodes:               FlagStale,
+	CmdClusterReplicas:            FlagAdmin | FlagStale | FlagDangerous,
+	CmdClusterReplicate:           FlagAdmin | FlagStale | FlagDangerous,
+	CmdClusterReset:               FlagAdmin | FlagNoScript | FlagStale | FlagDangerous,
+	CmdClusterSaveconfig:          FlagAdmin | FlagStale | FlagDangerous,
+	CmdClusterSetConfigEpoch:      FlagAdmin | FlagStale | FlagDangerous,
+	CmdClusterSetslot:             FlagAdmin | FlagStale | FlagDangerous,
+	CmdClusterShards:              FlagStale,
+	CmdClusterSlaves:              FlagAdmin | FlagStale | FlagDangerous,
+	CmdClusterSlots:               FlagStale,
+	CmdCommand:                    FlagLoading | FlagStale,
+	CmdCommandCount:               FlagLoading | FlagStale,
+	CmdCommandDocs:                FlagLoading | FlagStale,
+	CmdCommandGetkeys:             FlagLoading | FlagStale,
+	CmdCommandGetkeysandflags:     FlagLoading | FlagStale,
+	CmdCommandHelp:                FlagLoading | FlagStale,
+	CmdCommandInfo:                FlagLoading | FlagStale,
+	CmdCommandList:                FlagLoading | FlagStale,
+	CmdConfigGet:                  FlagAdmin | FlagNoScript | FlagLoading | FlagStale | FlagDangerous,
+	CmdConfigHelp:                 FlagLoading | FlagStale,
+	CmdConfigResetstat:            FlagAdmin | FlagNoScript | FlagLoading | FlagStale | FlagDangerous,
+	CmdConfigRewrite:              FlagAdmin | FlagNoScript | FlagLoading | FlagStale | FlagDangerous,
+	CmdConfigSet:                  FlagAdmin | FlagNoScript | FlagLoading | FlagStale | FlagDangerous,
+	CmdCopy:                       FlagWrite,
+	CmdDbsize:                     FlagReadonly | FlagFast,
+	CmdDebug:                      FlagAdmin | FlagNoScript | FlagLoading | FlagStale | FlagDangerous,
+	CmdDecr:                       FlagWrite | FlagFast,
+	CmdDecrby:                     FlagWrite | FlagFast,
+	CmdDel:                        FlagWrite,
+	CmdDiscard:                    FlagNoScript | FlagLoading | FlagStale | FlagFast,
+	CmdDump:                       FlagReadonly,
+	CmdEcho:                       FlagLoading | FlagStale | FlagFast,
+	CmdEval:                       FlagNoScript | FlagStale,
+	CmdEvalRo:                     FlagReadonly | FlagNoScript | FlagStale,
+	CmdEvalsha:                    FlagNoScript | FlagStale,
+	CmdEvalshaRo:                  FlagReadonly | FlagNoScript | FlagStale,
+	CmdExec:                       FlagNoScript | FlagLoading | FlagStale,
+	CmdExists:                     FlagReadonly | FlagFast,
+	CmdExpire:                     FlagWrite | FlagFast,
+	CmdExpireat:                   FlagWrite | FlagFast,
+	CmdExpiretime:                 FlagReadonly | FlagFast,
+	CmdFailover:                   FlagAdmin | FlagNoScript | FlagStale | FlagDangerous,
+	CmdFcall:                      FlagNoScript | FlagStale,
+	CmdFcallRo:                    FlagReadonly | FlagNoScript | FlagStale,
+	CmdFlushall:                   FlagWrite | FlagDangerous,
+	CmdFlushdb:                    FlagWrite | FlagDangerous,
+	CmdFunctionDelete:             FlagWrite | FlagNoScript,
+	CmdFunctionDump:               FlagNoScript,
+	CmdFunctionFlush:              FlagWrite | FlagNoScript,
+	CmdFunctionHelp:               FlagLoading | FlagStale,
+	CmdFunctionKill:               FlagNoScript,
+	CmdFunctionList:               FlagNoScript,
+	CmdFunctionLoad:               FlagWrite | FlagNoScript,
+	CmdFunctionRestore:            FlagWrite | FlagNoScript,
+	CmdFunctionStats:              FlagNoScript,
+	CmdGeoadd:                     FlagWrite,
+	CmdGeodist:                    FlagReadonly,
+	CmdGeohash:                    FlagReadonly,
+	CmdGeopos:                     FlagReadonly,
+	CmdGeoradius:                  FlagWrite,
+	CmdGeoradiusRo:                FlagReadonly,
+	CmdGeoradiusbymember:          FlagWrite,
+	CmdGeoradiusbymemberRo:        FlagReadonly,
+	CmdGeosearch:                  FlagReadonly,
+	CmdGeosearchstore:             FlagWrite,
+	CmdGet:                        FlagReadonly | FlagFast,
+	CmdGetbit:                     FlagReadonly | FlagFast,
+	CmdGetdel:                     FlagWrite | FlagFast,
+	CmdGetex:                      FlagWrite | FlagFast,
+	CmdGetrange:                   FlagReadonly,
+	CmdGetset:                     FlagWrite | FlagFast,
+	CmdHdel:                       FlagWrite | FlagFast,
+	CmdHello:                      FlagNoScript | FlagLoading | FlagStale | FlagFast | FlagNoAuth,
+	CmdHexists:                    FlagReadonly | FlagFast,
+	CmdHget:                       FlagReadonly | FlagFast,
+	CmdHgetall:                    FlagReadonly,
+	CmdHincrby:                    FlagWrite | FlagFast,
+	CmdHincrbyfloat:               FlagWrite | FlagFast,
+	CmdHkeys:                      FlagReadonly,
+	CmdHlen:                       FlagReadonly | FlagFast,
+	CmdHmget:                      FlagReadonly | FlagFast,
+	CmdHmset:                      FlagWrite | FlagFast,
+	CmdHrandfield:                 FlagReadonly,
+	CmdHscan:                      FlagReadonly,
+	CmdHset:                       FlagWrite | FlagFast,
+	CmdHsetnx:                     FlagWrite | FlagFast,
+	CmdHstrlen:                    FlagReadonly | FlagFast,
+	CmdHvals:                      FlagReadonly,
+	CmdIncr:                       FlagWrite | FlagFast,
+	CmdIncrby:                     FlagWrite | FlagFast,
+	CmdIncrbyfloat:                FlagWrite | FlagFast,
+	CmdInfo:                       FlagLoading | FlagStale | FlagDangerous,
+	CmdKeys:                       FlagReadonly | FlagDangerous,
+	CmdLastsave:                   FlagLoading | FlagStale | FlagFast | FlagDangerous,
+	CmdLatencyDoctor:              FlagAdmin | FlagNoScript | FlagLoading | FlagStale | FlagDangerous,
+	CmdLatencyGraph:               FlagAdmin | FlagNoScript | FlagLoading | FlagStale | FlagDangerous,
+	CmdLatencyHelp:                FlagLoading | FlagStale,
+	CmdLatencyHistogram:           FlagAdmin | FlagNoScript | FlagLoading | FlagStale | FlagDangerous,
+	CmdLatencyHistory:             FlagAdmin | FlagNoScript | FlagLoading | FlagStale | FlagDangerous,
+	CmdLatencyLatest:              FlagAdmin | FlagNoScript | FlagLoading | FlagStale | FlagDangerous,
+	CmdLatencyReset:               FlagAdmin | FlagNoScript | FlagLoading | FlagStale | FlagDangerous,
+	CmdLcs:                        FlagReadonly,
+	CmdLindex:                     FlagReadonly,
+	CmdLinsert:                    FlagWrite,
+	CmdLlen:                       FlagReadonly | FlagFast,
+	CmdLmove:                      FlagWrite,
+	CmdLmpop:                      FlagWrite,
+	CmdLolwut:                     FlagReadonly | FlagFast,
+	CmdLpop:                       FlagWrite | FlagFast,
+	CmdLpos:                       FlagReadonly,
+	CmdLpush:                      FlagWrite | FlagFast,
+	CmdLpushx:                     FlagWrite | FlagFast,
+	CmdLrange:                     FlagReadonly,
+	CmdLrem:                       FlagWrite,
+	CmdLset:                       FlagWrite,
+	CmdLtrim:                      FlagWrite,
+	CmdMemoryHelp:                 FlagLoading | FlagStale,
+	CmdMemoryUsage:                FlagReadonly,
+	CmdMget:                       FlagReadonly | FlagFast,
+	CmdMigrate:                    FlagWrite | FlagDangerous,
+	CmdModuleHelp:                 FlagLoading | FlagStale,
+	CmdModuleList:                 FlagAdmin | FlagNoScript | FlagDangerous,
+	CmdModuleLoad:                 FlagAdmin | FlagNoScript | FlagDangerous,
+	CmdModuleLoadex:               FlagAdmin | FlagNoScript | FlagDangerous,
+	CmdModuleUnload:               FlagAdmin | FlagNoScript | FlagDangerous,
+	CmdMonitor:                    FlagAdmin | FlagNoScript | FlagLoading | FlagStale | FlagDangerous,
+	CmdMove:                       FlagWrite | FlagFast,
+	CmdMset:                       FlagWrite,
+	CmdMsetnx:                     FlagWrite,
+	CmdMulti:                      FlagNoScript | FlagLoading | FlagStale | FlagFast,
+	CmdObjectEncoding:             FlagReadonly,
+	CmdObjectFreq:                 FlagReadonly,
+	CmdObjectHelp:                 FlagLoading | FlagStale,
+	CmdObjectIdletime:             FlagReadonly,
+	CmdObjectRefcount:             FlagReadonly,
+	CmdPersist:                    FlagWrite | FlagFast,
+	CmdPexpire:                    FlagWrite | FlagFast,
+	CmdPexpireat:                  FlagWrite | FlagFast,
+	CmdPexpiretime:                FlagReadonly | FlagFast,
+	CmdPfadd:                      FlagWrite | FlagFast,
+	CmdPfcount:                    FlagReadonly,
+	CmdPfdebug:                    FlagWrite | FlagAdmin | FlagDangerous,
+	CmdPfmerge:                    FlagWrite,
+	CmdPfselftest:                 FlagAdmin | FlagDangerous,
+	CmdPing:                       FlagFast,
+	CmdPsetex:                     FlagWrite,
+	CmdPsubscribe:                 FlagPubSub | FlagNoScript | FlagLoading | FlagStale,
+	CmdPsync:                      FlagAdmin | FlagNoScript | FlagNoMulti | FlagDangerous,
+	CmdPttl:                       FlagReadonly | FlagFast,
+	CmdPublish:                    FlagPubSub | FlagLoading | FlagStale | FlagFast,
+	CmdPubsubChannels:             FlagPubSub | FlagLoading | FlagStale,
+	CmdPubsubHelp:                 FlagLoading | FlagStale,
+	CmdPubsubNumpat:               FlagPubSub | FlagLoading | FlagStale,
+	CmdPubsubNumsub:               FlagPubSub | FlagLoading | FlagStale,
+	CmdPubsubShardchannels:        FlagPubSub | FlagLoading | FlagStale,
+	CmdPubsubShardnumsub:          FlagPubSub | FlagLoading | FlagStale,
+	CmdPunsubscribe:               FlagPubSub | FlagNoScript | FlagLoading | FlagStale,
+	CmdQuit:                       FlagNoScript | FlagLoading | FlagStale | FlagFast | FlagNoAuth,
+	CmdRandomkey:                  FlagReadonly,
+	CmdReadonly:                   FlagLoading | FlagStale | FlagFast,
+	CmdReadwrite:                  FlagLoading | FlagStale | FlagFast,
+	CmdRename:                     FlagWrite,
+	CmdRenamenx:                   FlagWrite | FlagFast,
+	CmdReplconf:                   FlagAdmin | FlagNoScript | FlagLoading | FlagStale | FlagDangerous,
+	CmdReplicaof:                  FlagAdmin | FlagNoScript | FlagStale | FlagDangerous,
+	CmdReset:                      FlagNoScript | FlagLoading | FlagStale | FlagFast | FlagNoAuth,
+	CmdRestore:                    FlagWrite | FlagDangerous,
+	CmdRestoreAsking:              FlagWrite | FlagDangerous,
+	CmdRole:                       FlagNoScript | FlagLoading | FlagStale | FlagFast | FlagDangerous,
+	CmdRpop:                       FlagWrite | FlagFast,
+	CmdRpoplpush:                  FlagWrite,
+	CmdRpush:                      FlagWrite | FlagFast,
+	CmdRpushx:                     FlagWrite | FlagFast,
+	CmdSadd:                       FlagWrite | FlagFast,
+	CmdSave:                       FlagAdmin | FlagNoScript | FlagNoMulti | FlagDangerous,
+	CmdScan:                       FlagReadonly,
+	CmdScard:                      FlagReadonly | FlagFast,
+	CmdScriptDebug:                FlagNoScript,
+	CmdScriptExists:               FlagNoScript,
+	CmdScriptFlush:                FlagNoScript,
+	CmdScriptHelp:                 FlagLoading | FlagStale,
+	CmdScriptKill:                 FlagNoScript,
+	CmdScriptLoad:                 FlagNoScript | FlagStale,
+	CmdSdiff:                      FlagReadonly,
+	CmdSdiffstore:                 FlagWrite,
+	CmdSelect:                     FlagLoading | FlagStale | FlagFast,
+	CmdSet:                        FlagWrite,
+	CmdSetbit:                     FlagWrite,
+	CmdSetex:                      FlagWrite,
+	CmdSetnx:                      FlagWrite | FlagFast,
+	CmdSetrange:                   FlagWrite,
+	CmdShutdown:                   FlagAdmin | FlagNoScript | FlagLoading | FlagStale | FlagNoMulti | FlagDangerous,
+	CmdSinter:                     FlagReadonly,
+	CmdSintercard:                 FlagReadonly,
+	CmdSinterstore:                FlagWrite,
+	CmdSismember:                  FlagReadonly | FlagFast,
+	CmdSlaveof:                    FlagAdmin | FlagNoScript | FlagStale | FlagDangerous,
+	CmdSlowlogGet:                 FlagAdmin | FlagLoading | FlagStale | FlagDangerous,
+	CmdSlowlogHelp:                FlagLoading | FlagStale,
+	CmdSlowlogLen:                 FlagAdmin | FlagLoading | FlagStale | FlagDangerous,
+	CmdSlowlogReset:               FlagAdmin | FlagLoading | FlagStale | FlagDangerous,
+	CmdSmembers:                   FlagReadonly,
+	CmdSmismember:                 FlagReadonly | FlagFast,
+	CmdSmove:                      FlagWrite | FlagFast,
+	CmdSort:                       FlagWrite | FlagDangerous,
+	CmdSortRo:                     FlagReadonly | FlagDangerous,
+	CmdSpop:                       FlagWrite | FlagFast,
+	CmdSpublish:                   FlagPubSub | FlagLoading | FlagStale | FlagFast,
+	CmdSrandmember:                FlagReadonly,
+	CmdSrem:                       FlagWrite | FlagFast,
+	CmdSscan:                      FlagReadonly,
+	CmdSsubscribe:                 FlagPubSub | FlagNoScript | FlagLoading | FlagStale,
+	CmdStrlen:                     FlagReadonly | FlagFast,
+	CmdSubscribe:                  FlagPubSub | FlagNoScript | FlagLoading | FlagStale,
+	CmdSubstr:                     FlagReadonly,
+	CmdSunion:                     FlagReadonly,
+	CmdSunionstore:                FlagWrite,
+	CmdSunsubscribe:               FlagPubSub | FlagNoScript | FlagLoading | FlagStale,
+	CmdSwapdb:                     FlagWrite | FlagFast | FlagDangerous,
+	CmdSync:                       FlagAdmin | FlagNoScript | FlagNoMulti | FlagDangerous,
+	CmdTime:                       FlagLoading | FlagStale | FlagFast,
+	CmdTouch:                      FlagReadonly | FlagFast,
+	CmdTtl:                        FlagReadonly | FlagFast,
+	CmdType:                       FlagReadonly | FlagFast,
+	CmdUnlink:                     FlagWrite | FlagFast,
+	CmdUnsubscribe:                FlagPubSub | FlagNoScript | FlagLoading | FlagStale,
+	CmdUnwatch:                    FlagNoScript | FlagLoading | FlagStale | FlagFast,
+	CmdWait:                       FlagNoScript,
+	CmdWatch:                      FlagNoScript | FlagLoading | FlagStale | FlagFast,
+	CmdXack:                       FlagWrite | FlagFast,
+	CmdXadd:                       FlagWrite | FlagFast,
+	CmdXautoclaim:                 FlagWrite | FlagFast,
+	CmdXclaim:                     FlagWrite | FlagFast,
+	CmdXdel:                       FlagWrite | FlagFast,
+	CmdXgroupCreate:               FlagWrite,
+	CmdXgroupCreateconsumer:       FlagWrite,
+	CmdXgroupDelconsumer:          FlagWrite,
+	CmdXgroupDestroy:              FlagWrite,
+	CmdXgroupHelp:                 FlagLoading | FlagStale,
+	CmdXgroupSetid:                FlagWrite,
+	CmdXinfoConsumers:             FlagReadonly,
+	CmdXinfoGroups:                FlagReadonly,
+	CmdXinfoHelp:                  FlagLoading | FlagStale,
+	CmdXinfoStream:                FlagReadonly,
+	CmdXlen:                       FlagReadonly | FlagFast,
+	CmdXpending:                   FlagReadonly,
+	CmdXrange:                     FlagReadonly,
+	CmdXread:                      FlagReadonly | FlagBlocking,
+	CmdXreadgroup:                 FlagWrite | FlagBlocking,
+	CmdXrevrange:                  FlagReadonly,
+	CmdXsetid:                     FlagWrite | FlagFast,
+	CmdXtrim:                      FlagWrite,
+	CmdZadd:                       FlagWrite | FlagFast,
+	CmdZcard:                      FlagReadonly | FlagFast,
+	CmdZcount:                     FlagReadonly | FlagFast,
+	CmdZdiff:                      FlagReadonly,
+	CmdZdiffstore:                 FlagWrite,
+	CmdZincrby:                    FlagWrite | FlagFast,
+	CmdZinter:                     FlagReadonly,
+	CmdZintercard:                 FlagReadonly,
+	CmdZinterstore:                FlagWrite,
+	CmdZlexcount:                  FlagReadonly | FlagFast,
+	CmdZmpop:                      FlagWrite,
+	CmdZmscore:                    FlagReadonly | FlagFast,
+	CmdZpopmax:                    FlagWrite | FlagFast,
+	CmdZpopmin:                    FlagWrite | FlagFast,
+	CmdZrandmember:                FlagReadonly,
+	CmdZrange:                     FlagReadonly,
+	CmdZrangebylex:                FlagReadonly,
+	CmdZrangebyscore:              FlagReadonly,
+	CmdZrangestore:                FlagWrite,
+	CmdZrank:                      FlagReadonly | FlagFast,
+	CmdZrem:                       FlagWrite | FlagFast,
+	CmdZremrangebylex:             FlagWrite,
+	CmdZremrangebyrank:            FlagWrite,
+	CmdZremrangebyscore:           FlagWrite,
+	CmdZrevrange:                  FlagReadonly,
+	CmdZrevrangebylex:             FlagReadonly,
+	CmdZrevrangebyscore:           FlagReadonly,
+	CmdZrevrank:                   FlagReadonly | FlagFast,
+	CmdZscan:                      FlagReadonly,
+	CmdZscore:                     FlagReadonly | FlagFast,
+	CmdZunion:                     FlagReadonly,
+	CmdZunionstore:                FlagWrite,
+}

@@ -9,11 +9,13 @@ import (
 	"strings"
 	"time"
 
+	"github.com/respite/respite/internal/config"
+	"github.com/respite/respite/policy"
 	"github.com/respite/respite/resp"
 	"github.com/respite/respite/router"
 )
 
-// respite answers the admin command family (PRODUCT.md §7):
+// respite answers the admin command family:
 //
 //	RESPITE STATS                    per route: hits, misses, hit rate, DB loads, ...
 //	RESPITE ROUTES                   the effective route configuration
@@ -27,29 +29,29 @@ import (
 //	RESPITE AUTH password            when admin_password is set, before the others
 //
 // Replies are maps in RESP3 and flat arrays in RESP2.
-func (c *session) respite(args [][]byte) {
+func (c *session) respite(set *policy.Set, cmd *router.Command) {
+	args := cmd.Args
 	if len(args) < 2 {
 		c.sendError(errArity("respite"))
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), c.s.up.timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), c.s.up.Timeout())
 	defer cancel()
-	sub := strings.ToLower(string(args[1]))
-	if pw := c.s.cfg.AdminPassword; pw != "" && !c.adminOK {
-		if sub == "auth" && len(args) == 3 && subtle.ConstantTimeCompare(args[2], []byte(pw)) == 1 {
-			c.adminOK = true
+	if pw := c.s.cfg.AdminPassword; pw != "" && !c.admin.ok {
+		if cmd.ID == router.CmdRespiteAuth && len(args) == 3 && subtle.ConstantTimeCompare(args[2], []byte(pw)) == 1 {
+			c.admin.ok = true
 			c.sendStatus("OK")
-		} else if sub == "auth" {
+		} else if cmd.ID == router.CmdRespiteAuth {
 			c.sendError(errWrongPass)
 		} else {
-			c.sendError("NOPERM RESPITE " + strings.ToUpper(sub) + " needs RESPITE AUTH <admin_password> first")
+			c.sendError("NOPERM RESPITE " + strings.ToUpper(string(args[1])) + " needs RESPITE AUTH <admin_password> first")
 		}
 		return
 	}
-	switch sub {
-	case "auth":
+	switch cmd.ID {
+	case router.CmdRespiteAuth:
 		c.sendStatus("OK")
-	case "conflicts":
+	case router.CmdRespiteConflicts:
 		n := 10
 		if len(args) > 2 {
 			var err error
@@ -72,42 +74,42 @@ func (c *session) respite(args [][]byte) {
 			b = resp.AppendBulk(b, strconv.FormatFloat(h.rate, 'f', 3, 64))
 		}
 		c.send(b)
-	case "attributes":
+	case router.CmdRespiteAttributes:
 		switch {
-		case len(args) == 3 && router.Is(args[2], "on"):
-			c.attributes = true
-		case len(args) == 3 && router.Is(args[2], "off"):
-			c.attributes = false
+		case len(args) == 3 && router.IsOption(args[2], "on"):
+			c.admin.attributes = true
+		case len(args) == 3 && router.IsOption(args[2], "off"):
+			c.admin.attributes = false
 		default:
 			c.sendError("ERR syntax error: RESPITE ATTRIBUTES ON|OFF")
 			return
 		}
 		c.sendStatus("OK")
-	case "lastabort":
-		if c.lastAbort == nil {
+	case router.CmdRespiteLastabort:
+		if c.tx.lastAbort == nil {
 			c.send(resp.AppendNull(nil, c.proto))
 			return
 		}
-		c.send(appendAbortInfo(nil, c.lastAbort, c.proto))
-	case "stats":
-		c.send(c.s.statsReply(c.proto))
-	case "routes":
-		c.send(c.s.routesReply(c.proto))
-	case "queue":
-		c.send(c.s.queueReply(ctx, c.proto))
-	case "flush":
-		if c.s.routes.Load() == nil || c.s.routes.Load().flusher == nil {
+		c.send(appendAbortInfo(nil, c.tx.lastAbort, c.proto))
+	case router.CmdRespiteStats:
+		c.send(statsReply(set, c.proto))
+	case router.CmdRespiteRoutes:
+		c.send(routesReply(set, c.proto))
+	case router.CmdRespiteQueue:
+		c.send(queueReply(ctx, set, c.proto))
+	case router.CmdRespiteFlush:
+		if set.Flusher() == nil {
 			c.sendError("ERR no write-back routes")
 			return
 		}
-		if err := c.s.routes.Load().flusher.FlushNow(ctx); err != nil {
+		if err := set.Flusher().FlushNow(ctx); err != nil {
 			c.sendError("ERR flush: " + oneLine(err.Error()))
 			return
 		}
 		c.sendStatus("OK")
-	case "dlq":
-		c.dlq(ctx, args)
-	case "reload":
+	case router.CmdRespiteDlq:
+		c.dlq(ctx, set, args)
+	case router.CmdRespiteReload:
 		restart, err := c.s.ReloadFile()
 		if err != nil {
 			c.sendError("ERR reload refused, the old configuration keeps serving: " + oneLine(err.Error()))
@@ -124,8 +126,8 @@ func (c *session) respite(args [][]byte) {
 }
 
 // statsReply is RESPITE STATS: one map per route.
-func (s *Server) statsReply(proto int) []byte {
-	var list = s.routeList()
+func statsReply(set *policy.Set, proto int) []byte {
+	list := set.List()
 	b := resp.AppendArray(nil, len(list))
 	for _, r := range list {
 		st := &r.Stats
@@ -145,7 +147,7 @@ func (s *Server) statsReply(proto int) []byte {
 		}
 		b = resp.AppendMap(b, len(fields)+3, proto)
 		b = resp.AppendBulk(resp.AppendBulk(b, "route"), r.Config().Name)
-		b = resp.AppendBulk(resp.AppendBulk(b, "policy"), r.Config().Policy)
+		b = resp.AppendBulk(resp.AppendBulk(b, "policy"), string(r.Config().Policy))
 		b = resp.AppendBulk(resp.AppendBulk(b, "hit_rate"), strconv.FormatFloat(rate, 'f', 4, 64))
 		for _, f := range fields {
 			b = resp.AppendInt(resp.AppendBulk(b, f.k), f.v)
@@ -155,20 +157,20 @@ func (s *Server) statsReply(proto int) []byte {
 }
 
 // routesReply is RESPITE ROUTES: each route's effective settings.
-func (s *Server) routesReply(proto int) []byte {
-	list := s.routeList()
+func routesReply(set *policy.Set, proto int) []byte {
+	list := set.List()
 	b := resp.AppendArray(nil, len(list))
 	for _, r := range list {
 		cfg := r.Config()
 		kv := [][2]string{
-			{"name", cfg.Name}, {"prefix", cfg.Prefix}, {"policy", cfg.Policy}, {"table", cfg.Table},
-			{"key_column", cfg.KeyColumn}, {"format", cfg.Format}, {"value_column", cfg.ValueColumn},
+			{"name", cfg.Name}, {"prefix", cfg.Prefix}, {"policy", string(cfg.Policy)}, {"table", cfg.Table},
+			{"key_column", cfg.KeyColumn}, {"format", string(cfg.Format)}, {"value_column", cfg.ValueColumn},
 			{"ttl", time.Duration(cfg.TTL).String()}, {"ttl_jitter", fmt.Sprintf("%g%%", float64(cfg.TTLJitter)*100)},
 			{"negative_ttl", time.Duration(*cfg.NegativeTTL).String()}, {"sliding", strconv.FormatBool(cfg.Sliding)},
 			{"early_refresh", strconv.FormatBool(cfg.EarlyRefresh)}, {"distributed_lock", strconv.FormatBool(cfg.DistributedLock)},
 			{"local_cache", strconv.FormatBool(cfg.LocalCache != nil)},
 		}
-		if cfg.Policy == "write-back" {
+		if cfg.Policy == config.WriteBack {
 			kv = append(kv, [][2]string{{"batch_size", strconv.Itoa(cfg.BatchSize)},
 				{"flush_interval", time.Duration(cfg.FlushInterval).String()},
 				{"max_retries", strconv.Itoa(cfg.MaxRetries)}, {"priority", cfg.Priority}}...)
@@ -182,11 +184,11 @@ func (s *Server) routesReply(proto int) []byte {
 }
 
 // queueReply is RESPITE QUEUE.
-func (s *Server) queueReply(ctx context.Context, proto int) []byte {
-	if s.routes.Load() == nil || s.routes.Load().flusher == nil {
+func queueReply(ctx context.Context, set *policy.Set, proto int) []byte {
+	if set.Flusher() == nil {
 		return resp.AppendArray(nil, 0)
 	}
-	qs := s.routes.Load().flusher.Queues(ctx)
+	qs := set.Flusher().Queues(ctx)
 	b := resp.AppendArray(nil, len(qs))
 	for _, q := range qs {
 		b = resp.AppendMap(b, 5, proto)
@@ -200,23 +202,23 @@ func (s *Server) queueReply(ctx context.Context, proto int) []byte {
 }
 
 // dlq is RESPITE DLQ LIST|REPLAY|DROP route ....
-func (c *session) dlq(ctx context.Context, args [][]byte) {
+func (c *session) dlq(ctx context.Context, set *policy.Set, args [][]byte) {
 	if len(args) < 4 {
 		c.sendError(errArity("respite|dlq"))
 		return
 	}
-	if c.s.routes.Load() == nil || c.s.routes.Load().flusher == nil {
+	if set.Flusher() == nil {
 		c.sendError("ERR no write-back routes")
 		return
 	}
-	f := c.s.routes.Load().flusher
+	f := set.Flusher()
 	route := string(args[3])
 	var ids []string
 	for _, a := range args[4:] {
 		ids = append(ids, string(a))
 	}
 	switch {
-	case router.Is(args[2], "list"):
+	case router.IsOption(args[2], "list"):
 		n := int64(100)
 		if len(ids) > 0 {
 			v, err := strconv.ParseInt(ids[0], 10, 64)
@@ -246,10 +248,10 @@ func (c *session) dlq(ctx context.Context, args [][]byte) {
 			}
 		}
 		c.send(b)
-	case router.Is(args[2], "replay"), router.Is(args[2], "drop"):
+	case router.IsOption(args[2], "replay"), router.IsOption(args[2], "drop"):
 		var n int
 		var err error
-		if router.Is(args[2], "replay") {
+		if router.IsOption(args[2], "replay") {
 			n, err = f.Replay(ctx, route, ids...)
 		} else {
 			n, err = f.Drop(ctx, route, ids...)
@@ -263,3 +265,6 @@ func (c *session) dlq(ctx context.Context, args [][]byte) {
 		c.sendError("ERR unknown subcommand '" + string(args[2]) + "'. Try RESPITE DLQ LIST|REPLAY|DROP route.")
 	}
 }
+
+// oneLine keeps an error text usable in a RESP error reply.
+func oneLine(s string) string { return strings.NewReplacer("\r", " ", "\n", " ").Replace(s) }

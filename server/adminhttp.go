@@ -30,41 +30,39 @@ func (s *Server) AdminAddr() string { return s.adminAddr }
 // Snapshot reports the proxy's counters (admin.Source).
 func (s *Server) Snapshot() admin.Snapshot {
 	snap := admin.Snapshot{
-		Clients:           s.clients.Load(),
-		PinnedTransaction: s.pinnedTx.Load(),
-		PinnedPubSub:      s.detached.Load(),
-		PinnedBlocking:    s.blocked.Load(),
-		UpstreamErrors:    s.upErrors.Load(),
+		Clients:           s.counts.clients.Load(),
+		PinnedTransaction: s.counts.pinnedTx.Load(),
+		PinnedPubSub:      s.counts.detached.Load(),
+		PinnedBlocking:    s.counts.blocked.Load(),
+		UpstreamErrors:    s.counts.upErrors.Load(),
 		WatchAborts:       s.conflicts.Aborts.Load(),
 		WatchCommits:      s.conflicts.Commits.Load(),
 		GateWaits:         s.gate.Waits.Load(),
 	}
-	snap.PinnedOther = max(0, s.pinned.Load()-snap.PinnedTransaction-snap.PinnedBlocking)
-	ps := s.up.pinned[0].PoolStats()
-	ps3 := s.up.pinned[1].PoolStats()
-	sh := s.up.shared[0].PoolStats()
-	snap.UpstreamPool = admin.PoolStats{Total: int64(ps.TotalConns + ps3.TotalConns + sh.TotalConns), Idle: int64(ps.IdleConns + ps3.IdleConns + sh.IdleConns)}
-	if rs := s.routes.Load(); rs != nil {
-		snap.PostgresPool.Total, snap.PostgresPool.Idle = rs.db.PoolStats()
-		if rs.flusher != nil {
-			st := &rs.flusher.Stats
-			snap.FlushStatements, snap.FlushErrors, snap.FlushCoalesced = st.Statements.Load(), st.Errors.Load(), st.Coalesced.Load()
-		}
+	snap.PinnedOther = max(0, s.counts.pinned.Load()-snap.PinnedTransaction-snap.PinnedBlocking)
+	open, idle := s.up.Pinned()
+	sh := s.up.Redis().PoolStats()
+	snap.UpstreamPool = admin.PoolStats{Total: open + int64(sh.TotalConns), Idle: idle + int64(sh.IdleConns)}
+	set := s.routes.Load()
+	snap.PostgresPool.Total, snap.PostgresPool.Idle = set.PoolStats()
+	if f := set.Flusher(); f != nil {
+		st := &f.Stats
+		snap.FlushStatements, snap.FlushErrors, snap.FlushCoalesced = st.Statements.Load(), st.Errors.Load(), st.Coalesced.Load()
 	}
-	for _, r := range s.routeList() {
+	for _, r := range set.List() {
 		st := &r.Stats
 		snap.Routes = append(snap.Routes, admin.RouteStats{
-			Name: r.Config().Name, Policy: r.Config().Policy,
+			Name: r.Config().Name, Policy: string(r.Config().Policy),
 			Hits: st.Hits.Load(), Misses: st.Misses.Load(), NegativeHits: st.NegativeHits.Load(),
 			LocalHits: st.LocalHits.Load(), Loads: st.Loads.Load(), Coalesced: st.Coalesced.Load(),
 			EarlyRefreshes: st.EarlyRefreshes.Load(), Degraded: st.Degraded.Load(),
 			Writes: st.Writes.Load(), Errors: st.Errors.Load(),
 		})
 	}
-	if rs := s.routes.Load(); rs != nil && rs.flusher != nil {
+	if f := set.Flusher(); f != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
-		for _, q := range rs.flusher.Queues(ctx) {
+		for _, q := range f.Queues(ctx) {
 			snap.Queues = append(snap.Queues, queueStats(q))
 		}
 	}
@@ -79,13 +77,11 @@ func queueStats(q policy.QueueStats) admin.QueueStats {
 // Ready reports whether the upstream Redis and PostgreSQL answer.
 func (s *Server) Ready(ctx context.Context) error {
 	var errs []error
-	if err := s.up.shared[0].Ping(ctx).Err(); err != nil {
+	if err := s.up.Redis().Ping(ctx).Err(); err != nil {
 		errs = append(errs, errors.New("upstream redis: "+err.Error()))
 	}
-	if s.routes.Load() != nil {
-		if err := s.routes.Load().db.Ping(ctx); err != nil {
-			errs = append(errs, errors.New("postgres: "+err.Error()))
-		}
+	if err := s.routes.Load().Ready(ctx); err != nil {
+		errs = append(errs, errors.New("postgres: "+err.Error()))
 	}
 	return errors.Join(errs...)
 }

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
-	"github.com/tidwall/redcon"
 
 	"github.com/respite/respite/resp"
 	"github.com/respite/respite/router"
@@ -152,22 +151,21 @@ func (t *conflicts) unwatch(keys []string) {
 
 // noteWrites remembers writes to watched keys seen through the proxy. It
 // costs nothing while no session watches anything.
-func (t *conflicts) noteWrites(cmds []redcon.Command, keys *[]int) {
+func (t *conflicts) noteWrites(cmds []router.Command) {
 	if t.watching.Load() == 0 {
 		return
 	}
 	now := time.Now()
 	t.watchedMu.Lock()
 	defer t.watchedMu.Unlock()
-	for _, cmd := range cmds {
-		args := cmd.Args
-		if len(args) == 0 || !router.IsWrite(args) {
+	for i := range cmds {
+		cmd := &cmds[i]
+		if !cmd.Write() {
 			continue
 		}
-		*keys, _ = router.KeyPositions((*keys)[:0], args)
-		for _, i := range *keys {
-			if t.watched[string(args[i])] > 0 {
-				t.written[string(args[i])] = now
+		for _, k := range cmd.Keys {
+			if t.watched[string(cmd.Args[k])] > 0 {
+				t.written[string(cmd.Args[k])] = now
 			}
 		}
 	}
@@ -231,38 +229,4 @@ func boolInt(b bool) int64 {
 		return 1
 	}
 	return 0
-}
-
-// record files one EXEC outcome of the session's optimistic transaction
-// and returns the reply to send: for a RESP3 client an aborted EXEC carries
-// the retry metadata as an attribute (|) before the null.
-func (c *session) record(aborted bool, reply []byte) []byte {
-	p := c.pin
-	if p == nil || len(p.watched) == 0 {
-		return reply
-	}
-	keyset := strings.Join(dedup(p.watched), "\x00")
-	if keyset != c.keyset {
-		c.keyset, c.attempt = keyset, 0
-	}
-	c.s.conflicts.record(p.watched, aborted)
-	if !aborted {
-		c.attempt = 0
-		return reply
-	}
-	c.attempt++
-	info := &abortInfo{attempt: c.attempt, retryAfter: retryDelay(c.attempt), watchedKeys: dedup(p.watched)}
-	if changed := c.s.conflicts.changedSince(p.watched, p.watchedAt); len(changed) > 0 {
-		info.keys, info.known = changed, true
-	} else {
-		info.keys = info.watchedKeys
-	}
-	c.lastAbort = info
-	if c.proto != 3 || !(c.attributes || c.s.live.Load().Transactions.AbortAttribute) {
-		return reply
-	}
-	b := []byte("|1\r\n")
-	b = resp.AppendBulk(b, "respite")
-	b = appendAbortInfo(b, info, 3)
-	return append(b, reply...)
 }

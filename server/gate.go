@@ -7,7 +7,7 @@ import (
 	"time"
 )
 
-// gate is the contention gate (PRODUCT.md §6): when a key's WATCH conflict
+// gate is the contention gate: when a key's WATCH conflict
 // rate over the window passes the threshold, new WATCH sessions on it wait
 // in FIFO order behind the current one, until it ends (EXEC, DISCARD,
 // UNWATCH, disconnect) or maxWait passes, then proceed anyway. Retries stop
@@ -50,18 +50,18 @@ func (g *gate) enter(c *session, keys [][]byte) {
 	}
 	slices.Sort(hot)
 	for _, k := range slices.Compact(hot) {
-		if slices.Contains(c.gated, k) {
+		if slices.Contains(c.tx.gated, k) {
 			continue
 		}
 		if g.acquire(c, k, time.Duration(set.MaxWait)) {
-			c.gated = append(c.gated, k)
+			c.tx.gated = append(c.tx.gated, k)
 		}
 	}
 }
 
 // enabledFor applies a route's contention_gate over the global switch.
 func (g *gate) enabledFor(global bool, key []byte) bool {
-	if r := g.s.routes.Load().match(key); r != nil {
+	if r := g.s.routes.Load().RouteFor(key); r != nil {
 		if on := r.Config().ContentionGate; on != nil {
 			return *on
 		}
@@ -103,11 +103,11 @@ func (g *gate) acquire(c *session, k string, maxWait time.Duration) bool {
 
 // leave hands every key the session holds to the next waiter.
 func (g *gate) leave(c *session) {
-	if len(c.gated) == 0 {
+	if len(c.tx.gated) == 0 {
 		return
 	}
 	g.mu.Lock()
-	for _, k := range c.gated {
+	for _, k := range c.tx.gated {
 		l := g.lines[k]
 		if l == nil || l.holder != c {
 			continue
@@ -122,5 +122,5 @@ func (g *gate) leave(c *session) {
 		close(next.ready)
 	}
 	g.mu.Unlock()
-	c.gated = c.gated[:0]
+	c.tx.gated = c.tx.gated[:0]
 }

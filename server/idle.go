@@ -6,8 +6,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/tidwall/redcon"
-
 	"github.com/respite/respite/router"
 )
 
@@ -21,11 +19,22 @@ import (
 type idleState struct {
 	timer *time.Timer
 	fired atomic.Bool // set by the timer's goroutine
-	armed string      // what the running timer would end: "multi" or "watch"
-	// lost is what an expired session had: "multi" (commands until EXEC
-	// or DISCARD are refused) or "watch" (its next EXEC fails).
-	lost string
+	armed lostState   // what the running timer would end
+	// lost is what an expired session had: lostMulti (commands until EXEC
+	// or DISCARD are refused) or lostWatch (its next EXEC fails).
+	lost lostState
 }
+
+// lostState is the transaction state an idle timeout ended.
+type lostState uint8
+
+const (
+	lostNone lostState = iota
+	lostMulti
+	lostWatch
+)
+
+func (l lostState) String() string { return [...]string{"", "multi", "watch"}[l] }
 
 const errIdle = "ERR transaction ended by the proxy: WATCH/MULTI idle longer than transactions.idle_timeout"
 
@@ -36,92 +45,72 @@ func (c *session) armIdle() {
 	if d <= 0 || p == nil || !(p.multi || p.watch) {
 		return
 	}
-	if p.upID == 0 {
-		return // pinUp could not learn the connection's id
+	if p.conn.ID() == 0 {
+		return // the handshake did not tell the connection's id
 	}
-	lost := "watch"
+	lost := lostWatch
 	if p.multi {
-		lost = "multi"
+		lost = lostMulti
 	}
-	id := p.upID
-	c.idle.timer = time.AfterFunc(d, func() {
-		c.idle.fired.Store(true)
-		ctx, cancel := context.WithTimeout(context.Background(), c.s.up.timeout)
+	id := p.conn.ID()
+	c.tx.idle.timer = time.AfterFunc(d, func() {
+		c.tx.idle.fired.Store(true)
+		ctx, cancel := context.WithTimeout(context.Background(), c.s.up.Timeout())
 		defer cancel()
-		c.s.up.shared[0].ClientKillByFilter(ctx, "ID", formatID(id))
-		c.s.log.Warn("ended a WATCH/MULTI left open past transactions.idle_timeout", "client", c.id, "state", lost, "idle", d)
+		c.s.up.Redis().ClientKillByFilter(ctx, "ID", formatID(id))
+		c.s.log.Warn("ended a WATCH/MULTI left open past transactions.idle_timeout", "client", c.id, "state", lost.String(), "idle", d)
 	})
-	c.idle.armed = lost
+	c.tx.idle.armed = lost
 }
 
 // checkIdle runs before a batch: it stops the timer and, if it fired,
 // drops the dead pin. It returns the commands the session may still run.
 func (c *session) checkIdle() {
-	if c.idle.timer == nil {
+	if c.tx.idle.timer == nil {
 		return
 	}
-	c.idle.timer.Stop()
-	c.idle.timer = nil
-	if c.idle.fired.Swap(false) {
-		c.unpin()
-		c.idle.lost = c.idle.armed
+	c.tx.idle.timer.Stop()
+	c.tx.idle.timer = nil
+	if c.tx.idle.fired.Swap(false) {
+		c.discardPin()
+		c.tx.idle.lost = c.tx.idle.armed
 	}
 }
 
 // idleRefusal answers a command of a session whose transaction expired,
 // and reports whether it did.
-func (c *session) idleRefusal(args [][]byte) bool {
-	switch c.idle.lost {
-	case "multi":
-		switch {
-		case router.Is(args[0], "exec"):
-			c.idle.lost = ""
+func (c *session) idleRefusal(cmd *router.Command) bool {
+	switch c.tx.idle.lost {
+	case lostMulti:
+		switch cmd.ID {
+		case router.CmdExec:
+			c.tx.idle.lost = lostNone
 			c.sendError(errIdle)
-		case router.Is(args[0], "discard"):
-			c.idle.lost = ""
+		case router.CmdDiscard:
+			c.tx.idle.lost = lostNone
 			c.sendStatus("OK")
-		case router.Is(args[0], "quit"), router.Is(args[0], "reset"):
-			c.idle.lost = ""
+		case router.CmdQuit, router.CmdReset:
+			c.tx.idle.lost = lostNone
 			return false
 		default:
 			c.sendError(errIdle)
 		}
 		return true
-	case "watch":
-		if router.Is(args[0], "exec") {
-			c.idle.lost = ""
+	case lostWatch:
+		switch cmd.ID {
+		case router.CmdExec:
+			c.tx.idle.lost = lostNone
 			if c.pin != nil && c.pin.multi {
-				ctx, cancel := context.WithTimeout(context.Background(), c.s.up.timeout)
-				c.pin.conn.Do(ctx, "DISCARD")
-				cancel()
-				c.follow([][]byte{[]byte("DISCARD")}, []byte("+OK\r\n"))
-				c.maybeUnpin()
+				c.discardWith(errIdle)
+			} else {
+				c.sendError(errIdle)
 			}
-			c.sendError(errIdle)
 			return true
-		}
-		if router.Is(args[0], "unwatch") || router.Is(args[0], "discard") || router.Is(args[0], "reset") {
-			c.idle.lost = ""
+		case router.CmdUnwatch, router.CmdDiscard, router.CmdReset:
+			c.tx.idle.lost = lostNone
 		}
 	}
 	return false
-}
-
-// runIdle wraps run for sessions with an idle timeout.
-func (c *session) runIdle(cmds []redcon.Command) {
-	c.checkIdle()
-	for i := 0; i < len(cmds); i++ {
-		if c.idle.lost != "" && c.idleRefusal(cmds[i].Args) {
-			continue
-		}
-		if c.idle.lost != "" {
-			c.run(cmds[i : i+1])
-			continue
-		}
-		c.run(cmds[i:])
-		break
-	}
-	c.armIdle()
 }
 
 func formatID(id int64) string { return strconv.FormatInt(id, 10) }

@@ -4,6 +4,7 @@ import (
 	"crypto/subtle"
 	"strconv"
 
+	"github.com/respite/respite/policy"
 	"github.com/respite/respite/resp"
 	"github.com/respite/respite/router"
 )
@@ -15,57 +16,92 @@ const (
 	errWrongPass  = "WRONGPASS invalid username-password pair or user is disabled."
 	errHelloAuth  = "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time"
 	errBadName    = "ERR Client names cannot contain spaces, newlines or special characters."
+	errSyntax     = "ERR syntax error"
 )
 
 func errArity(cmd string) string {
 	return "ERR wrong number of arguments for '" + cmd + "' command"
 }
 
-// local answers HELLO, AUTH, QUIT and RESET, which concern the client's
-// connection to the proxy, not the upstream's.
-func (c *session) local(args [][]byte) {
-	name := args[0]
-	switch {
-	case router.Is(name, "quit"):
+// local answers the commands that concern the client's connection to the
+// proxy rather than the upstream's (HELLO, AUTH with requirepass, QUIT,
+// RESET, CLIENT ID, SETNAME, GETNAME, SETINFO, REPLY, LIST, INFO, KILL,
+// UNBLOCK), or add the proxy's own data (INFO, RESPITE).
+func (c *session) local(set *policy.Set, cmd *router.Command) {
+	if router.IsRespite(cmd.ID) {
+		c.respite(set, cmd)
+		return
+	}
+	switch cmd.ID {
+	case router.CmdQuit:
 		c.sendStatus("OK")
 		c.quit = true
 		c.w.Close()
-	case router.Is(name, "reset"):
+	case router.CmdReset:
 		c.reset()
 		c.sendStatus("RESET")
-	case router.Is(name, "auth"):
-		c.auth(args)
-	case router.Is(name, "hello"):
-		c.hello(args)
-	case router.Is(name, "info"):
-		if !c.authed {
-			c.sendError("NOAUTH Authentication required.")
+	case router.CmdAuth:
+		c.auth(cmd)
+	case router.CmdHello:
+		c.hello(cmd)
+	case router.CmdInfo:
+		c.info(set, cmd)
+	case router.CmdClientId:
+		c.sendInt(c.id)
+	case router.CmdClientSetname:
+		if !validName(cmd.Args[2]) {
+			c.sendError(errBadName)
 			return
 		}
-		c.info(args)
-	case router.Is(name, "respite"):
-		if !c.authed {
-			c.sendError("NOAUTH Authentication required.")
-			return
+		c.client.name = string(cmd.Args[2])
+		c.sendStatus("OK")
+	case router.CmdClientGetname:
+		if c.client.name == "" {
+			c.send(resp.AppendNull(c.out[:0], c.proto))
+		} else {
+			c.send(resp.AppendBulk(c.out[:0], c.client.name))
 		}
-		c.respite(args)
+	case router.CmdClientSetinfo:
+		c.setinfo(cmd.Args)
+	case router.CmdClientReply:
+		c.clientReply(cmd.Args[2])
+	case router.CmdClientList:
+		c.clientList(cmd)
+	case router.CmdClientInfo:
+		c.clientInfoReply(cmd)
+	case router.CmdClientKill:
+		c.clientKill(cmd)
+	case router.CmdClientUnblock:
+		c.clientUnblock(cmd)
 	}
 }
 
-// auth follows AUTH [username] password. Without requirepass the default
-// user has "nopass": AUTH default <any> succeeds and the one-argument form
-// is an error, as on Redis.
-func (c *session) auth(args [][]byte) {
-	var ok bool
-	switch len(args) {
-	case 2:
-		if c.s.cfg.RequirePass == "" {
-			c.sendError(errNoPassword)
-			return
+// clientReply is CLIENT REPLY ON|OFF|SKIP.
+func (c *session) clientReply(mode []byte) {
+	switch {
+	case router.IsOption(mode, "on"):
+		c.reply = replyOn
+		c.sendStatus("OK")
+	case router.IsOption(mode, "off"):
+		c.reply = replyOff
+	case router.IsOption(mode, "skip"):
+		if c.reply == replyOn {
+			c.reply = replySkip
 		}
-		ok = c.login("default", args[1])
+	default:
+		c.sendError(errSyntax)
+	}
+}
+
+// auth follows AUTH [username] password when the proxy checks passwords
+// (requirepass): only the default user exists.
+func (c *session) auth(cmd *router.Command) {
+	var ok bool
+	switch len(cmd.Args) {
+	case 2:
+		ok = c.login("default", cmd.Args[1])
 	case 3:
-		ok = c.login(string(args[1]), args[2])
+		ok = c.login(string(cmd.Args[1]), cmd.Args[2])
 	default:
 		c.sendError(errArity("auth"))
 		return
@@ -77,11 +113,11 @@ func (c *session) auth(args [][]byte) {
 	}
 }
 
-// login checks credentials for the default user; success authenticates
-// the client, failure leaves its state as it was (as in Redis).
+// login checks credentials for the default user against requirepass;
+// success authenticates the client, failure leaves its state as it was (as
+// in Redis).
 func (c *session) login(user string, pass []byte) bool {
-	want := c.s.cfg.RequirePass
-	ok := user == "default" && (want == "" || subtle.ConstantTimeCompare(pass, []byte(want)) == 1)
+	ok := user == "default" && subtle.ConstantTimeCompare(pass, []byte(c.s.cfg.RequirePass)) == 1
 	if ok {
 		c.authed = true
 	}
@@ -89,12 +125,17 @@ func (c *session) login(user string, pass []byte) bool {
 }
 
 // hello answers HELLO [protover [AUTH user pass] [SETNAME name]] the way
-// Redis 7.0 does (src/networking.c helloCommand): the reply is a map of
-// server facts in the new protocol; the upstream's version is reported.
-func (c *session) hello(args [][]byte) {
+// Redis 7.0 does (src/networking.c helloCommand), checking options in
+// Redis' order. Without requirepass, AUTH logs in upstream, on the
+// session's own connection; a pinned connection is switched to the new
+// protocol too, so its replies come in it. The reply is the proxy's:
+// the client's id and the upstream's version.
+func (c *session) hello(cmd *router.Command) {
+	args := cmd.Args
 	proto := c.proto
-	if len(args) > 1 {
-		v, err := strconv.Atoi(string(args[1]))
+	next := 1
+	if len(args) >= 2 {
+		v, err := strconv.ParseInt(string(args[1]), 10, 64)
 		if err != nil {
 			c.sendError("ERR Protocol version is not an integer or out of range")
 			return
@@ -103,27 +144,25 @@ func (c *session) hello(args [][]byte) {
 			c.sendError("NOPROTO unsupported protocol version")
 			return
 		}
-		proto = v
+		proto, next = int(v), 2
 	}
-	var user, pass []byte
-	var setname []byte
-	for i := 2; i < len(args); i++ {
-		more := len(args) - i - 1
+	for i := next; i < len(args); i++ {
+		more := len(args) - 1 - i
 		switch {
-		case router.Is(args[i], "auth") && more >= 2:
-			user, pass = args[i+1], args[i+2]
+		case router.IsOption(args[i], "auth") && more >= 2:
+			if !c.helloAuth(args[i+1], args[i+2]) {
+				return
+			}
 			i += 2
-		case router.Is(args[i], "setname") && more >= 1:
-			setname = args[i+1]
+		case router.IsOption(args[i], "setname") && more >= 1:
+			if !validName(args[i+1]) {
+				c.sendError(errBadName)
+				return
+			}
+			c.client.name = string(args[i+1])
 			i++
 		default:
 			c.sendError("ERR Syntax error in HELLO option '" + string(args[i]) + "'")
-			return
-		}
-	}
-	if user != nil {
-		if !c.login(string(user), pass) {
-			c.sendError(errWrongPass)
 			return
 		}
 	}
@@ -131,19 +170,28 @@ func (c *session) hello(args [][]byte) {
 		c.sendError(errHelloAuth)
 		return
 	}
-	if setname != nil {
-		if !validName(setname) {
-			c.sendError(errBadName)
+	if c.pin != nil && c.pin.conn.Proto() != proto {
+		reply, err := c.roundTrip([][]byte{[]byte("HELLO"), []byte(strconv.Itoa(proto))})
+		if err != nil {
+			c.pinLost(err)
 			return
 		}
-		c.name = string(setname)
+		if reply[0] == '-' {
+			c.send(reply)
+			return
+		}
+		c.pin.conn.SetProto(proto)
 	}
 	c.proto = proto
+	version := c.s.up.Version()
+	if version == "" {
+		version = "7.0.0"
+	}
 	b := resp.AppendMap(c.out[:0], 7, proto)
 	b = resp.AppendBulk(b, "server")
 	b = resp.AppendBulk(b, "redis")
 	b = resp.AppendBulk(b, "version")
-	b = resp.AppendBulk(b, c.s.upstreamVersion())
+	b = resp.AppendBulk(b, version)
 	b = resp.AppendBulk(b, "proto")
 	b = resp.AppendInt(b, int64(proto))
 	b = resp.AppendBulk(b, "id")
@@ -156,6 +204,46 @@ func (c *session) hello(args [][]byte) {
 	b = resp.AppendArray(b, 0)
 	c.out = b
 	c.send(b)
+}
+
+// helloAuth is HELLO's AUTH option: checked by the proxy with requirepass,
+// otherwise by Redis, on the session's own connection (so the client gets
+// that user's permissions). False means the error is sent.
+func (c *session) helloAuth(user, pass []byte) bool {
+	if c.s.cfg.RequirePass != "" {
+		if !c.login(string(user), pass) {
+			c.sendError(errWrongPass)
+			return false
+		}
+		return true
+	}
+	if !c.pinUp(1) {
+		return false
+	}
+	reply, err := c.roundTrip([][]byte{[]byte("AUTH"), user, pass})
+	if err != nil {
+		c.pinLost(err)
+		return false
+	}
+	if reply[0] == '-' {
+		c.sendError(errWrongPass)
+		c.maybeUnpin()
+		return false
+	}
+	var cmd router.Command
+	router.Classify(&cmd, [][]byte{[]byte("AUTH"), user, pass}, nil)
+	c.follow(&cmd, reply)
+	c.noteUser(&cmd)
+	return true
+}
+
+// noteUser records the upstream user a successful AUTH logged in as.
+func (c *session) noteUser(cmd *router.Command) {
+	if c.sameUser(cmd) {
+		c.client.user = ""
+		return
+	}
+	c.client.user = string(cmd.Args[1])
 }
 
 // validName follows Redis' rule for client names: printable ASCII, no
@@ -171,84 +259,31 @@ func validName(name []byte) bool {
 
 // reset is RESET (https://redis.io/commands/reset): leave MULTI/WATCH,
 // subscriptions and MONITOR, back to RESP2, the default database, no name,
-// replies on and, with requirepass, not authenticated.
+// replies on and, with requirepass, not authenticated; the admin rights of
+// RESPITE AUTH end too, as Redis' RESET ends the user's.
 func (c *session) reset() {
 	c.releasePin()
-	if c.sub != nil {
-		c.sub.unsubscribeAll()
-	}
 	c.proto = 2
 	c.db = c.s.cfg.Upstream.DB
-	c.name = ""
+	c.client.name, c.client.user = "", ""
 	c.reply = replyOn
 	c.authed = c.s.cfg.RequirePass == ""
-}
-
-// clientLocal answers CLIENT SETNAME, GETNAME, SETINFO, ID and REPLY, which
-// are per client: forwarding them would set them on a shared connection.
-func (c *session) clientLocal(args [][]byte) {
-	sub := args[1]
-	switch {
-	case router.Is(sub, "setname"):
-		if len(args) != 3 {
-			c.sendError(errArity("client|setname"))
-		} else if !validName(args[2]) {
-			c.sendError(errBadName)
-		} else {
-			c.name = string(args[2])
-			c.sendStatus("OK")
-		}
-	case router.Is(sub, "getname"):
-		if len(args) != 2 {
-			c.sendError(errArity("client|getname"))
-		} else if c.name == "" {
-			c.send(resp.AppendNull(c.out[:0], c.proto))
-		} else {
-			c.send(resp.AppendBulk(c.out[:0], c.name))
-		}
-	case router.Is(sub, "id"):
-		if len(args) != 2 {
-			c.sendError(errArity("client|id"))
-		} else {
-			c.send(resp.AppendInt(c.out[:0], c.id))
-		}
-	case router.Is(sub, "setinfo"):
-		c.setinfo(args)
-	case router.Is(sub, "reply"):
-		switch {
-		case len(args) != 3:
-			c.sendError(errArity("client|reply"))
-		case router.Is(args[2], "on"):
-			c.reply = replyOn
-			c.sendStatus("OK")
-		case router.Is(args[2], "off"):
-			c.reply = replyOff
-		case router.Is(args[2], "skip"):
-			if c.reply == replyOn {
-				c.reply = replySkip
-			}
-		default:
-			c.sendError("ERR syntax error")
-		}
-	}
+	c.admin.ok, c.admin.attributes = false, false
+	c.tx.idle.lost = lostNone
 }
 
 // setinfo is CLIENT SETINFO LIB-NAME|LIB-VER value, which Redis added in
 // 7.2; against an older upstream the proxy answers as that upstream would.
 func (c *session) setinfo(args [][]byte) {
-	if !versionAtLeast(c.s.upstreamVersion(), 7, 2) {
+	if !versionAtLeast(c.s.up.Version(), 7, 2) {
 		c.sendError("ERR unknown subcommand '" + string(args[1]) + "'. Try CLIENT HELP.")
 		return
 	}
-	if len(args) != 4 {
-		c.sendError(errArity("client|setinfo"))
-		return
-	}
 	switch {
-	case router.Is(args[2], "lib-name"):
-		c.libName = string(args[3])
-	case router.Is(args[2], "lib-ver"):
-		c.libVer = string(args[3])
+	case router.IsOption(args[2], "lib-name"):
+		c.client.libName = string(args[3])
+	case router.IsOption(args[2], "lib-ver"):
+		c.client.libVer = string(args[3])
 	default:
 		c.sendError("ERR Unrecognized option '" + string(args[2]) + "'")
 		return
@@ -259,22 +294,14 @@ func (c *session) setinfo(args [][]byte) {
 // versionAtLeast compares a "major.minor.patch" version.
 func versionAtLeast(v string, major, minor int) bool {
 	var parts [2]int
-	for i, f := range splitDots(v) {
-		if i < 2 {
-			parts[i], _ = strconv.Atoi(f)
-		}
-	}
-	return parts[0] > major || parts[0] == major && parts[1] >= minor
-}
-
-func splitDots(v string) []string {
-	var out []string
+	n := 0
 	start := 0
-	for i := 0; i <= len(v); i++ {
+	for i := 0; i <= len(v) && n < 2; i++ {
 		if i == len(v) || v[i] == '.' {
-			out = append(out, v[start:i])
+			parts[n], _ = strconv.Atoi(v[start:i])
+			n++
 			start = i + 1
 		}
 	}
-	return out
+	return parts[0] > major || parts[0] == major && parts[1] >= minor
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/respite/respite/internal/config"
+	"github.com/respite/respite/policy"
 )
 
 // Reload applies a new configuration without dropping a connection
@@ -25,14 +26,14 @@ func (s *Server) Reload(cfg config.Config) (needRestart []string, err error) {
 	next.Limits, next.Transactions, next.LogLevel = cfg.Limits, cfg.Transactions, cfg.LogLevel
 	next.Routes = cfg.Routes
 	if !reflect.DeepEqual(cfg.Routes, old.Routes) {
-		rs, err := openRoutes(next, muxCache{s.up}, s.up.shared[0], s.log)
+		set, err := policy.Open(next, s.up.Cache(), s.up.Redis(), s.log)
 		if err != nil {
 			return needRestart, fmt.Errorf("new routes refused, the old ones keep serving: %w", err)
 		}
-		prev := s.routes.Swap(rs)
+		prev := s.routes.Swap(set)
 		if prev != nil {
-			prev.cancel() // its flusher stops; the new one re-reads what it had pending
-			time.AfterFunc(30*time.Second, prev.close)
+			prev.Stop() // its flusher stops; the new one re-reads what it had pending
+			time.AfterFunc(30*time.Second, prev.Close)
 		}
 	}
 	s.live.Store(&next)
@@ -48,7 +49,7 @@ func (s *Server) ReloadFile() (needRestart []string, err error) {
 	if s.ConfigFile == "" {
 		return nil, fmt.Errorf("no configuration file to reload")
 	}
-	cfg, err := config.Load(s.ConfigFile)
+	cfg, err := config.Load(s.ConfigFile, s.ConfigOverrides...)
 	if err != nil {
 		return nil, err
 	}

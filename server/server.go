@@ -1,13 +1,15 @@
 // Package server is Respite's RESP front end: it accepts clients with
 // redcon, keeps each client's connection state, and carries every command
-// to the upstream Redis the way router says (shared and multiplexed, on a
-// pinned connection, or answered locally).
+// where router.Dispatch says: the shared multiplexed upstream, the
+// session's own pinned connection, the route layer (policy), or an answer
+// of its own. docs/ARCHITECTURE.md follows a request through the files.
 //
 // A request's path: redcon reads a batch of commands from a guarded
-// connection (resp.NewListener bounds what a client may send) → handle
-// takes the whole pipelined batch → session.run walks it, sending runs of
-// stateless commands to the upstream as one pipeline → the upstream's exact
-// reply bytes are written back in order.
+// connection (resp.NewConn bounds what a client may send) → handle takes
+// the whole pipelined batch → session.run classifies each command once
+// (router.Classify) and dispatches it (router.Dispatch) → runs of commands
+// with the same path go upstream as one pipeline → replies are written
+// back in order, as the exact bytes Redis sent wherever Redis answered.
 package server
 
 import (
@@ -17,40 +19,40 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/tidwall/redcon"
 
 	"github.com/respite/respite/internal/admin"
 	"github.com/respite/respite/internal/config"
+	"github.com/respite/respite/policy"
 	"github.com/respite/respite/resp"
+	"github.com/respite/respite/upstream"
 )
 
 // Server is one Respite RESP listener and its upstream clients.
 type Server struct {
-	// ConfigFile is the file ReloadFile (RESPITE RELOAD) reads again.
-	ConfigFile string
+	// ConfigFile is the file ReloadFile (RESPITE RELOAD) reads again, and
+	// ConfigOverrides the settings that win over it (config.Load).
+	ConfigFile      string
+	ConfigOverrides []string
 	// LogLevel, if set, follows log_level on Reload.
 	LogLevel *slog.LevelVar
 
-	cfg    config.Config
-	log    *slog.Logger
-	up     *upstream
-	rs     *redcon.Server
-	routes atomic.Pointer[routes]        // nil without routes; swapped by Reload
-	live   atomic.Pointer[config.Config] // the settings Reload can change
+	cfg       config.Config
+	defaultDB string // cfg.Upstream.DB as SELECT spells it
+	log       *slog.Logger
+	up        *upstream.Upstream
+	rs        *redcon.Server
+	routes    atomic.Pointer[policy.Set]    // nil without routes; swapped by Reload
+	live      atomic.Pointer[config.Config] // the settings Reload can change
 
 	conflicts *conflicts // optimistic-transaction metadata
-	gate      *gate      // contention gate, nil when off
+	gate      *gate      // contention gate
 
-	clients  atomic.Int64 // connected clients, for max_clients
-	pinned   atomic.Int64 // sessions holding a pinned connection
-	pinnedTx atomic.Int64 // of those, in WATCH or MULTI
-	blocked  atomic.Int64 // sessions inside a blocking command
-	detached atomic.Int64 // sessions in pub/sub or MONITOR mode
-	upErrors atomic.Int64 // commands answered "upstream unavailable"
+	counts counts
 
 	tls       *tls.Config    // the listener's, nil without TLS
 	metrics   *admin.Metrics // nil without the admin listener
@@ -59,8 +61,17 @@ type Server struct {
 	nextID    atomic.Int64 // CLIENT ID / HELLO id of the next client
 
 	mu       sync.Mutex
-	version  string // upstream redis_version, for HELLO
-	sessions map[*session]struct{}
+	sessions map[int64]*session // by id
+}
+
+// counts are the server's gauges and counters.
+type counts struct {
+	clients  atomic.Int64 // connected clients, for max_clients
+	pinned   atomic.Int64 // sessions holding a pinned connection
+	pinnedTx atomic.Int64 // of those, in WATCH or MULTI
+	blocked  atomic.Int64 // sessions inside a blocking command
+	detached atomic.Int64 // sessions relaying pub/sub, MONITOR or tracking
+	upErrors atomic.Int64 // commands answered "upstream unavailable"
 }
 
 // New builds a server for cfg. It does not contact the upstream Redis yet:
@@ -68,28 +79,28 @@ type Server struct {
 // goes down later. With routes, it connects to PostgreSQL and checks every
 // route's table and columns; the error names the route, table and column.
 func New(cfg config.Config, log *slog.Logger) (*Server, error) {
-	up, err := newUpstream(cfg.Upstream, cfg.Limits.MaxClients)
+	up, err := upstream.New(cfg.Upstream)
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: log, up: up, sessions: map[*session]struct{}{}}
+	s := &Server{cfg: cfg, defaultDB: strconv.Itoa(cfg.Upstream.DB), log: log, up: up, sessions: map[int64]*session{}}
 	s.live.Store(&cfg)
 	if s.tls, err = listenerTLS(cfg.TLS); err != nil {
-		up.close()
+		up.Close()
 		return nil, fmt.Errorf("tls: %w", err)
 	}
 	s.conflicts = newConflicts(cfg.Transactions.TrackedKeys)
 	s.gate = &gate{s: s, t: s.conflicts}
-	rs, err := openRoutes(cfg, muxCache{up}, up.shared[0], log)
+	set, err := policy.Open(cfg, up.Cache(), up.Redis(), log)
 	if err != nil {
-		up.close()
+		up.Close()
 		return nil, err
 	}
-	s.routes.Store(rs)
+	s.routes.Store(set)
 	if cfg.Admin != "" {
 		if err := s.startAdmin(); err != nil {
-			rs.close()
-			up.close()
+			set.Close()
+			up.Close()
 			return nil, fmt.Errorf("admin listener: %w", err)
 		}
 	}
@@ -101,6 +112,9 @@ func New(cfg config.Config, log *slog.Logger) (*Server, error) {
 // wrapped by resp.NewConn, which enforces the configured limits before
 // redcon parses a byte.
 func (s *Server) Serve(l net.Listener) error {
+	if s.cfg.Upstream.Multiplexer == "go-redis" {
+		s.log.Warn("upstream.multiplexer: go-redis was removed; the builtin multiplexer carries the shared path (remove the setting)")
+	}
 	if s.tls != nil {
 		l = tls.NewListener(l, s.tls)
 	}
@@ -120,16 +134,15 @@ func (s *Server) ListenAndServe() error {
 // Close stops accepting, closes every client and the upstream clients.
 func (s *Server) Close() error {
 	err := s.rs.Close()
-	s.mu.Lock()
-	for sess := range s.sessions {
+	for _, sess := range s.snapshot() {
 		sess.end()
+		sess.closeDetached()
 	}
-	s.mu.Unlock()
 	if s.adminSrv != nil {
 		s.adminSrv.Close()
 	}
-	s.routes.Load().close()
-	s.up.close()
+	s.routes.Load().Close()
+	s.up.Close()
 	return err
 }
 
@@ -140,40 +153,54 @@ func (s *Server) Close() error {
 // start.
 func (s *Server) Shutdown(ctx context.Context) (left int64, err error) {
 	s.rs.Close()
-	s.mu.Lock()
-	for sess := range s.sessions {
-		if sess.w != sess.conn {
-			sess.w.Close() // detached clients are not redcon's any more
-		}
+	for _, sess := range s.snapshot() {
+		sess.closeDetached() // detached clients are not redcon's any more
 	}
-	s.mu.Unlock()
-	left, err = s.routes.Load().drain(ctx)
+	left, err = s.routes.Load().Drain(ctx)
 	if s.adminSrv != nil {
 		s.adminSrv.Close()
 	}
-	s.routes.Load().close()
-	s.up.close()
+	s.routes.Load().Close()
+	s.up.Close()
 	return left, err
+}
+
+// snapshot returns the connected sessions.
+func (s *Server) snapshot() []*session {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]*session, 0, len(s.sessions))
+	for _, c := range s.sessions {
+		out = append(out, c)
+	}
+	return out
+}
+
+// session returns the connected session with id, or nil.
+func (s *Server) session(id int64) *session {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.sessions[id]
 }
 
 // accept admits a client unless max_clients are connected, answering like
 // Redis: "-ERR max number of clients reached".
 func (s *Server) accept(conn redcon.Conn) bool {
-	if s.clients.Add(1) > int64(s.live.Load().Limits.MaxClients) {
-		s.clients.Add(-1)
+	if s.counts.clients.Add(1) > int64(s.live.Load().Limits.MaxClients) {
+		s.counts.clients.Add(-1)
 		conn.NetConn().Write([]byte("-ERR max number of clients reached\r\n"))
 		return false
 	}
 	sess := newSession(s, conn)
 	conn.SetContext(sess)
 	s.mu.Lock()
-	s.sessions[sess] = struct{}{}
+	s.sessions[sess.id] = sess
 	s.mu.Unlock()
 	return true
 }
 
-// closed runs when redcon drops a client. A detached client (pub/sub,
-// MONITOR) is closed by its own loop instead.
+// closed runs when redcon drops a client. A detached client is closed by
+// its own loop instead.
 func (s *Server) closed(conn redcon.Conn, err error) {
 	if err != nil && err.Error() == "detached" {
 		return
@@ -186,11 +213,11 @@ func (s *Server) closed(conn redcon.Conn, err error) {
 func (s *Server) drop(sess *session) {
 	sess.end()
 	s.mu.Lock()
-	_, ok := s.sessions[sess]
-	delete(s.sessions, sess)
+	_, ok := s.sessions[sess.id]
+	delete(s.sessions, sess.id)
 	s.mu.Unlock()
 	if ok {
-		s.clients.Add(-1)
+		s.counts.clients.Add(-1)
 	}
 }
 
@@ -210,30 +237,9 @@ func (s *Server) handle(conn redcon.Conn, cmd redcon.Command) {
 	}()
 	cmds := append(sess.batch[:0], cmd)
 	cmds = append(cmds, conn.ReadPipeline()...)
-	if s.live.Load().Transactions.IdleTimeout > 0 {
-		sess.runIdle(cmds)
-	} else {
-		sess.run(cmds)
-	}
+	sess.serve(cmds)
 	clear(cmds)
 	sess.batch = cmds[:0]
-}
-
-// upstreamVersion returns the upstream's redis_version, asking once.
-func (s *Server) upstreamVersion() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.version == "" {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		if v, err := s.up.version(ctx); err == nil && v != "" {
-			s.version = v
-		}
-	}
-	if s.version == "" {
-		return "7.0.0"
-	}
-	return s.version
 }
 
 // guardedListener wraps every accepted connection in resp.NewConn with the

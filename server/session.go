@@ -1,21 +1,20 @@
 package server
 
 import (
-	"context"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
-	"github.com/redis/go-redis/v9"
 	"github.com/tidwall/redcon"
 
-	"github.com/respite/respite/internal/admin"
 	"github.com/respite/respite/resp"
 	"github.com/respite/respite/router"
+	"github.com/respite/respite/upstream"
 )
 
 // writer is where a session's replies go: the redcon.Conn, or the
-// redcon.DetachedConn once the client is detached for pub/sub or MONITOR.
+// redcon.DetachedConn once the client is detached.
 type writer interface {
 	WriteRaw(data []byte)
 	Close() error
@@ -31,48 +30,125 @@ const (
 )
 
 // session is one client's connection state. Only the goroutine serving the
-// client touches it, except a detached session, whose fields are guarded
-// by mu.
+// client touches it, except once it is detached: then the relay goroutine
+// writes replies too, and both hold mu.
 type session struct {
-	s    *Server
-	conn redcon.Conn
-	w    writer
-	id   int64
+	s  *Server
+	id int64 // CLIENT ID, HELLO's id
 
-	proto   int // RESP version chosen with HELLO: 2 or 3
-	authed  bool
-	name    string
-	libName string
-	libVer  string
-	reply   replyMode
-	db      int // database selected with SELECT
-	quit    bool
+	// I/O.
+	conn  redcon.Conn
+	w     writer
+	mu    sync.Mutex // held by whoever writes, once detached
+	out   []byte     // scratch for locally encoded replies
+	batch []redcon.Command
+	cmds  []router.Command
+	call  *upstream.Call
 
-	pin *pin    // pinned upstream connection, nil on the shared path
-	sub *pubsub // pub/sub or MONITOR state once detached
+	// What the client told about itself, and CLIENT LIST's view of it.
+	client clientInfo
 
-	batch    []redcon.Command
-	futs     []redis.AutoFuture
-	call     *call
-	keys     []int  // key positions of the command being routed
-	routedAt []int  // the same, kept while the command runs
-	out      []byte // scratch for locally encoded replies
+	// Protocol state the proxy keeps.
+	proto  int // RESP version chosen with HELLO: 2 or 3
+	authed bool
+	reply  replyMode
+	db     int // database selected with SELECT
+	quit   bool
 
-	keyset     string     // watched keys of the last optimistic transaction
-	attempt    int        // consecutive WATCH aborts on keyset
-	lastAbort  *abortInfo // retry metadata of the last abort (RESPITE LASTABORT)
-	gated      []string   // keys whose contention gate this session holds
-	idle       idleState  // transactions.idle_timeout
-	inTx       bool       // counted in Server.pinnedTx
-	adminOK    bool       // RESPITE AUTH given (admin_password)
-	attributes bool       // RESPITE ATTRIBUTES ON: retry metadata as a RESP3 attribute
+	// pin is the session's own upstream connection and the state it holds;
+	// nil on the shared path.
+	pin *pinned
 
-	mu    sync.Mutex // held while a detached session runs or writes
+	// tx is the optimistic-transaction metadata of the session.
+	tx txState
+
+	// admin is RESPITE's per-connection state.
+	admin struct {
+		ok         bool // RESPITE AUTH given (admin_password)
+		attributes bool // RESPITE ATTRIBUTES ON: retry metadata as a RESP3 attribute
+	}
+
+	blocked bool // inside a blocking command
+
+	// toDetach holds the commands left of the batch that detached the
+	// session, for its own loop to run first.
+	toDetach [][][]byte
+
+	pubMu sync.Mutex
+	pub   view
+
+	// wantRelay: another client's CLIENT TRACKING REDIRECT names this one,
+	// so Redis may push to it at any time: it is relayed from its next
+	// command on, on its pinned connection, or on handoff, a connection
+	// the other client took for it (guarded by pubMu).
+	wantRelay atomic.Bool
+	handoff   *upstream.Conn
+
 	ended bool
 }
 
+// clientInfo is what the client told about itself and what CLIENT LIST
+// shows of it; only the session's goroutine touches it.
+type clientInfo struct {
+	name, libName, libVer string
+	user                  string // the upstream ACL user it authenticated as ("" for the proxy's own)
+	addr, laddr           string
+	fd                    int
+	created, lastActive   time.Time
+	lastCmd               router.ID
+}
+
+// view is a session's state as other sessions see it (CLIENT LIST, KILL,
+// UNBLOCK, TRACKING REDIRECT): a copy the session publishes after each
+// batch and whenever it blocks or pins.
+type view struct {
+	id                  int64
+	name, user          string
+	addr, laddr         string
+	fd                  int
+	created, lastActive time.Time
+	lastCmd             router.ID
+	db, proto           int
+	multi               int // commands queued, -1 outside MULTI
+	sub, psub, ssub     int
+	tracking            bool
+	redirect            int64 // CLIENT TRACKING REDIRECT, as a proxy client id
+	blocked             bool
+	upConn              *upstream.Conn // the pinned connection, nil without one
+}
+
+// publish copies the session's state into its view.
+func (c *session) publish() {
+	v := view{id: c.id, name: c.client.name, user: c.client.user, addr: c.client.addr, laddr: c.client.laddr,
+		fd: c.client.fd, created: c.client.created, lastActive: c.client.lastActive, lastCmd: c.client.lastCmd,
+		db: c.db, proto: c.proto, multi: -1, blocked: c.blocked}
+	if v.user == "" {
+		v.user = "default"
+	}
+	if p := c.pin; p != nil {
+		v.upConn = p.conn
+		if p.multi {
+			v.multi = p.queued
+		}
+		v.tracking, v.redirect = p.tracking, p.redirect
+		if p.relay != nil {
+			v.sub, v.psub, v.ssub = p.relay.counts()
+		}
+	}
+	c.pubMu.Lock()
+	c.pub = v
+	c.pubMu.Unlock()
+}
+
+// view returns the state the session last published.
+func (c *session) view() view {
+	c.pubMu.Lock()
+	defer c.pubMu.Unlock()
+	return c.pub
+}
+
 func newSession(s *Server, conn redcon.Conn) *session {
-	return &session{
+	c := &session{
 		s:      s,
 		conn:   conn,
 		w:      conn,
@@ -81,6 +157,31 @@ func newSession(s *Server, conn redcon.Conn) *session {
 		authed: s.cfg.RequirePass == "",
 		db:     s.cfg.Upstream.DB,
 	}
+	now := time.Now()
+	c.client.created, c.client.lastActive = now, now
+	if nc := conn.NetConn(); nc != nil {
+		c.client.addr, c.client.laddr = nc.RemoteAddr().String(), nc.LocalAddr().String()
+		c.client.fd = socketFD(nc)
+	}
+	c.publish()
+	return c
+}
+
+// state is what Dispatch needs to know about the session.
+func (c *session) state() router.State {
+	st := router.State{
+		ProxyAuth: c.s.cfg.RequirePass != "",
+		Authed:    c.authed,
+		Proto:     c.proto,
+		OtherDB:   c.db != c.s.cfg.Upstream.DB,
+		DefaultDB: c.s.defaultDB,
+		ReplyOff:  c.reply != replyOn,
+	}
+	if p := c.pin; p != nil {
+		st.Pinned, st.Multi, st.Watching = true, p.multi, p.watch
+		st.Subscribed = p.relay != nil && p.relay.subscribed()
+	}
+	return st
 }
 
 // send writes one complete reply, honouring CLIENT REPLY OFF/SKIP.
@@ -97,175 +198,10 @@ func (c *session) send(b []byte) {
 
 func (c *session) sendError(msg string)  { c.send(resp.AppendError(c.out[:0], msg)) }
 func (c *session) sendStatus(msg string) { c.send(resp.AppendStatus(c.out[:0], msg)) }
-
-// run carries a batch of commands in order. Runs of commands that need no
-// special handling go upstream as one pipeline: on the shared multiplexed
-// connections, or on the pinned connection when the session has one.
-func (c *session) run(cmds []redcon.Command) {
-	for i := 0; i < len(cmds); {
-		if c.quit {
-			return
-		}
-		if c.pin == nil {
-			j := i
-			for j < len(cmds) && c.shareable(cmds[j].Args) {
-				j++
-			}
-			if j > i {
-				c.forwardShared(cmds[i:j])
-				i = j
-				continue
-			}
-		} else {
-			j, multi := i, c.pin.multi
-			for j < len(cmds) && c.pinnable(cmds[j].Args, multi) {
-				multi = predictMulti(cmds[j].Args, multi)
-				j++
-			}
-			if j > i {
-				c.forwardPinned(cmds[i:j])
-				i = j
-				continue
-			}
-		}
-		if c.needsDetach(cmds[i].Args) {
-			// Pub/sub and MONITOR write from another goroutine: the
-			// client leaves redcon's loop and its own loop takes the rest.
-			c.s.serveDetached(c, cmds[i:])
-			return
-		}
-		c.special(cmds[i].Args)
-		i++
-	}
-}
-
-// needsDetach reports whether args must run on a detached client.
-func (c *session) needsDetach(args [][]byte) bool {
-	if c.sub != nil || !c.authed || len(args) == 0 {
-		return false
-	}
-	class := router.Lookup(args[0])
-	return class == router.PubSub || class == router.Monitor
-}
-
-// shareable reports whether args can ride the shared connections.
-func (c *session) shareable(args [][]byte) bool {
-	if !c.authed || len(args) == 0 || (c.sub != nil && c.sub.restricted(c.proto)) || c.routedKeys(args) {
-		return false
-	}
-	switch router.Lookup(args[0]) {
-	case router.Forward:
-		return true
-	case router.Transaction:
-		// EXEC, DISCARD, UNWATCH outside a session just produce Redis'
-		// own replies ("EXEC without MULTI", +OK) and leave no state.
-		return !router.Is(args[0], "watch") && !router.Is(args[0], "multi")
-	case router.Blocking:
-		return !router.IsBlocking(args)
-	case router.Client:
-		return len(args) > 1 && router.LookupClient(args[1]) == router.ClientForward
-	case router.Select:
-		return len(args) == 2 && string(args[1]) == strconv.Itoa(c.s.cfg.Upstream.DB)
-	}
-	return false
-}
-
-// pinnable reports whether args go to the pinned connection as they are.
-// Inside MULTI everything is queued by Redis itself, except what the proxy
-// must see: QUIT and RESET.
-func (c *session) pinnable(args [][]byte, multi bool) bool {
-	if !c.authed || len(args) == 0 || (c.sub != nil && c.sub.restricted(c.proto)) || c.routedKeys(args) {
-		return false
-	}
-	class := router.Lookup(args[0])
-	if multi {
-		return !router.Is(args[0], "quit") && !router.Is(args[0], "reset") && !router.Is(args[0], "exec")
-	}
-	switch class {
-	case router.Transaction:
-		return !router.Is(args[0], "watch") && !router.Is(args[0], "exec")
-	case router.Forward, router.Select:
-		return true
-	case router.Blocking:
-		return !router.IsBlocking(args)
-	case router.Client:
-		return len(args) > 1 && router.LookupClient(args[1]) != router.ClientLocal
-	}
-	return false
-}
-
-func predictMulti(args [][]byte, multi bool) bool {
-	switch {
-	case router.Is(args[0], "multi"):
-		return true
-	case router.Is(args[0], "exec"), router.Is(args[0], "discard"):
-		return false
-	}
-	return multi
-}
-
-// forwardShared sends cmds on the shared upstream as one pipeline and
-// writes the replies back in order.
-func (c *session) forwardShared(cmds []redcon.Command) {
-	if c.s.metrics != nil {
-		defer c.observe(admin.ClassPassthrough, time.Now())
-	}
-	c.s.conflicts.noteWrites(cmds, &c.keys)
-	if c.s.up.autopipeline {
-		c.forwardAutoPipeline(cmds)
-		return
-	}
-	if c.call == nil {
-		c.call = newCall()
-	}
-	cl := c.call
-	m := c.s.up.mux[index(c.proto)]
-	m.conns[int(c.id)%len(m.conns)].do(cl, cmds)
-	if c.reply == replyOn {
-		c.w.WriteRaw(cl.out) // the common case: all replies in one write
-	} else {
-		start := 0
-		for _, end := range cl.ends {
-			c.send(cl.out[start:end])
-			start = end
-		}
-	}
-	for i := cl.got; i < len(cmds); i++ {
-		c.s.upErrors.Add(1)
-		c.sendError(upstreamError(cl.err))
-	}
-	if cap(cl.out) > 1<<20 {
-		cl.out = nil // do not keep a large reply's buffer for the session's life
-	}
-}
-
-// forwardAutoPipeline is forwardShared through go-redis' AutoPipeliner
-// (upstream.multiplexer: go-redis), kept to compare the two.
-func (c *session) forwardAutoPipeline(cmds []redcon.Command) {
-	ap := c.s.up.ap[index(c.proto)]
-	ctx := context.Background()
-	futs := c.futs[:0]
-	for _, cmd := range cmds {
-		futs = append(futs, ap.Submit(ctx, redis.NewRawCmd(ctx, toArgs(cmd.Args)...)))
-	}
-	for i, f := range futs {
-		f.Wait()
-		c.sendRaw(f.Cmd().(*redis.RawCmd))
-		futs[i] = redis.AutoFuture{}
-	}
-	c.futs = futs[:0]
-}
-
-// sendRaw writes an upstream reply, or a Redis-style error when the
-// upstream could not be reached.
-func (c *session) sendRaw(cmd *redis.RawCmd) {
-	raw, err := cmd.Result()
-	if err != nil || len(raw) == 0 {
-		c.s.upErrors.Add(1)
-		c.sendError(upstreamError(err))
-		return
-	}
-	c.send(raw)
+func (c *session) sendInt(n int64)       { c.send(resp.AppendInt(c.out[:0], n)) }
+func (c *session) sendReply(r resp.Reply) {
+	c.out = r.AppendTo(c.out[:0], c.proto)
+	c.send(c.out)
 }
 
 // upstreamError is the reply for a command the upstream did not answer.
@@ -276,78 +212,6 @@ func upstreamError(err error) string {
 	return "ERR upstream unavailable: " + err.Error()
 }
 
-// toArgs converts arguments for go-redis without copying them: go-redis
-// writes []byte arguments as they are.
-func toArgs(args [][]byte) []interface{} {
-	out := make([]interface{}, len(args))
-	for i, a := range args {
-		out[i] = a
-	}
-	return out
-}
-
-// special handles one command that needs more than forwarding.
-func (c *session) special(args [][]byte) {
-	if len(args) == 0 {
-		return
-	}
-	name := args[0]
-	class := router.Lookup(name)
-	if !c.authed && class != router.Local {
-		c.sendError("NOAUTH Authentication required.")
-		return
-	}
-	if c.sub != nil && c.sub.restricted(c.proto) && !allowedSubscribed(name) {
-		c.sendError("ERR Can't execute '" + router.Name(name) + "': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context")
-		return
-	}
-	if c.routedKeys(args) {
-		c.routed(args)
-		return
-	}
-	if c.s.metrics != nil {
-		defer c.observe(admin.ClassLocal, time.Now())
-	}
-	switch class {
-	case router.Local:
-		c.local(args)
-	case router.Transaction, router.Select:
-		switch {
-		case router.Is(name, "watch"):
-			c.watch(args)
-		case router.Is(name, "exec") && c.pin != nil:
-			c.exec(args)
-		case router.Is(name, "exec"):
-			c.forwardShared([]redcon.Command{{Args: args}})
-		default:
-			// MULTI, or SELECT of another database: pin, then forward.
-			c.pinUp()
-			c.forwardPinned([]redcon.Command{{Args: args}})
-		}
-	case router.Client:
-		if len(args) > 1 && router.LookupClient(args[1]) == router.ClientLocal {
-			c.clientLocal(args)
-		} else {
-			c.pinUp()
-			c.forwardPinned([]redcon.Command{{Args: args}})
-		}
-	case router.Blocking:
-		c.blocking(args)
-	case router.PubSub:
-		c.subscribe(args)
-	case router.Monitor:
-		c.monitor()
-	case router.Refused:
-		c.sendError("ERR command '" + router.Name(name) + "' is not supported by the proxy")
-	default:
-		if router.Is(name, "ping") && c.sub != nil {
-			c.subscribe(args)
-			return
-		}
-		c.forwardShared([]redcon.Command{{Args: args}})
-	}
-}
-
 // end releases everything the session holds upstream. It is idempotent.
 func (c *session) end() {
 	c.mu.Lock()
@@ -356,11 +220,61 @@ func (c *session) end() {
 		return
 	}
 	c.ended = true
-	if c.idle.timer != nil {
-		c.idle.timer.Stop()
+	if c.tx.idle.timer != nil {
+		c.tx.idle.timer.Stop()
 	}
-	c.releasePin()
-	if c.sub != nil {
-		c.sub.close()
+	c.discardPin() // closed, not reset: a client that left leaves no trace upstream
+}
+
+// adoptRelay, at the start of a batch, gives a session that another
+// client's REDIRECT names its pinned connection (the one handed to it, if
+// it had none) and reports whether it must now be relayed.
+func (c *session) adoptRelay() bool {
+	if !c.wantRelay.Load() {
+		return false
+	}
+	c.wantRelay.Store(false)
+	c.pubMu.Lock()
+	h := c.handoff
+	c.handoff = nil
+	c.pubMu.Unlock()
+	if c.pin == nil && h != nil {
+		c.pin = &pinned{conn: h, sticky: true}
+		c.s.counts.pinned.Add(1)
+	} else if h != nil {
+		h.Close()
+	}
+	if c.pin == nil {
+		return false
+	}
+	c.pin.sticky = true
+	return c.pin.relay == nil
+}
+
+// handOff gives the session a pinned connection taken for it by another
+// session (a REDIRECT target); it is adopted at the session's next batch.
+func (c *session) handOff(conn *upstream.Conn) {
+	c.pubMu.Lock()
+	old := c.handoff
+	c.handoff = conn
+	if c.pub.upConn == nil {
+		c.pub.upConn = conn
+	}
+	c.pubMu.Unlock()
+	if old != nil {
+		old.Close()
+	}
+	c.wantRelay.Store(true)
+}
+
+// closeDetached closes the connection of a detached client (redcon closes
+// the others).
+func (c *session) closeDetached() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.w != c.conn {
+		c.w.Close()
 	}
 }
+
+func formatInt(n int64) string { return strconv.FormatInt(n, 10) }

@@ -4,90 +4,103 @@ import (
 	"context"
 	"strings"
 
-	"github.com/jackc/pgx/v5"
-	"github.com/redis/go-redis/v9"
-	"github.com/tidwall/redcon"
-
 	"github.com/respite/respite/policy"
 	"github.com/respite/respite/resp"
 	"github.com/respite/respite/router"
 )
 
-// Transactions over routed keys and optimistic-locking metadata
-// (PRODUCT.md §6). A session's WATCH/MULTI state lives on its pin; this
-// file adds what the proxy itself must do: load watched routed keys before
-// the WATCH, queue routed writes, run their PostgreSQL side at EXEC in one
-// database transaction, and record every optimistic transaction's outcome.
+// Transactions. A session's WATCH/MULTI state lives on its pinned
+// connection, where Redis keeps it; this file adds what the proxy itself
+// does around it: routed keys are loaded before a WATCH (so the proxy's own
+// fill cannot abort the transaction), routed commands inside MULTI are
+// queued by the route layer, commands the proxy answers itself are queued
+// as placeholders and answered at EXEC, the route layer's PostgreSQL
+// transaction runs around EXEC, and every optimistic transaction's outcome
+// is recorded (conflicts.go, gate.go).
 
-// queued is a routed write inside MULTI and its place in EXEC's reply.
-type queued struct {
-	pos int
-	q   *policy.Queued
+// txState is a session's optimistic-transaction metadata.
+type txState struct {
+	keyset    string     // watched keys of the last optimistic transaction
+	attempt   int        // consecutive WATCH aborts on keyset
+	lastAbort *abortInfo // retry metadata of the last abort (RESPITE LASTABORT)
+	gated     []string   // keys whose contention gate this session holds
+	idle      idleState  // transactions.idle_timeout
+	inTx      bool       // counted in counts.pinnedTx
+	detach    bool       // the EXEC just run subscribed or turned tracking on
 }
 
-// watch carries WATCH: routed keys are loaded into the cache first, so the
-// proxy's own fill cannot abort the client's transaction; keys whose
-// conflict rate passed the gate's threshold are taken in FIFO order.
-func (c *session) watch(args [][]byte) {
-	ctx, cancel := context.WithTimeout(context.Background(), c.s.up.timeout)
-	defer cancel()
-	if c.pin == nil || !c.pin.multi {
-		for _, k := range args[1:] {
-			if r := c.s.routes.Load().match(k); r != nil {
-				if err := r.Ensure(ctx, string(k)); err != nil {
-					c.sendError(upstreamError(err))
-					return
-				}
-			}
-		}
-	}
-	c.pinUp()
-	if c.pin.multi { // Redis refuses WATCH inside MULTI; let it say so
-		c.forwardPinned([]redcon.Command{{Args: args}})
-		return
-	}
-	c.s.gate.enter(c, args[1:])
-	c.forwardPinned([]redcon.Command{{Args: args}})
+// queuedLocal is a command the proxy answers itself, queued inside MULTI:
+// a placeholder PING holds its place in EXEC's reply.
+type queuedLocal struct {
+	pos  int
+	args [][]byte
 }
 
-// queueRouted queues a command on a routed key inside MULTI: reads are
-// queued as they are (their keys loaded first); writes as the route says.
-// A command the route refuses aborts the transaction, as a command Redis
-// refuses while queueing does.
-func (c *session) queueRouted(ctx context.Context, name string, args [][]byte, keys []int) {
-	ctx, cancel := context.WithTimeout(ctx, c.s.up.timeout)
-	defer cancel()
-	if policy.IsRead(name) {
-		for _, k := range keys {
-			if r := c.s.routes.Load().match(args[k]); r != nil {
-				if policy.Supported(r.Config().Format, name) {
-					r.Ensure(ctx, string(args[k]))
-				}
-			}
-		}
-		c.forwardPinned([]redcon.Command{{Args: args}})
-		return
-	}
-	r := c.s.routes.Load().match(args[keys[0]])
-	if len(keys) != 1 || keys[0] != 1 || r == nil {
-		c.abortQueue("ERR command '" + strings.ToUpper(name) + "' on several routed keys is not supported inside MULTI")
-		return
-	}
-	q, err := r.QueueWrite(ctx, name, args)
-	if err != nil {
-		c.abortQueue(string(trimCRLF(r.Fail(err)[1:])))
-		return
-	}
-	raw := redis.NewRawCmd(ctx, toArgs(q.Cmd)...)
-	c.pin.conn.Process(ctx, raw)
-	if v, err := raw.Result(); err != nil || string(v) != "+QUEUED\r\n" {
-		c.sendRaw(raw)
+// txContext bounds the proxy's own work for one transaction command.
+func (c *session) txContext() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), c.s.up.Timeout())
+}
+
+// watch carries WATCH: routed keys are loaded into the cache first, and
+// keys whose conflict rate passed the gate's threshold are taken in FIFO
+// order.
+func (c *session) watch(set *policy.Set, cmd *router.Command) {
+	if cmd.Routed > 0 && !c.state().OtherDB {
+		ctx, cancel := c.txContext()
+		err := set.Ensure(ctx, cmd)
+		cancel()
 		if err != nil {
-			c.unpin()
+			c.sendError(upstreamError(err))
+			return
 		}
+	}
+	c.s.gate.enter(c, cmd.Args[1:])
+	c.forwardPinned([]router.Command{*cmd})
+}
+
+// queueRouted queues a command on routed keys inside MULTI, as the route
+// layer says: reads as they are (their keys loaded first), writes as the
+// route's policy queues them. A command the route refuses makes EXEC fail
+// (EXECABORT), as a command Redis refuses while queueing does.
+func (c *session) queueRouted(set *policy.Set, cmd *router.Command) {
+	ctx, cancel := c.txContext()
+	defer cancel()
+	q, err := set.Queue(ctx, cmd)
+	if err != nil {
+		c.abortQueue(policy.ErrorText(err))
 		return
 	}
-	c.pin.ops = append(c.pin.ops, queued{pos: c.pin.queued, q: q})
+	reply, err := c.roundTrip(q.Cmd)
+	if err != nil {
+		c.pinLost(err)
+		return
+	}
+	if string(reply) != "+QUEUED\r\n" {
+		c.send(reply)
+		return
+	}
+	if q.Write() {
+		q.Pos = c.pin.queued
+		c.pin.ops = append(c.pin.ops, q)
+	}
+	c.pin.queued++
+	c.sendStatus("QUEUED")
+}
+
+// queueLocal queues a command the proxy answers itself (CLIENT ID, CLIENT
+// REPLY, HELLO, ...) inside MULTI: a PING holds its place upstream, and the
+// proxy's answer replaces PING's at EXEC, computed then, as Redis would.
+func (c *session) queueLocal(cmd *router.Command) {
+	reply, err := c.roundTrip([][]byte{[]byte("PING")})
+	if err != nil {
+		c.pinLost(err)
+		return
+	}
+	if string(reply) != "+QUEUED\r\n" {
+		c.send(reply)
+		return
+	}
+	c.pin.locals = append(c.pin.locals, queuedLocal{pos: c.pin.queued, args: cloneArgs(cmd.Args)})
 	c.pin.queued++
 	c.sendStatus("QUEUED")
 }
@@ -95,116 +108,196 @@ func (c *session) queueRouted(ctx context.Context, name string, args [][]byte, k
 // abortQueue answers msg and makes Redis discard the transaction at EXEC
 // (EXECABORT): an unknown command queued on the pinned connection flags it.
 func (c *session) abortQueue(msg string) {
-	ctx, cancel := context.WithTimeout(context.Background(), c.s.up.timeout)
-	defer cancel()
-	c.pin.conn.Do(ctx, "RESPITE-REFUSED-IN-MULTI")
+	if _, err := c.roundTrip([][]byte{[]byte("RESPITE-REFUSED-IN-MULTI")}); err != nil {
+		c.pinLost(err)
+		return
+	}
 	c.sendError(msg)
 }
 
-func trimCRLF(b []byte) []byte { return []byte(strings.TrimRight(string(b), "\r\n")) }
-
-// exec carries EXEC on a pinned session. Without routed writes it is
-// forwarded. With them: the PostgreSQL writes run first in one database
-// transaction, then Redis' EXEC; the database commits only if EXEC ran
-// (an EXEC aborted by WATCH rolls it back), and a failed commit invalidates
-// the touched keys and answers an error instead of the array.
-func (c *session) exec(args [][]byte) {
-	ctx, cancel := context.WithTimeout(context.Background(), c.s.up.timeout)
-	defer cancel()
+// exec carries EXEC of a MULTI. With routed writes queued, the route
+// layer's PostgreSQL transaction runs them first, and commits only if
+// Redis' EXEC ran (an EXEC aborted by WATCH rolls it back); a failed commit
+// invalidates the touched keys and answers an error instead of the array.
+func (c *session) exec(set *policy.Set, cmd *router.Command) {
 	defer c.countPin()
 	p := c.pin
-	ops := p.ops
-	var dbOps bool
-	for _, op := range ops {
-		dbOps = dbOps || op.q.NeedsDB()
-	}
-	replies := make([][]byte, len(ops))
-	var txn pgx.Tx
-	if dbOps && p.multi {
-		t, err := c.s.routes.Load().db.Begin(ctx)
+	ctx, cancel := c.txContext()
+	defer cancel()
+	var txn *policy.Txn
+	if len(p.ops) > 0 {
+		t, err := set.Begin(ctx, p.ops, c.proto)
 		if err != nil {
-			c.discardWith("EXECABORT Transaction discarded: PostgreSQL: " + oneLine(err.Error()))
+			c.discardWith("EXECABORT Transaction discarded because a routed write failed: " + policy.ErrorText(err))
 			return
 		}
 		txn = t
-		defer t.Rollback(context.WithoutCancel(ctx))
-		for i, op := range ops {
-			if !op.q.NeedsDB() {
-				continue
-			}
-			reply, err := op.q.Apply(ctx, t, c.proto, nil)
-			if err != nil {
-				c.discardWith("EXECABORT Transaction discarded because a routed write failed: " + oneLine(err.Error()))
-				return
-			}
-			replies[i] = reply
-		}
+		defer txn.Rollback()
 	}
-	raw := redis.NewRawCmd(ctx, toArgs(args)...)
-	p.conn.Process(ctx, raw)
-	reply, err := raw.Result()
+	locals := p.locals
+	reply, err := c.roundTrip(cmd.Args)
 	if err != nil {
-		c.sendRaw(raw)
-		c.unpin()
+		c.pinLost(err)
 		return
 	}
-	aborted := isNullReply(reply)
-	if len(ops) > 0 && !aborted && reply[0] != '-' {
-		if txn != nil {
-			if err := txn.Commit(ctx); err != nil {
-				for _, op := range ops {
-					op.q.Abandoned(ctx)
-				}
-				c.record(aborted, reply)
-				c.follow(args, reply)
-				c.maybeUnpin()
-				c.sendError("ERR transaction ran in Redis but the PostgreSQL commit failed; touched keys were invalidated: " + oneLine(err.Error()))
-				return
-			}
+	aborted := resp.IsNull(reply)
+	if txn != nil && !aborted && reply[0] != '-' {
+		out, err := txn.Commit(ctx, reply)
+		if err != nil {
+			c.record(aborted, reply)
+			c.follow(cmd, reply)
+			c.maybeUnpin()
+			c.sendError("ERR transaction ran in Redis but the PostgreSQL commit failed; touched keys were invalidated: " + policy.ErrorText(err))
+			return
 		}
-		elems, ok := splitArray(reply)
-		if ok {
-			for i, op := range ops {
-				if op.pos >= len(elems) {
-					continue
-				}
-				if replies[i] == nil {
-					replies[i], _ = op.q.Apply(ctx, nil, c.proto, elems[op.pos])
-				}
-				elems[op.pos] = replies[i]
-			}
-			b := resp.AppendArray(nil, len(elems))
-			for _, e := range elems {
-				b = append(b, e...)
-			}
-			reply = b
-		}
-		for _, op := range ops {
-			op.q.Committed(ctx)
-		}
+		reply = out
 	}
 	out := c.record(aborted, reply)
-	c.follow(args, reply)
+	c.tx.detach = p.detachAfterExec && !aborted && reply[0] != '-'
+	c.follow(cmd, reply)
+	if len(locals) > 0 && !aborted && reply[0] == '*' {
+		if c.answerLocals(set, out, locals) {
+			c.maybeUnpin()
+			return
+		}
+	}
 	c.maybeUnpin()
 	c.send(out)
 }
 
+// answerLocals writes EXEC's reply with the proxy's answers in place of
+// the placeholders, applying CLIENT REPLY inside the transaction as Redis
+// does (each element is a command's reply: OFF drops the rest, SKIP the
+// next one). It reports false, having written nothing, if the reply cannot
+// be split.
+func (c *session) answerLocals(set *policy.Set, reply []byte, locals []queuedLocal) bool {
+	elems, ok := resp.Elements(reply)
+	if !ok {
+		return false
+	}
+	replyCmds := map[int][]byte{}
+	for _, l := range locals {
+		if l.pos >= len(elems) {
+			continue
+		}
+		var cmd router.Command
+		router.Classify(&cmd, l.args, nil)
+		if cmd.ID == router.CmdClientReply {
+			replyCmds[l.pos] = l.args[2]
+			continue
+		}
+		elems[l.pos] = c.captureLocal(set, &cmd)
+	}
+	out := []byte(nil)
+	header := resp.AppendArray(nil, len(elems))
+	mode := c.reply
+	emit := func(b []byte) {
+		switch mode {
+		case replyOn:
+			out = append(out, b...)
+		case replySkip:
+			mode = replyOn
+		}
+	}
+	emit(header)
+	skipNext := false
+	for i, e := range elems {
+		if m, ok := replyCmds[i]; ok {
+			switch {
+			case router.IsOption(m, "on"):
+				mode = replyOn
+				out = append(out, "+OK\r\n"...)
+			case router.IsOption(m, "off"):
+				mode = replyOff
+			case router.IsOption(m, "skip"):
+				if mode != replyOff {
+					skipNext = true
+				}
+			default:
+				emit(resp.AppendError(nil, errSyntax))
+			}
+			continue
+		}
+		if skipNext {
+			skipNext = false
+			continue
+		}
+		emit(e)
+	}
+	c.reply = mode
+	if skipNext {
+		c.reply = replySkip
+	}
+	c.w.WriteRaw(out)
+	return true
+}
+
+// captureLocal runs a local command and returns its reply instead of
+// sending it.
+func (c *session) captureLocal(set *policy.Set, cmd *router.Command) []byte {
+	w, mode := c.w, c.reply
+	buf := &bufWriter{}
+	c.w, c.reply = buf, replyOn
+	c.local(set, cmd)
+	c.w, c.reply = w, mode
+	if len(buf.b) == 0 {
+		return resp.AppendStatus(nil, "OK")
+	}
+	return buf.b
+}
+
+// bufWriter collects replies.
+type bufWriter struct{ b []byte }
+
+func (w *bufWriter) WriteRaw(data []byte) { w.b = append(w.b, data...) }
+func (w *bufWriter) Close() error         { return nil }
+
 // discardWith ends the transaction upstream and answers msg.
 func (c *session) discardWith(msg string) {
-	ctx, cancel := context.WithTimeout(context.Background(), c.s.up.timeout)
-	defer cancel()
-	discard := [][]byte{[]byte("DISCARD")}
-	c.pin.conn.Do(ctx, "DISCARD")
-	c.follow(discard, []byte("+OK\r\n"))
+	args := [][]byte{[]byte("DISCARD")}
+	reply, err := c.roundTrip(args)
+	if err != nil {
+		c.pinLost(err)
+		return
+	}
+	var cmd router.Command
+	router.Classify(&cmd, args, nil)
+	c.follow(&cmd, reply)
 	c.maybeUnpin()
 	c.sendError(msg)
 }
 
-func isNullReply(b []byte) bool {
-	return string(b) == "*-1\r\n" || string(b) == "_\r\n"
+// record files one EXEC outcome of the session's optimistic transaction
+// and returns the reply to send: for a RESP3 client that asked for it, an
+// aborted EXEC carries the retry metadata as an attribute (|) before the
+// null.
+func (c *session) record(aborted bool, reply []byte) []byte {
+	p := c.pin
+	if p == nil || len(p.watched) == 0 {
+		return reply
+	}
+	keyset := strings.Join(dedup(p.watched), "\x00")
+	if keyset != c.tx.keyset {
+		c.tx.keyset, c.tx.attempt = keyset, 0
+	}
+	c.s.conflicts.record(p.watched, aborted)
+	if !aborted {
+		c.tx.attempt = 0
+		return reply
+	}
+	c.tx.attempt++
+	info := &abortInfo{attempt: c.tx.attempt, retryAfter: retryDelay(c.tx.attempt), watchedKeys: dedup(p.watched)}
+	if changed := c.s.conflicts.changedSince(p.watched, p.watchedAt); len(changed) > 0 {
+		info.keys, info.known = changed, true
+	} else {
+		info.keys = info.watchedKeys
+	}
+	c.tx.lastAbort = info
+	if c.proto != 3 || !(c.admin.attributes || c.s.live.Load().Transactions.AbortAttribute) {
+		return reply
+	}
+	b := []byte("|1\r\n")
+	b = resp.AppendBulk(b, "respite")
+	b = appendAbortInfo(b, info, 3)
+	return append(b, reply...)
 }
-
-func oneLine(s string) string { return strings.NewReplacer("\r", " ", "\n", " ").Replace(s) }
-
-// isExec reports whether args is EXEC.
-func isExec(args [][]byte) bool { return len(args) > 0 && router.Is(args[0], "exec") }

@@ -9,6 +9,8 @@
 //
 // servers.env then holds REDIS_ADDR, REDIS_PORT, PG_DSN, PG_PORT and
 // PG_DIR, and is written (atomically) only once both servers answer.
+// With -postgres=false only Redis is started (and only its two lines are
+// written).
 package main
 
 import (
@@ -23,6 +25,7 @@ import (
 
 func main() {
 	envPath := flag.String("env", "", "write the shell assignments here (default: stdout)")
+	withPG := flag.Bool("postgres", true, "start PostgreSQL too")
 	flag.Parse()
 	// Catch the signals before starting anything, so an early one still
 	// stops what was started.
@@ -35,23 +38,26 @@ func main() {
 		os.Exit(1)
 	}
 	defer rdb.Stop()
-	pg, err := testenv.StartPostgres()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "servers:", err)
-		rdb.Stop()
-		os.Exit(1)
+	env := fmt.Sprintf("REDIS_ADDR=%s\nREDIS_PORT=%d\n", rdb.Addr, rdb.Port)
+	what := "redis " + rdb.Addr
+	if *withPG {
+		pg, err := testenv.StartPostgres()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "servers:", err)
+			rdb.Stop()
+			os.Exit(1)
+		}
+		defer pg.Stop()
+		env += fmt.Sprintf("PG_DSN='%s'\nPG_PORT=%d\nPG_DIR=%s\n", pg.DSN, pg.Port, pg.Dir)
+		what += ", postgres " + pg.DSN
 	}
-	defer pg.Stop()
-
-	env := fmt.Sprintf("REDIS_ADDR=%s\nREDIS_PORT=%d\nPG_DSN='%s'\nPG_PORT=%d\nPG_DIR=%s\n",
-		rdb.Addr, rdb.Port, pg.DSN, pg.Port, pg.Dir)
 	if *envPath == "" {
 		fmt.Print(env)
 	} else if err := writeAtomic(*envPath, env); err != nil {
 		fmt.Fprintln(os.Stderr, "servers:", err)
 		return
 	}
-	fmt.Fprintf(os.Stderr, "servers: redis %s, postgres %s; stopping on SIGINT/SIGTERM\n", rdb.Addr, pg.DSN)
+	fmt.Fprintf(os.Stderr, "servers: %s; stopping on SIGINT/SIGTERM\n", what)
 	<-sig
 }
 

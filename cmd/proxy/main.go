@@ -1,8 +1,11 @@
 // Command proxy runs Respite, a caching proxy that speaks the Redis
 // protocol. Usage:
 //
-//	proxy [-config config.yaml] [-set field=value ...] [-version]
+//	proxy [-config config.yaml] [-set field=value ...] [-setup-db] [-version]
 //
+// -setup-db creates the table respite_versions in the database of
+// postgres.dsn and exits; run it once, as a role that may create tables
+// (docs/OPERATIONS.md, "PostgreSQL roles").
 // -set overrides a setting of the file (upstream.addr=127.0.0.1:6390), on
 // every reload too; it may be repeated.
 package main
@@ -25,6 +28,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/respite/respite/internal/config"
+	"github.com/respite/respite/policy"
 	"github.com/respite/respite/server"
 )
 
@@ -34,12 +38,14 @@ var version = "dev"
 func main() {
 	path := flag.String("config", "config.yaml", "path of the YAML configuration file")
 	showVersion := flag.Bool("version", false, "print the version and exit")
+	setupDB := flag.Bool("setup-db", false, "create the table respite_versions in postgres.dsn's database and exit (once, as a role that may create tables)")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile (go tool pprof) to this file until exit")
+	var overrides []string
 	flag.Func("set", "override a setting of the file, on every reload too: field=value, e.g. upstream.addr=127.0.0.1:6390 (repeatable)", func(s string) error {
 		if !strings.Contains(s, "=") {
 			return errors.New("want field=value, e.g. upstream.addr=127.0.0.1:6390")
 		}
-		config.Overrides = append(config.Overrides, s)
+		overrides = append(overrides, s)
 		return nil
 	})
 	flag.Parse()
@@ -47,10 +53,24 @@ func main() {
 		fmt.Println("respite", version)
 		return
 	}
-	cfg, err := config.Load(*path)
+	cfg, err := config.Load(*path, overrides...)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "respite:", err)
 		os.Exit(2)
+	}
+	if *setupDB {
+		if cfg.Postgres.DSN == "" {
+			fmt.Fprintln(os.Stderr, "respite: -setup-db: postgres.dsn is empty: set it in", *path, "or with -set postgres.dsn=postgres://owner@host/db")
+			os.Exit(2)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := policy.SetupDB(ctx, cfg.Postgres.DSN); err != nil {
+			fmt.Fprintln(os.Stderr, "respite: -setup-db:", policy.LogDetail(err))
+			os.Exit(1)
+		}
+		fmt.Println("respite: respite_versions is ready; grant the proxy's role SELECT, INSERT, UPDATE on it (docs/OPERATIONS.md, \"PostgreSQL roles\")")
+		return
 	}
 	if cfg.GOMAXPROCS > 0 {
 		runtime.GOMAXPROCS(cfg.GOMAXPROCS)
@@ -86,7 +106,7 @@ func main() {
 		pprof.StartCPUProfile(f)
 		defer pprof.StopCPUProfile()
 	}
-	srv.ConfigFile, srv.LogLevel = *path, lv
+	srv.ConfigFile, srv.ConfigOverrides, srv.LogLevel = *path, overrides, lv
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	go func() {

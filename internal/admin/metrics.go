@@ -1,4 +1,4 @@
-// Package admin is Respite's HTTP admin listener (PRODUCT.md §7): the
+// Package admin is Respite's HTTP admin listener: the
 // Prometheus metrics at /metrics, liveness at /healthz and readiness at
 // /readyz.
 //

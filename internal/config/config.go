@@ -61,7 +61,7 @@ type Config struct {
 	Routes []Route `yaml:"routes"`
 }
 
-// Transactions configures WATCH/MULTI/EXEC tracking (PRODUCT.md §6).
+// Transactions configures WATCH/MULTI/EXEC tracking.
 type Transactions struct {
 	// TrackedKeys bounds the keys whose conflict counts are kept (an LRU,
 	// default 10000).
@@ -111,17 +111,32 @@ type Postgres struct {
 	// FlushConns bounds connections for write-back flushes (default 2), a
 	// separate budget so a flush storm cannot starve reads.
 	FlushConns int32 `yaml:"flush_conns"`
+	// StatementTimeout bounds every cache-miss load and every write,
+	// write-back flushes included: PostgreSQL's statement_timeout on every
+	// pooled connection, and the deadline of each operation (plus 1s for
+	// the network). A load or write on a locked table fails after it
+	// (default 5s; 0 means the default: it cannot be turned off).
+	StatementTimeout Duration `yaml:"statement_timeout"`
 }
 
-// Policies and formats a route may name.
-const (
-	CacheAside   = "cache-aside"
-	WriteThrough = "write-through"
-	WriteBack    = "write-back"
+// Policy is a route's caching policy.
+type Policy string
 
-	FormatJSON  = "json"  // the value is one JSON object of the row's columns
-	FormatHash  = "hash"  // a Redis hash whose fields are the row's columns
-	FormatValue = "value" // a string holding one column
+// The policies a route may name.
+const (
+	CacheAside   Policy = "cache-aside"
+	WriteThrough Policy = "write-through"
+	WriteBack    Policy = "write-back"
+)
+
+// Format is how a route presents a row to Redis clients.
+type Format string
+
+// The formats a route may name.
+const (
+	FormatJSON  Format = "json"  // the value is one JSON object of the row's columns
+	FormatHash  Format = "hash"  // a Redis hash whose fields are the row's columns
+	FormatValue Format = "value" // a string holding one column
 )
 
 // Route maps the keys under Prefix to rows of Table: the part of the key
@@ -129,10 +144,10 @@ const (
 type Route struct {
 	Name        string `yaml:"name"`
 	Prefix      string `yaml:"prefix"`
-	Policy      string `yaml:"policy"` // cache-aside | write-through | write-back
+	Policy      Policy `yaml:"policy"` // cache-aside | write-through | write-back
 	Table       string `yaml:"table"`
 	KeyColumn   string `yaml:"key_column"`
-	Format      string `yaml:"format"`       // json | hash | value
+	Format      Format `yaml:"format"`       // json | hash | value
 	ValueColumn string `yaml:"value_column"` // format value only
 	// TTL of a cached row (default 1h); write-back keys stay cached until
 	// flushed.
@@ -203,9 +218,11 @@ type Upstream struct {
 	// PoolSize bounds the shared upstream connections per RESP protocol
 	// version (default 64). Pinned sessions use connections of their own.
 	PoolSize int `yaml:"pool_size"`
-	// Multiplexer picks how the shared path reaches Redis: "builtin" (the
-	// default: mux_conns pipelined connections, twemproxy's design) or
-	// "go-redis" (go-redis' AutoPipeliner over pool_size connections).
+	// Multiplexer names how the shared path reaches Redis: "builtin" (the
+	// default and the only one: mux_conns pipelined connections,
+	// twemproxy's design). "go-redis" (go-redis' AutoPipeliner, kept for a
+	// while to compare the two) is still accepted, with a warning at
+	// start-up, and runs the builtin multiplexer.
 	Multiplexer string `yaml:"multiplexer"`
 	// MuxConns is the number of multiplexed connections per RESP version
 	// on the builtin path; 0 (the default) means one per GOMAXPROCS, at
@@ -303,16 +320,24 @@ func Default() Config {
 // the line and the field, as
 //
 //	config.yaml:41: routes[0].ttl: 60 has no unit (add one, e.g. 60s)
-func Load(path string) (Config, error) {
+//
+// overrides ("section.field=value", the proxy's -set) win over the file;
+// see Parse.
+func Load(path string, overrides ...string) (Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return Config{}, err
 	}
-	return Parse(path, data)
+	return Parse(path, data, overrides...)
 }
 
 // Parse is Load on bytes already read; name is used in error messages.
-func Parse(name string, data []byte) (Config, error) {
+// overrides are settings that win over the file's: "section.field=value"
+// with a YAML value, e.g. upstream.addr=127.0.0.1:6390, or
+// upstream.password="" for an empty password (the proxy's -set, applied
+// again on every reload). They are checked like the file, and an error
+// they cause names them.
+func Parse(name string, data []byte, overrides ...string) (Config, error) {
 	cfg := Default()
 	expanded := []byte(os.Expand(string(data), os.Getenv))
 	lines := fileLines{}
@@ -330,13 +355,13 @@ func Parse(name string, data []byte) (Config, error) {
 			return Config{}, decodeError(err).in(name)
 		}
 	}
-	for _, o := range Overrides {
+	for _, o := range overrides {
 		if err := cfg.override(o); err != nil {
 			return Config{}, err
 		}
 	}
 	if err := cfg.validate(); err != nil {
-		for _, o := range Overrides {
+		for _, o := range overrides {
 			if path, _, _ := strings.Cut(o, "="); err.path == path || strings.HasPrefix(err.path, path+".") {
 				return Config{}, err.in("-set " + o)
 			}
@@ -347,13 +372,8 @@ func Parse(name string, data []byte) (Config, error) {
 	return cfg, nil
 }
 
-// Overrides are settings that win over the file's, on every Load and
-// Parse (so a reload applies them again): "section.field=value" with a
-// YAML value, e.g. upstream.addr=127.0.0.1:6390, or upstream.password=""
-// for an empty password (proxy -set). Only a main package sets it, before the first Load.
-var Overrides []string
-
-// override applies one of Overrides to c; it is checked like the file.
+// override applies one override ("section.field=value") to c; it is
+// checked like the file.
 func (c *Config) override(o string) error {
 	name := "-set " + o
 	path, value, ok := strings.Cut(o, "=")
@@ -460,6 +480,12 @@ func (c *Config) validateRoutes() *fieldError {
 	}
 	if c.Postgres.FlushConns == 0 {
 		c.Postgres.FlushConns = 2
+	}
+	if c.Postgres.StatementTimeout == 0 {
+		c.Postgres.StatementTimeout = Duration(5 * time.Second)
+	}
+	if c.Postgres.StatementTimeout < Duration(time.Millisecond) {
+		return bad("postgres.statement_timeout", "%v is below 1ms (PostgreSQL counts milliseconds; default 5s)", time.Duration(c.Postgres.StatementTimeout))
 	}
 	names, prefixes := map[string]int{}, map[string]int{}
 	for i := range c.Routes {

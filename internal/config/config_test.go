@@ -65,6 +65,7 @@ func TestErrorsNameFileLineAndField(t *testing.T) {
 		{route + "    batch_size: 2.5\n", "bad.yaml:10: routes[0].batch_size: 2.5 is not an integer (a whole number such as 10)"},
 		{route + "    local_cache: {size: 1e3}\n", "bad.yaml:10: routes[0].local_cache.size: 1e3 is not an integer (a whole number such as 10)"},
 		{"postgres:\n  max_conns: 99999999999\n", "bad.yaml:2: postgres.max_conns: 99999999999 is out of range (-2147483648 to 2147483647)"},
+		{"postgres:\n  statement_timeout: 5\n", "bad.yaml:2: postgres.statement_timeout: 5 has no unit (add one, e.g. 5s)"},
 		{"limits:\n  max_clients: 99999999999999999999999\n", "bad.yaml:2: limits.max_clients: 99999999999999999999999 is out of range (-9223372036854775808 to 9223372036854775807)"},
 		// floats
 		{route + "    early_refresh_beta: high\n", "bad.yaml:10: routes[0].early_refresh_beta: high is not a number (e.g. 1 or 0.5)"},
@@ -94,6 +95,7 @@ func TestErrorsNameFileLineAndField(t *testing.T) {
 		{"transactions:\n  gate:\n    min_attempts: -3\n", "bad.yaml:3: transactions.gate.min_attempts: must be positive (leave it out for the default)"},
 		{"limits:\n  max_args: -1\n", "bad.yaml:2: limits.max_args: must be positive (leave it out for the default)"},
 		{"routes:\n  - name: a\n", "bad.yaml:1: postgres.dsn: required when routes are configured (a postgres:// URL)"},
+		{strings.Replace(route, "postgres:\n", "postgres:\n  statement_timeout: 1us\n", 1), "bad.yaml:2: postgres.statement_timeout: 1µs is below 1ms (PostgreSQL counts milliseconds; default 5s)"},
 		{route + "  - prefix: 'x:'\n", "bad.yaml:10: routes[1].name: required (a name for the route, unique in the file)"},
 		{route + "  - name: users\n", `bad.yaml:10: routes[1].name: "users" is also the name of routes[0] (names are unique)`},
 		{route + "    policy: lazy\n", `bad.yaml:10: routes[0].policy: set twice (first on line 6; keep one)`},
@@ -143,9 +145,8 @@ func TestEnvValuesAreChecked(t *testing.T) {
 // -set overrides win over the file, are checked like it, and name
 // themselves in errors.
 func TestOverrides(t *testing.T) {
-	t.Cleanup(func() { Overrides = nil })
-	Overrides = []string{"upstream.addr=127.0.0.1:6390", "upstream.password=''", "upstream.tls.enabled=true", "limits.max_args=7"}
-	cfg, err := Parse("o.yaml", []byte("upstream:\n  addr: 10.0.0.1:6379\n  password: secret\n  pool_size: 9\n"))
+	overrides := []string{"upstream.addr=127.0.0.1:6390", "upstream.password=''", "upstream.tls.enabled=true", "limits.max_args=7"}
+	cfg, err := Parse("o.yaml", []byte("upstream:\n  addr: 10.0.0.1:6379\n  password: secret\n  pool_size: 9\n"), overrides...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -159,8 +160,7 @@ func TestOverrides(t *testing.T) {
 		{"routes[0].ttl=1s", "-set routes[0].ttl=1s: not field=value (a field of the file by its path, e.g. upstream.addr=127.0.0.1:6390)"},
 		{"upstream.addr=''", "-set upstream.addr='': upstream.addr: empty (host:port of the Redis, e.g. 127.0.0.1:6379)"},
 	} {
-		Overrides = []string{tc.set}
-		_, err := Parse("o.yaml", []byte("listen: 127.0.0.1:1\nupstream:\n  addr: x:1\n"))
+		_, err := Parse("o.yaml", []byte("listen: 127.0.0.1:1\nupstream:\n  addr: x:1\n"), tc.set)
 		if err == nil || err.Error() != tc.want {
 			t.Errorf("-set %s:\n got  %v\n want %s", tc.set, err, tc.want)
 		}
@@ -202,6 +202,13 @@ func TestRoutes(t *testing.T) {
 	}
 	if s.BatchSize != 100 || s.MaxRetries != 5 || s.Priority != "low" || *s.NegativeTTL != Duration(30*time.Second) {
 		t.Errorf("stock defaults: %+v", s)
+	}
+	if cfg.Postgres.StatementTimeout != Duration(5*time.Second) || cfg.Postgres.MaxConns != 8 {
+		t.Errorf("postgres defaults: %+v", cfg.Postgres)
+	}
+	cfg, err = Parse("r.yaml", []byte(strings.Replace(base, "postgres:\n", "postgres:\n  statement_timeout: 250ms\n", 1)+"  - {name: a, prefix: 'a:', policy: cache-aside, table: t, key_column: k, format: json}\n"))
+	if err != nil || cfg.Postgres.StatementTimeout != Duration(250*time.Millisecond) {
+		t.Errorf("statement_timeout: 250ms: %+v, %v", cfg.Postgres, err)
 	}
 	for _, tc := range []struct{ route, want string }{
 		{"  - {name: a, prefix: 'a:', policy: lazy, table: t, key_column: k, format: json}\n", "policy"},

@@ -29,7 +29,8 @@ type Redis struct {
 	Dir string
 
 	bin   string
-	extra []string
+	conf  string   // config file given before the flags; "" for none
+	extra []string // flags after the standard ones, kept for Restart
 
 	mu      sync.Mutex
 	p       *proc // nil while not running
@@ -45,24 +46,38 @@ const redisStartTimeout = 10 * time.Second
 // "--requirepass", "secret" or "--maxmemory", "10mb"; they are used again
 // by Restart. Call Stop when done.
 func StartRedis(extraArgs ...string) (*Redis, error) {
+	extra := append([]string(nil), extraArgs...)
+	return startRedisServer("respite-redis-", func(r *Redis) error {
+		r.extra = extra
+		return nil
+	})
+}
+
+// startRedisServer is StartRedis for every kind of redis-server this
+// package runs: it makes a temporary directory named prefix*, and before
+// each attempt on a new free port it calls setup, which sets r.extra and
+// r.conf for that port (and may write files into r.Dir). What setup sets is
+// used again by Restart.
+func startRedisServer(prefix string, setup func(r *Redis) error) (*Redis, error) {
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		return nil, notFound("redis-server", "redis-server")
 	}
-	dir, err := makeTempDir("", "respite-redis-")
+	dir, err := makeTempDir("", prefix)
 	if err != nil {
 		return nil, fmt.Errorf("testenv: redis temp dir: %w", err)
 	}
-	r := &Redis{Dir: dir, bin: bin, extra: append([]string(nil), extraArgs...)}
+	r := &Redis{Dir: dir, bin: bin}
 	for attempt := 0; ; attempt++ {
 		port, err := FreePort()
-		if err != nil {
-			os.RemoveAll(dir)
-			return nil, err
+		if err == nil {
+			r.Port = port
+			r.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+			err = setup(r)
 		}
-		r.Port = port
-		r.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-		err = r.start()
+		if err == nil {
+			err = r.start()
+		}
 		if err == nil {
 			return r, nil
 		}
@@ -76,7 +91,11 @@ func StartRedis(extraArgs ...string) (*Redis, error) {
 // start launches redis-server on r.Port and waits for PING; r.mu must be
 // held or r not yet shared. The error wraps errBind when the port was taken.
 func (r *Redis) start() error {
-	args := []string{
+	var args []string
+	if r.conf != "" {
+		args = append(args, r.conf)
+	}
+	args = append(args,
 		"--port", strconv.Itoa(r.Port),
 		"--bind", "127.0.0.1",
 		"--save", "",
@@ -84,7 +103,7 @@ func (r *Redis) start() error {
 		"--dir", r.Dir,
 		"--daemonize", "no",
 		"--logfile", "",
-	}
+	)
 	args = append(args, r.extra...)
 	cmd := exec.Command(r.bin, args...)
 	cmd.Dir = r.Dir
@@ -185,4 +204,14 @@ func (r *Redis) Stop() {
 		os.RemoveAll(r.Dir)
 		r.removed = true
 	}
+}
+
+// pid is the process id of the running server, 0 while it is not running.
+func (r *Redis) pid() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.p == nil || r.p.exited() {
+		return 0
+	}
+	return r.p.cmd.Process.Pid
 }

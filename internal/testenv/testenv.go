@@ -1,6 +1,25 @@
 // Package testenv starts throwaway Redis and PostgreSQL servers for tests
 // and the demo: real servers, no mocks.
 //
+//   - StartRedis: one redis-server; Kill and Restart it to test outages.
+//   - StartPostgres: one PostgreSQL server with a database "respite" and
+//     pg_stat_statements; Halt and Resume it.
+//   - StartCluster: a Redis Cluster, by default three primaries, with
+//     ClusterReplicas one or more replicas each, created by redis-cli
+//     --cluster create. Nodes gives the roles and slots, Kill and Restart
+//     one node (its replica takes over after ClusterNodeTimeout),
+//     MigrateSlot moves a slot and its keys live to another primary (clients
+//     see -ASK during the move and -MOVED after it), and KeySlot computes a
+//     key's slot with hash tags as Redis does.
+//   - StartSentinel: a primary, its replica and one sentinel watching them;
+//     PrimaryAddr asks the sentinel, Failover swaps the two servers' roles
+//     through the sentinel.
+//
+// Each start returns once the servers are ready (for Cluster: every node
+// reports cluster_state:ok and all agree on the slots; for Sentinel: the
+// replica is in sync and the sentinel knows both), within bounded waits
+// whose errors say what was still missing.
+//
 // Every server listens on a free loopback port picked at start (never the
 // machine's standard 6379 or 5432), keeps its files in a fresh temporary
 // directory, and runs as a child process in a process group of its own, so
@@ -25,11 +44,14 @@
 //	}
 //
 // The binaries come from PATH (PostgreSQL's also from the newest
-// /usr/lib/postgresql/*/bin). When one is missing the error says which
-// Debian package to install.
+// /usr/lib/postgresql/*/bin; redis-cli, for StartCluster, from the Debian
+// package redis-tools; the sentinel is redis-server --sentinel). When one
+// is missing the error says which Debian package to install.
 package testenv
 
 import (
+	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -111,8 +133,10 @@ func (p *proc) exited() bool {
 
 // stop sends sig to the group leader (SIGKILL goes to the whole group),
 // waits up to grace for it to exit, then SIGKILLs the whole group. It
-// returns once the leader has been reaped. Calling it on a process that
-// already died is fine.
+// returns once the leader has been reaped and the rest of the group
+// (children it forked, such as redis-server's replication child) is gone
+// too, or after groupGoneTimeout. Calling it on a process that already
+// died is fine.
 func (p *proc) stop(sig syscall.Signal, grace time.Duration) {
 	pid := p.cmd.Process.Pid
 	if !p.exited() {
@@ -130,7 +154,16 @@ func (p *proc) stop(sig syscall.Signal, grace time.Duration) {
 	// the grace period) goes now.
 	syscall.Kill(-pid, syscall.SIGKILL)
 	<-p.done
+	// SIGKILL is delivered asynchronously: a forked child may still be
+	// dying, or waiting to be reaped by its new parent, when the leader
+	// has been reaped.
+	for deadline := time.Now().Add(groupGoneTimeout); syscall.Kill(-pid, 0) == nil && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
 }
+
+// groupGoneTimeout bounds stop's wait for the rest of a process group.
+const groupGoneTimeout = 5 * time.Second
 
 // logTail returns the last lines of the log file at path, for error
 // messages.
@@ -212,4 +245,61 @@ func makeTempDir(base, prefix string) (string, error) {
 		return "", err
 	}
 	return dir, nil
+}
+
+// runTool runs a short-lived program such as redis-cli to completion, in a
+// process group of its own like the servers, and returns its combined
+// output. After timeout it SIGKILLs the group and returns an error.
+func runTool(cmd *exec.Cmd, timeout time.Duration) ([]byte, error) {
+	var out bytes.Buffer
+	cmd.Stdout = &out
+	cmd.Stderr = &out
+	setProcAttr(cmd)
+	if err := spawn(cmd); err != nil {
+		return nil, err
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		return out.Bytes(), err
+	case <-time.After(timeout):
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		<-done
+		return out.Bytes(), fmt.Errorf("killed after %v", timeout)
+	}
+}
+
+// poll calls check until it returns nil, first after 5ms, then at
+// doubling intervals up to maxPollInterval, and gives up when ctx is done,
+// returning check's last error (so the caller's message says what was
+// still wrong).
+func poll(ctx context.Context, check func() error) error {
+	interval := 5 * time.Millisecond
+	for {
+		err := check()
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(interval):
+		}
+		interval = min(2*interval, maxPollInterval)
+	}
+}
+
+// maxPollInterval is the longest pause between two checks of poll.
+const maxPollInterval = 100 * time.Millisecond
+
+// pollFor is poll with a deadline of timeout from now; the error says how
+// long it waited.
+func pollFor(timeout time.Duration, check func() error) error {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if err := poll(ctx, check); err != nil {
+		return fmt.Errorf("not within %v: %w", timeout, err)
+	}
+	return nil
 }

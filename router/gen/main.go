@@ -66,9 +66,19 @@ type spec struct {
 	first, last, step int
 	write, readonly   bool
 	movablekeys       bool
-	keyWrite          bool // a key spec has RW, OW or RM: the command may write a key
-	notKey            bool // the key positions are shard channels (not_key), not keys
-	subcommands       bool // a container: look up "name|sub"
+	keyWrite          bool     // a key spec has RW, OW or RM: the command may write a key
+	notKey            bool     // the key positions are shard channels (not_key), not keys
+	subcommands       bool     // a container: look up "name|sub"
+	flags             []string // COMMAND flags and ACL categories the router keeps, as router.Flag names
+}
+
+// flagNames maps COMMAND flags (and ACL categories, with their @) to the
+// router.Flag constants keys_table.go sets in commandFlags.
+var flagNames = map[string]string{
+	"write": "FlagWrite", "readonly": "FlagReadonly", "admin": "FlagAdmin",
+	"no_auth": "FlagNoAuth", "noscript": "FlagNoScript", "pubsub": "FlagPubSub",
+	"blocking": "FlagBlocking", "no_multi": "FlagNoMulti", "fast": "FlagFast",
+	"loading": "FlagLoading", "stale": "FlagStale", "@dangerous": "FlagDangerous",
 }
 
 func generate() ([]byte, error) {
@@ -168,6 +178,16 @@ func parseEntry(e any) (spec, []any, error) {
 			s.readonly = true
 		case "movablekeys":
 			s.movablekeys = true
+		}
+		if n, ok := flagNames[fmt.Sprint(f)]; ok {
+			s.flags = append(s.flags, n)
+		}
+	}
+	if cats, ok := a[6].([]any); ok {
+		for _, c := range cats {
+			if n, ok := flagNames[fmt.Sprint(c)]; ok {
+				s.flags = append(s.flags, n)
+			}
 		}
 	}
 	if s.first == 0 && (s.last != 0 || s.step != 0) || s.first < 0 || s.first != 0 && s.step < 1 {
@@ -313,12 +333,57 @@ func render(version string, specs []spec) ([]byte, error) {
 		}
 		b.WriteString("},\n")
 	}
+	b.WriteString("}\n\n")
+	b.WriteString("// Command ids, one per entry of keySpecs in name order; ids of commands\n")
+	b.WriteString("// newer than this table follow in commands.go.\n")
+	b.WriteString("const (\n")
+	for i, s := range specs {
+		if i == 0 {
+			fmt.Fprintf(&b, "%s ID = iota + 1 // %s\n", goName(s.name), s.name)
+		} else {
+			fmt.Fprintf(&b, "%s // %s\n", goName(s.name), s.name)
+		}
+	}
+	b.WriteString("numGenerated\n)\n\n")
+	b.WriteString("// generatedNames are the lower-case names of the generated ids.\n")
+	b.WriteString("var generatedNames = [numGenerated]string{\n")
+	for _, s := range specs {
+		fmt.Fprintf(&b, "%s: %q,\n", goName(s.name), s.name)
+	}
+	b.WriteString("}\n\n")
+	b.WriteString("// generatedFlags are the COMMAND flags (and ACL categories) of the\n")
+	b.WriteString("// generated ids that the router keeps.\n")
+	b.WriteString("var generatedFlags = [numGenerated]Flag{\n")
+	for _, s := range specs {
+		if len(s.flags) > 0 {
+			fmt.Fprintf(&b, "%s: %s,\n", goName(s.name), strings.Join(s.flags, " | "))
+		}
+	}
 	b.WriteString("}\n")
 	src, err := format.Source(b.Bytes())
 	if err != nil {
 		return nil, fmt.Errorf("gofmt: %w\n%s", err, b.Bytes())
 	}
 	return src, nil
+}
+
+// goName is a command's Go constant name: "client|no-evict" → CmdClientNoEvict.
+func goName(name string) string {
+	var b strings.Builder
+	b.WriteString("Cmd")
+	up := true
+	for _, r := range name {
+		switch {
+		case r == '|' || r == '-' || r == '_':
+			up = true
+		case up:
+			b.WriteString(strings.ToUpper(string(r)))
+			up = false
+		default:
+			b.WriteRune(r)
+		}
+	}
+	return b.String()
 }
 
 // asMap turns a RESP2 flat array of name, value pairs into a map.

@@ -1,23 +1,19 @@
-package server
+package upstream
 
 import (
 	"bufio"
 	"context"
 	"crypto/tls"
-	"errors"
-	"fmt"
 	"net"
 	"runtime"
 	"sync"
 	"time"
 
-	"github.com/tidwall/redcon"
-
 	"github.com/respite/respite/internal/config"
 	"github.com/respite/respite/resp"
 )
 
-// mux carries the shared path the way twemproxy does: many clients'
+// Mux carries the shared path the way twemproxy does: many clients'
 // commands travel on a few upstream connections, each one a single
 // pipelined stream. A client's run of commands is written as one block
 // (writes that arrive while another client's write is in flight are
@@ -26,32 +22,72 @@ import (
 // it. Replies arrive in the order requests were written, so per-client
 // order is kept: a client waits for its replies before sending more.
 //
-// Only commands that leave no state on the connection may use it (see
-// router): everything else runs on a pinned go-redis connection.
-type mux struct {
+// Only commands that leave no state on the connection may use it (the
+// router decides): everything else runs on a pinned Conn.
+type Mux struct {
 	conns []*muxConn
 }
 
-func newMux(cfg config.Upstream, proto, n int, tc *tls.Config) *mux {
-	m := &mux{conns: make([]*muxConn, n)}
+func newMux(cfg config.Upstream, proto, n int, tc *tls.Config) *Mux {
+	m := &Mux{conns: make([]*muxConn, n)}
 	for i := range m.conns {
 		m.conns[i] = &muxConn{cfg: cfg, proto: proto, tls: tc}
 	}
 	return m
 }
 
-// call is one client's run of commands in flight. A session reuses its
-// call, so the steady state allocates nothing.
-type call struct {
-	want int           // replies expected
-	got  int           // replies received
-	out  []byte        // the replies' raw bytes, concatenated
-	ends []int         // where each reply in out ends
-	err  error         // set when the connection failed before all replies came
-	done chan struct{} // receives once when got == want or err != nil
+// Call is one client's run of commands in flight: Req holds them encoded
+// (resp.AppendCommand), Want how many there are. A session reuses its
+// Call, so the steady state allocates nothing.
+type Call struct {
+	Req  []byte // the commands, encoded
+	Want int    // replies expected
+	Got  int    // replies received
+	Out  []byte // the replies' raw bytes, concatenated
+	Ends []int  // where each reply in Out ends
+	Err  error  // set when the connection failed before all replies came
+	done chan struct{}
 }
 
-func newCall() *call { return &call{done: make(chan struct{}, 1)} }
+// NewCall returns an empty call.
+func NewCall() *Call { return &Call{done: make(chan struct{}, 1)} }
+
+// Reset empties cl for the next run of commands, keeping its buffers
+// unless they grew large.
+func (cl *Call) Reset() {
+	cl.Req, cl.Want, cl.Got, cl.Out, cl.Ends, cl.Err = cl.Req[:0], 0, 0, cl.Out[:0], cl.Ends[:0], nil
+	if cap(cl.Out) > 1<<20 {
+		cl.Out = nil // do not keep a large reply's buffer for the caller's life
+	}
+	if cap(cl.Req) > 1<<20 {
+		cl.Req = nil
+	}
+}
+
+// Add encodes one command onto cl.
+func (cl *Call) Add(args [][]byte) {
+	cl.Req = resp.AppendCommand(cl.Req, args)
+	cl.Want++
+}
+
+// Reply returns reply i.
+func (cl *Call) Reply(i int) []byte {
+	start := 0
+	if i > 0 {
+		start = cl.Ends[i-1]
+	}
+	return cl.Out[start:cl.Ends[i]:cl.Ends[i]]
+}
+
+// Do sends cl's commands on the connection picked by key and waits for all
+// their replies. On return either cl.Got == cl.Want, or cl.Err says why the
+// rest never came.
+func (m *Mux) Do(cl *Call, key uint32) {
+	m.conns[key%uint32(len(m.conns))].do(cl)
+}
+
+// Conns is the number of multiplexed connections.
+func (m *Mux) Conns() int { return len(m.conns) }
 
 // muxConn is one multiplexed upstream connection, dialled on first use and
 // again after a failure.
@@ -65,25 +101,27 @@ type muxConn struct {
 	wbuf    []byte  // requests waiting to be written
 	spare   []byte  // the other write buffer
 	writing bool    // a goroutine is writing wbuf
-	queue   []*call // calls awaiting replies, oldest first
+	queue   []*Call // calls awaiting replies, oldest first
 	head    int     // index of the oldest call in queue
 }
 
-// do sends cmds and waits for all their replies in cl. On return either
-// cl.got == len(cmds), or cl.err says why the rest never came.
-func (c *muxConn) do(cl *call, cmds []redcon.Command) {
-	cl.want, cl.got, cl.out, cl.ends, cl.err = len(cmds), 0, cl.out[:0], cl.ends[:0], nil
+func (c *muxConn) do(cl *Call) {
+	cl.Got, cl.Out, cl.Ends, cl.Err = 0, cl.Out[:0], cl.Ends[:0], nil
+	if cl.Want == 0 {
+		return
+	}
 	c.mu.Lock()
 	if c.nc == nil {
-		if err := c.dialLocked(); err != nil {
+		nc, br, _, err := dial(c.cfg, c.tls, c.proto, c.cfg.Username, c.cfg.Password)
+		if err != nil {
 			c.mu.Unlock()
-			cl.err = err
+			cl.Err = err
 			return
 		}
+		c.nc = nc
+		go c.readLoop(nc, br)
 	}
-	for _, cmd := range cmds {
-		c.wbuf = resp.AppendCommand(c.wbuf, cmd.Args)
-	}
+	c.wbuf = append(c.wbuf, cl.Req...)
 	if c.head == len(c.queue) {
 		c.nc.SetReadDeadline(time.Now().Add(time.Duration(c.cfg.Timeout)))
 	}
@@ -113,74 +151,6 @@ func (c *muxConn) do(cl *call, cmds []redcon.Command) {
 	<-cl.done
 }
 
-// dialLocked connects and performs the handshake: AUTH (or HELLO 3 with
-// AUTH) and SELECT, as go-redis does for its own connections.
-func (c *muxConn) dialLocked() error {
-	timeout := time.Duration(c.cfg.DialTimeout)
-	var nc net.Conn
-	var err error
-	if c.tls != nil {
-		nc, err = tls.DialWithDialer(&net.Dialer{Timeout: timeout}, "tcp", c.cfg.Addr, c.tls)
-	} else {
-		nc, err = net.DialTimeout("tcp", c.cfg.Addr, timeout)
-	}
-	if err != nil {
-		return err
-	}
-	var hs []byte
-	n := 0
-	user := c.cfg.Username
-	if user == "" {
-		user = "default"
-	}
-	switch {
-	case c.proto == 3 && c.cfg.Password != "":
-		hs = resp.AppendCommand(hs, strArgs("HELLO", "3", "AUTH", user, c.cfg.Password))
-		n++
-	case c.proto == 3:
-		hs = resp.AppendCommand(hs, strArgs("HELLO", "3"))
-		n++
-	case c.cfg.Password != "":
-		hs = resp.AppendCommand(hs, strArgs("AUTH", user, c.cfg.Password))
-		n++
-	}
-	if c.cfg.DB != 0 {
-		hs = resp.AppendCommand(hs, strArgs("SELECT", fmt.Sprint(c.cfg.DB)))
-		n++
-	}
-	br := bufio.NewReaderSize(nc, 64<<10)
-	if n > 0 {
-		nc.SetDeadline(time.Now().Add(timeout))
-		if _, err := nc.Write(hs); err != nil {
-			nc.Close()
-			return err
-		}
-		for i := 0; i < n; i++ {
-			reply, err := resp.AppendReply(nil, br)
-			if err != nil {
-				nc.Close()
-				return err
-			}
-			if reply[0] == '-' {
-				nc.Close()
-				return errors.New("upstream handshake: " + string(reply[1:len(reply)-2]))
-			}
-		}
-		nc.SetDeadline(time.Time{})
-	}
-	c.nc = nc
-	go c.readLoop(nc, br)
-	return nil
-}
-
-func strArgs(args ...string) [][]byte {
-	out := make([][]byte, len(args))
-	for i, a := range args {
-		out[i] = []byte(a)
-	}
-	return out
-}
-
 // readLoop hands each reply on nc to the oldest waiting call.
 func (c *muxConn) readLoop(nc net.Conn, br *bufio.Reader) {
 	for {
@@ -192,21 +162,21 @@ func (c *muxConn) readLoop(nc net.Conn, br *bufio.Reader) {
 		if c.nc != nc || c.head == len(c.queue) {
 			// An unsolicited reply (or a connection already failed):
 			// the stream cannot be trusted any more.
-			c.failLocked(nc, errors.New("unexpected reply from upstream"))
+			c.failLocked(nc, errUnexpected)
 			c.mu.Unlock()
 			return
 		}
 		cl := c.queue[c.head]
 		c.mu.Unlock()
-		out, err := resp.AppendReply(cl.out, br)
+		out, err := resp.AppendReply(cl.Out, br)
 		if err != nil {
 			c.fail(nc, err)
 			return
 		}
-		cl.out = out
-		cl.ends = append(cl.ends, len(out))
-		cl.got++
-		if cl.got < cl.want {
+		cl.Out = out
+		cl.Ends = append(cl.Ends, len(out))
+		cl.Got++
+		if cl.Got < cl.Want {
 			continue
 		}
 		c.mu.Lock()
@@ -239,14 +209,14 @@ func (c *muxConn) failLocked(nc net.Conn, err error) {
 	c.nc = nil
 	c.wbuf = c.wbuf[:0]
 	for _, cl := range c.queue[c.head:] {
-		cl.err = err
+		cl.Err = err
 		cl.done <- struct{}{}
 	}
 	clear(c.queue)
 	c.queue, c.head = c.queue[:0], 0
 }
 
-func (m *mux) close() {
+func (m *Mux) close() {
 	for _, c := range m.conns {
 		c.mu.Lock()
 		if c.nc != nil {

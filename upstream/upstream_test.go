@@ -1,4 +1,4 @@
-package server
+package upstream
 
 import (
 	"runtime"
@@ -16,7 +16,7 @@ func TestMuxConnsDefaultsToGOMAXPROCS(t *testing.T) {
 	} {
 		cfg := config.Default().Upstream
 		cfg.MuxConns = tc.set
-		u, err := newUpstream(cfg, 10)
+		u, err := New(cfg)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -25,6 +25,6 @@ func TestMuxConnsDefaultsToGOMAXPROCS(t *testing.T) {
 				t.Errorf("mux_conns %d: RESP%d multiplexer has %d connections, want %d", tc.set, i+2, got, tc.want)
 			}
 		}
-		u.close()
+		u.Close()
 	}
 }

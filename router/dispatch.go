@@ -1,0 +1,223 @@
+package router
+
+// State is what Dispatch needs to know about a session: a value the
+// session builds before each decision.
+type State struct {
+	// ProxyAuth: the proxy itself checks passwords (requirepass); without
+	// it AUTH goes to Redis on the session's own connection, so a client
+	// can log in as any upstream ACL user.
+	ProxyAuth bool
+	// Authed: with ProxyAuth, the client has authenticated.
+	Authed bool
+	// Proto is the RESP version the client chose with HELLO (2 or 3).
+	Proto int
+	// Pinned: the session holds an upstream connection of its own.
+	Pinned bool
+	// Multi: the session is inside MULTI (as far as the commands before
+	// this one tell: Next predicts it).
+	Multi bool
+	// Subscribed: the session's connection is subscribed to a channel,
+	// pattern or shard channel.
+	Subscribed bool
+	// OtherDB: the session has SELECTed a database other than the one
+	// routes live in; its keys are never routed.
+	OtherDB bool
+	// DefaultDB is the database clients start in, as SELECT's argument
+	// spells it ("0").
+	DefaultDB string
+	// Watching (WATCH armed) and ReplyOff (CLIENT REPLY OFF or SKIP) are
+	// part of a session's state but choose no path: a WATCHing session is
+	// pinned, and replies that are not sent are still produced where they
+	// would have been. The dispatch test checks that they change nothing.
+	Watching, ReplyOff bool
+}
+
+// Path is where a command goes.
+type Path uint8
+
+const (
+	// PathShared: the shared multiplexed upstream connections.
+	PathShared Path = iota
+	// PathPinned: the session's own upstream connection, taken first if
+	// it has none; the command is pipelined with its neighbours.
+	PathPinned
+	// PathBlocking: the session's own connection, the command alone,
+	// waiting as long as it blocks; a client that leaves meanwhile has it
+	// ended upstream.
+	PathBlocking
+	// PathWatch: WATCH outside MULTI: the session's own connection, after
+	// the route layer loaded the routed keys (so the proxy's own fill
+	// cannot abort the transaction) and the contention gate let it in.
+	PathWatch
+	// PathDetach: the session's own connection, whose replies and pushes
+	// are relayed to the client as they arrive from then on (pub/sub,
+	// MONITOR, CLIENT TRACKING ON).
+	PathDetach
+	// PathLocal: answered by the proxy.
+	PathLocal
+	// PathRouted: the keys belong to routes: the route layer answers.
+	PathRouted
+	// PathQueue: a command on routed keys inside MULTI: the route layer
+	// queues it.
+	PathQueue
+	// PathQueueLocal: a command the proxy answers itself, inside MULTI: a
+	// placeholder is queued upstream, and the proxy's answer takes its
+	// place in EXEC's reply.
+	PathQueueLocal
+	// PathExec: EXEC of a MULTI: the route layer commits around it.
+	PathExec
+	// PathRefused: answered with Decision.Err.
+	PathRefused
+)
+
+var pathNames = [...]string{"shared", "pinned", "blocking", "watch", "detach", "local", "routed", "queue", "queue-local", "exec", "refused"}
+
+func (p Path) String() string { return pathNames[p] }
+
+// Decision is Dispatch's answer.
+type Decision struct {
+	Path Path
+	Err  string // PathRefused: the error reply, without the leading '-'
+}
+
+// Errors Dispatch answers with, as Redis words them (src/server.c).
+const (
+	ErrNoAuth = "NOAUTH Authentication required."
+)
+
+// Dispatch chooses the path of cmd for a session in state st. It is a pure
+// function of its arguments; the rules follow the order in which Redis'
+// processCommand checks a command (unknown name and arity first, then
+// authentication, then the pub/sub context, then MULTI queueing), so that
+// every error a client can see is Redis' own, produced by Redis wherever
+// the command can safely go upstream.
+func Dispatch(st State, cmd *Command) Decision {
+	if cmd.Kind == KindRefused {
+		return Decision{Path: PathRefused, Err: "ERR command '" + cmd.Name() + "' is not supported by the proxy"}
+	}
+	if (cmd.ID == CmdUnknown || cmd.UnknownSub || !cmd.ArityOK()) && !IsRespite(cmd.ID) {
+		// Redis refuses these before anything else and runs nothing:
+		// let it say so, on the connection that keeps the reply in order.
+		return upstream(st)
+	}
+	if st.ProxyAuth && !st.Authed && cmd.Flags&FlagNoAuth == 0 {
+		return Decision{Path: PathRefused, Err: ErrNoAuth}
+	}
+	routed := cmd.Routed > 0 && !st.OtherDB
+	if st.Subscribed && st.Proto == 2 && !allowedSubscribed(cmd) {
+		// RESP2 pub/sub context: Redis refuses the command; the proxy says
+		// the same where it would otherwise answer itself.
+		if routed || cmd.Kind == KindLocal {
+			return Decision{Path: PathRefused, Err: "ERR Can't execute '" + cmd.Name() +
+				"': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context"}
+		}
+		return Decision{Path: PathPinned}
+	}
+	if st.Multi {
+		return inMulti(st, cmd, routed)
+	}
+	switch cmd.Kind {
+	case KindLocal:
+		if cmd.ID == CmdAuth && !st.ProxyAuth {
+			return Decision{Path: PathPinned}
+		}
+		return Decision{Path: PathLocal}
+	case KindSelect:
+		if !st.Pinned && len(cmd.Args) == 2 && string(cmd.Args[1]) == st.DefaultDB {
+			return Decision{Path: PathShared}
+		}
+		return Decision{Path: PathPinned}
+	case KindSubscribe, KindUnsubscribe, KindMonitor:
+		return Decision{Path: PathDetach}
+	case KindConnState:
+		if cmd.ID == CmdClientTracking && cmd.Arg(2, "on") {
+			return Decision{Path: PathDetach}
+		}
+		return Decision{Path: PathPinned}
+	case KindTransaction:
+		switch cmd.ID {
+		case CmdMulti:
+			return Decision{Path: PathPinned}
+		case CmdWatch:
+			return Decision{Path: PathWatch}
+		}
+		return upstream(st) // EXEC, DISCARD, UNWATCH without MULTI
+	}
+	if routed {
+		return Decision{Path: PathRouted}
+	}
+	if cmd.Kind == KindBlocking {
+		return Decision{Path: PathBlocking}
+	}
+	return upstream(st)
+}
+
+// upstream is the path of a command that needs nothing from the proxy.
+func upstream(st State) Decision {
+	if st.Pinned {
+		return Decision{Path: PathPinned}
+	}
+	return Decision{Path: PathShared}
+}
+
+// inMulti is Dispatch inside MULTI, where Redis queues every command but
+// EXEC, DISCARD, MULTI, WATCH, QUIT and RESET.
+func inMulti(st State, cmd *Command, routed bool) Decision {
+	switch cmd.ID {
+	case CmdExec:
+		return Decision{Path: PathExec}
+	case CmdQuit, CmdReset:
+		return Decision{Path: PathLocal}
+	case CmdDiscard, CmdMulti, CmdWatch:
+		return Decision{Path: PathPinned}
+	case CmdClientId, CmdClientSetname, CmdClientGetname, CmdClientReply, CmdClientSetinfo,
+		CmdClientList, CmdClientInfo, CmdClientKill, CmdClientUnblock, CmdHello:
+		return Decision{Path: PathQueueLocal}
+	case CmdAuth:
+		if st.ProxyAuth {
+			return Decision{Path: PathQueueLocal}
+		}
+	}
+	if IsRespite(cmd.ID) {
+		return Decision{Path: PathQueueLocal}
+	}
+	if routed {
+		switch cmd.Kind {
+		case KindPlain, KindBlocking:
+			return Decision{Path: PathQueue}
+		}
+	}
+	return Decision{Path: PathPinned}
+}
+
+// allowedSubscribed reports whether Redis accepts cmd from a RESP2 client
+// in the pub/sub context.
+func allowedSubscribed(cmd *Command) bool {
+	switch cmd.Kind {
+	case KindSubscribe, KindUnsubscribe:
+		return true
+	}
+	switch cmd.ID {
+	case CmdPing, CmdQuit, CmdReset:
+		return true
+	}
+	return false
+}
+
+// Next is the state after cmd ran, as far as Redis' rules decide it
+// without the reply: MULTI enters a transaction, EXEC and DISCARD leave it,
+// whatever their replies; none of them does anything with the wrong number
+// of arguments or in the RESP2 pub/sub context, where Redis refuses them.
+// The session corrects the rest of its state from replies.
+func (st State) Next(cmd *Command) State {
+	if !cmd.ArityOK() || st.Subscribed && st.Proto == 2 {
+		return st
+	}
+	switch cmd.ID {
+	case CmdMulti:
+		st.Multi = true
+	case CmdExec, CmdDiscard:
+		st.Multi = false
+	}
+	return st
+}

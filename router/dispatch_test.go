@@ -1,0 +1,245 @@
+package router
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/respite/respite/internal/config"
+)
+
+// The states of the dispatch table, one column each.
+var dispatchStates = []struct {
+	name string
+	st   State
+}{
+	{"fresh", State{Proto: 2}},
+	{"noauth", State{ProxyAuth: true, Proto: 2}},
+	{"pinned", State{Pinned: true, Proto: 2}},
+	{"watching", State{Pinned: true, Watching: true, Proto: 2}},
+	{"multi", State{Pinned: true, Multi: true, Proto: 2}},
+	{"sub2", State{Pinned: true, Subscribed: true, Proto: 2}},
+	{"sub3", State{Pinned: true, Subscribed: true, Proto: 3}},
+	{"otherdb", State{Pinned: true, OtherDB: true, Proto: 2}},
+	{"replyoff", State{ReplyOff: true, Proto: 2}},
+	{"authed", State{ProxyAuth: true, Authed: true, Proto: 3}},
+}
+
+// Short names for the expected paths.
+const (
+	sh = "shared"
+	pi = "pinned"
+	bl = "blocking"
+	de = "detach"
+	wa = "watch"
+	lo = "local"
+	ro = "routed"
+	qu = "queue"
+	ql = "queue-local"
+	ex = "exec"
+	na = "refused:NOAUTH"
+	ce = "refused:ERR Can't"
+	rf = "refused:ERR command"
+)
+
+// TestDispatchTable is the dispatch rule set as a table: every kind of
+// command (plain, routed, multi-key across routes, blocking, each
+// transaction command, pub/sub, MONITOR, SELECT, connection state, each
+// local command, refused, unknown, wrong arity) in every session state.
+func TestDispatchTable(t *testing.T) {
+	rs := NewRoutes([]Route{{Name: "users", Prefix: "user:", Policy: config.CacheAside, Format: config.FormatJSON}})
+	//               fresh noauth pinned watching multi sub2 sub3 otherdb replyoff authed
+	rows := []struct {
+		cmd  string
+		want [10]string
+	}{
+		{"GET k", [10]string{sh, na, pi, pi, pi, pi, pi, pi, sh, sh}},
+		{"GET user:1", [10]string{ro, na, ro, ro, qu, ce, ro, pi, ro, ro}},
+		{"MGET user:1 k", [10]string{ro, na, ro, ro, qu, ce, ro, pi, ro, ro}},
+		{"SET user:1 {}", [10]string{ro, na, ro, ro, qu, ce, ro, pi, ro, ro}},
+		{"BLPOP k 0", [10]string{bl, na, bl, bl, pi, pi, bl, bl, bl, bl}},
+		{"BLPOP user:1 0", [10]string{ro, na, ro, ro, qu, ce, ro, bl, ro, ro}},
+		{"XREAD STREAMS s 0", [10]string{sh, na, pi, pi, pi, pi, pi, pi, sh, sh}},
+		{"XREAD BLOCK 0 STREAMS s 0", [10]string{bl, na, bl, bl, pi, pi, bl, bl, bl, bl}},
+		{"MULTI", [10]string{pi, na, pi, pi, pi, pi, pi, pi, pi, pi}},
+		{"EXEC", [10]string{sh, na, pi, pi, ex, pi, pi, pi, sh, sh}},
+		{"DISCARD", [10]string{sh, na, pi, pi, pi, pi, pi, pi, sh, sh}},
+		{"WATCH k", [10]string{wa, na, wa, wa, pi, pi, wa, wa, wa, wa}},
+		{"WATCH user:1", [10]string{wa, na, wa, wa, pi, ce, wa, wa, wa, wa}},
+		{"UNWATCH", [10]string{sh, na, pi, pi, pi, pi, pi, pi, sh, sh}},
+		{"SUBSCRIBE c", [10]string{de, na, de, de, pi, de, de, de, de, de}},
+		{"PSUBSCRIBE p*", [10]string{de, na, de, de, pi, de, de, de, de, de}},
+		{"SSUBSCRIBE c", [10]string{de, na, de, de, pi, de, de, de, de, de}},
+		{"UNSUBSCRIBE", [10]string{de, na, de, de, pi, de, de, de, de, de}},
+		{"MONITOR", [10]string{de, na, de, de, pi, pi, de, de, de, de}},
+		{"SELECT 0", [10]string{sh, na, pi, pi, pi, pi, pi, pi, sh, sh}},
+		{"SELECT 1", [10]string{pi, na, pi, pi, pi, pi, pi, pi, pi, pi}},
+		{"CLIENT TRACKING ON", [10]string{de, na, de, de, pi, pi, de, de, de, de}},
+		{"CLIENT TRACKING OFF", [10]string{pi, na, pi, pi, pi, pi, pi, pi, pi, pi}},
+		{"CLIENT CACHING YES", [10]string{pi, na, pi, pi, pi, pi, pi, pi, pi, pi}},
+		{"CLIENT NO-EVICT ON", [10]string{pi, na, pi, pi, pi, pi, pi, pi, pi, pi}},
+		{"CLIENT GETREDIR", [10]string{sh, na, pi, pi, pi, pi, pi, pi, sh, sh}},
+		{"HELLO 3", [10]string{lo, lo, lo, lo, ql, ce, lo, lo, lo, lo}},
+		{"AUTH u p", [10]string{pi, lo, pi, pi, pi, ce, pi, pi, pi, lo}},
+		{"QUIT", [10]string{lo, lo, lo, lo, lo, lo, lo, lo, lo, lo}},
+		{"RESET", [10]string{lo, lo, lo, lo, lo, lo, lo, lo, lo, lo}},
+		{"PING", [10]string{sh, na, pi, pi, pi, pi, pi, pi, sh, sh}},
+		{"CLIENT ID", [10]string{lo, na, lo, lo, ql, ce, lo, lo, lo, lo}},
+		{"CLIENT SETNAME n", [10]string{lo, na, lo, lo, ql, ce, lo, lo, lo, lo}},
+		{"CLIENT REPLY OFF", [10]string{lo, na, lo, lo, ql, ce, lo, lo, lo, lo}},
+		{"CLIENT LIST", [10]string{lo, na, lo, lo, ql, ce, lo, lo, lo, lo}},
+		{"CLIENT KILL ID 5", [10]string{lo, na, lo, lo, ql, ce, lo, lo, lo, lo}},
+		{"CLIENT UNBLOCK 5", [10]string{lo, na, lo, lo, ql, ce, lo, lo, lo, lo}},
+		{"CLIENT PAUSE 10", [10]string{sh, na, pi, pi, pi, pi, pi, pi, sh, sh}},
+		{"INFO", [10]string{lo, na, lo, lo, pi, ce, lo, lo, lo, lo}},
+		{"RESPITE STATS", [10]string{lo, na, lo, lo, ql, ce, lo, lo, lo, lo}},
+		{"RESPITE", [10]string{lo, na, lo, lo, ql, ce, lo, lo, lo, lo}},
+		{"SYNC", [10]string{rf, rf, rf, rf, rf, rf, rf, rf, rf, rf}},
+		{"NOSUCHCOMMAND x", [10]string{sh, sh, pi, pi, pi, pi, pi, pi, sh, sh}},
+		{"GET", [10]string{sh, sh, pi, pi, pi, pi, pi, pi, sh, sh}},
+		{"CLIENT", [10]string{sh, sh, pi, pi, pi, pi, pi, pi, sh, sh}},
+		{"CLIENT NOSUCHSUB", [10]string{sh, sh, pi, pi, pi, pi, pi, pi, sh, sh}},
+	}
+	for _, row := range rows {
+		var cmd Command
+		Classify(&cmd, split(row.cmd), rs)
+		for i, col := range dispatchStates {
+			st := col.st
+			st.DefaultDB = "0"
+			d := Dispatch(st, &cmd)
+			got := d.Path.String()
+			if d.Path == PathRefused {
+				got = "refused:" + d.Err
+			}
+			if want := row.want[i]; !strings.HasPrefix(got, want) {
+				t.Errorf("%-24s in %-8s: %s, want %s", row.cmd, col.name, got, want)
+			}
+		}
+	}
+}
+
+// TestDispatchIgnoresWatchingAndReplyMode: WATCH armed and CLIENT REPLY
+// OFF never change a command's path.
+func TestDispatchIgnoresWatchingAndReplyMode(t *testing.T) {
+	rs := NewRoutes([]Route{{Name: "users", Prefix: "user:"}})
+	for _, line := range []string{"GET k", "GET user:1", "EXEC", "BLPOP k 0", "SUBSCRIBE c", "HELLO 3", "CLIENT ID", "SELECT 1"} {
+		var cmd Command
+		Classify(&cmd, split(line), rs)
+		for _, col := range dispatchStates {
+			base := col.st
+			base.Watching, base.ReplyOff = false, false
+			for _, flip := range []State{{Watching: true}, {ReplyOff: true}} {
+				st := base
+				st.Watching, st.ReplyOff = flip.Watching, flip.ReplyOff
+				if a, b := Dispatch(base, &cmd), Dispatch(st, &cmd); a != b {
+					t.Errorf("%s in %s: %v, with %+v: %v", line, col.name, a, flip, b)
+				}
+			}
+		}
+	}
+}
+
+// TestNextFollowsMulti: MULTI enters, EXEC and DISCARD leave.
+func TestNextFollowsMulti(t *testing.T) {
+	st := State{Pinned: true}
+	for _, step := range []struct {
+		cmd   string
+		multi bool
+	}{{"GET a", false}, {"MULTI", true}, {"SET a b", true}, {"MULTI", true}, {"EXEC", false}, {"EXEC", false}, {"MULTI", true}, {"DISCARD", false}} {
+		var cmd Command
+		Classify(&cmd, split(step.cmd), nil)
+		if st = st.Next(&cmd); st.Multi != step.multi {
+			t.Fatalf("after %s: multi %v, want %v", step.cmd, st.Multi, step.multi)
+		}
+	}
+}
+
+// TestClassify checks the record of a few commands.
+func TestClassify(t *testing.T) {
+	rs := NewRoutes([]Route{{Name: "users", Prefix: "user:"}, {Name: "vip", Prefix: "user:vip:"}})
+	for _, tc := range []struct {
+		cmd    string
+		id     ID
+		kind   Kind
+		split  Split
+		keys   []int
+		routes []int16
+		route  int16
+	}{
+		{"get user:1", CmdGet, KindPlain, SplitNone, []int{1}, []int16{0}, 0},
+		{"GET user:vip:1", CmdGet, KindPlain, SplitNone, []int{1}, []int16{1}, 1},
+		{"MGET a user:1 user:vip:2", CmdMget, KindPlain, SplitArray, []int{1, 2, 3}, []int16{-1, 0, 1}, MixedRoutes},
+		{"mset a 1 user:2 x", CmdMset, KindPlain, SplitPairs, []int{1, 3}, []int16{-1, 0}, 0},
+		{"DEL user:1 user:2", CmdDel, KindPlain, SplitSum, []int{1, 2}, []int16{0, 0}, 0},
+		{"client KILL id 3", CmdClientKill, KindLocal, SplitNone, nil, nil, NoRoute},
+		{"SUBSCRIBE user:1", CmdSubscribe, KindSubscribe, SplitNone, nil, nil, NoRoute},
+		{"xreadgroup GROUP g c STREAMS user:1 >", CmdXreadgroup, KindPlain, SplitNone, []int{5}, []int16{0}, 0},
+		{"BLPOP a b 0", CmdBlpop, KindBlocking, SplitNone, []int{1, 2}, []int16{-1, -1}, NoRoute},
+		{"nosuch a", CmdUnknown, KindPlain, SplitNone, nil, nil, NoRoute},
+	} {
+		var cmd Command
+		Classify(&cmd, split(tc.cmd), rs)
+		if cmd.ID != tc.id || cmd.Kind != tc.kind || cmd.Split != tc.split || cmd.Route != tc.route ||
+			!equalInts(cmd.Keys, tc.keys) || !equalInt16s(cmd.KeyRoute, tc.routes) {
+			t.Errorf("%s: id %v %s kind %v split %v keys %v routes %v route %d", tc.cmd, cmd.ID, cmd.Name(), cmd.Kind, cmd.Split, cmd.Keys, cmd.KeyRoute, cmd.Route)
+		}
+	}
+}
+
+// TestClassifyDoesNotAllocate: a reused record classifies without
+// allocating, routes or not.
+func TestClassifyDoesNotAllocate(t *testing.T) {
+	rs := NewRoutes([]Route{{Name: "users", Prefix: "user:"}})
+	var cmd Command
+	for _, line := range []string{"GET user:1", "MGET a user:1 b", "CLIENT KILL ID 1", "SET k v"} {
+		args := split(line)
+		Classify(&cmd, args, rs)
+		if n := testing.AllocsPerRun(100, func() { Classify(&cmd, args, rs) }); n != 0 {
+			t.Errorf("%s: %v allocations", line, n)
+		}
+	}
+}
+
+// TestIDNames: every id has its name, and looking the name up gives the id.
+func TestIDNames(t *testing.T) {
+	for id := ID(1); id < numIDs; id++ {
+		name := id.Name()
+		if name == "" {
+			t.Fatalf("id %d has no name", id)
+		}
+		c, sub, ok := strings.Cut(name, "|")
+		args := [][]byte{[]byte(strings.ToUpper(c))}
+		if ok {
+			args = append(args, []byte(strings.ToUpper(sub)))
+		}
+		if got := Lookup(args); got != id {
+			t.Errorf("Lookup(%q) = %d (%s), want %d", name, got, got.Name(), id)
+		}
+	}
+	if CmdClientKill.Container() != CmdClient || CmdGet.Container() != CmdGet {
+		t.Errorf("Container: %v %v", CmdClientKill.Container(), CmdGet.Container())
+	}
+}
+
+func equalInts(a, b []int) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func equalInt16s(a, b []int16) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,146 @@
+package server
+
+import (
+	"time"
+
+	"github.com/tidwall/redcon"
+
+	"github.com/respite/respite/policy"
+	"github.com/respite/respite/router"
+)
+
+// serve runs one batch of commands read from the client: each is
+// classified once against the current route snapshot (router.Classify),
+// then run in order.
+func (c *session) serve(batch []redcon.Command) {
+	set := c.s.routes.Load()
+	if cap(c.cmds) < len(batch) {
+		c.cmds = append(c.cmds[:cap(c.cmds)], make([]router.Command, len(batch)-cap(c.cmds))...)
+	}
+	cmds := c.cmds[:len(batch)]
+	rs := set.Routes()
+	for i := range batch {
+		router.Classify(&cmds[i], batch[i].Args, rs)
+	}
+	idle := c.s.live.Load().Transactions.IdleTimeout > 0
+	if idle {
+		c.checkIdle()
+	}
+	if c.adoptRelay() && c.detach(cmds) {
+		// Relayed from now on: the detached loop runs the batch.
+	} else {
+		c.run(set, cmds)
+	}
+	if idle {
+		c.armIdle()
+	}
+	c.client.lastActive = time.Now()
+	if n := len(cmds); n > 0 {
+		c.client.lastCmd = cmds[n-1].ID
+	}
+	c.publish()
+	for i := range cmds {
+		cmds[i].Args = nil // do not keep redcon's buffer alive
+	}
+	if c.toDetach != nil {
+		c.startDetached()
+	}
+}
+
+// run carries cmds in order, each where router.Dispatch says. Runs of
+// commands with the same upstream path go as one pipeline: on the shared
+// multiplexed connections, or on the pinned connection.
+func (c *session) run(set *policy.Set, cmds []router.Command) {
+	for i := 0; i < len(cmds); {
+		if c.quit {
+			return
+		}
+		if c.tx.idle.lost != lostNone && c.idleRefusal(&cmds[i]) {
+			i++
+			continue
+		}
+		st := c.state()
+		d := router.Dispatch(st, &cmds[i])
+		if c.relayed() && d.Path != router.PathPinned && d.Path != router.PathDetach {
+			// The proxy answers this one itself: replies Redis still owes
+			// the client go first, and the state they change counts.
+			c.pin.relay.waitIdle()
+			st = c.state()
+			d = router.Dispatch(st, &cmds[i])
+		}
+		switch d.Path {
+		case router.PathShared:
+			j := i + 1
+			for j < len(cmds) && c.tx.idle.lost == lostNone && router.Dispatch(st, &cmds[j]).Path == router.PathShared {
+				j++
+			}
+			c.forwardShared(cmds[i:j])
+			i = j
+		case router.PathPinned:
+			j, next := i+1, st.Next(&cmds[i])
+			next.Pinned = true
+			for j < len(cmds) && c.tx.idle.lost == lostNone {
+				if router.Dispatch(next, &cmds[j]).Path != router.PathPinned {
+					break
+				}
+				next = next.Next(&cmds[j])
+				j++
+			}
+			c.forwardPinned(cmds[i:j])
+			i = j
+		case router.PathWatch:
+			c.watch(set, &cmds[i])
+			i++
+		case router.PathBlocking:
+			if c.relayed() {
+				c.forwardPinned(cmds[i : i+1])
+			} else {
+				c.blocking(&cmds[i])
+			}
+			i++
+		case router.PathDetach:
+			if c.relayed() {
+				c.forwardPinned(cmds[i : i+1])
+				i++
+				continue
+			}
+			if c.detach(cmds[i:]) {
+				return // the detached loop runs the rest
+			}
+			i++
+		case router.PathLocal:
+			c.local(set, &cmds[i])
+			i++
+		case router.PathRouted:
+			c.routed(set, &cmds[i])
+			i++
+		case router.PathQueue:
+			c.queueRouted(set, &cmds[i])
+			i++
+		case router.PathQueueLocal:
+			c.queueLocal(&cmds[i])
+			i++
+		case router.PathExec:
+			c.exec(set, &cmds[i])
+			i++
+			if c.tx.detach {
+				// The transaction subscribed or turned tracking on: Redis
+				// may send at any time from now on.
+				c.tx.detach = false
+				if !c.relayed() && c.pin != nil && c.detach(cmds[i:]) {
+					return
+				}
+			}
+		case router.PathRefused:
+			c.sendError(d.Err)
+			i++
+		}
+		if c.relayed() {
+			c.pin.relay.release() // the command is answered: what Redis sent since may follow
+		}
+	}
+}
+
+// relayed reports whether the session's pinned connection is relayed (the
+// session is detached).
+func (c *session) relayed() bool { return c.pin != nil && c.pin.relay != nil }

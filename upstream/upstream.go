@@ -1,0 +1,223 @@
+// Package upstream owns every connection Respite makes to Redis: the
+// shared multiplexed connections (Mux, one set per RESP version), the
+// pinned connections sessions take for themselves (Conn, reset and reused
+// through a small free list), and the go-redis client the route layer uses
+// for cache fills, scripts, locks, streams and pub/sub.
+//
+// Files: upstream.go (Upstream, its go-redis client, the free list of
+// pinned connections), mux.go (the twemproxy-style multiplexer), conn.go
+// (a pinned connection and the handshake every connection starts with),
+// alive_*.go (the liveness check of an idle pinned connection), tls.go.
+package upstream
+
+import (
+	"context"
+	"crypto/tls"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/respite/respite/internal/config"
+)
+
+// Upstream is the upstream Redis as the rest of Respite sees it.
+type Upstream struct {
+	cfg     config.Upstream
+	tls     *tls.Config // nil without upstream TLS
+	timeout time.Duration
+
+	mux [2]*Mux // shared multiplexed connections, RESP2 and RESP3
+	// free holds reset pinned connections for reuse, per RESP version.
+	free [2]chan *Conn
+	open atomic.Int64 // pinned connections open
+
+	// redis is go-redis (RESP2) for the route layer: fills, scripts,
+	// locks, write-back streams, invalidation pub/sub.
+	redis *redis.Client
+
+	cache *Cache // the route layer's commands on the multiplexed connections
+
+	mu      sync.Mutex
+	version string // redis_version, asked once
+}
+
+// New builds the upstream clients for cfg. Nothing is dialled yet: a Redis
+// that is down is reported per command, as one that goes down later.
+func New(cfg config.Upstream) (*Upstream, error) {
+	tc, err := clientTLS(cfg)
+	if err != nil {
+		return nil, err
+	}
+	u := &Upstream{cfg: cfg, tls: tc, timeout: time.Duration(cfg.Timeout)}
+	u.cache = &Cache{u: u}
+	muxConns := cfg.MuxConns
+	if muxConns == 0 {
+		// One per thread running Go code: with gomaxprocs 1 the single
+		// connection batches the most commands per write.
+		muxConns = min(runtime.GOMAXPROCS(0), 16)
+	}
+	for i, proto := range []int{2, 3} {
+		u.mux[i] = newMux(cfg, proto, muxConns, tc)
+		u.free[i] = make(chan *Conn, cfg.PoolSize)
+	}
+	u.redis = redis.NewClient(&redis.Options{
+		Addr:                  cfg.Addr,
+		Username:              cfg.Username,
+		Password:              cfg.Password,
+		DB:                    cfg.DB,
+		Protocol:              2,
+		DisableIdentity:       true,
+		MaxRetries:            -1,
+		PoolSize:              cfg.PoolSize,
+		DialTimeout:           time.Duration(cfg.DialTimeout),
+		ReadTimeout:           time.Duration(cfg.Timeout),
+		WriteTimeout:          time.Duration(cfg.Timeout),
+		ContextTimeoutEnabled: true,
+		TLSConfig:             tc,
+	})
+	return u, nil
+}
+
+// index maps a RESP version (2 or 3) to its slot.
+func index(proto int) int {
+	if proto == 3 {
+		return 1
+	}
+	return 0
+}
+
+// Shared returns the multiplexer for clients speaking proto.
+func (u *Upstream) Shared(proto int) *Mux { return u.mux[index(proto)] }
+
+// Redis returns the go-redis client (RESP2) of the route layer.
+func (u *Upstream) Redis() *redis.Client { return u.redis }
+
+// Timeout bounds one non-blocking round trip.
+func (u *Upstream) Timeout() time.Duration { return u.timeout }
+
+// DB is the database clients start in.
+func (u *Upstream) DB() int { return u.cfg.DB }
+
+// HasCredentials reports whether Respite logs in to Redis with a password
+// of its own (upstream.password).
+func (u *Upstream) HasCredentials() bool { return u.cfg.Password != "" }
+
+// Take returns a pinned connection speaking proto: a reset one from the
+// free list that is still open, or a new one.
+func (u *Upstream) Take(proto int) (*Conn, error) {
+	for {
+		select {
+		case c := <-u.free[index(proto)]:
+			if alive(c.nc) {
+				return c, nil
+			}
+			c.Close() // Redis closed it while it was idle (timeout, restart, CLIENT KILL)
+			continue
+		default:
+		}
+		nc, br, id, err := dial(u.cfg, u.tls, proto, u.cfg.Username, u.cfg.Password)
+		if err != nil {
+			return nil, err
+		}
+		u.open.Add(1)
+		c := &Conn{nc: nc, br: br, proto: proto, u: u}
+		c.id.Store(id)
+		return c, nil
+	}
+}
+
+// Put ends a session's use of c: in the background, c is reset (RESET,
+// https://redis.io/commands/reset: it ends MULTI, WATCH, subscriptions,
+// MONITOR, CLIENT TRACKING and NO-EVICT, turns replies on, selects db 0
+// and returns to RESP2 unauthenticated), set up again exactly as a new
+// connection (HELLO with AUTH, SELECT), and kept for the next session;
+// a connection that does not answer exactly so is closed instead.
+func (u *Upstream) Put(c *Conn) {
+	go func() {
+		if c.br.Buffered() > 0 {
+			c.Close() // replies nobody read: the stream cannot be trusted
+			return
+		}
+		proto := c.proto
+		id, err := handshake(c.nc, c.br, u.cfg, proto, u.cfg.Username, u.cfg.Password, true)
+		if err != nil {
+			c.Close()
+			return
+		}
+		c.id.Store(id) // RESET keeps the id; HELLO tells it
+		select {
+		case u.free[index(proto)] <- c:
+		default:
+			c.Close()
+		}
+	}()
+}
+
+// lookupID finds the id of the connection from addr (its local address)
+// in CLIENT LIST; 0 if there is none or Redis cannot be asked.
+func (u *Upstream) lookupID(addr string) int64 {
+	ctx, cancel := context.WithTimeout(context.Background(), u.timeout)
+	defer cancel()
+	list, err := u.redis.ClientList(ctx).Result()
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(list, "\n") {
+		var id int64
+		for _, f := range strings.Fields(line) {
+			if v, ok := strings.CutPrefix(f, "id="); ok {
+				id, _ = strconv.ParseInt(v, 10, 64)
+			}
+			if f == "addr="+addr {
+				return id
+			}
+		}
+	}
+	return 0
+}
+
+// Pinned reports the pinned connections open and those idle in the free
+// list.
+func (u *Upstream) Pinned() (open, idle int64) {
+	return u.open.Load(), int64(len(u.free[0]) + len(u.free[1]))
+}
+
+// Version is the upstream's redis_version ("7.0.15"), asked once; "" while
+// Redis cannot be reached.
+func (u *Upstream) Version() string {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.version == "" {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		if info, err := u.redis.Info(ctx, "server").Result(); err == nil {
+			for _, line := range strings.Split(info, "\n") {
+				if v, ok := strings.CutPrefix(strings.TrimSpace(line), "redis_version:"); ok {
+					u.version = v
+				}
+			}
+		}
+	}
+	return u.version
+}
+
+// Close closes every connection.
+func (u *Upstream) Close() {
+	for i := range u.free {
+		for done := false; !done; {
+			select {
+			case c := <-u.free[i]:
+				c.Close()
+			default:
+				done = true
+			}
+		}
+		u.mux[i].close()
+	}
+	u.redis.Close()
+}
