@@ -106,6 +106,13 @@ func TestCanonicalKeysMatchPostgres(t *testing.T) {
 			if v, found, err := tbl.LoadValue(ctx, db.Pool(), want); err != nil || !found || v != "row" {
 				t.Errorf("%s: row written as %q, loaded as %q: %q %v %v", tc.typ, in, want, v, found, err)
 			}
+			stored, err := pg.Query("SELECT k::text FROM " + name)
+			if tc.typ == "numeric" {
+				stored, err = pg.Query("SELECT pg_catalog.trim_scale(k)::text FROM " + name)
+			}
+			if err != nil || stored != want {
+				t.Errorf("%s: %q stored as %q, want %q (%v)", tc.typ, in, stored, want, err)
+			}
 		}
 	}
 }

@@ -160,6 +160,12 @@ ORDER BY a.attnum`, oid)
 			return nil, fmt.Errorf("table %q: %w", table, wrapErr(err))
 		}
 		c.ident = pgx.Identifier{c.name}.Sanitize()
+		if typOID == 1042 {
+			// format_type says "character", which as a cast is
+			// character(1) and cuts every longer text to one letter;
+			// bpchar is the type without a length.
+			c.typ = "pg_catalog.bpchar"
+		}
 		c.kind, c.maxChars = kindOf(uint32(typOID), typmod)
 		c.canon = canonOf(uint32(typOID), typmod)
 		t.byNm[c.name] = len(t.cols)
