@@ -36,6 +36,7 @@ type Table struct {
 	val   int // index of the value column, -1 if none
 
 	sqlKeyCheck   string
+	sqlCanon      string // CanonicalForm's statement, "" when every key is canonical
 	sqlValCheck   string
 	sqlLoadJSON   string
 	sqlLoadFields string
@@ -53,6 +54,7 @@ type column struct {
 	kind      kind
 	maxChars  int // varchar(n)/char(n): n; 0 otherwise
 	generated bool
+	canon     canon // the canonical text of a key of this type (keys.go)
 }
 
 // kind is what Go can check about a text-to-type cast without asking
@@ -158,7 +160,14 @@ ORDER BY a.attnum`, oid)
 			return nil, fmt.Errorf("table %q: %w", table, wrapErr(err))
 		}
 		c.ident = pgx.Identifier{c.name}.Sanitize()
+		if typOID == 1042 {
+			// format_type says "character", which as a cast is
+			// character(1) and cuts every longer text to one letter;
+			// bpchar is the type without a length.
+			c.typ = "pg_catalog.bpchar"
+		}
 		c.kind, c.maxChars = kindOf(uint32(typOID), typmod)
+		c.canon = canonOf(uint32(typOID), typmod)
 		t.byNm[c.name] = len(t.cols)
 		t.cols = append(t.cols, c)
 	}
@@ -248,6 +257,7 @@ func (t *Table) build() {
 	k := t.cols[t.key]
 	keyEq := k.ident + " = $1::text::" + k.typ
 	t.sqlKeyCheck = "SELECT $1::text::" + k.typ
+	t.sqlCanon = canonSQL(&k)
 	t.sqlLoadJSON = "SELECT pg_catalog.row_to_json(respite_r.*)::text FROM " + t.ident +
 		" AS respite_r WHERE respite_r." + keyEq
 	var sel []string

@@ -87,6 +87,16 @@ func OpenWith(ctx context.Context, dsn string, o Options) (*DB, error) {
 			cfg.ConnConfig.RuntimeParams["application_name"] = "respite-" + name
 		}
 		cfg.ConnConfig.RuntimeParams["statement_timeout"] = strconv.FormatInt(int64(ms), 10) + "ms"
+		// Dates and timestamps as text in one form whatever the server's
+		// settings, so that a key's canonical text (keys.go) is the same
+		// on every connection and every server: replaces the DSN's.
+		for k := range cfg.ConnConfig.RuntimeParams {
+			if strings.EqualFold(k, "datestyle") || strings.EqualFold(k, "timezone") {
+				delete(cfg.ConnConfig.RuntimeParams, k)
+			}
+		}
+		cfg.ConnConfig.RuntimeParams["datestyle"] = "ISO, MDY"
+		cfg.ConnConfig.RuntimeParams["timezone"] = "UTC"
 		p, err := pgxpool.NewWithConfig(ctx, cfg)
 		if err != nil {
 			return nil, wrapErr(err)

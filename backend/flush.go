@@ -9,6 +9,15 @@ import (
 	"strings"
 )
 
+// Flushed reports whether any key of route was ever flushed (a row of
+// respite_versions): a route whose write-back queue is missing from Redis
+// although it flushed before has lost its queue (policy's flusher says so).
+func (db *DB) Flushed(ctx context.Context, route string) (bool, error) {
+	var found bool
+	err := db.flush.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM `+metaTable+` WHERE route = $1)`, route).Scan(&found)
+	return found, wrapErr(err)
+}
+
 // Entry is one queued write-back write.
 type Entry struct {
 	Key string

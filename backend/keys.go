@@ -148,30 +148,253 @@ func (t *Table) checkValue(ctx context.Context, value string) error {
 	return nil
 }
 
-// CanonicalKey returns the form PostgreSQL gives key once cast to the key
-// column's type, when Go can tell (integers in decimal without sign or
-// leading zeros, lower-case uuids), and whether key already is that form.
-// Routes use it so that "user:01" and "user:1" are not two cached copies of
-// one row: a non-canonical key is not found for reads and refused for
-// writes. Other types are taken as they are.
-func (t *Table) CanonicalKey(key string) (canonical string, ok bool) {
-	switch t.cols[t.key].kind {
-	case kindInt16, kindInt32, kindInt64:
-		n, err := strconv.ParseInt(strings.TrimSpace(key), 10, 64)
-		if err != nil {
-			return key, true // not an integer: the cast decides (not found / KeyError)
+// canon is how PostgreSQL writes a key column's values as text, which is
+// the one form of a key a route serves (CanonicalKey): "user:01" and
+// "user:1", "day:2024-1-31" and "day:2024-01-31", "w:1.50" and "w:1.5"
+// name one row each, and a second spelling would be a second cached copy
+// of it.
+type canon struct {
+	form  canonForm
+	scale int // numeric: digits after the point, -1 unconstrained; timestamps: fractional digits (0 to 6)
+}
+
+// canonForm is a family of key types with one canonical text.
+type canonForm int
+
+const (
+	canonAsIs        canonForm = iota // text, varchar, and the types Go does not check: taken as they are
+	canonInt                          // smallint, integer, bigint: decimal, no sign for positives, no leading zeros
+	canonNumeric                      // numeric: plain notation; unconstrained: no trailing zeros (trim_scale); numeric(p,s): s decimals
+	canonDate                         // date: YYYY-MM-DD[ BC] (DateStyle ISO)
+	canonTimestamp                    // timestamp(p): YYYY-MM-DD HH:MM:SS[.f][ BC], trailing zeros of f trimmed, at most p digits
+	canonTimestampTZ                  // timestamptz(p): the same with +00 (the proxy's sessions run with TimeZone UTC)
+	canonUUID                         // uuid: lower-case, hyphenated 8-4-4-4-12
+	canonBool                         // boolean: true or false
+	canonBpchar                       // character(n): no trailing spaces (they are padding), at most n characters (scale)
+)
+
+// canonOf is the canonical form of keys of the type with this oid and
+// typmod. numeric with a negative scale (PostgreSQL 15) is taken as it is.
+func canonOf(oid uint32, typmod int32) canon {
+	switch oid {
+	case 20, 21, 23:
+		return canon{form: canonInt}
+	case 1700:
+		if typmod < 4 {
+			return canon{form: canonNumeric, scale: -1}
 		}
-		c := strconv.FormatInt(n, 10)
-		return c, c == key
-	case kindUUID:
-		c := strings.ToLower(strings.ReplaceAll(strings.Trim(key, "{}"), "-", ""))
-		if len(c) != 32 {
-			return key, true
+		scale := int(((typmod-4)&0x7ff)^1024) - 1024 // sign-extended 11 bits (PostgreSQL 15's numeric typmod)
+		if scale < 0 {
+			return canon{}
 		}
-		c = c[0:8] + "-" + c[8:12] + "-" + c[12:16] + "-" + c[16:20] + "-" + c[20:32]
-		return c, c == key
+		return canon{form: canonNumeric, scale: scale}
+	case 1082:
+		return canon{form: canonDate}
+	case 1114, 1184:
+		p := 6
+		if typmod >= 0 && typmod < 6 {
+			p = int(typmod)
+		}
+		if oid == 1184 {
+			return canon{form: canonTimestampTZ, scale: p}
+		}
+		return canon{form: canonTimestamp, scale: p}
+	case 2950:
+		return canon{form: canonUUID}
+	case 16:
+		return canon{form: canonBool}
+	case 1042:
+		n := 0
+		if typmod >= 4 {
+			n = int(typmod - 4)
+		}
+		return canon{form: canonBpchar, scale: n}
 	}
-	return key, true
+	return canon{}
+}
+
+// CanonicalKey reports whether key is the canonical text of a value of
+// the key column's type: the text PostgreSQL gives that value (see canon
+// for each type; text and varchar keys, and keys of types not listed
+// there, are taken as they are). It never asks PostgreSQL: routes call it
+// on every command. A key that is not canonical is not found for reads
+// and refused for writes with its canonical form (CanonicalForm), so one
+// row never has two cached copies. A key that looks canonical but does
+// not fit the type (an integer out of range, 2024-02-30 is already
+// refused here) is left to the cast: not found, or a *KeyError.
+func (t *Table) CanonicalKey(key string) bool {
+	return isCanonical(t.cols[t.key].canon, key)
+}
+
+// CanonicalForm returns the canonical text of key (what PostgreSQL gives
+// it once cast to the key column's type, trailing zeros of an
+// unconstrained numeric trimmed), asking PostgreSQL unless key already is
+// canonical. A key that cannot be cast is a *KeyError.
+func (t *Table) CanonicalForm(ctx context.Context, key string) (string, error) {
+	if t.CanonicalKey(key) || t.sqlCanon == "" {
+		return key, nil
+	}
+	var out string
+	err := t.do(ctx, nil, "key check", func(ctx context.Context) error {
+		if vouch(&t.cols[t.key], key) < 0 {
+			return t.keyError(key, nil) // NUL, invalid UTF-8, too long for character(n)
+		}
+		err := t.db.load.QueryRow(ctx, t.sqlCanon, key).Scan(&out)
+		if isDataException(err) {
+			return t.keyError(key, err)
+		}
+		return wrapErr(err)
+	})
+	return out, err
+}
+
+// canonSQL is the statement CanonicalForm runs for a key column, "" when
+// every text is canonical.
+func canonSQL(c *column) string {
+	switch c.canon.form {
+	case canonAsIs:
+		return ""
+	case canonNumeric:
+		if c.canon.scale < 0 {
+			return "SELECT pg_catalog.trim_scale($1::text::numeric)::text"
+		}
+	case canonBpchar:
+		// Without the length: an explicit cast to character(n) would cut
+		// a longer key, which CanonicalForm refuses before.
+		return "SELECT $1::text::bpchar::text"
+	}
+	return "SELECT $1::text::" + c.fullType + "::text"
+}
+
+func isCanonical(c canon, s string) bool {
+	switch c.form {
+	case canonInt:
+		n, err := strconv.ParseInt(s, 10, 64)
+		return err == nil && strconv.FormatInt(n, 10) == s
+	case canonNumeric:
+		return canonicalNumeric(s, c.scale)
+	case canonDate:
+		return canonicalTime(s, false, 0, false)
+	case canonTimestamp:
+		return canonicalTime(s, true, c.scale, false)
+	case canonTimestampTZ:
+		return canonicalTime(s, true, c.scale, true)
+	case canonUUID:
+		return isUUID(s) && strings.ToLower(s) == s
+	case canonBool:
+		return s == "true" || s == "false"
+	case canonBpchar:
+		return strings.TrimRight(s, " ") == s && (c.scale == 0 || utf8.RuneCountInString(s) <= c.scale)
+	}
+	return true
+}
+
+// canonicalNumeric: -?(0|[1-9][0-9]*) then, unconstrained (scale < 0), an
+// optional fraction not ending in 0, or exactly scale decimals; no
+// negative zero; or NaN, Infinity, -Infinity.
+func canonicalNumeric(s string, scale int) bool {
+	switch s {
+	case "NaN", "Infinity", "-Infinity":
+		return true
+	}
+	neg := strings.HasPrefix(s, "-")
+	s = strings.TrimPrefix(s, "-")
+	whole, frac, dot := strings.Cut(s, ".")
+	if whole == "" || !allDigits(whole) || (len(whole) > 1 && whole[0] == '0') {
+		return false
+	}
+	if dot && (frac == "" || !allDigits(frac)) {
+		return false
+	}
+	if scale < 0 {
+		if dot && frac[len(frac)-1] == '0' {
+			return false
+		}
+	} else if len(frac) != scale {
+		return false
+	}
+	if neg && strings.Trim(whole+frac, "0") == "" {
+		return false // -0 and -0.00 are 0 and 0.00
+	}
+	return true
+}
+
+// canonicalTime checks PostgreSQL's ISO output of a date, or with
+// withTime of a timestamp with at most prec fractional digits (and +00
+// with tz): YYYY-MM-DD[ HH:MM:SS[.f][+00]][ BC], the year at least four
+// digits and without a leading zero beyond them, a day that exists in
+// that month (the proleptic Gregorian calendar, 1 BC a leap year); or
+// infinity, -infinity.
+func canonicalTime(s string, withTime bool, prec int, tz bool) bool {
+	if s == "infinity" || s == "-infinity" {
+		return true
+	}
+	s, bc := strings.CutSuffix(s, " BC")
+	date, clock, hasClock := strings.Cut(s, " ")
+	if hasClock != withTime {
+		return false
+	}
+	y, rest, ok := strings.Cut(date, "-")
+	if !ok || len(y) < 4 || !allDigits(y) || (len(y) > 4 && y[0] == '0') || len(rest) != 5 || rest[2] != '-' ||
+		!allDigits(rest[:2]) || !allDigits(rest[3:]) {
+		return false
+	}
+	year, err := strconv.Atoi(y)
+	if err != nil || year < 1 {
+		return false
+	}
+	month, _ := strconv.Atoi(rest[:2])
+	day, _ := strconv.Atoi(rest[3:])
+	if bc {
+		year = 1 - year // astronomical numbering: 1 BC is year 0
+	}
+	if month < 1 || month > 12 || day < 1 || day > daysIn(year, month) {
+		return false
+	}
+	if !withTime {
+		return true
+	}
+	if tz {
+		if clock, ok = strings.CutSuffix(clock, "+00"); !ok {
+			return false
+		}
+	}
+	hms, frac, dot := strings.Cut(clock, ".")
+	if len(hms) != 8 || hms[2] != ':' || hms[5] != ':' || !allDigits(hms[:2]) || !allDigits(hms[3:5]) || !allDigits(hms[6:]) {
+		return false
+	}
+	h, _ := strconv.Atoi(hms[:2])
+	m, _ := strconv.Atoi(hms[3:5])
+	sec, _ := strconv.Atoi(hms[6:])
+	if h > 23 || m > 59 || sec > 59 {
+		return false
+	}
+	if dot {
+		return frac != "" && len(frac) <= prec && allDigits(frac) && frac[len(frac)-1] != '0'
+	}
+	return true
+}
+
+func daysIn(year, month int) int {
+	switch month {
+	case 2:
+		if year%4 == 0 && (year%100 != 0 || year%400 == 0) {
+			return 29
+		}
+		return 28
+	case 4, 6, 9, 11:
+		return 30
+	}
+	return 31
+}
+
+func allDigits(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return s != ""
 }
 
 func inTx(q Querier) bool {

@@ -56,8 +56,9 @@ func (t *Table) loadJSON(ctx context.Context, q Querier, key string) (obj []byte
 }
 
 // LoadFields returns every non-NULL column of the row as text (the
-// column's ::text cast: booleans are "true"/"false", timestamps follow the
-// session's DateStyle and TimeZone), in column order, key column included:
+// column's ::text cast: booleans are "true"/"false", dates and timestamps
+// in ISO form and UTC, the sessions' DateStyle and TimeZone set by
+// OpenWith), in column order, key column included:
 // the fields of a Redis hash.
 //
 //	SELECT c1::text, c2::text, ... FROM T WHERE K = $1::text::KT

@@ -63,6 +63,30 @@ func Detail(err error) string {
 	return err.Error()
 }
 
+// Unreachable reports an error that says PostgreSQL could not be reached
+// or did not answer in time: a *ConnError (but for an invalid DSN, which
+// no retry mends), a *TimeoutError, or a *DBError of SQLSTATE class 08
+// (connection exception), 53 (insufficient resources) or 57P (the server
+// shutting down or restarting). A route set opened while PostgreSQL
+// is unreachable starts degraded and connects in the background; any
+// other error (a table or column missing, a privilege) is the
+// configuration's.
+func Unreachable(err error) bool {
+	var ce *ConnError
+	var te *TimeoutError
+	var de *DBError
+	switch {
+	case errors.As(err, &ce):
+		return !strings.HasPrefix(ce.Cause, "invalid postgres.dsn")
+	case errors.As(err, &te):
+		return true
+	case errors.As(err, &de):
+		code := de.Code()
+		return strings.HasPrefix(code, "08") || strings.HasPrefix(code, "53") || strings.HasPrefix(code, "57P")
+	}
+	return false
+}
+
 // Redact maps an error from pgx the way every error backend returns is
 // mapped: a statement's error becomes a *DBError, a connection failure a
 // *ConnError, anything else gets the prefix "postgres: ". Use it on the

@@ -391,6 +391,9 @@ func TestAlerts(t *testing.T) {
 		{"RespiteWritebackQueueBacklog", "", []string{"respite_writeback_queue_length", "> 10000"}},
 		{"RespiteWritebackLagHigh", "", []string{"respite_writeback_oldest_pending_seconds", "> 60"}},
 		{"RespiteDeadLetters", "", []string{"respite_writeback_dead_letters", "> 0"}},
+		{"RespiteWritebackQueueLost", "", []string{"respite_writeback_queue_lost_total", "> 0"}},
+		{"RespiteWritebackWritesRefused", "", []string{"respite_writeback_writes_refused", "> 0"}},
+		{"RespiteRoutesDegraded", "", []string{"respite_routes_degraded", "> 0"}},
 	} {
 		expr, ok := alerts[tc.alert]
 		if !ok {

@@ -28,7 +28,7 @@ func (r *Route) getMany(ctx context.Context, proto int, keys [][]byte) []resp.Re
 	filled := make([]uint64, len(keys))
 	for i, k := range keys {
 		key := string(k)
-		if _, ok := r.table.CanonicalKey(r.id(key)); !ok {
+		if !r.table.CanonicalKey(r.id(key)) {
 			out[i] = resp.Null()
 			continue
 		}
@@ -95,7 +95,7 @@ func (r *Route) existsMany(ctx context.Context, keys [][]byte) (int64, error) {
 	filled := make([]uint64, len(keys))
 	for i, k := range keys {
 		key := string(k)
-		if _, ok := r.table.CanonicalKey(r.id(key)); !ok {
+		if !r.table.CanonicalKey(r.id(key)) {
 			continue
 		}
 		filled[i] = r.loads.filled(key)

@@ -20,6 +20,9 @@ import (
 // again later, with the error that stopped them (PostgreSQL unreachable,
 // or Redis failing to acknowledge).
 func (f *Flusher) flush(ctx context.Context, w *wbRoute, msgs []redis.XMessage) ([]redis.XMessage, error) {
+	if err := w.r.Unready(); err != nil {
+		return msgs, err // PostgreSQL not connected yet: kept pending
+	}
 	entries := make([]backend.Entry, 0, len(msgs))
 	good := make([]redis.XMessage, 0, len(msgs))
 	var gone []string // deleted from the stream meanwhile: only acknowledge

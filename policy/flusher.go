@@ -80,6 +80,17 @@ import (
 // which is what should happen when only this instance lost PostgreSQL; a
 // duplicate flush is harmless (Versions).
 //
+// Lost queues. A queue can vanish from Redis: evicted (an allkeys-*
+// maxmemory-policy, which durability.go refuses unless opted in), deleted
+// (DEL, FLUSHALL, XGROUP DESTROY), or with a Redis restart without
+// persistence. The flusher never lets that pass silently: a NOGROUP error
+// for a group it had seen, or at start-up a missing stream of a route that
+// flushed writes before (respite_versions has its rows, flushedBefore),
+// is an ERROR line and counts in QueueStats.Lost
+// (respite_writeback_queue_lost_total, alert RespiteWritebackQueueLost).
+// It then creates the group again, and still flushes the entries it had
+// read before the loss.
+//
 // Redis Cluster: Run reads all streams in one XREADGROUP, which needs them
 // in one slot; a clustered upstream needs one read per stream.
 //
@@ -131,6 +142,10 @@ type Flusher struct {
 
 	// afterFlush, if set, is called after every committed batch (tests).
 	afterFlush func(route string, entries int)
+	// flushedBefore, if set, tells whether a route flushed anything ever
+	// (backend.DB.Flushed): a queue missing at start-up although it did
+	// was lost (see Lost queues above).
+	flushedBefore func(ctx context.Context, route string) (bool, error)
 }
 
 // FlusherStats are the flusher's counters.
@@ -158,6 +173,9 @@ type wbRoute struct {
 	high       bool
 
 	group     bool                 // the consumer group is known to exist
+	known     bool                 // the group existed once since this flusher started
+	missing   bool                 // the stream was missing at start-up: lost if the route flushed before
+	lost      atomic.Int64         // times the queue was found lost (respite_writeback_queue_lost_total)
 	buf       []redis.XMessage     // read (pending for us), not yet flushed, in read order
 	held      map[string]bool      // ids in buf or retry
 	retry     map[string]*poisoned // entries that failed alone, waiting for their next attempt
@@ -456,11 +474,28 @@ func (w *wbRoute) due() time.Time {
 // Redis error, or the PostgreSQL error that put the route in backoff.
 func (f *Flusher) step(ctx context.Context, w *wbRoute, now time.Time, force, ignoreWait bool) error {
 	if !w.group {
+		if !w.known {
+			n, err := f.rdb.Exists(ctx, w.stream).Result()
+			if err != nil {
+				return err
+			}
+			w.missing = n == 0
+		}
 		err := f.rdb.XGroupCreateMkStream(ctx, w.stream, ConsumerGroup, "0").Err()
 		if err != nil && !strings.HasPrefix(err.Error(), "BUSYGROUP") {
 			return err
 		}
-		w.group = true
+		w.group, w.known = true, true
+	}
+	if w.missing && f.flushedBefore != nil && w.r.Unready() == nil {
+		// Answered once PostgreSQL does; until then the route flushes
+		// nothing anyway.
+		if flushed, err := f.flushedBefore(ctx, w.name); err == nil {
+			w.missing = false
+			if flushed {
+				f.queueLost(w, "it was missing at start-up although the route flushed writes before")
+			}
+		}
 	}
 	if !ignoreWait && now.Before(w.waitUntil) {
 		return nil

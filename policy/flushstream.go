@@ -48,9 +48,25 @@ func (f *Flusher) readNew(ctx context.Context, ws []*wbRoute, count int64, block
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err != nil {
-		if isNoGroup(err) {
+		if !isReply(err) {
+			// The reply may have been lost with the connection after
+			// Redis made entries pending for us: read our own pending
+			// entries again rather than wait for claim_idle.
 			for _, w := range ws {
-				w.group = false
+				if w.pel == "" {
+					w.pel = "0"
+				}
+			}
+		}
+		if isNoGroup(err) {
+			named := false
+			for _, w := range ws {
+				named = named || strings.Contains(err.Error(), "'"+w.stream+"'")
+			}
+			for _, w := range ws {
+				if !named || strings.Contains(err.Error(), "'"+w.stream+"'") {
+					f.noGroup(w)
+				}
 			}
 		}
 		return err
@@ -75,7 +91,7 @@ func (f *Flusher) readOne(ctx context.Context, w *wbRoute, count int64) (int, er
 	}
 	if err != nil {
 		if isNoGroup(err) {
-			w.group = false
+			f.noGroup(w)
 		}
 		return 0, err
 	}
@@ -104,7 +120,7 @@ func (f *Flusher) readPending(ctx context.Context, w *wbRoute) error {
 	}).Result()
 	if err != nil && err != redis.Nil {
 		if isNoGroup(err) {
-			w.group = false
+			f.noGroup(w)
 		}
 		return err
 	}
@@ -131,7 +147,7 @@ func (f *Flusher) claim(ctx context.Context, w *wbRoute, now time.Time) error {
 	}).Result()
 	if err != nil {
 		if isNoGroup(err) {
-			w.group = false
+			f.noGroup(w)
 		}
 		return err
 	}
@@ -192,6 +208,26 @@ func (f *Flusher) remaining(ctx context.Context) (int64, error) {
 
 func isNoGroup(err error) bool { return err != nil && strings.HasPrefix(err.Error(), "NOGROUP") }
 
+// noGroup notes that w's stream or consumer group is gone (NOGROUP): the
+// next step creates them again. If the group existed, the queue was lost.
+func (f *Flusher) noGroup(w *wbRoute) {
+	if w.group {
+		f.queueLost(w, "its stream or consumer group disappeared")
+	}
+	w.group = false
+}
+
+// queueLost reports a lost write-back queue: an ERROR line, and
+// respite_writeback_queue_lost_total. Entries already read stay buffered
+// and are still flushed.
+func (f *Flusher) queueLost(w *wbRoute, how string) {
+	w.lost.Add(1)
+	f.log.Error("write-back queue lost: acknowledged writes not yet in PostgreSQL may be gone",
+		"route", w.name, "stream", w.stream, "how", how,
+		"causes", "eviction (maxmemory-policy), DEL or FLUSHALL, XGROUP DESTROY, or a Redis restart without persistence",
+		"buffered", len(w.buf))
+}
+
 // QueueStats describes one write-back route's queue.
 type QueueStats struct {
 	Route    string
@@ -207,6 +243,9 @@ type QueueStats struct {
 	InFlight int64
 	// DeadLetters is the length of the dead-letter stream.
 	DeadLetters int64
+	// Lost counts the times this flusher found the queue lost (its stream
+	// or consumer group gone).
+	Lost int64
 	// Err is set when the numbers could not be read (Redis down).
 	Err error
 }
@@ -216,7 +255,7 @@ func (f *Flusher) Queues(ctx context.Context) []QueueStats {
 	out := make([]QueueStats, 0, len(f.routes))
 	now := time.Now()
 	for _, w := range f.routes {
-		q := QueueStats{Route: w.name, Priority: "low"}
+		q := QueueStats{Route: w.name, Priority: "low", Lost: w.lost.Load()}
 		if w.high {
 			q.Priority = "high"
 		}

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"context"
+	"fmt"
 
 	"github.com/respite/respite/backend"
 	"github.com/respite/respite/internal/config"
@@ -275,8 +276,14 @@ func (r *Route) ensure(ctx context.Context, key string) (bool, error) {
 
 // Ensure loads key into the cache (or the negative cache) unless it is
 // there already, so that a WATCH on it is not aborted by the proxy's own
-// fill.
+// fill. A key that is not canonical is never cached: nothing to load.
 func (r *Route) Ensure(ctx context.Context, key string) error {
+	if err := r.Unready(); err != nil {
+		return fmt.Errorf("route '%s' %w", r.cfg.Name, err)
+	}
+	if !r.table.CanonicalKey(r.id(key)) {
+		return nil
+	}
 	_, err := r.ensure(ctx, key)
 	return err
 }

@@ -11,8 +11,9 @@
 // stampede.go (coalesced loads, distributed lease, negative caching, TTL
 // jitter, early refresh), local.go (the in-process tier), tx.go (writes
 // queued in MULTI), flusher*.go, flushstream.go, flushbatch.go,
-// deadletter.go and version.go (the write-back flusher), cache.go (a Cache
-// over go-redis, for tests and tools).
+// deadletter.go and version.go (the write-back flusher), durability.go
+// (the upstream Redis' eviction and persistence, and what they allow
+// write-back), cache.go (a Cache over go-redis, for tests and tools).
 package policy
 
 import (
@@ -55,6 +56,11 @@ type Route struct {
 	locks   keyLocks
 	local   *localTier // in-process tier, when configured
 	loadDur atomic.Int64
+	sh      *shared // what the routes of one Set share (durability.go)
+	// down says why the route cannot serve yet (nil: it can): its table
+	// is not described, PostgreSQL being unreachable at start-up
+	// (set.go: Set.connect). table is set before down is cleared.
+	down atomic.Pointer[string]
 
 	Stats Stats
 }
@@ -68,9 +74,15 @@ type Stats struct {
 	Writes, Errors             atomic.Int64
 }
 
-// New builds a route over a described table.
+// New builds a route over a described table, on its own (tests, tools):
+// no durability check guards its write-back writes, and its
+// write-through intents are this host's (write_back.consumer's default).
 func New(cfg config.Route, db *backend.DB, table *backend.Table, cache Cache, rdb *redis.Client, log *slog.Logger) *Route {
-	r := &Route{cfg: cfg, db: db, table: table, cache: cache, rdb: rdb, log: log.With("route", cfg.Name)}
+	return newRoute(cfg, db, table, cache, rdb, log, newShared(""))
+}
+
+func newRoute(cfg config.Route, db *backend.DB, table *backend.Table, cache Cache, rdb *redis.Client, log *slog.Logger, sh *shared) *Route {
+	r := &Route{cfg: cfg, db: db, table: table, cache: cache, rdb: rdb, log: log.With("route", cfg.Name), sh: sh}
 	r.loads.init()
 	if lc := cfg.LocalCache; lc != nil && cfg.Format != config.FormatHash {
 		r.local = newLocalTier(lc.Size, time.Duration(lc.TTL))
@@ -100,21 +112,32 @@ func (r *Route) Refusal(name string) string {
 		strings.ToUpper(name), r.cfg.Name, r.cfg.Policy, r.cfg.Prefix)
 }
 
+// Unready is why the route cannot serve yet, nil once it can.
+func (r *Route) Unready() error {
+	if why := r.down.Load(); why != nil {
+		return errors.New(*why)
+	}
+	return nil
+}
+
 // Do carries one command on one of the route's keys (o.Args[1]).
 func (r *Route) Do(ctx context.Context, o Op) resp.Reply {
 	if !Supported(r.cfg.Format, o.ID) {
 		return resp.Err(r.Refusal(o.name()))
 	}
+	if err := r.Unready(); err != nil {
+		return r.fail(err)
+	}
 	if len(o.Args) < 2 {
 		return resp.Err("ERR wrong number of arguments for '" + o.name() + "' command")
 	}
 	key := o.key()
-	if canonical, ok := r.table.CanonicalKey(r.id(key)); !ok {
+	if !r.table.CanonicalKey(r.id(key)) {
 		// "user:01" would be a second cached copy of row 1.
 		if IsRead(o.ID) {
 			return absent(o)
 		}
-		return resp.Err(fmt.Sprintf("ERR route '%s': key %q is not in canonical form; use %q", r.cfg.Name, key, r.cfg.Prefix+canonical))
+		return r.fail(r.nonCanonical(ctx, key))
 	}
 	switch o.ID {
 	case router.CmdTtl, router.CmdPttl, router.CmdExpire:
@@ -128,6 +151,46 @@ func (r *Route) Do(ctx context.Context, o Op) resp.Reply {
 	ctx, cancel := context.WithTimeout(ctx, writeTimeout)
 	defer cancel()
 	return r.policy.Write(ctx, o)
+}
+
+// nonCanonical is the error for a write on key, which is not in canonical
+// form: it names the canonical key, or says why key is no value of the
+// key column's type (a *backend.KeyError).
+func (r *Route) nonCanonical(ctx context.Context, key string) error {
+	canonical, err := r.table.CanonicalForm(ctx, r.id(key))
+	if err != nil {
+		return err
+	}
+	return fmt.Errorf("key %q is not in canonical form; use %q", key, r.cfg.Prefix+canonical)
+}
+
+// checkSet checks, without applying anything, what SET key value on this
+// route would refuse: the format, the route's readiness, the key (its
+// canonical form, its cast to the key column) and the value (the value
+// column's type, or a JSON object of the table's columns), and for
+// write-back whether writes are accepted (durability.go).
+func (r *Route) checkSet(ctx context.Context, key string, value []byte) error {
+	if !Supported(r.cfg.Format, router.CmdSet) {
+		return redisErr(r.Refusal("set"))
+	}
+	if err := r.Unready(); err != nil {
+		return err
+	}
+	if !r.table.CanonicalKey(r.id(key)) {
+		return r.nonCanonical(ctx, key)
+	}
+	if err := r.table.CheckKey(ctx, r.id(key)); err != nil {
+		return err
+	}
+	if r.cfg.Policy == config.WriteBack {
+		if err := r.sh.guard.writeErr(); err != nil {
+			return err
+		}
+	}
+	if r.cfg.Format == config.FormatJSON {
+		return r.table.CheckObject(value)
+	}
+	return r.table.CheckValue(ctx, string(value))
 }
 
 // writeTimeout bounds one write command's PostgreSQL and Redis work.

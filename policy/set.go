@@ -32,71 +32,202 @@ type Set struct {
 	flusher *Flusher // nil without write-back routes
 	cache   Cache
 	cancel  context.CancelFunc
+	sh      *shared
+	log     *slog.Logger
+	meta    bool // write-back routes: respite_versions is checked (connect)
 }
 
-// Open connects to PostgreSQL and checks every route's table and columns;
-// the error names the route, table and column. Without routes it returns
+// Open builds the route set of cfg (at start-up and on every reload):
+// it checks the upstream Redis' eviction and persistence settings for
+// write-back routes (durability.go), connects to PostgreSQL and checks
+// every route's table, columns and privileges; a configuration error
+// names the route, table and column. PostgreSQL unreachable is not an
+// error: the set starts with its routes degraded (every command on their
+// keys answers an error naming the route and the cause; Ready says why)
+// and connects in the background, serving each route once its table is
+// described. Redis unreachable is not one either (logged; write-back
+// writes wait for the settings to be checked). Without routes it returns
 // nil and no error.
 func Open(cfg config.Config, cache Cache, rdb *redis.Client, log *slog.Logger) (*Set, error) {
 	if len(cfg.Routes) == 0 {
 		return nil, nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-	defer cancel()
-	db, err := backend.OpenWith(ctx, cfg.Postgres.DSN, backend.Options{
+	var wbRoutes, wtRoutes []string
+	for _, rc := range cfg.Routes {
+		switch rc.Policy {
+		case config.WriteBack:
+			wbRoutes = append(wbRoutes, rc.Name)
+		case config.WriteThrough:
+			wtRoutes = append(wtRoutes, rc.Name)
+		}
+	}
+	sh := newShared(cfg.WriteBack.Consumer)
+	sh.guard = newGuard(rdb, cfg.WriteBack, len(wbRoutes) > 0, log)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	d := sh.guard.check(ctx, true)
+	cancel()
+	if len(wbRoutes) > 0 && !d.Unreachable && d.Refusal != nil {
+		return nil, fmt.Errorf("write-back routes %s refused: %w", strings.Join(wbRoutes, ", "), d.Refusal)
+	}
+	db, err := backend.OpenWith(context.Background(), cfg.Postgres.DSN, backend.Options{
 		LoadConns: cfg.Postgres.MaxConns, FlushConns: cfg.Postgres.FlushConns,
 		StatementTimeout: time.Duration(cfg.Postgres.StatementTimeout),
 	})
 	if err != nil {
 		return nil, err // backend errors already name PostgreSQL
 	}
-	if err := db.Ping(ctx); err != nil {
+	s := &Set{db: db, cache: cache, sh: sh, log: log}
+	var facts []router.Route
+	for _, rc := range cfg.Routes {
+		r := newRoute(rc, db, nil, cache, rdb, log, sh)
+		why := "not ready: PostgreSQL is not connected yet"
+		r.down.Store(&why)
+		s.list = append(s.list, r)
+		facts = append(facts, router.Route{Name: rc.Name, Prefix: rc.Prefix, Policy: rc.Policy, Format: rc.Format})
+	}
+	s.routes = router.NewRoutes(facts)
+	ctx, cancel = context.WithTimeout(context.Background(), 15*time.Second)
+	err = s.connect(ctx)
+	cancel()
+	if err != nil && !backend.Unreachable(err) {
 		db.Close()
 		return nil, err
 	}
-	s := &Set{db: db, cache: cache}
-	for _, rc := range cfg.Routes {
-		if rc.Policy == config.WriteBack {
+	bg, stop := context.WithCancel(context.Background())
+	s.cancel = stop
+	if err != nil {
+		s.degrade(err)
+		log.Error("PostgreSQL unreachable at start-up: the routes answer an error until it is back; the proxy connects in the background, plain keys are not affected",
+			"err", LogDetail(err), "routes", len(s.list))
+		go s.reconnect(bg)
+	}
+	go ListenInvalidations(bg, rdb, s.list)
+	go sh.guard.run(bg)
+	if len(wtRoutes) > 0 {
+		// This instance's intents from before its restart are dead:
+		// resolve them before serving (writethrough.go).
+		own := d.Unreachable || !s.resolve(bg, true)
+		go s.sweep(bg, own)
+	}
+	if len(wbRoutes) > 0 {
+		s.flusher = NewFlusher(s.list, rdb, cfg.WriteBack.Consumer, log)
+		s.flusher.ClaimIdle = time.Duration(cfg.WriteBack.ClaimIdle)
+		s.flusher.flushedBefore = db.Flushed
+		go s.flusher.Run(bg)
+	}
+	return s, nil
+}
+
+// connect describes and checks the table of every route not ready yet,
+// making each ready as it goes. The first error stops it.
+func (s *Set) connect(ctx context.Context) error {
+	if err := s.db.Ping(ctx); err != nil {
+		return err
+	}
+	for _, r := range s.list {
+		rc := r.cfg
+		if r.Unready() == nil {
+			continue
+		}
+		if rc.Policy == config.WriteBack && !s.meta {
 			// The version side table: created here when the role may
 			// (a single-role deployment), else set up once with
 			// respite -setup-db; the error says which.
-			if err := db.EnsureMeta(ctx); err != nil {
-				db.Close()
-				return nil, fmt.Errorf("route %q: %w", rc.Name, err)
+			if err := s.db.EnsureMeta(ctx); err != nil {
+				return fmt.Errorf("route %q: %w", rc.Name, err)
 			}
-			break
+			s.meta = true
 		}
-	}
-	var facts []router.Route
-	for _, rc := range cfg.Routes {
-		t, err := db.Describe(ctx, rc.Table, rc.KeyColumn, rc.ValueColumn)
+		t, err := s.db.Describe(ctx, rc.Table, rc.KeyColumn, rc.ValueColumn)
 		if err != nil {
-			db.Close()
-			return nil, fmt.Errorf("route %q: %w", rc.Name, err)
+			return fmt.Errorf("route %q: %w", rc.Name, err)
 		}
 		// Every policy writes (cache-aside takes writes too): the role
 		// needs what the route's writes and flushes do.
 		if err := t.CheckAccess(ctx, backend.Access{Route: rc.Name, ValueOnly: rc.Format == config.FormatValue,
 			Write: true, WriteBack: rc.Policy == config.WriteBack}); err != nil {
-			db.Close()
-			return nil, err
+			return err
 		}
-		s.list = append(s.list, New(rc, db, t, cache, rdb, log))
-		facts = append(facts, router.Route{Name: rc.Name, Prefix: rc.Prefix, Policy: rc.Policy, Format: rc.Format})
+		r.table = t
+		r.down.Store(nil)
 	}
-	s.routes = router.NewRoutes(facts)
-	bg, stop := context.WithCancel(context.Background())
-	s.cancel = stop
-	go ListenInvalidations(bg, rdb, s.list)
+	return nil
+}
+
+// degrade records err as the reason of every route not ready yet.
+func (s *Set) degrade(err error) {
+	why := "not ready: PostgreSQL is unreachable (" + oneLine(err.Error()) + "); the proxy connects in the background and serves this route once it answers"
+	if !backend.Unreachable(err) {
+		why = "not ready: " + oneLine(err.Error()) + "; the proxy checks again in the background"
+	}
 	for _, r := range s.list {
-		if r.Config().Policy == config.WriteBack {
-			s.flusher = NewFlusher(s.list, rdb, cfg.WriteBack.Consumer, log)
-			s.flusher.ClaimIdle = time.Duration(cfg.WriteBack.ClaimIdle)
-			go s.flusher.Run(bg)
-			break
+		if r.Unready() != nil {
+			r.down.Store(&why)
 		}
 	}
-	return s, nil
+}
+
+// reconnectMax bounds the wait between two background connection
+// attempts: a route is served at most this long after PostgreSQL answers.
+const reconnectMax = 2 * time.Second
+
+// reconnect retries connect with backoff until every route is ready or
+// ctx ends, logging each new error once.
+func (s *Set) reconnect(ctx context.Context) {
+	wait, last := 100*time.Millisecond, ""
+	for ctx.Err() == nil {
+		sleepCtx(ctx, wait)
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := s.connect(cctx)
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		if err == nil {
+			s.log.Info("PostgreSQL connected: every route is served", "routes", len(s.list))
+			return
+		}
+		s.degrade(err)
+		if text := LogDetail(err); text != last {
+			last = text
+			if backend.Unreachable(err) {
+				s.log.Warn("PostgreSQL still unreachable; routes stay degraded", "err", text)
+			} else {
+				s.log.Error("routes stay degraded: PostgreSQL answers but a route cannot be served; fix it, the proxy checks again", "err", text)
+			}
+		}
+		wait = min(2*wait, reconnectMax)
+	}
+}
+
+// sweep resolves dead write-through intents (writethrough.go) every
+// intentSweep: those past their lease and, while own, this instance's
+// earlier runs' (until one pass succeeded).
+func (s *Set) sweep(ctx context.Context, own bool) {
+	for ctx.Err() == nil {
+		sleepCtx(ctx, intentSweep)
+		own = !s.resolve(ctx, own) && own
+	}
+}
+
+// resolve makes one pass of sweep over the write-through routes and
+// reports whether it reached Redis for all of them.
+func (s *Set) resolve(ctx context.Context, own bool) bool {
+	ok := true
+	for _, r := range s.list {
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		n, err := r.ResolveIntents(cctx, own)
+		cancel()
+		if err != nil {
+			ok = false
+			continue
+		}
+		if n > 0 {
+			s.log.Warn("write-through writes of a proxy that died were resolved: their keys' cached copies were invalidated",
+				"route", r.cfg.Name, "keys", n, "earlier_run", own)
+		}
+	}
+	return ok
 }
 
 // Routes is the router snapshot of the set's routes.
@@ -161,12 +292,42 @@ func (s *Set) Drain(ctx context.Context) (int64, error) {
 	return s.flusher.Drain(ctx)
 }
 
-// Ready reports whether PostgreSQL answers.
+// Ready reports whether PostgreSQL answers and every route is served;
+// the error names each degraded route and why.
 func (s *Set) Ready(ctx context.Context) error {
 	if s == nil {
 		return nil
 	}
+	var errs []error
+	for _, r := range s.list {
+		if err := r.Unready(); err != nil {
+			errs = append(errs, fmt.Errorf("route '%s' %w", r.cfg.Name, err))
+		}
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
 	return s.db.Ping(ctx)
+}
+
+// Degraded returns the names of the routes that cannot serve yet.
+func (s *Set) Degraded() []string {
+	var out []string
+	for _, r := range s.List() {
+		if r.Unready() != nil {
+			out = append(out, r.cfg.Name)
+		}
+	}
+	return out
+}
+
+// Durability is the last reading of the upstream Redis' eviction and
+// persistence settings (durability.go), nil without routes.
+func (s *Set) Durability() *Durability {
+	if s == nil {
+		return nil
+	}
+	return s.sh.guard.Current()
 }
 
 // PoolStats reports the PostgreSQL connections open and idle.
@@ -251,6 +412,9 @@ func (s *Set) mget(ctx context.Context, proto int, cmd *router.Command) resp.Rep
 		if !Supported(route.cfg.Format, router.CmdGet) {
 			return resp.Err(route.Refusal("get"))
 		}
+		if err := route.Unready(); err != nil {
+			return route.fail(err)
+		}
 		keys := make([][]byte, len(at))
 		for j, i := range at {
 			keys[j] = args[cmd.Keys[i]]
@@ -275,25 +439,74 @@ func (s *Set) mget(ctx context.Context, proto int, cmd *router.Command) resp.Rep
 	return resp.Array(parts...)
 }
 
-// mset answers MSET: each routed pair through its route's SET, the rest
-// with one MSET upstream.
+// mset answers MSET. Redis' MSET is all or nothing; across Redis and
+// PostgreSQL, with no transaction spanning both, it means this: every part
+// is checked before any is applied (the arity; for each routed pair that
+// the route serves SET and is ready, that the key is canonical and a value
+// of the key column, that the value is one the row accepts, that a
+// write-back route takes writes), so any part Redis, PostgreSQL or the
+// proxy would refuse fails the whole MSET with nothing applied. Then the
+// plain pairs go in one MSET upstream (atomic in Redis) and each routed
+// pair through its route's SET. Only a backend failing in between (Redis
+// or PostgreSQL becoming unreachable, a constraint another writer just
+// made fail) can leave the parts before it applied; the error then names
+// them.
 func (s *Set) mset(ctx context.Context, proto int, cmd *router.Command) resp.Reply {
 	args := cmd.Args
+	if len(args) < 3 || len(args)%2 == 0 {
+		return resp.Err(arity(cmd.Name()).Error())
+	}
 	plain := [][]byte{args[0]}
+	var routed []int // positions in cmd.Keys
 	for i, k := range cmd.Keys {
 		r := s.route(cmd, i)
 		if r == nil {
 			plain = append(plain, args[k], args[k+1])
 			continue
 		}
-		if reply := r.Do(ctx, Op{ID: router.CmdSet, Args: [][]byte{cmdSet, args[k], args[k+1]}, Proto: proto}); reply.IsError() {
+		if err := r.checkSet(ctx, string(args[k]), args[k+1]); err != nil {
+			return r.fail(err)
+		}
+		routed = append(routed, i)
+	}
+	var applied []string
+	if len(plain) > 1 {
+		if reply := s.plain(ctx, proto, plain); reply.IsError() || len(routed) == 0 {
 			return reply
 		}
+		for j := 1; j < len(plain); j += 2 {
+			applied = append(applied, string(plain[j]))
+		}
 	}
-	if len(plain) > 1 {
-		return s.plain(ctx, proto, plain)
+	for _, i := range routed {
+		k := cmd.Keys[i]
+		r := s.route(cmd, i)
+		reply := r.Do(ctx, Op{ID: router.CmdSet, Args: [][]byte{cmdSet, args[k], args[k+1]}, Proto: proto})
+		if reply.IsError() {
+			if len(applied) == 0 {
+				return reply
+			}
+			return resp.Err(fmt.Sprintf("ERR MSET applied %s, then failed on %q: %s", quoteList(applied), args[k], strings.TrimPrefix(reply.ErrorText(), "ERR ")))
+		}
+		applied = append(applied, string(args[k]))
 	}
 	return resp.OK()
+}
+
+// quoteList quotes keys for an error, at most ten of them.
+func quoteList(keys []string) string {
+	var b strings.Builder
+	for i, k := range keys {
+		if i == 10 {
+			fmt.Fprintf(&b, " and %d more", len(keys)-10)
+			break
+		}
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "%q", k)
+	}
+	return b.String()
 }
 
 // sum answers DEL, UNLINK, EXISTS and TOUCH: the sum over routed keys and
@@ -312,6 +525,9 @@ func (s *Set) sum(ctx context.Context, proto int, cmd *router.Command) resp.Repl
 			continue
 		}
 		if cmd.ID == router.CmdExists && Supported(s.list[r].cfg.Format, cmd.ID) {
+			if err := s.list[r].Unready(); err != nil {
+				return s.list[r].fail(err)
+			}
 			byRoute[r] = append(byRoute[r], args[k])
 			continue
 		}
@@ -363,6 +579,9 @@ func (s *Set) Queue(ctx context.Context, cmd *router.Command) (*Queued, error) {
 	if IsRead(cmd.ID) {
 		for i, k := range cmd.Keys {
 			if r := s.route(cmd, i); r != nil && Supported(r.Config().Format, cmd.ID) {
+				if err := r.Unready(); err != nil {
+					return nil, redisErr(r.errorText(err))
+				}
 				r.Ensure(ctx, string(cmd.Args[k]))
 			}
 		}
@@ -374,6 +593,12 @@ func (s *Set) Queue(ctx context.Context, cmd *router.Command) (*Queued, error) {
 	r := s.list[cmd.Route]
 	if !Supported(r.cfg.Format, cmd.ID) {
 		return nil, redisErr(r.Refusal(cmd.Name()))
+	}
+	if err := r.Unready(); err != nil {
+		return nil, redisErr(r.errorText(err))
+	}
+	if len(cmd.Args) > 1 && !r.table.CanonicalKey(r.id(string(cmd.Args[1]))) {
+		return nil, redisErr(r.errorText(r.nonCanonical(ctx, string(cmd.Args[1]))))
 	}
 	q, err := r.policy.Queue(ctx, Op{ID: cmd.ID, Args: cmd.Args, Proto: 2})
 	if err != nil {
@@ -428,11 +653,20 @@ func (s *Set) Begin(ctx context.Context, ops []*Queued, proto int) (*Txn, error)
 // execReply (an array): the PostgreSQL transaction commits, the queued
 // writes' elements of the array become the commands' own replies, and the
 // cache follows PostgreSQL. If the commit fails, the touched keys are
-// invalidated and the error returned.
+// invalidated and the error returned. A transaction with write-through
+// writes that ran longer than their intents' lease (writethrough.go) is
+// rolled back instead of committed: other proxies may have taken them
+// for dead.
 func (t *Txn) Commit(ctx context.Context, execReply []byte) ([]byte, error) {
 	if t.tx != nil {
 		t.done = true
-		if err := t.tx.Commit(ctx); err != nil {
+		err := t.overdue()
+		if err != nil {
+			t.tx.Rollback(context.WithoutCancel(ctx))
+		} else {
+			err = t.tx.Commit(ctx)
+		}
+		if err != nil {
 			for _, op := range t.ops {
 				op.r.policy.Finish(ctx, op, nil, false)
 			}
@@ -441,6 +675,7 @@ func (t *Txn) Commit(ctx context.Context, execReply []byte) ([]byte, error) {
 	}
 	elems, ok := resp.Elements(execReply)
 	if !ok {
+		t.abandon()
 		return execReply, nil
 	}
 	for _, op := range t.ops {
@@ -452,11 +687,37 @@ func (t *Txn) Commit(ctx context.Context, execReply []byte) ([]byte, error) {
 		}
 		elems[op.Pos] = op.r.policy.Finish(ctx, op, elems[op.Pos], true).AppendTo(nil, t.proto)
 	}
+	t.abandon()
 	b := resp.AppendArray(nil, len(elems))
 	for _, e := range elems {
 		b = append(b, e...)
 	}
 	return b, nil
+}
+
+// overdue says whether a write-through write of t ran past its
+// writePhase.
+func (t *Txn) overdue() error {
+	for _, op := range t.ops {
+		if in := op.intent; in != nil && time.Since(in.start) > op.r.writePhase() {
+			return fmt.Errorf("the transaction ran %v, longer than write-through's %v: rolled back (docs/OPERATIONS.md, \"Write-through after a crash\")",
+				time.Since(in.start).Round(time.Millisecond), op.r.writePhase())
+		}
+	}
+	return nil
+}
+
+// abandon ends the intents of write-through writes that were prepared
+// but whose PostgreSQL part did not commit: the cached copy stays.
+func (t *Txn) abandon() {
+	for _, op := range t.ops {
+		if op.intent != nil {
+			if err := op.r.finishWrite(context.Background(), op.Key(), op.intent, outcomeRefused); err != nil {
+				op.r.log.Warn("ending a write-through intent failed", "err", err)
+			}
+			op.intent = nil
+		}
+	}
 }
 
 // Rollback abandons the PostgreSQL transaction unless it committed.
@@ -467,6 +728,7 @@ func (t *Txn) Rollback() {
 			t.s.list[0].log.Warn("rolling back a transaction failed", "err", err)
 		}
 	}
+	t.abandon()
 }
 
 // SetupDB creates, as the role of dsn, the schema objects the route layer

@@ -25,23 +25,44 @@ import (
 // process (keyLocks).
 
 // writeDirect runs a write command on its key against PostgreSQL, then
-// brings the cache in line with it (afterWrite).
+// brings the cache in line with it: cache-aside invalidates (afterWrite),
+// write-through stores the row (writethrough.go).
 func (r *Route) writeDirect(ctx context.Context, o Op) resp.Reply {
 	key := o.key()
-	if r.cfg.Policy == config.WriteThrough {
-		// Write-through refuses writes it could not mirror in the cache.
-		if _, err := r.cache.Do(ctx, 2, [][]byte{cmdExists, o.Args[1]}); err != nil {
-			return r.fail(err)
-		}
-	}
 	unlock := r.locks.lock(key)
 	defer unlock()
-	reply, err := r.dbWrite(ctx, nil, o)
+	if r.cfg.Policy != config.WriteThrough {
+		reply, err := r.dbWrite(ctx, nil, o)
+		if err != nil {
+			return r.fail(err)
+		}
+		if err := r.afterWrite(ctx, key); err != nil {
+			r.log.Warn("cache update after write failed", "err", err)
+		}
+		return reply
+	}
+	// Write-through announces the write first (writethrough.go), which
+	// also refuses it while Redis is unreachable: the cache could not
+	// follow.
+	in, err := r.beginIntent(ctx, key)
 	if err != nil {
 		return r.fail(err)
 	}
-	if err := r.afterWrite(ctx, key); err != nil {
-		r.log.Warn("cache update after write failed", "err", err)
+	pctx, cancel := context.WithTimeout(ctx, r.writePhase())
+	reply, err := r.dbWrite(pctx, nil, o)
+	cancel()
+	out := outcomeCommitted
+	if err != nil {
+		out = outcomeInvalidate
+		if refusedForCertain(err) {
+			out = outcomeRefused
+		}
+	}
+	if ferr := r.finishWrite(ctx, key, in, out); ferr != nil {
+		r.log.Warn("cache update after write failed", "err", ferr)
+	}
+	if err != nil {
+		return r.fail(err)
 	}
 	return reply
 }

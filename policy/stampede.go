@@ -132,9 +132,12 @@ func (r *Route) fetch(ctx context.Context, key string, filled uint64) (row, erro
 }
 
 // loadAndFill loads key from PostgreSQL and caches the result unless the
-// key was written meanwhile.
+// key was written meanwhile (in this process: its generation; on a
+// write-through route in any process: the key's write generation in
+// Redis, writethrough.go).
 func (r *Route) loadAndFill(ctx context.Context, key string) (row, error) {
 	gen := r.loads.slot(key).Load()
+	guard, fillable := r.beforeLoad(ctx, key)
 	start := time.Now()
 	rw, err := r.loadRow(ctx, r.db.Pool(), key)
 	r.Stats.Loads.Add(1)
@@ -142,10 +145,10 @@ func (r *Route) loadAndFill(ctx context.Context, key string) (row, error) {
 	if err != nil {
 		return row{}, err
 	}
-	if r.loads.slot(key).Load() == gen {
-		if err := r.fill(ctx, key, rw, false); err != nil {
+	if fillable && r.loads.slot(key).Load() == gen {
+		if stored, err := r.fillAfterLoad(ctx, key, rw, false, guard); err != nil {
 			r.log.Warn("cache fill failed", "err", err)
-		} else {
+		} else if stored {
 			r.loads.fills[r.loads.index(key)].Add(1)
 		}
 		if r.local != nil && rw.found {
@@ -157,6 +160,26 @@ func (r *Route) loadAndFill(ctx context.Context, key string) (row, error) {
 		}
 	}
 	return rw, nil
+}
+
+// beforeLoad is what a fill must know from before its load: on a
+// write-through route the key's write generation (observe). fillable is
+// false when it could not be read: the load's result is then not cached.
+func (r *Route) beforeLoad(ctx context.Context, key string) (guard string, fillable bool) {
+	if r.cfg.Policy != config.WriteThrough {
+		return "", true
+	}
+	g, err := r.observe(ctx, key)
+	return g, err == nil
+}
+
+// fillAfterLoad caches a row loaded after beforeLoad returned guard, and
+// reports whether it did.
+func (r *Route) fillAfterLoad(ctx context.Context, key string, rw row, overwrite bool, guard string) (bool, error) {
+	if r.cfg.Policy == config.WriteThrough {
+		return r.fillGuarded(ctx, key, rw, overwrite, guard)
+	}
+	return true, r.fill(ctx, key, rw, overwrite)
 }
 
 // observeLoad keeps an exponentially weighted mean of load times: the
@@ -304,11 +327,12 @@ func (r *Route) refresh(key string) {
 		ctx, cancel := context.WithTimeout(context.Background(), loadTimeout)
 		defer cancel()
 		gen := r.loads.slot(key).Load()
+		guard, fillable := r.beforeLoad(ctx, key)
 		rw, err := r.loadRow(ctx, r.db.Pool(), key)
 		r.Stats.Loads.Add(1)
-		if err == nil && rw.found && r.loads.slot(key).Load() == gen {
+		if err == nil && fillable && rw.found && r.loads.slot(key).Load() == gen {
 			r.Stats.EarlyRefreshes.Add(1)
-			r.fill(ctx, key, rw, true)
+			r.fillAfterLoad(ctx, key, rw, true, guard)
 		}
 		return nil, err
 	})

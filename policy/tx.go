@@ -28,11 +28,12 @@ type Queued struct {
 	// Pos is the command's place in EXEC's reply, set by the session.
 	Pos int
 
-	read  bool // a read, queued as it is
-	r     *Route
-	op    Op         // the client's command, its arguments copied
-	float bool       // write-back INCRBYFLOAT: the script's reply is the command's
-	reply resp.Reply // Prepare's reply
+	read   bool // a read, queued as it is
+	r      *Route
+	op     Op         // the client's command, its arguments copied
+	float  bool       // write-back INCRBYFLOAT: the script's reply is the command's
+	reply  resp.Reply // Prepare's reply
+	intent *intent    // write-through: the write's intent, from Prepare until Finish
 }
 
 // Write reports whether q is a write, which EXEC must apply.

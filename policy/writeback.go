@@ -3,6 +3,7 @@ package policy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strconv"
 	"strings"
 
@@ -117,6 +118,9 @@ var (
 func (w *writeBack) Write(ctx context.Context, o Op) resp.Reply {
 	r := w.r
 	key, args := o.key(), o.Args
+	if err := r.sh.guard.writeErr(); err != nil {
+		return r.fail(err)
+	}
 	if err := r.table.CheckKey(ctx, r.id(key)); err != nil {
 		return r.fail(err)
 	}
@@ -150,7 +154,7 @@ func (w *writeBack) Write(ctx context.Context, o Op) resp.Reply {
 				return r.fail(err)
 			}
 		}
-		v, err := w.run(ctx, wbIncr, key, keys, delta, kind)
+		v, err := w.run(ctx, o, wbIncr, keys, delta, kind)
 		if err != nil {
 			return r.fail(err)
 		}
@@ -161,7 +165,7 @@ func (w *writeBack) Write(ctx context.Context, o Op) resp.Reply {
 		n, _ := strconv.ParseInt(s, 10, 64)
 		return resp.Int(n)
 	case router.CmdDel, router.CmdUnlink:
-		v, err := w.run(ctx, wbDel, key, keys)
+		v, err := w.run(ctx, o, wbDel, keys)
 		if err != nil {
 			return r.fail(err)
 		}
@@ -179,7 +183,7 @@ func (w *writeBack) Write(ctx context.Context, o Op) resp.Reply {
 				}
 			}
 		}
-		v, err := w.run(ctx, wbHash, key, keys, hargs...)
+		v, err := w.run(ctx, o, wbHash, keys, hargs...)
 		if err != nil {
 			return r.fail(err)
 		}
@@ -206,6 +210,9 @@ func (w *writeBack) Queue(ctx context.Context, o Op) (*Queued, error) {
 	r := w.r
 	key := o.key()
 	q := &Queued{r: r, op: Op{ID: o.ID, Args: cloneArgs(o.Args), Proto: o.Proto}}
+	if err := r.sh.guard.writeErr(); err != nil {
+		return nil, err
+	}
 	if err := r.table.CheckKey(ctx, r.id(key)); err != nil {
 		return nil, err
 	}
@@ -251,7 +258,7 @@ func (w *writeBack) Queue(ctx context.Context, o Op) (*Queued, error) {
 	if o.ID != router.CmdSet && o.ID != router.CmdSetex {
 		// The script needs the row cached (or tombstoned) when EXEC runs.
 		if _, err := r.ensure(ctx, key); err != nil {
-			return nil, err
+			return nil, w.needsRow(o, err)
 		}
 	}
 	q.Cmd = [][]byte{[]byte("EVAL"), []byte(src), []byte("3")}
@@ -295,7 +302,8 @@ func (w *writeBack) Finish(_ context.Context, q *Queued, elem []byte, _ bool) re
 
 // run runs a script that needs the key cached (or tombstoned), loading the
 // row first when the script says so.
-func (w *writeBack) run(ctx context.Context, s *redis.Script, key string, keys []string, args ...any) (any, error) {
+func (w *writeBack) run(ctx context.Context, o Op, s *redis.Script, keys []string, args ...any) (any, error) {
+	key := o.key()
 	for attempt := 0; ; attempt++ {
 		v, err := s.Run(ctx, w.r.rdb, keys, args...).Result()
 		if err == nil || !strings.Contains(err.Error(), loadNeeded) || attempt == 3 {
@@ -308,9 +316,34 @@ func (w *writeBack) run(ctx context.Context, s *redis.Script, key string, keys [
 			return v, err
 		}
 		if _, err := w.r.fetch(ctx, key, w.r.loads.filled(key)); err != nil {
-			return nil, err
+			return nil, w.needsRow(o, err)
 		}
 	}
+}
+
+// needsRow is the error for a write on a key that is not cached when its
+// row cannot be loaded. Only SET and SETEX write a key without its row;
+// every other write's reply, or the whole row the cache must hold, comes
+// from the row (docs/OPERATIONS.md, "Write-back while PostgreSQL is
+// down").
+func (w *writeBack) needsRow(o Op, err error) error {
+	if !backend.Unreachable(err) {
+		return err
+	}
+	why := map[router.ID]string{
+		router.CmdIncr: "its reply is the new value", router.CmdIncrby: "its reply is the new value",
+		router.CmdDecr: "its reply is the new value", router.CmdDecrby: "its reply is the new value",
+		router.CmdIncrbyfloat: "its reply is the new value",
+		router.CmdDel:         "its reply says whether the row existed", router.CmdUnlink: "its reply says whether the row existed",
+		router.CmdHset: "its reply counts the new fields", router.CmdHdel: "its reply counts the removed fields",
+		router.CmdHincrby: "its reply is the new value", router.CmdHmset: "the cached hash must hold the whole row",
+	}[o.ID]
+	if why == "" {
+		why = "it needs the row"
+	}
+	return fmt.Errorf("%s on a key that is not cached needs its row from PostgreSQL (%s), which is unreachable (%v); nothing was queued. "+
+		"While PostgreSQL is down write-back takes SET on any key and every write on cached keys",
+		strings.ToUpper(o.name()), why, err)
 }
 
 // floatColumn refuses INCRBYFLOAT when the value column cannot hold a

@@ -66,21 +66,33 @@ func (s *Server) Snapshot() admin.Snapshot {
 			snap.Queues = append(snap.Queues, queueStats(q))
 		}
 	}
+	snap.RoutesDegraded = int64(len(set.Degraded()))
+	if d := set.Durability(); d != nil {
+		snap.Persistence, snap.MaxMemoryPolicy = d.Mode, d.Policy
+		if snap.MaxMemoryPolicy == "" {
+			snap.MaxMemoryPolicy = "unknown"
+		}
+		snap.WritebackRefused = d.Refusal != nil && set.Flusher() != nil
+	}
 	return snap
 }
 
 func queueStats(q policy.QueueStats) admin.QueueStats {
 	return admin.QueueStats{Route: q.Route, Length: q.Length, OldestAgeSeconds: q.OldestAge.Seconds(),
-		InFlight: q.InFlight, DeadLetters: q.DeadLetters}
+		InFlight: q.InFlight, DeadLetters: q.DeadLetters, Lost: q.Lost}
 }
 
-// Ready reports whether the upstream Redis and PostgreSQL answer.
+// Ready reports whether the upstream Redis and PostgreSQL answer and
+// every route is served (a degraded route is named with its reason).
 func (s *Server) Ready(ctx context.Context) error {
 	var errs []error
 	if err := s.up.Redis().Ping(ctx).Err(); err != nil {
 		errs = append(errs, errors.New("upstream redis: "+err.Error()))
 	}
-	if err := s.routes.Load().Ready(ctx); err != nil {
+	set := s.routes.Load()
+	if len(set.Degraded()) > 0 {
+		errs = append(errs, set.Ready(ctx)) // names each degraded route and why
+	} else if err := set.Ready(ctx); err != nil {
 		errs = append(errs, errors.New("postgres: "+err.Error()))
 	}
 	return errors.Join(errs...)

@@ -74,6 +74,20 @@ func (s *Server) infoSection(set *policy.Set) string {
 	fmt.Fprintf(&b, "respite_gate_waits:%d\r\n", s.gate.Waits.Load())
 	fmt.Fprintf(&b, "respite_gomaxprocs:%d\r\n", runtime.GOMAXPROCS(0))
 	fmt.Fprintf(&b, "respite_routes:%d\r\n", len(set.List()))
+	if len(set.List()) > 0 {
+		fmt.Fprintf(&b, "respite_routes_degraded:%d\r\n", len(set.Degraded()))
+	}
+	if d := set.Durability(); d != nil {
+		policy := d.Policy
+		if policy == "" {
+			policy = "unknown"
+		}
+		fmt.Fprintf(&b, "respite_upstream_persistence:%s\r\n", d.Mode)
+		fmt.Fprintf(&b, "respite_upstream_maxmemory_policy:%s\r\n", policy)
+		if set.Flusher() != nil {
+			fmt.Fprintf(&b, "respite_writeback_writes_refused:%d\r\n", boolInt(d.Refusal != nil))
+		}
+	}
 	for _, r := range set.List() {
 		st := &r.Stats
 		hits, misses := st.Hits.Load(), st.Misses.Load()
@@ -81,8 +95,9 @@ func (s *Server) infoSection(set *policy.Set) string {
 		if hits+misses > 0 {
 			rate = float64(hits) / float64(hits+misses)
 		}
-		fmt.Fprintf(&b, "respite_route_%s:policy=%s,hits=%d,misses=%d,hit_rate=%.4f,db_loads=%d,negative_hits=%d,writes=%d,errors=%d\r\n",
-			r.Config().Name, r.Config().Policy, hits, misses, rate, st.Loads.Load(), st.NegativeHits.Load(), st.Writes.Load(), st.Errors.Load())
+		fmt.Fprintf(&b, "respite_route_%s:policy=%s,hits=%d,misses=%d,hit_rate=%.4f,db_loads=%d,negative_hits=%d,writes=%d,errors=%d,ready=%d\r\n",
+			r.Config().Name, r.Config().Policy, hits, misses, rate, st.Loads.Load(), st.NegativeHits.Load(), st.Writes.Load(), st.Errors.Load(),
+			boolInt(r.Unready() == nil))
 	}
 	return b.String()
 }

@@ -57,8 +57,9 @@ func newFake() *fakeSource {
 				Coalesced: 6, EarlyRefreshes: 2, Degraded: 1, Writes: 8, Errors: 3},
 			{Name: "pageviews", Policy: "write-back", Hits: 1, Misses: 2, Writes: 1000},
 		},
-		Queues:      []admin.QueueStats{{Route: "pageviews", Length: 120, OldestAgeSeconds: 1.5, InFlight: 100, DeadLetters: 2}},
+		Queues:      []admin.QueueStats{{Route: "pageviews", Length: 120, OldestAgeSeconds: 1.5, InFlight: 100, DeadLetters: 2, Lost: 1}},
 		WatchAborts: 4, WatchCommits: 40, GateWaits: 9,
+		RoutesDegraded: 1, Persistence: "aof-everysec", MaxMemoryPolicy: "noeviction", WritebackRefused: true,
 	}}
 }
 
@@ -152,6 +153,13 @@ func TestMetricsReportSnapshot(t *testing.T) {
 		{"respite_watch_aborts_total", nil, 4, dto.MetricType_COUNTER},
 		{"respite_watch_commits_total", nil, 40, dto.MetricType_COUNTER},
 		{"respite_gate_waits_total", nil, 9, dto.MetricType_COUNTER},
+		{"respite_writeback_queue_lost_total", []string{"route", "pageviews"}, 1, dto.MetricType_COUNTER},
+		{"respite_writeback_writes_refused", nil, 1, dto.MetricType_GAUGE},
+		{"respite_routes_degraded", nil, 1, dto.MetricType_GAUGE},
+		{"respite_upstream_persistence", []string{"mode", "aof-everysec"}, 1, dto.MetricType_GAUGE},
+		{"respite_upstream_persistence", []string{"mode", "none"}, 0, dto.MetricType_GAUGE},
+		{"respite_upstream_persistence", []string{"mode", "aof-always"}, 0, dto.MetricType_GAUGE},
+		{"respite_upstream_maxmemory_policy", []string{"policy", "noeviction"}, 1, dto.MetricType_GAUGE},
 	} {
 		got, ok := value(fams, tc.name, tc.labels...)
 		if !ok {
@@ -356,6 +364,8 @@ func TestMetricNames(t *testing.T) {
 		"respite_watch_commits_total", "respite_gate_waits_total", "respite_command_duration_seconds",
 		"respite_upstream_pool_connections", "respite_postgres_pool_connections",
 		"respite_writeback_statements_total", "respite_writeback_flush_errors_total", "respite_writeback_coalesced_total",
+		"respite_writeback_queue_lost_total", "respite_writeback_writes_refused", "respite_routes_degraded",
+		"respite_upstream_persistence", "respite_upstream_maxmemory_policy",
 	}
 	slices.Sort(want)
 	if got := admin.MetricNames(); !slices.Equal(got, want) {

@@ -44,7 +44,21 @@ type Snapshot struct {
 	// Flush counts the write-back flusher's statements, failed statements
 	// and the entries coalescing saved from being written.
 	FlushStatements, FlushErrors, FlushCoalesced int64
+	// RoutesDegraded counts the routes that cannot serve yet (PostgreSQL
+	// unreachable at start-up, or their table not usable).
+	RoutesDegraded int64
+	// Persistence is the upstream Redis' persistence mode (one of
+	// PersistenceModes), MaxMemoryPolicy its maxmemory-policy ("unknown"
+	// when it cannot be read); both "" without routes.
+	Persistence, MaxMemoryPolicy string
+	// WritebackRefused: write-back writes are refused because of the
+	// upstream's settings (or while they are not checked yet).
+	WritebackRefused bool
 }
+
+// PersistenceModes are the values of respite_upstream_persistence's mode
+// label (policy.PersistenceModes).
+var PersistenceModes = []string{"aof-always", "aof-everysec", "aof-no", "aof", "rdb", "none", "no-aof", "unknown"}
 
 // PoolStats are a connection pool's current connections.
 type PoolStats struct{ Total, Idle int64 }
@@ -65,6 +79,7 @@ type QueueStats struct {
 	OldestAgeSeconds float64 // age of the oldest entry: the sync lag
 	InFlight         int64   // entries read by a flusher and not yet acknowledged
 	DeadLetters      int64   // entries in the dead-letter queue
+	Lost             int64   // times this instance found the queue lost (its stream or group gone)
 }
 
 // Source is the running proxy as the admin listener sees it.
@@ -116,6 +131,11 @@ const (
 	MetricFlushStatements      = "respite_writeback_statements_total"
 	MetricFlushErrors          = "respite_writeback_flush_errors_total"
 	MetricFlushCoalesced       = "respite_writeback_coalesced_total"
+	MetricWritebackQueueLost   = "respite_writeback_queue_lost_total"
+	MetricWritebackRefused     = "respite_writeback_writes_refused"
+	MetricRoutesDegraded       = "respite_routes_degraded"
+	MetricUpstreamPersistence  = "respite_upstream_persistence"
+	MetricUpstreamEviction     = "respite_upstream_maxmemory_policy"
 )
 
 // MetricNames returns the name of every metric Respite exports (without
@@ -165,6 +185,11 @@ var descs = []desc{
 	{MetricFlushStatements, "Write-back flush statements sent to PostgreSQL (failed ones included).", prometheus.CounterValue, ""},
 	{MetricFlushErrors, "Write-back flush statements that failed (PostgreSQL errors; retried, or dead-lettered after max_retries).", prometheus.CounterValue, ""},
 	{MetricFlushCoalesced, "Write-back entries that coalescing saved from being written (entries minus distinct keys per batch): the DB work the queue saved.", prometheus.CounterValue, ""},
+	{MetricWritebackQueueLost, "Times this instance found a write-back queue lost: its Redis Stream or consumer group disappeared (eviction, DEL/FLUSHALL, a Redis restart without persistence). Acknowledged writes not yet in PostgreSQL may be gone.", prometheus.CounterValue, "route"},
+	{MetricWritebackRefused, "1 while write-back writes are refused because of the upstream Redis' settings (an evicting maxmemory-policy, AOF off with write_back.require_aof, settings not readable or not checked yet).", prometheus.GaugeValue, ""},
+	{MetricRoutesDegraded, "Routes that cannot serve yet: PostgreSQL was unreachable at start-up (the proxy connects in the background) or a route's table is not usable.", prometheus.GaugeValue, ""},
+	{MetricUpstreamPersistence, "The upstream Redis' persistence, 1 for the current mode (aof-always, aof-everysec, aof-no, aof, rdb, none, no-aof, unknown), 0 for the others: what a Redis crash or restart costs write-back.", prometheus.GaugeValue, "mode"},
+	{MetricUpstreamEviction, "The upstream Redis' maxmemory-policy, 1 for the current one (unknown when it cannot be read).", prometheus.GaugeValue, "policy"},
 }
 
 // Metrics is a prometheus.Collector over a Source plus the command latency
@@ -307,6 +332,38 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	emit(float64(s.FlushErrors))
 	next()
 	emit(float64(s.FlushCoalesced))
+	next()
+	for _, q := range queues {
+		emit(float64(q.Lost), q.Route)
+	}
+	next()
+	if s.Persistence != "" {
+		emit(float64(boolInt(s.WritebackRefused)))
+	}
+	next()
+	emit(float64(s.RoutesDegraded))
+	next()
+	if s.Persistence != "" {
+		known := false
+		for _, mode := range PersistenceModes {
+			known = known || mode == s.Persistence
+			emit(float64(boolInt(mode == s.Persistence)), mode)
+		}
+		if !known {
+			emit(1, s.Persistence)
+		}
+	}
+	next()
+	if s.MaxMemoryPolicy != "" {
+		emit(1, s.MaxMemoryPolicy)
+	}
+}
+
+func boolInt(b bool) int64 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // dedupe keeps the first element of each name: a duplicate label set would

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -109,7 +110,21 @@ type Queue struct {
 	// ClaimIdle is how long another consumer's unacknowledged entries must
 	// be idle before this proxy takes them over (default 30s).
 	ClaimIdle Duration `yaml:"claim_idle"`
+	// AllowEvictingPolicy accepts, by name, an upstream maxmemory-policy
+	// that can evict the write-back queues (allkeys-lru, allkeys-lfu,
+	// allkeys-random), or "unverified": settings the proxy may not read
+	// (CONFIG GET and INFO refused). Without it such an upstream refuses
+	// write-back routes (docs/OPERATIONS.md, "Durability of write-back").
+	AllowEvictingPolicy string `yaml:"allow_evicting_policy"`
+	// RequireAOF refuses write-back routes unless the upstream Redis has
+	// AOF on (appendonly yes).
+	RequireAOF bool `yaml:"require_aof"`
 }
+
+// EvictingPolicies are the Redis maxmemory policies that may evict keys
+// without a TTL; write_back.allow_evicting_policy names one of them, or
+// "unverified".
+var EvictingPolicies = []string{"allkeys-lru", "allkeys-lfu", "allkeys-random"}
 
 // Postgres configures the pgx pools.
 type Postgres struct {
@@ -484,6 +499,13 @@ func (c *Config) validateRoutes() *fieldError {
 	}
 	if c.WriteBack.ClaimIdle == 0 {
 		c.WriteBack.ClaimIdle = Duration(30 * time.Second)
+	}
+	if p := c.WriteBack.AllowEvictingPolicy; p != "" && p != "unverified" && !slices.Contains(EvictingPolicies, p) {
+		hint := "a policy that evicts keys without TTL: " + strings.Join(EvictingPolicies, ", ") + ", or unverified"
+		if strings.HasPrefix(p, "volatile-") || p == "noeviction" {
+			hint = p + " cannot evict the queues and needs no opt-in: remove the field"
+		}
+		return bad("write_back.allow_evicting_policy", "%q is not accepted (%s)", p, hint)
 	}
 	if c.Postgres.MaxConns == 0 {
 		c.Postgres.MaxConns = 8

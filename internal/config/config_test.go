@@ -110,10 +110,20 @@ func TestErrorsNameFileLineAndField(t *testing.T) {
 		{route + "    max_retries: -1\n", "bad.yaml:10: routes[0].max_retries: -1 is negative (attempts, default 5)"},
 		{route + "    priority: urgent\n", `bad.yaml:10: routes[0].priority: "urgent" is not a priority (high or low)`},
 		{route + "    early_refresh_beta: -2\n", "bad.yaml:10: routes[0].early_refresh_beta: -2 is negative (a positive number, default 1)"},
+		{"write_back:\n  allow_evicting_policy: allkeys-lru2\n" + route, `bad.yaml:2: write_back.allow_evicting_policy: "allkeys-lru2" is not accepted (a policy that evicts keys without TTL: allkeys-lru, allkeys-lfu, allkeys-random, or unverified)`},
+		{"write_back:\n  allow_evicting_policy: volatile-lru\n" + route, `bad.yaml:2: write_back.allow_evicting_policy: "volatile-lru" is not accepted (volatile-lru cannot evict the queues and needs no opt-in: remove the field)`},
+		{"write_back:\n  require_aof: sure\n", "bad.yaml:2: write_back.require_aof: sure is not a boolean (true or false)"},
 	} {
 		_, err := Parse("bad.yaml", []byte(tc.yaml))
 		if err == nil || err.Error() != tc.want {
 			t.Errorf("%q:\n got  %v\n want %s", tc.yaml, err, tc.want)
+		}
+	}
+	// The write-back opt-ins by name.
+	for _, p := range []string{"allkeys-lru", "allkeys-lfu", "allkeys-random", "unverified"} {
+		cfg, err := Parse("ok.yaml", []byte("write_back:\n  allow_evicting_policy: "+p+"\n  require_aof: true\n"+route))
+		if err != nil || cfg.WriteBack.AllowEvictingPolicy != p || !cfg.WriteBack.RequireAOF {
+			t.Errorf("allow_evicting_policy %s: %+v %v", p, cfg.WriteBack, err)
 		}
 	}
 	// Whole numbers, durations, percentages and <<: merges still decode.
