@@ -166,9 +166,7 @@ func TestFlushallKeepsWriteBackQueue(t *testing.T) {
 	if got := c.do("RESPITE", "FLUSH"); got != "+OK\r\n" {
 		t.Fatalf("RESPITE FLUSH: %q", got)
 	}
-	if got, _ := pg.Query("SELECT views FROM page_views WHERE page_id = 'flush-test'"); !strings.Contains(got, "1") {
-		t.Fatalf("not flushed to PostgreSQL: %q", got)
-	}
+	waitViews(t, pg, "flush-test", "1")
 	if got := c.do("FLUSHALL"); got != "+OK\r\n" {
 		t.Fatalf("FLUSHALL with empty queues: %q", got)
 	}
@@ -186,7 +184,22 @@ func TestFlushallKeepsWriteBackQueue(t *testing.T) {
 	if got := c.do("RESPITE", "FLUSH"); got != "+OK\r\n" {
 		t.Fatalf("RESPITE FLUSH: %q", got)
 	}
-	if got, _ := pg.Query("SELECT views FROM page_views WHERE page_id = 'flush-test'"); !strings.Contains(got, "2") {
-		t.Errorf("the write after FLUSHALL was not flushed: %q", got)
+	waitViews(t, pg, "flush-test", "2")
+}
+
+// waitViews waits (5 s at most) until page_views holds views for page: a
+// flush that another pass had in hand commits a moment later.
+func waitViews(t *testing.T, pg *testenv.Postgres, page, views string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		got, _ := pg.Query("SELECT views FROM page_views WHERE page_id = '" + page + "'")
+		if strings.TrimSpace(got) == views {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("page_views[%s] = %q, want %s", page, got, views)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
