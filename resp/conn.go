@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -81,6 +82,12 @@ type Conn struct {
 	closeOnce sync.Once
 
 	reads int // Read calls, for tests
+
+	// Limits.Total and Limits.Idle (limits.go)
+	counted    int64       // bytes of the current command added to lim.Total
+	idleFrom   time.Time   // since when the client has completed no command
+	idleArmed  bool        // the wrapped conn's read deadline is the idle one
+	idleExempt atomic.Bool // SetIdleExempt
 }
 
 // NewConn wraps c with limits lim (zero fields mean the defaults). Read then
@@ -195,7 +202,13 @@ func (c *Conn) read(p []byte) (int, error) {
 		} else if c.rerr != nil {
 			err = c.rerr
 		} else {
+			if c.lim.Idle > 0 {
+				c.armIdle(w)
+			}
 			n, err = c.Conn.Read(p[w:])
+			if err != nil && isTimeout(err) && c.idleArmed && !time.Now().Before(c.idleFrom.Add(c.lim.Idle)) {
+				err = ErrIdle
+			}
 			if err != nil && !isTimeout(err) {
 				c.rerr = err
 				c.markClosed()
@@ -206,6 +219,9 @@ func (c *Conn) read(p []byte) (int, error) {
 			var perr *ProtocolError
 			var stop int
 			w, stop, perr = c.parse(p, w, end, &bnd)
+			if perr == nil && c.lim.Total != nil {
+				perr = c.account()
+			}
 			if perr != nil {
 				c.perr = perr
 				c.reset()
@@ -324,4 +340,70 @@ func isTimeout(err error) bool {
 	}
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// Write writes p to the client. An empty p makes no system call: redcon
+// flushes its own writer after every batch, which stays empty when the
+// replies are written another way.
+func (c *Conn) Write(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	return c.Conn.Write(p)
+}
+
+// account keeps the bytes of the current incomplete command in lim.Total,
+// in steps of totalStep, and refuses the command past lim.MaxTotal.
+func (c *Conn) account() *ProtocolError {
+	var cur int64
+	if c.st != stStart && c.cmdBytes >= totalStep {
+		cur = c.cmdBytes
+	}
+	if d := cur - c.counted; d >= totalStep || (d < 0 && cur == 0) || d <= -totalStep {
+		t := c.lim.Total.Add(d)
+		c.counted = cur
+		if d > 0 && c.lim.MaxTotal > 0 && t > c.lim.MaxTotal {
+			c.lim.Total.Add(-cur)
+			c.counted = 0
+			return ErrQueryTotal
+		}
+	}
+	return nil
+}
+
+// Close closes the wrapped conn and gives back what the Conn counted in
+// Limits.Total.
+func (c *Conn) Close() error {
+	if c.lim.Total != nil {
+		c.wmu.Lock()
+		if n := c.counted; n != 0 {
+			c.counted = 0
+			c.lim.Total.Add(-n)
+		}
+		c.wmu.Unlock()
+	}
+	return c.Conn.Close()
+}
+
+// SetIdleExempt exempts the client from Limits.Idle (or not): Redis does
+// not time out subscribed or monitoring clients.
+func (c *Conn) SetIdleExempt(on bool) { c.idleExempt.Store(on) }
+
+// armIdle sets the wrapped conn's read deadline for Limits.Idle before a
+// read; w is what this Read holds already.
+func (c *Conn) armIdle(w int) {
+	if c.idleExempt.Load() {
+		if c.idleArmed {
+			c.idleArmed = false
+			c.wmu.Lock()
+			c.Conn.SetReadDeadline(c.rdl)
+			c.wmu.Unlock()
+		}
+		return
+	}
+	if w == 0 && c.st == stStart && c.pend == len(c.pbuf) && c.lineLen == 0 {
+		c.idleFrom = time.Now() // nothing of a command yet: idle from now
+	}
+	c.idleArmed = true
+	c.Conn.SetReadDeadline(c.idleFrom.Add(c.lim.Idle))
 }

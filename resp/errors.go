@@ -28,6 +28,11 @@ func (e *ProtocolError) Unwrap() error { return ErrProtocol }
 
 func protoErr(msg string) *ProtocolError { return &ProtocolError{Msg: msg, Replied: true} }
 
+// ErrQueryTotal is the error of a Read whose command would take the total
+// of incomplete commands past Limits.MaxTotal: the connection is closed
+// without a reply.
+var ErrQueryTotal = &ProtocolError{Msg: "total query buffer limit exceeded", Replied: false}
+
 // The messages of Redis 7.0 networking.c (processMultibulkBuffer,
 // processInlineBuffer).
 var (

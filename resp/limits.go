@@ -1,6 +1,11 @@
 package resp
 
-import "math"
+import (
+	"errors"
+	"math"
+	"sync/atomic"
+	"time"
+)
 
 // Default limits, used for zero (or negative) Limits fields.
 const (
@@ -48,7 +53,25 @@ type Limits struct {
 	// redcon buffers for one command: MaxBulk alone would allow MaxArgs
 	// arguments of MaxBulk bytes each.
 	MaxCommand int64
+	// Total, when set, counts the bytes of incomplete commands of every
+	// Conn sharing it; a Conn whose command would take it past MaxTotal is
+	// closed without a reply (ErrQueryTotal), as Redis' maxmemory-clients
+	// evicts a client. Commands under 64 KiB are not counted.
+	Total    *atomic.Int64
+	MaxTotal int64
+	// Idle, when > 0, closes a Conn that completes no command for that
+	// long (ErrIdle), unless SetIdleExempt: Redis' timeout. The bytes of
+	// a command that never completes do not count as activity.
+	Idle time.Duration
 }
+
+// totalStep is the granularity of Limits.Total accounting.
+const totalStep = 64 << 10
+
+// ErrIdle is the error of a Read after Limits.Idle without a complete
+// command; the connection ends without a reply (ErrQueryTotal, in
+// errors.go, is the one for Limits.MaxTotal).
+var ErrIdle = errors.New("client idle longer than the timeout")
 
 func (l Limits) normalized() Limits {
 	if l.MaxBulk <= 0 {

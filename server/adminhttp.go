@@ -38,6 +38,9 @@ func (s *Server) Snapshot() admin.Snapshot {
 		WatchAborts:       s.conflicts.Aborts.Load(),
 		WatchCommits:      s.conflicts.Commits.Load(),
 		GateWaits:         s.gate.Waits.Load(),
+		ClosedOutputLimit: s.counts.outputLimit.Load(),
+		ClosedQueryLimit:  s.counts.queryLimit.Load(),
+		ClosedIdle:        s.counts.idleClosed.Load(),
 	}
 	snap.PinnedOther = max(0, s.counts.pinned.Load()-snap.PinnedTransaction-snap.PinnedBlocking)
 	open, idle := s.up.Pinned()

@@ -8,6 +8,7 @@ import (
 
 	"github.com/tidwall/redcon"
 
+	"github.com/respite/respite/resp"
 	"github.com/respite/respite/router"
 	"github.com/respite/respite/upstream"
 )
@@ -89,6 +90,10 @@ func (c *session) detach(cmds []router.Command) bool {
 	pending := make([][][]byte, len(cmds))
 	for i := range cmds {
 		pending[i] = cloneArgs(cmds[i].Args)
+	}
+	c.flush() // what the session answered goes before what the relay sends
+	if gc, ok := c.conn.NetConn().(*resp.Conn); ok {
+		gc.SetIdleExempt(true) // Redis' timeout spares subscribers and monitors
 	}
 	dc := c.conn.Detach()
 	c.w = dc

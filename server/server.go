@@ -15,6 +15,7 @@ package server
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -23,6 +24,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/tidwall/redcon"
 
@@ -58,6 +60,9 @@ type Server struct {
 	gate      *gate      // contention gate
 
 	counts counts
+	// queryBytes is the bytes of incomplete commands of every client
+	// (limits.max_query_bytes_total).
+	queryBytes atomic.Int64
 
 	tls       *tls.Config    // the listener's, nil without TLS
 	metrics   *admin.Metrics // nil without the admin listener
@@ -77,6 +82,8 @@ type counts struct {
 	blocked  atomic.Int64 // sessions inside a blocking command
 	detached atomic.Int64 // sessions relaying pub/sub, MONITOR or tracking
 	upErrors atomic.Int64 // commands answered "upstream unavailable"
+	// clients closed for passing a limit
+	outputLimit, queryLimit, idleClosed atomic.Int64
 }
 
 // New builds a server for cfg. It does not contact the upstream Redis yet:
@@ -223,7 +230,18 @@ func (s *Server) closed(conn redcon.Conn, err error) {
 	if err != nil && err.Error() == "detached" {
 		return
 	}
-	if sess, ok := conn.Context().(*session); ok {
+	sess, ok := conn.Context().(*session)
+	switch {
+	case !ok:
+	case err == resp.ErrQueryTotal:
+		s.counts.queryLimit.Add(1)
+		s.log.Warn("client closed: the total of incomplete commands passed limits.max_query_bytes_total",
+			"client", sess.id, "addr", sess.client.addr, "limit", s.live.Load().Limits.MaxQueryBytesTotal)
+	case errors.Is(err, resp.ErrIdle):
+		s.counts.idleClosed.Add(1)
+		s.log.Debug("closing idle client (limits.client_timeout)", "client", sess.id, "addr", sess.client.addr, "last", sess.client.lastCmd)
+	}
+	if ok {
 		s.drop(sess)
 	}
 }
@@ -249,13 +267,14 @@ func (s *Server) handle(conn redcon.Conn, cmd redcon.Command) {
 	defer func() {
 		if r := recover(); r != nil {
 			s.log.Error("panic serving client; connection closed", "panic", r, "client", sess.id)
-			conn.WriteError("ERR internal error in proxy")
-			conn.Close()
+			sess.sendError("ERR internal error in proxy")
+			sess.w.Close()
 		}
 	}()
 	cmds := append(sess.batch[:0], cmd)
 	cmds = append(cmds, conn.ReadPipeline()...)
 	sess.serve(cmds)
+	sess.flush()
 	clear(cmds)
 	sess.batch = cmds[:0]
 }
@@ -273,5 +292,8 @@ func (l guardedListener) Accept() (net.Conn, error) {
 		return nil, err
 	}
 	lim := l.s.live.Load().Limits
-	return resp.NewConn(c, resp.Limits{MaxBulk: lim.MaxBulkBytes, MaxArgs: lim.MaxArgs, MaxInline: lim.MaxInlineBytes}), nil
+	return resp.NewConn(c, resp.Limits{
+		MaxBulk: lim.MaxBulkBytes, MaxArgs: lim.MaxArgs, MaxInline: lim.MaxInlineBytes,
+		Total: &l.s.queryBytes, MaxTotal: lim.MaxQueryBytesTotal, Idle: time.Duration(lim.ClientTimeout),
+	}), nil
 }

@@ -44,6 +44,10 @@ type session struct {
 	batch []redcon.Command
 	cmds  []router.Command
 	call  *upstream.Call
+	// The call's hooks, made once (a method value allocates).
+	onOverflow func()
+	onStream   func([]byte)
+	window     int // commands per round trip on the shared path (forwardShared)
 
 	// What the client told about itself, and CLIENT LIST's view of it.
 	client clientInfo
@@ -152,13 +156,14 @@ func newSession(s *Server, conn redcon.Conn) *session {
 	c := &session{
 		s:      s,
 		conn:   conn,
-		w:      conn,
+		w:      newOutput(conn),
 		id:     s.nextID.Add(1),
 		proto:  2,
 		authed: s.cfg.RequirePass == "",
 		db:     s.cfg.Upstream.DB,
 	}
 	now := time.Now()
+	c.onOverflow, c.onStream = c.kill, c.stream
 	c.client.created, c.client.lastActive = now, now
 	if nc := conn.NetConn(); nc != nil {
 		c.client.addr, c.client.laddr = nc.RemoteAddr().String(), nc.LocalAddr().String()
@@ -166,6 +171,14 @@ func newSession(s *Server, conn redcon.Conn) *session {
 	}
 	c.publish()
 	return c
+}
+
+// flush writes the replies the session gathered (see output); a detached
+// session's relay writes its own.
+func (c *session) flush() {
+	if o, ok := c.w.(*output); ok {
+		o.flush()
+	}
 }
 
 // state is what Dispatch needs to know about the session.
@@ -277,8 +290,8 @@ func (c *session) handOff(conn *upstream.Conn) {
 func (c *session) closeDetached() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.w != c.conn {
-		c.w.Close()
+	if dc, ok := c.w.(redcon.DetachedConn); ok {
+		dc.Close()
 	}
 }
 

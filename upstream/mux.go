@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"errors"
 	"net"
 	"runtime"
 	"sync"
@@ -51,11 +52,37 @@ type Call struct {
 	Out  []byte // the replies' raw bytes, concatenated
 	Ends []int  // where each reply in Out ends
 	Err  error  // set when the connection failed before all replies came
+	Size int    // bytes of all replies received (Out plus what Stream took)
+	// Limit, when > 0, bounds the reply bytes the call holds that its
+	// owner has not taken: past it the rest of its replies are read and
+	// dropped, Err is ErrOutputLimit and Overflow runs (once, on whichever
+	// goroutine is reading: it must not block). Redis'
+	// client-output-buffer-limit is the model.
+	Limit    int
+	Overflow func()
+	// Stream, when set, takes the replies' bytes as they arrive, in
+	// chunks of at least StreamChunk bytes, on the owner's goroutine while
+	// it waits; Out then holds only the rest, and Ends and Reply are not
+	// valid. Stream may block (writing to a slow client): the replies that
+	// arrive meanwhile count against Limit, the other calls on the
+	// connection are not held up.
+	Stream func([]byte)
 	// done receives when the call is finished, or when it is its turn to
-	// read (finished tells which; both guarded by the connection's mu).
-	done     chan struct{}
-	finished bool
+	// read, or when a chunk is ready for Stream (finished, ready tell which;
+	// all guarded by the connection's mu).
+	done      chan struct{}
+	finished  bool
+	ready     []byte // a chunk for Stream, taken by the owner
+	spare     []byte // the buffer Stream gave back
+	streaming bool   // the owner is in Stream
+	over      bool   // Limit passed
 }
+
+// StreamChunk is the smallest chunk a call's Stream is handed.
+const StreamChunk = 256 << 10
+
+// ErrOutputLimit is a call's Err when its replies passed its Limit.
+var ErrOutputLimit = errors.New("client output buffer limit reached")
 
 // wake tells a waiting call that its state changed (finished, or its turn
 // to read); a wake already pending is enough, as the call looks again.
@@ -73,6 +100,7 @@ func NewCall() *Call { return &Call{done: make(chan struct{}, 1)} }
 // unless they grew large.
 func (cl *Call) Reset() {
 	cl.Req, cl.Want, cl.Got, cl.Out, cl.Ends, cl.Err = cl.Req[:0], 0, 0, cl.Out[:0], cl.Ends[:0], nil
+	cl.Limit, cl.Overflow, cl.Stream, cl.ready, cl.spare, cl.over = 0, nil, nil, nil, nil, false
 	if cap(cl.Out) > 1<<20 {
 		cl.Out = nil // do not keep a large reply's buffer for the caller's life
 	}
@@ -125,7 +153,7 @@ type muxConn struct {
 }
 
 func (c *muxConn) do(cl *Call) {
-	cl.Got, cl.Out, cl.Ends, cl.Err, cl.finished = 0, cl.Out[:0], cl.Ends[:0], nil, false
+	cl.Got, cl.Size, cl.Out, cl.Ends, cl.Err, cl.finished, cl.over = 0, 0, cl.Out[:0], cl.Ends[:0], nil, false, false
 	if cl.Want == 0 {
 		return
 	}
@@ -166,22 +194,64 @@ func (c *muxConn) do(cl *Call) {
 		c.writing = false
 	}
 	for !cl.finished {
+		if cl.ready != nil {
+			c.stream(cl)
+			continue
+		}
 		if !c.reading && c.nc != nil {
 			c.reading = true
 			nc, br := c.nc, c.br
 			c.mu.Unlock()
-			c.read(nc, br, cl)
-			return
+			c.read(nc, br, cl) // until cl is finished, or has a chunk to stream
+			c.mu.Lock()
+			continue
 		}
 		c.mu.Unlock()
 		<-cl.done
 		c.mu.Lock()
 	}
+	if cl.ready != nil {
+		c.stream(cl)
+	}
 	c.mu.Unlock()
+	if cl.over {
+		cl.Err = ErrOutputLimit
+	}
+}
+
+// stream hands cl's ready chunk to cl.Stream, with mu released meanwhile.
+func (c *muxConn) stream(cl *Call) {
+	b := cl.ready
+	cl.ready, cl.streaming = nil, true
+	c.mu.Unlock()
+	cl.Stream(b)
+	c.mu.Lock()
+	cl.streaming, cl.spare = false, b[:0]
+}
+
+// took moves head's replies to its ready chunk when its owner streams and
+// is not busy with the last one, and checks head's limit. It runs, with mu
+// held, on the goroutine reading, after each reply of head's.
+func (c *muxConn) took(head *Call) {
+	if head.Stream != nil && !head.over && !head.streaming && head.ready == nil && len(head.Out) >= StreamChunk {
+		head.ready, head.Out = head.Out, head.spare
+		head.spare = nil
+		head.wake()
+		return
+	}
+	if head.Limit > 0 && !head.over && len(head.Out)+len(head.ready) > head.Limit {
+		head.over = true
+		if head.Overflow != nil {
+			head.Overflow()
+		}
+	}
 }
 
 // read is the leader's loop: it hands each reply on nc to the oldest
 // waiting call until cl has all of its own, then passes the reading on.
+// When cl's own replies pile up for its Stream, a new goroutine (cl nil)
+// reads on and read returns, so that cl's owner can hand them over while
+// the others' replies keep coming.
 func (c *muxConn) read(nc net.Conn, br *bufio.Reader, cl *Call) {
 	for {
 		c.mu.Lock()
@@ -194,6 +264,7 @@ func (c *muxConn) read(nc net.Conn, br *bufio.Reader, cl *Call) {
 		}
 		head := c.queue[c.head]
 		c.mu.Unlock()
+		n := len(head.Out)
 		out, err := resp.AppendReply(head.Out, br)
 		if err != nil {
 			c.mu.Lock()
@@ -202,13 +273,36 @@ func (c *muxConn) read(nc net.Conn, br *bufio.Reader, cl *Call) {
 			c.mu.Unlock()
 			return
 		}
+		if len(out)-n >= StreamChunk {
+			// A large reply took a while: the deadline is for a stalled
+			// upstream, not for a long stream of replies.
+			nc.SetReadDeadline(time.Now().Add(time.Duration(c.cfg.Timeout)))
+		}
+		if head.over {
+			out = out[:n] // dropped: the client is being closed
+		}
+		head.Size += len(out) - n
 		head.Out = out
 		head.Ends = append(head.Ends, len(out))
 		head.Got++
 		if head.Got < head.Want {
+			if head.Stream != nil || head.Limit > 0 {
+				c.mu.Lock()
+				c.took(head)
+				if head == cl && cl.ready != nil {
+					// Our own chunk is ready: read on elsewhere.
+					go c.read(nc, br, nil)
+					c.mu.Unlock()
+					return
+				}
+				c.mu.Unlock()
+			}
 			continue
 		}
 		c.mu.Lock()
+		if head.Limit > 0 {
+			c.took(head)
+		}
 		c.queue[c.head] = nil
 		c.head++
 		if c.head == len(c.queue) {
@@ -218,12 +312,16 @@ func (c *muxConn) read(nc net.Conn, br *bufio.Reader, cl *Call) {
 			nc.SetReadDeadline(time.Now().Add(time.Duration(c.cfg.Timeout)))
 		}
 		head.finished = true
-		if head != cl {
+		if head != cl && cl != nil {
 			head.wake()
 			c.mu.Unlock()
 			continue
 		}
-		// Our own replies are in: the oldest call still waiting reads on.
+		// Our own replies are in (or, reading for nobody, the call we
+		// read for is): the oldest call still waiting reads on.
+		if head != cl {
+			head.wake()
+		}
 		c.reading = false
 		if c.head < len(c.queue) {
 			c.queue[c.head].wake()

@@ -54,6 +54,10 @@ type Snapshot struct {
 	// WritebackRefused: write-back writes are refused because of the
 	// upstream's settings (or while they are not checked yet).
 	WritebackRefused bool
+	// Clients closed for passing limits.max_output_bytes, for the total
+	// query buffer (limits.max_query_bytes_total), and for being idle
+	// longer than limits.client_timeout.
+	ClosedOutputLimit, ClosedQueryLimit, ClosedIdle int64
 }
 
 // PersistenceModes are the values of respite_upstream_persistence's mode
@@ -136,6 +140,7 @@ const (
 	MetricRoutesDegraded       = "respite_routes_degraded"
 	MetricUpstreamPersistence  = "respite_upstream_persistence"
 	MetricUpstreamEviction     = "respite_upstream_maxmemory_policy"
+	MetricClientsClosed        = "respite_clients_closed_total"
 )
 
 // MetricNames returns the name of every metric Respite exports (without
@@ -190,6 +195,7 @@ var descs = []desc{
 	{MetricRoutesDegraded, "Routes that cannot serve yet: PostgreSQL was unreachable at start-up (the proxy connects in the background) or a route's table is not usable.", prometheus.GaugeValue, ""},
 	{MetricUpstreamPersistence, "The upstream Redis' persistence, 1 for the current mode (aof-always, aof-everysec, aof-no, aof, rdb, none, no-aof, unknown), 0 for the others: what a Redis crash or restart costs write-back.", prometheus.GaugeValue, "mode"},
 	{MetricUpstreamEviction, "The upstream Redis' maxmemory-policy, 1 for the current one (unknown when it cannot be read).", prometheus.GaugeValue, "policy"},
+	{MetricClientsClosed, "Clients the proxy closed for a limit, by reason: output_limit (limits.max_output_bytes), query_limit (limits.max_query_bytes_total), idle (limits.client_timeout).", prometheus.CounterValue, "reason"},
 }
 
 // Metrics is a prometheus.Collector over a Source plus the command latency
@@ -357,6 +363,10 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	if s.MaxMemoryPolicy != "" {
 		emit(1, s.MaxMemoryPolicy)
 	}
+	next()
+	emit(float64(s.ClosedOutputLimit), "output_limit")
+	emit(float64(s.ClosedQueryLimit), "query_limit")
+	emit(float64(s.ClosedIdle), "idle")
 }
 
 func boolInt(b bool) int64 {

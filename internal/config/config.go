@@ -292,6 +292,25 @@ type Limits struct {
 	// MaxInlineBytes is the longest inline (non-RESP) command line, in bytes
 	// (default 65536, Redis' PROTO_INLINE_MAX_SIZE).
 	MaxInlineBytes int `yaml:"max_inline_bytes"`
+	// MaxOutputBytes bounds the replies the proxy holds for one client
+	// that does not read them (default 0: no limit, as Redis' normal
+	// class). A client past it is closed, as Redis'
+	// client-output-buffer-limit closes one, and logged. Replies stream
+	// to a client that reads, however large; without a limit, what the
+	// proxy holds for a client that does not read is still bounded by its
+	// pipeline window (about 16 replies).
+	MaxOutputBytes int64 `yaml:"max_output_bytes"`
+	// MaxQueryBytesTotal bounds the bytes of incomplete commands held for
+	// all clients together (default 1073741824 = 1 GiB; 0: no limit). A
+	// client whose command would pass it is closed (Redis'
+	// maxmemory-clients evicts clients the same way).
+	MaxQueryBytesTotal int64 `yaml:"max_query_bytes_total"`
+	// ClientTimeout closes a client that completes no command for this
+	// long (Redis' timeout; default 0: never). As in Redis, clients
+	// subscribed, in MONITOR or blocked in a command are not closed; unlike
+	// Redis, bytes of a command that never completes (a client sending one
+	// byte a second) do not keep a client alive.
+	ClientTimeout Duration `yaml:"client_timeout"`
 }
 
 // Duration is a time.Duration written as a Go duration string in YAML.
@@ -333,10 +352,11 @@ func Default() Config {
 			Timeout:     Duration(10 * time.Second),
 		},
 		Limits: Limits{
-			MaxClients:     10000,
-			MaxBulkBytes:   512 << 20,
-			MaxArgs:        1 << 20,
-			MaxInlineBytes: 64 << 10,
+			MaxClients:         10000,
+			MaxBulkBytes:       512 << 20,
+			MaxArgs:            1 << 20,
+			MaxInlineBytes:     64 << 10,
+			MaxQueryBytesTotal: 1 << 30,
 		},
 	}
 }
@@ -478,6 +498,18 @@ func (c *Config) validate() *fieldError {
 	} {
 		if f.v <= 0 {
 			return bad(f.path, "must be positive (leave it out for the default)")
+		}
+	}
+	for _, f := range []struct {
+		path string
+		v    int64
+	}{
+		{"limits.max_output_bytes", c.Limits.MaxOutputBytes},
+		{"limits.max_query_bytes_total", c.Limits.MaxQueryBytesTotal},
+		{"limits.client_timeout", int64(c.Limits.ClientTimeout)},
+	} {
+		if f.v < 0 {
+			return bad(f.path, "must not be negative (0 turns the limit off)")
 		}
 	}
 	return c.validateRoutes()
