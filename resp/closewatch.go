@@ -119,7 +119,7 @@ func (c *Conn) watch(done chan struct{}) {
 	defer close(done)
 	buf := make([]byte, 4096)
 	for len(c.pbuf)-c.pend < maxWatchBuffer {
-		n, err := c.Conn.Read(buf)
+		n, err := c.readConn(buf)
 		if n > 0 {
 			c.pbuf = append(c.pbuf, buf[:n]...)
 		}

@@ -88,6 +88,9 @@ type Conn struct {
 	idleFrom   time.Time   // since when the client has completed no command
 	idleArmed  bool        // the wrapped conn's read deadline is the idle one
 	idleExempt atomic.Bool // SetIdleExempt
+
+	stamps  *stamper  // kernel receive stamps (stamp_linux.go); nil: none
+	arrival time.Time // when the bytes of the last read arrived
 }
 
 // NewConn wraps c with limits lim (zero fields mean the defaults). Read then
@@ -97,7 +100,7 @@ func NewConn(c net.Conn, lim Limits) *Conn {
 }
 
 func newConn(c net.Conn, lim Limits) *Conn {
-	return &Conn{Conn: c, lim: lim, closedCh: make(chan struct{})}
+	return &Conn{Conn: c, lim: lim, closedCh: make(chan struct{}), stamps: newStamper(c)}
 }
 
 // Underlying returns the wrapped net.Conn.
@@ -205,7 +208,7 @@ func (c *Conn) read(p []byte) (int, error) {
 			if c.lim.Idle > 0 {
 				c.armIdle(w)
 			}
-			n, err = c.Conn.Read(p[w:])
+			n, err = c.readConn(p[w:])
 			if err != nil && isTimeout(err) && c.idleArmed && !time.Now().Before(c.idleFrom.Add(c.lim.Idle)) {
 				err = ErrIdle
 			}
@@ -407,3 +410,27 @@ func (c *Conn) armIdle(w int) {
 	c.idleArmed = true
 	c.Conn.SetReadDeadline(c.idleFrom.Add(c.lim.Idle))
 }
+
+// readConn reads the wrapped conn, noting when the bytes arrived.
+func (c *Conn) readConn(p []byte) (int, error) {
+	if c.stamps == nil {
+		n, err := c.Conn.Read(p)
+		if n > 0 {
+			c.arrival = time.Now()
+		}
+		return n, err
+	}
+	n, at, err := c.stamps.read(p)
+	if n > 0 {
+		if at.IsZero() {
+			at = time.Now()
+		}
+		c.arrival = at
+	}
+	return n, err
+}
+
+// Arrival returns when the kernel received the bytes of the last read of
+// the client's socket (on Linux; elsewhere, when they were read). The
+// server orders clients' commands by it (server/order.go).
+func (c *Conn) Arrival() time.Time { return c.arrival }

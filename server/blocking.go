@@ -21,6 +21,7 @@ func (c *session) blocking(cmd *router.Command) {
 	// reach Redis after it, as it would have directly.
 	p.req = resp.AppendCommand(p.req[:0], cmd.Args)
 	err := p.conn.Write(p.req)
+	c.sent()
 	c.s.conflicts.noteWrites([]router.Command{*cmd})
 	c.blocked = true
 	c.publish()

@@ -138,10 +138,12 @@ func (c *session) forwardPinned(cmds []router.Command) {
 	}
 	if p.relay != nil {
 		p.relay.send(cmds, p.req)
+		c.sent()
 		return
 	}
 	defer c.countPin()
 	err := p.conn.Write(p.req)
+	c.sent() // Redis has them: the next client's commands may follow
 	for i := range cmds {
 		if err == nil {
 			p.buf, err = c.readReply(p.buf[:0])

@@ -26,6 +26,11 @@ func (c *session) serve(batch []redcon.Command) {
 	if idle {
 		c.checkIdle()
 	}
+	if c.gc != nil {
+		c.ticket = true
+		c.s.order.take(c.id, c.gc.Arrival().UnixNano())
+	}
+	defer c.sent()
 	if c.adoptRelay() && c.detach(cmds) {
 		// Relayed from now on: the detached loop runs the batch.
 	} else {
@@ -109,9 +114,11 @@ func (c *session) run(set *policy.Set, cmds []router.Command) {
 			}
 			i++
 		case router.PathLocal:
+			c.sent() // answered by the proxy: no turn at Redis to keep
 			c.local(set, &cmds[i])
 			i++
 		case router.PathRouted:
+			c.sent()
 			c.routed(set, &cmds[i])
 			i++
 		case router.PathQueue:

@@ -63,6 +63,8 @@ type Server struct {
 	// queryBytes is the bytes of incomplete commands of every client
 	// (limits.max_query_bytes_total).
 	queryBytes atomic.Int64
+	// order sends clients' commands to Redis in their arrival order.
+	order order
 
 	tls       *tls.Config    // the listener's, nil without TLS
 	metrics   *admin.Metrics // nil without the admin listener
@@ -140,6 +142,7 @@ func (s *Server) Serve(l net.Listener) error {
 	if s.cfg.Upstream.Multiplexer == "go-redis" {
 		s.log.Warn("upstream.multiplexer: go-redis was removed; the builtin multiplexer carries the shared path (remove the setting)")
 	}
+	resp.StampListener(l) // commands are ordered by arrival (order.go)
 	if s.tls != nil {
 		l = tls.NewListener(l, s.tls)
 	}

@@ -47,7 +47,10 @@ type session struct {
 	// The call's hooks, made once (a method value allocates).
 	onOverflow func()
 	onStream   func([]byte)
+	onQueued   func()
 	window     int // commands per round trip on the shared path (forwardShared)
+	gc         *resp.Conn // the guarded client connection (nil in some tests)
+	ticket     bool       // holds a ticket of the server's order
 
 	// What the client told about itself, and CLIENT LIST's view of it.
 	client clientInfo
@@ -163,7 +166,8 @@ func newSession(s *Server, conn redcon.Conn) *session {
 		db:     s.cfg.Upstream.DB,
 	}
 	now := time.Now()
-	c.onOverflow, c.onStream = c.kill, c.stream
+	c.onOverflow, c.onStream, c.onQueued = c.kill, c.stream, c.sent
+	c.gc, _ = conn.NetConn().(*resp.Conn)
 	c.client.created, c.client.lastActive = now, now
 	if nc := conn.NetConn(); nc != nil {
 		c.client.addr, c.client.laddr = nc.RemoteAddr().String(), nc.LocalAddr().String()

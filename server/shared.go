@@ -56,6 +56,9 @@ func (c *session) forwardWindow(cmds []router.Command) {
 	if raw && len(cmds) > 1 {
 		cl.Stream = c.onStream // a large pipelined reply streams
 	}
+	if c.ticket {
+		cl.Queued = c.onQueued // the next client's commands may follow
+	}
 	c.s.up.Shared(c.proto).Do(cl, uint32(c.id))
 	if cl.Err == upstream.ErrOutputLimit {
 		c.outputLimit()

@@ -67,6 +67,10 @@ type Call struct {
 	// arrive meanwhile count against Limit, the other calls on the
 	// connection are not held up.
 	Stream func([]byte)
+	// Queued, when set, runs once the commands are queued on the
+	// connection (later calls' commands go after them), with the
+	// connection's lock held: it must be quick and must not call the Mux.
+	Queued func()
 	// done receives when the call is finished, or when it is its turn to
 	// read, or when a chunk is ready for Stream (finished, ready tell which;
 	// all guarded by the connection's mu).
@@ -100,7 +104,7 @@ func NewCall() *Call { return &Call{done: make(chan struct{}, 1)} }
 // unless they grew large.
 func (cl *Call) Reset() {
 	cl.Req, cl.Want, cl.Got, cl.Out, cl.Ends, cl.Err = cl.Req[:0], 0, 0, cl.Out[:0], cl.Ends[:0], nil
-	cl.Limit, cl.Overflow, cl.Stream, cl.ready, cl.spare, cl.over = 0, nil, nil, nil, nil, false
+	cl.Limit, cl.Overflow, cl.Stream, cl.Queued, cl.ready, cl.spare, cl.over = 0, nil, nil, nil, nil, nil, false
 	if cap(cl.Out) > 1<<20 {
 		cl.Out = nil // do not keep a large reply's buffer for the caller's life
 	}
@@ -172,6 +176,9 @@ func (c *muxConn) do(cl *Call) {
 		c.nc.SetReadDeadline(time.Now().Add(time.Duration(c.cfg.Timeout)))
 	}
 	c.queue = append(c.queue, cl)
+	if cl.Queued != nil {
+		cl.Queued()
+	}
 	if !c.writing {
 		c.writing = true
 		// Let other clients' goroutines that are ready append their

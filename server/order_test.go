@@ -1,0 +1,45 @@
+package server
+
+import (
+	"fmt"
+	"runtime"
+	"strings"
+	"testing"
+)
+
+// TestArrivalOrderAcrossClients is Redis' "BRPOPLPUSH with multiple
+// blocked clients" (tests/unit/type/list.tcl), 40 times: two clients send
+// BRPOPLPUSH and a third LPUSH, each without waiting for a reply, and Redis
+// must see them in that order, as it would directly. Every client is on
+// its own pinned connection (SELECT), so only the arrival order the proxy
+// keeps (order.go) makes it so. One thread makes a goroutine run order that
+// differs from the arrival order likely.
+func TestArrivalOrderAcrossClients(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	addr := startProxy(t, nil)
+	r, rd1, rd2 := dialRaw(t, addr), dialRaw(t, addr), dialRaw(t, addr)
+	for _, c := range []*rawConn{r, rd1, rd2} {
+		if got := c.do("SELECT", "9"); got != "+OK\r\n" {
+			t.Fatalf("SELECT: %q", got)
+		}
+	}
+	wrong := 0
+	for i := range 40 {
+		blist, t1, t2 := fmt.Sprintf("order:bl:%d", i), fmt.Sprintf("order:t1:%d", i), fmt.Sprintf("order:t2:%d", i)
+		r.do("SET", t1, "nolist")
+		rd1.send(encode("BRPOPLPUSH", blist, t1, "1"))
+		rd2.send(encode("BRPOPLPUSH", blist, t2, "1"))
+		r.send(encode("LPUSH", blist, "foo"))
+		got1, got2, got3 := rd1.read(), rd2.read(), r.read()
+		if got3 != ":1\r\n" {
+			t.Fatalf("LPUSH: %q", got3)
+		}
+		if !strings.HasPrefix(got1, "-WRONGTYPE") || got2 != "$3\r\nfoo\r\n" {
+			wrong++
+			t.Logf("round %d: first BRPOPLPUSH %q, second %q", i, got1, got2)
+		}
+	}
+	if wrong > 0 {
+		t.Fatalf("%d of 40 rounds reached Redis out of order", wrong)
+	}
+}
