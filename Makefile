@@ -20,7 +20,10 @@ demo:
 # vet, all tests, then fuzz the RESP request reader. Output is streamed
 # through internal/testsum, which ends with "N passed, N failed, N skipped";
 # the target fails if vet, any test, any package build or the fuzz run fails.
-# The fuzz run is skipped when the tests already failed.
+# The fuzz run is skipped when the tests already failed. Then Redis' own
+# test suite, directly and through Respite (scripts/redis-suite.sh, about
+# 10 minutes), which fails the target if a test passes directly but not
+# through Respite (after one rerun of its unit: --retries 1).
 test:
 	bash scripts/deps.sh
 	$(GO) vet ./...
@@ -35,6 +38,7 @@ test:
 	    FUZZTIME=$(FUZZTIME) bash scripts/fuzz.sh || status=$$?; \
 	  fi; \
 	  exit $$status; } | bin/testsum
+	bash scripts/redis-suite.sh
 
 build:
 	CGO_ENABLED=0 $(GO) build -o bin/respite ./cmd/proxy
@@ -44,7 +48,7 @@ bench:
 
 # Redis 7.0.15's own Tcl test suite (external mode), each unit directly
 # against a throwaway redis-server and through a throwaway Respite; lists
-# the tests that differ (scripts/redis-suite.sh). Not part of `make test`.
+# the tests that differ (scripts/redis-suite.sh); `make test` runs it too.
 # Options go in ARGS, e.g. make redis-suite ARGS='--units "multi pubsub"'.
 redis-suite:
 	bash scripts/redis-suite.sh $(ARGS)

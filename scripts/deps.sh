@@ -12,6 +12,11 @@ pkgs=()
 command -v redis-server >/dev/null 2>&1 || pkgs+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || pkgs+=(redis-tools)
 command -v make >/dev/null 2>&1 || pkgs+=(make)
+# Redis' own test suite (scripts/redis-suite.sh): tclsh runs it, patch
+# applies Debian's patches to it, ss (iproute2) finds free ports.
+command -v tclsh >/dev/null 2>&1 || pkgs+=(tcl)
+command -v patch >/dev/null 2>&1 || pkgs+=(patch)
+command -v ss >/dev/null 2>&1 || pkgs+=(iproute2)
 # busybox: the Dockerfile HEALTHCHECK probe, exercised by deploy tests.
 [ -x /bin/busybox ] || command -v busybox >/dev/null 2>&1 || pkgs+=(busybox-static)
 # Debian keeps the PostgreSQL server programs in /usr/lib/postgresql/NN/bin.

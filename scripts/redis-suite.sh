@@ -7,7 +7,7 @@
 #
 #   bash scripts/redis-suite.sh [--units "type/list multi"] [--direct-only |
 #       --respite-only] [--direct-from DIR] [--keep-logs DIR] [--durable]
-#       [--report-only] [-- TEST_HELPER_ARGS...]
+#       [--report-only] [--retries N] [-- TEST_HELPER_ARGS...]
 #
 #   --units LIST       run these units (default: the list in UNITS below)
 #   --direct-only      only run against Redis (exit 1 if a test fails there)
@@ -21,6 +21,11 @@
 #                      test instead of aborting the rest of the unit (Redis'
 #                      own CI does not use it; off by default)
 #   --report-only      exit 0 whatever the results
+#   --retries N        a unit with a test that passes directly but not
+#                      through Respite runs through Respite again, up to N
+#                      times (default 1); the last run counts, and tests
+#                      that differed only in an earlier run are listed as
+#                      flaky (LOGS/flaky.tsv)
 #   -- ARGS...         pass ARGS to every test_helper run, e.g.
 #                      -- --only '/^PUBLISH/PSUBSCRIBE' (test_helper's --only
 #                      takes a test's name, or a regexp after a /)
@@ -67,7 +72,7 @@ usage() {
 	exit 2
 }
 
-SIDES="direct respite" KEEP="" DIRECT_FROM="" DURABLE=() REPORT_ONLY=0 EXTRA=()
+SIDES="direct respite" KEEP="" DIRECT_FROM="" DURABLE=() REPORT_ONLY=0 EXTRA=() RETRIES=1
 while (($#)); do
 	case $1 in
 	--units) UNITS=${2:?--units needs a list}; shift ;;
@@ -77,6 +82,7 @@ while (($#)); do
 	--keep-logs) KEEP=${2:?--keep-logs needs a directory}; shift ;;
 	--durable) DURABLE=(--durable) ;;
 	--report-only) REPORT_ONLY=1 ;;
+	--retries) RETRIES=${2:?--retries needs a number}; shift ;;
 	--) shift; EXTRA=("$@"); break ;;
 	-h | --help) usage ;;
 	*) echo "redis-suite: unknown option $1" >&2; usage ;;
@@ -417,14 +423,6 @@ kept=""
 echo "redis-suite: tags $TAGS; UNIT_TIMEOUT=${UNIT_TIMEOUT}s TEST_TIMEOUT=${TEST_TIMEOUT}s${DURABLE:+ --durable}${EXTRA:+ ${EXTRA[*]}}; logs in $LOGS$kept"
 T_SETUP=$(elapsed "$T_START")
 
-for u in $UNITS; do
-	for side in $SIDES; do
-		run_unit "$side" "$u"
-	done
-done
-
-# ---------------------------------------------------------------- report
-
 DDIR=$LOGS/direct
 [ -z "$DIRECT_FROM" ] || DDIR=$DIRECT_FROM/direct
 RDIR=$LOGS/respite
@@ -463,6 +461,30 @@ differ() {
 		print $2 "\t" what
 	}' "$r/results.tsv" "$d/results.tsv"
 }
+
+# unit_differs UNIT: the tests of UNIT that pass directly, not through
+# Respite (nothing without both runs).
+unit_differs() {
+	local ud=$DDIR/${1//\//_} ur=$RDIR/${1//\//_}
+	((HAVE_D && HAVE_R)) && [ -f "$ud/status" ] || return 0
+	differ "$ud" "$ur"
+}
+
+: >"$LOGS/flaky.tsv"
+for u in $UNITS; do
+	for side in $SIDES; do
+		run_unit "$side" "$u"
+	done
+	try=0
+	while ((try < RETRIES)) && [ -n "$(unit_differs "$u")" ]; do
+		try=$((try + 1))
+		unit_differs "$u" | sed "s|^|$u\t|" | locate "tests/unit/$u.tcl" >>"$LOGS/flaky.tsv"
+		echo "  $u: $(unit_differs "$u" | wc -l) test(s) differ; through Respite again ($try of $RETRIES)"
+		run_unit respite "$u"
+	done
+done
+
+# ---------------------------------------------------------------- report
 
 echo
 printf '%-20s | %-36s | %-36s | %s\n' "" "direct" "respite" ""
@@ -521,12 +543,25 @@ if [ -s "$LOGS/differ.tsv" ]; then
 	awk -F'\t' '{ printf "  %s: %s (%s)\n      %s\n", $1, $2, $4, $3 }' "$LOGS/differ.tsv"
 fi
 
+# Flaky: differed in an earlier run of its unit, not in the last one.
+FLAKY=0
+if [ -s "$LOGS/flaky.tsv" ]; then
+	awk -F'\t' 'FILENAME == ARGV[1] { last[$1 SUBSEP $2] = 1; next }
+		!(($1 SUBSEP $2) in last) && !seen[$1 SUBSEP $2]++' "$LOGS/differ.tsv" "$LOGS/flaky.tsv" >"$LOGS/flaky-passed.tsv"
+	FLAKY=$(wc -l <"$LOGS/flaky-passed.tsv")
+	if ((FLAKY > 0)); then
+		echo
+		echo "Differed through Respite, then passed when its unit ran again (flaky):"
+		awk -F'\t' '{ printf "  %s: %s (%s)\n      %s\n", $1, $2, $4, $3 }' "$LOGS/flaky-passed.tsv"
+	fi
+fi
+
 echo
 T_TOTAL=$(elapsed "$T_START")
 echo "redis-suite: wall time ${T_TOTAL}s (setup ${T_SETUP}s, direct ${DSECS}s, respite ${RSECS}s)"
 line="redis-suite:"
 ((HAVE_D)) && line+=" direct ${TD[0]} passed, ${TD[1]} failed, ${TD[2]} units aborted${DIRECT_FROM:+ (from $DIRECT_FROM)};"
-((HAVE_R)) && line+=" respite ${TR[0]} passed, ${TR[1]} failed, ${TR[2]} units aborted; $TDIFF differ"
+((HAVE_R)) && line+=" respite ${TR[0]} passed, ${TR[1]} failed, ${TR[2]} units aborted; $TDIFF differ ($FLAKY flaky)"
 echo "${line%;}"
 
 ((REPORT_ONLY)) && exit 0
