@@ -236,6 +236,15 @@ func (c *muxConn) stream(cl *Call) {
 	cl.streaming, cl.spare = false, b[:0]
 }
 
+// check is how many bytes of replies a call holds before the reader looks
+// at its Stream and Limit (took): below it, there is nothing to do.
+func (cl *Call) check() int {
+	if cl.Limit > 0 && cl.Limit < StreamChunk {
+		return cl.Limit
+	}
+	return StreamChunk
+}
+
 // took moves head's replies to its ready chunk when its owner streams and
 // is not busy with the last one, and checks head's limit. It runs, with mu
 // held, on the goroutine reading, after each reply of head's.
@@ -293,7 +302,7 @@ func (c *muxConn) read(nc net.Conn, br *bufio.Reader, cl *Call) {
 		head.Ends = append(head.Ends, len(out))
 		head.Got++
 		if head.Got < head.Want {
-			if head.Stream != nil || head.Limit > 0 {
+			if (head.Stream != nil || head.Limit > 0) && len(out) >= head.check() {
 				c.mu.Lock()
 				c.took(head)
 				if head == cl && cl.ready != nil {
