@@ -6,7 +6,7 @@ SHELL := /bin/bash
 GO ?= go
 FUZZTIME ?= 60s
 
-.PHONY: demo test build bench redis-suite
+.PHONY: demo test build bench redis-suite chaos
 
 # Run the proxy against the configured Redis, or throwaway servers, on
 # config.yaml itself: edit it, then RESPITE RELOAD (or SIGHUP to the demo).
@@ -52,3 +52,17 @@ bench:
 # Options go in ARGS, e.g. make redis-suite ARGS='--units "multi pubsub"'.
 redis-suite:
 	bash scripts/redis-suite.sh $(ARGS)
+
+# The whole-system chaos test (internal/chaos) for longer: CHAOS_DURATION
+# of client load on plain, cache-aside, write-through and write-back keys
+# with CHAOS_CYCLES fault cycles (SIGKILL of the proxy, Redis killed and
+# restarted from its AOF, PostgreSQL stopped for 10 s); fails on any
+# violation and prints the counts. `make test` runs it short (about a
+# minute). CHAOS_SEED=<n> repeats a run's fault order and timing.
+CHAOS_DURATION ?= 5m
+CHAOS_CYCLES ?= 10
+CHAOS_TIMEOUT ?= 2h
+chaos:
+	bash scripts/deps.sh
+	CHAOS_DURATION=$(CHAOS_DURATION) CHAOS_CYCLES=$(CHAOS_CYCLES) \
+	  $(GO) test -count=1 -v -timeout $(CHAOS_TIMEOUT) -run '^TestChaos$$' ./internal/chaos/

@@ -32,6 +32,10 @@ func (r *Route) getMany(ctx context.Context, proto int, keys [][]byte) []resp.Re
 			out[i] = resp.Null()
 			continue
 		}
+		if r.unsettledKey(key) {
+			out[i] = r.Do(ctx, Op{ID: router.CmdGet, Args: [][]byte{cmdGet, k}, Proto: proto}) // settles first
+			continue
+		}
 		if r.local != nil {
 			if v, ok := r.local.get(key); ok {
 				r.Stats.Hits.Add(1)
@@ -92,10 +96,19 @@ func (r *Route) getMany(ctx context.Context, proto int, keys [][]byte) []resp.Re
 func (r *Route) existsMany(ctx context.Context, keys [][]byte) (int64, error) {
 	cmds := make([][][]byte, 0, 2*len(keys))
 	idx := make([]int, 0, len(keys))
+	var n0 int64 // unsettled keys, answered from PostgreSQL
 	filled := make([]uint64, len(keys))
 	for i, k := range keys {
 		key := string(k)
 		if !r.table.CanonicalKey(r.id(key)) {
+			continue
+		}
+		if r.unsettledKey(key) && !r.settle(ctx, key) {
+			rw, err := r.loadRow(ctx, r.db.Pool(), key)
+			if err != nil {
+				return 0, err
+			}
+			n0 += boolInt(rw.found)
 			continue
 		}
 		filled[i] = r.loads.filled(key)
@@ -103,10 +116,10 @@ func (r *Route) existsMany(ctx context.Context, keys [][]byte) (int64, error) {
 		idx = append(idx, i)
 	}
 	if len(idx) == 0 {
-		return 0, nil
+		return n0, nil
 	}
 	out, err := r.cache.Do(ctx, 2, cmds...)
-	var n int64
+	n := n0
 	for j, i := range idx {
 		key := string(keys[i])
 		switch {

@@ -32,6 +32,7 @@ func (p *cacheAside) Prepare(ctx context.Context, tx pgx.Tx, q *Queued) (resp.Re
 func (p *cacheAside) Finish(ctx context.Context, q *Queued, _ []byte, _ bool) resp.Reply {
 	if err := p.r.invalidate(ctx, q.Key()); err != nil {
 		p.r.log.Warn("invalidating after a transaction failed", "err", err)
+		p.r.afterFailedStep(q.Key(), nil)
 	}
 	return q.reply
 }

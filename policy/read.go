@@ -311,11 +311,12 @@ func (r *Route) degraded(ctx context.Context, o Op) resp.Reply {
 }
 
 // invalidate drops key's cached copy and negative marker after a write
-// (cache-aside), so the next read loads the new row.
+// (cache-aside), so the next read loads the new row. An error reply is an
+// error: a Redis loading its AOF after a restart answers -LOADING and
+// deletes nothing.
 func (r *Route) invalidate(ctx context.Context, key string) error {
 	r.invalidated(key)
-	_, err := r.cache.Do(ctx, 2, [][]byte{cmdDel, []byte(key), []byte(negKey(key))})
-	return err
+	return r.cacheCmd(ctx, cmdDel, []byte(key), []byte(negKey(key)))
 }
 
 // rowReply encodes a loaded row as GET's reply.

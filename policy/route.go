@@ -57,6 +57,8 @@ type Route struct {
 	local   *localTier // in-process tier, when configured
 	loadDur atomic.Int64
 	sh      *shared // what the routes of one Set share (durability.go)
+	// unsettled: keys whose cache step failed after a write (unsettled.go).
+	unsettled unsettled
 	// down says why the route cannot serve yet (nil: it can): its table
 	// is not described, PostgreSQL being unreachable at start-up
 	// (set.go: Set.connect). table is set before down is cleared.
@@ -143,6 +145,10 @@ func (r *Route) Do(ctx context.Context, o Op) resp.Reply {
 	case router.CmdTtl, router.CmdPttl, router.CmdExpire:
 		// Cache-side only: the TTL of the cached copy.
 		return r.passthrough(ctx, o)
+	}
+	if !r.settle(ctx, key) && IsRead(o.ID) {
+		// The cached copy may be older than PostgreSQL's row.
+		return r.degraded(ctx, o)
 	}
 	if IsRead(o.ID) {
 		return r.policy.Read(ctx, o)

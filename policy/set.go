@@ -52,13 +52,15 @@ func Open(cfg config.Config, cache Cache, rdb *redis.Client, log *slog.Logger) (
 	if len(cfg.Routes) == 0 {
 		return nil, nil
 	}
-	var wbRoutes, wtRoutes []string
+	var wbRoutes, wtRoutes, caRoutes []string
 	for _, rc := range cfg.Routes {
 		switch rc.Policy {
 		case config.WriteBack:
 			wbRoutes = append(wbRoutes, rc.Name)
 		case config.WriteThrough:
 			wtRoutes = append(wtRoutes, rc.Name)
+		case config.CacheAside:
+			caRoutes = append(caRoutes, rc.Name)
 		}
 	}
 	sh := newShared(cfg.WriteBack.Consumer)
@@ -103,9 +105,10 @@ func Open(cfg config.Config, cache Cache, rdb *redis.Client, log *slog.Logger) (
 	}
 	go ListenInvalidations(bg, rdb, s.list)
 	go sh.guard.run(bg)
-	if len(wtRoutes) > 0 {
+	if len(wtRoutes) > 0 || len(caRoutes) > 0 {
 		// This instance's intents from before its restart are dead:
-		// resolve them before serving (writethrough.go).
+		// resolve them before serving (writethrough.go). The sweep also
+		// settles keys whose cache step failed (unsettled.go).
 		own := d.Unreachable || !s.resolve(bg, true)
 		go s.sweep(bg, own)
 	}
@@ -202,7 +205,8 @@ func (s *Set) reconnect(ctx context.Context) {
 
 // sweep resolves dead write-through intents (writethrough.go) every
 // intentSweep: those past their lease and, while own, this instance's
-// earlier runs' (until one pass succeeded).
+// earlier runs' (until one pass succeeded); and settles the keys whose
+// cache step failed after a write (unsettled.go).
 func (s *Set) sweep(ctx context.Context, own bool) {
 	for ctx.Err() == nil {
 		sleepCtx(ctx, intentSweep)
@@ -216,6 +220,7 @@ func (s *Set) resolve(ctx context.Context, own bool) bool {
 	ok := true
 	for _, r := range s.list {
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		r.settleAll(cctx)
 		n, err := r.ResolveIntents(cctx, own)
 		cancel()
 		if err != nil {

@@ -38,6 +38,7 @@ func (r *Route) writeDirect(ctx context.Context, o Op) resp.Reply {
 		}
 		if err := r.afterWrite(ctx, key); err != nil {
 			r.log.Warn("cache update after write failed", "err", err)
+			r.afterFailedStep(key, nil)
 		}
 		return reply
 	}
@@ -60,6 +61,9 @@ func (r *Route) writeDirect(ctx context.Context, o Op) resp.Reply {
 	}
 	if ferr := r.finishWrite(ctx, key, in, out); ferr != nil {
 		r.log.Warn("cache update after write failed", "err", ferr)
+		if out != outcomeRefused {
+			r.afterFailedStep(key, in)
+		}
 	}
 	if err != nil {
 		return r.fail(err)

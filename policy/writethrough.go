@@ -101,6 +101,7 @@ func (p *writeThrough) Finish(ctx context.Context, q *Queued, _ []byte, committe
 	}
 	if err := p.r.finishWrite(ctx, q.Key(), q.intent, out); err != nil {
 		p.r.log.Warn("cache update after a transaction failed", "err", err)
+		p.r.afterFailedStep(q.Key(), q.intent)
 	}
 	q.intent = nil
 	return q.reply
