@@ -42,10 +42,29 @@ func (rd reader) Read(ctx context.Context, o Op) resp.Reply {
 			return r.fail(err)
 		}
 		return resp.Bool(found)
+	case router.CmdType:
+		// The type the route's format presents (GUI key browsers ask
+		// before they read), "none" when the row is absent.
+		found, err := r.ensure(ctx, o.key())
+		if err != nil {
+			return r.fail(err)
+		}
+		return resp.Status(presentedType(r.cfg.Format, found))
 	case router.CmdGet:
 		return r.get(ctx, o)
 	}
 	return r.readHash(ctx, o)
+}
+
+// presentedType is TYPE's answer for a key of a route of format.
+func presentedType(f config.Format, found bool) string {
+	switch {
+	case !found:
+		return "none"
+	case f == config.FormatHash:
+		return "hash"
+	}
+	return "string"
 }
 
 // negative reports whether the route caches absent rows.

@@ -213,6 +213,8 @@ func absent(o Op) resp.Reply {
 		return resp.Int(0)
 	case router.CmdTtl, router.CmdPttl:
 		return resp.Int(-2)
+	case router.CmdType:
+		return resp.Status("none")
 	}
 	return resp.Null()
 }

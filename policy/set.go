@@ -640,6 +640,11 @@ func (s *Set) Begin(ctx context.Context, ops []*Queued, proto int) (*Txn, error)
 		}
 		op.r.Stats.Writes.Add(1)
 		reply, err := op.r.policy.Prepare(ctx, tx, op)
+		if execError(err) {
+			// Redis fails this command alone at EXEC and runs the others;
+			// nothing was written, the transaction goes on.
+			reply, err = resp.Err(string(err.(redisErr))), nil
+		}
 		if err != nil {
 			t.Rollback()
 			return nil, redisErr(op.r.errorText(err))
@@ -647,6 +652,13 @@ func (s *Set) Begin(ctx context.Context, ops []*Queued, proto int) (*Txn, error)
 		op.reply = reply
 	}
 	return t, nil
+}
+
+// execError reports whether err is one Redis gives for one command of an
+// EXEC, found before anything was written: the row's value cannot take
+// the increment (overflow, not a number).
+func execError(err error) bool {
+	return err == errOverflow || err == errNotInteger || err == errNotFloat
 }
 
 // Commit finishes the transaction after Redis' EXEC ran and returned

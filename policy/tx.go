@@ -32,6 +32,7 @@ type Queued struct {
 	r      *Route
 	op     Op         // the client's command, its arguments copied
 	float  bool       // write-back INCRBYFLOAT: the script's reply is the command's
+	get    bool       // write-back GETSET or SET ... GET: the script's reply (the old value) is the command's
 	reply  resp.Reply // Prepare's reply
 	intent *intent    // write-through: the write's intent, from Prepare until Finish
 }

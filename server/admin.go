@@ -189,6 +189,12 @@ func queueReply(ctx context.Context, set *policy.Set, proto int) []byte {
 		return resp.AppendArray(nil, 0)
 	}
 	qs := set.Flusher().Queues(ctx)
+	for _, q := range qs {
+		// A length read from an unreachable Redis is not 0: say so.
+		if q.Err != nil {
+			return resp.AppendError(nil, "ERR write-back queue of route '"+q.Route+"' cannot be read from the upstream Redis: "+oneLine(q.Err.Error()))
+		}
+	}
 	b := resp.AppendArray(nil, len(qs))
 	for _, q := range qs {
 		b = resp.AppendMap(b, 5, proto)
