@@ -99,7 +99,8 @@ func (r *Route) DB() *backend.DB { return r.db }
 
 // id is the key column's value for a Redis key: the part after the
 // route's prefix (a routed key is a row: docs/MIGRATION.md).
-func (r *Route) id(key string) string { return key[len(r.cfg.Prefix):] }
+// A cache version's tag (cacheversion.go) is not part of it.
+func (r *Route) id(key string) string { return untag(key[len(r.cfg.Prefix):]) }
 
 // Redis keys the policies keep beside a routed key; the "respite:" prefix
 // is reserved.
@@ -161,7 +162,7 @@ func (r *Route) nonCanonical(ctx context.Context, key string) error {
 	if err != nil {
 		return err
 	}
-	return fmt.Errorf("key %q is not in canonical form; use %q", key, r.cfg.Prefix+canonical)
+	return fmt.Errorf("key %q is not in canonical form; use %q", r.cfg.Prefix+r.id(key), r.cfg.Prefix+canonical)
 }
 
 // checkSet checks, without applying anything, what SET key value on this

@@ -138,7 +138,7 @@ func (s *Set) connect(ctx context.Context) error {
 			}
 			s.meta = true
 		}
-		t, err := s.db.Describe(ctx, rc.Table, rc.KeyColumn, rc.ValueColumn)
+		t, err := s.db.DescribeKey(ctx, rc.Table, backend.Key{Columns: rc.Keys(), Separator: rc.KeySeparator}, rc.ValueColumn)
 		if err != nil {
 			return fmt.Errorf("route %q: %w", rc.Name, err)
 		}
@@ -358,6 +358,7 @@ func (s *Set) route(cmd *router.Command, i int) *Route {
 // the client's order; any other command must have all its keys in one
 // route, and the route's policy answers it.
 func (s *Set) Do(ctx context.Context, proto int, cmd *router.Command) resp.Reply {
+	s.versioned(cmd)
 	if cmd.Guarded {
 		return s.flush(ctx, cmd)
 	}
@@ -560,6 +561,7 @@ func (s *Set) sum(ctx context.Context, proto int, cmd *router.Command) resp.Repl
 // cache) unless it is there already, so that a WATCH on it is not aborted
 // by the proxy's own fill.
 func (s *Set) Ensure(ctx context.Context, cmd *router.Command) error {
+	s.versioned(cmd)
 	for i, k := range cmd.Keys {
 		if r := s.route(cmd, i); r != nil {
 			if err := r.Ensure(ctx, string(cmd.Args[k])); err != nil {
@@ -576,6 +578,7 @@ func (s *Set) Ensure(ctx context.Context, cmd *router.Command) error {
 // then makes Redis abort the transaction (EXECABORT), as Redis does for a
 // command it refuses while queueing.
 func (s *Set) Queue(ctx context.Context, cmd *router.Command) (*Queued, error) {
+	s.versioned(cmd)
 	if IsRead(cmd.ID) {
 		for i, k := range cmd.Keys {
 			if r := s.route(cmd, i); r != nil && Supported(r.Config().Format, cmd.ID) {

@@ -169,6 +169,11 @@ func routesReply(set *policy.Set, proto int) []byte {
 			{"negative_ttl", time.Duration(*cfg.NegativeTTL).String()}, {"sliding", strconv.FormatBool(cfg.Sliding)},
 			{"early_refresh", strconv.FormatBool(cfg.EarlyRefresh)}, {"distributed_lock", strconv.FormatBool(cfg.DistributedLock)},
 			{"local_cache", strconv.FormatBool(cfg.LocalCache != nil)},
+			{"cache_version", strconv.Itoa(cfg.CacheVersion)}, {"audit", strconv.FormatBool(cfg.Audit)},
+		}
+		if len(cfg.KeyColumns) > 1 {
+			kv[4] = [2]string{"key_columns", strings.Join(cfg.KeyColumns, ", ")}
+			kv = append(kv, [2]string{"key_separator", cfg.KeySeparator})
 		}
 		if cfg.Policy == config.WriteBack {
 			kv = append(kv, [][2]string{{"batch_size", strconv.Itoa(cfg.BatchSize)},
