@@ -122,7 +122,7 @@ func (r *Route) Unready() error {
 }
 
 // Do carries one command on one of the route's keys (o.Args[1]).
-func (r *Route) Do(ctx context.Context, o Op) resp.Reply {
+func (r *Route) Do(ctx context.Context, o Op) (reply resp.Reply) {
 	if !Supported(r.cfg.Format, o.ID) {
 		return resp.Err(r.Refusal(o.name()))
 	}
@@ -131,6 +131,10 @@ func (r *Route) Do(ctx context.Context, o Op) resp.Reply {
 	}
 	if len(o.Args) < 2 {
 		return resp.Err("ERR wrong number of arguments for '" + o.name() + "' command")
+	}
+	if r.cfg.Audit && !IsRead(o.ID) {
+		start := time.Now()
+		defer func() { r.auditReply(o, reply, start, false) }()
 	}
 	key := o.key()
 	if !r.table.CanonicalKey(r.id(key)) {

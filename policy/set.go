@@ -619,12 +619,15 @@ type Txn struct {
 	proto int
 	tx    pgx.Tx // nil when no write needs PostgreSQL (write-back only)
 	done  bool
+
+	start   time.Time // Begin: the audit log's duration (audit.go)
+	audited bool
 }
 
 // Begin runs the PostgreSQL side of ops in one transaction, not yet
 // committed. An error means none of it happened.
 func (s *Set) Begin(ctx context.Context, ops []*Queued, proto int) (*Txn, error) {
-	t := &Txn{s: s, ops: ops, proto: proto}
+	t := &Txn{s: s, ops: ops, proto: proto, start: time.Now()}
 	needDB := false
 	for _, op := range ops {
 		needDB = needDB || op.needsDB()
@@ -649,6 +652,7 @@ func (s *Set) Begin(ctx context.Context, ops []*Queued, proto int) (*Txn, error)
 			reply, err = resp.Err(string(err.(redisErr))), nil
 		}
 		if err != nil {
+			t.auditTxn(auditError, op.r.errorText(err), nil)
 			t.Rollback()
 			return nil, redisErr(op.r.errorText(err))
 		}
@@ -685,11 +689,13 @@ func (t *Txn) Commit(ctx context.Context, execReply []byte) ([]byte, error) {
 			for _, op := range t.ops {
 				op.r.policy.Finish(ctx, op, nil, false)
 			}
+			t.auditTxn(auditError, oneLine(err.Error()), nil)
 			return nil, err
 		}
 	}
 	elems, ok := resp.Elements(execReply)
 	if !ok {
+		t.auditTxn(auditAborted, "", nil)
 		t.abandon()
 		return execReply, nil
 	}
@@ -702,6 +708,7 @@ func (t *Txn) Commit(ctx context.Context, execReply []byte) ([]byte, error) {
 		}
 		elems[op.Pos] = op.r.policy.Finish(ctx, op, elems[op.Pos], true).AppendTo(nil, t.proto)
 	}
+	t.auditTxn("", "", elems)
 	t.abandon()
 	b := resp.AppendArray(nil, len(elems))
 	for _, e := range elems {
@@ -737,6 +744,7 @@ func (t *Txn) abandon() {
 
 // Rollback abandons the PostgreSQL transaction unless it committed.
 func (t *Txn) Rollback() {
+	t.auditTxn(auditAborted, "", nil) // nothing if Commit logged them
 	if t.tx != nil && !t.done {
 		t.done = true
 		if err := t.tx.Rollback(context.Background()); err != nil && !errors.Is(err, pgx.ErrTxClosed) {
