@@ -60,7 +60,7 @@ func TestAuditLogOfRoutedWrites(t *testing.T) {
 	go srv.Serve(l)
 	t.Cleanup(func() { srv.Close() })
 	c := dialRaw(t, l.Addr().String())
-	c.do("GET", "user:61")                          // a read: not logged
+	c.do("GET", "user:61")                           // a read: not logged
 	c.do("SET", "user:61", `{"name":"secret-name"}`) // ok
 	c.do("SET", "user:61", `{"nope":1}`)             // error: not a column
 	c.do("INCRBY", "stock:kiwi", "-10")              // error: CHECK (stock >= 0)
