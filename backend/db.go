@@ -13,7 +13,9 @@
 //     pgx.Identifier{...}.Sanitize() and are case-sensitive afterwards;
 //     type names come from the catalog (format_type), which quotes them.
 //   - Keys and values are always query parameters, never part of the SQL
-//     text.
+//     text. The one literal from config is a composite key's separator
+//     (compositekey.go), which config allows only as punctuation without
+//     quotes or backslashes, and which is quoted as a string literal.
 package backend
 
 import (

@@ -13,7 +13,9 @@
 // queued in MULTI), flusher*.go, flushstream.go, flushbatch.go,
 // deadletter.go and version.go (the write-back flusher), durability.go
 // (the upstream Redis' eviction and persistence, and what they allow
-// write-back), cache.go (a Cache over go-redis, for tests and tools).
+// write-back), cache.go (a Cache over go-redis, for tests and tools),
+// cacheversion.go (cache_version: where a cached copy lives), verify.go
+// (RESPITE VERIFY), audit.go (the audit log of routed writes).
 package policy
 
 import (
@@ -72,6 +74,9 @@ type Stats struct {
 	Loads, Coalesced           atomic.Int64 // PostgreSQL loads, and reads that waited for another's load
 	EarlyRefreshes, Degraded   atomic.Int64 // XFetch refreshes, reads served from PostgreSQL with Redis down
 	Writes, Errors             atomic.Int64
+	// RESPITE VERIFY (verify.go): cached rows compared with PostgreSQL,
+	// found to differ, and deleted by REPAIR.
+	VerifyChecked, VerifyDivergent, VerifyRepaired atomic.Int64
 }
 
 // New builds a route over a described table, on its own (tests, tools):
