@@ -30,6 +30,8 @@ INSERT INTO corders VALUES (42, 1001, 9.5, '{"gift": true}', '2024-05-01 10:00:0
 		{Name: "wh", Prefix: "wh:", Policy: config.WriteThrough, Table: "corders", KeyColumns: []string{"tenant_id", "id"}, Format: config.FormatHash},
 		{Name: "ct", Prefix: "ct:", Policy: config.WriteThrough, Table: "cstock", KeyColumns: []string{"tenant_id", "sku"}, Format: config.FormatValue, ValueColumn: "n"},
 		{Name: "cs", Prefix: "cs:", Policy: config.WriteBack, Table: "cstock", KeyColumns: []string{"tenant_id", "sku"}, KeySeparator: "/", Format: config.FormatValue, ValueColumn: "n"},
+		{Name: "bh", Prefix: "bh:", Policy: config.WriteBack, Table: "corders", KeyColumns: []string{"tenant_id", "id"}, Format: config.FormatHash},
+		{Name: "bj", Prefix: "bj:", Policy: config.WriteBack, Table: "corders", KeyColumns: []string{"tenant_id", "id"}, Format: config.FormatJSON},
 	}
 	proxy := startRouted(t, p, func(c *config.Config) { c.Routes = append(c.Routes, routes...) })
 	c := dialRaw(t, proxy)
@@ -57,6 +59,8 @@ INSERT INTO corders VALUES (42, 1001, 9.5, '{"gift": true}', '2024-05-01 10:00:0
 		{"MGET co:42:1005 co:7:1 plain:x ct:1:apple", "*4\r\n" + bulk(`{"tenant_id":42,"id":1005,"total":3,"meta":null,"placed":null}`) + "$-1\r\n$-1\r\n" + bulk("5")},
 		{"MSET ct:1:apple 10 ct:2:apple 20 cs:1/kiwi 4 plain:y 1", "+OK\r\n"},
 		{"DEL co:42:1005", ":1\r\n"},
+		{"HSET bh:8:1 total 7", ":1\r\n"},
+		{"SET bj:8:2 {\"total\":8,\"meta\":{\"k\":1}}", "+OK\r\n"},
 	} {
 		if got := c.do(strings.Fields(tc[0])...); got != tc[1] {
 			t.Errorf("%s: %q, want %q", tc[0], got, tc[1])
@@ -79,17 +83,18 @@ INSERT INTO corders VALUES (42, 1001, 9.5, '{"gift": true}', '2024-05-01 10:00:0
 	if got := c.do("EXEC"); got != "*4\r\n:11\r\n+OK\r\n:1\r\n:1\r\n" {
 		t.Fatalf("EXEC: %q", got)
 	}
-	if got := q("SELECT string_agg(tenant_id||':'||id||'='||total, ',' ORDER BY tenant_id, id) FROM corders"); got != "7:1=2,42:1001=11,42:1006=4" {
+	if got := q("SELECT string_agg(tenant_id||':'||id||'='||total, ',' ORDER BY tenant_id, id) FROM corders WHERE tenant_id <> 8"); got != "7:1=2,42:1001=11,42:1006=4" {
 		t.Errorf("corders: %s", got)
 	}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		got := q("SELECT string_agg(tenant_id||':'||sku||'='||n, ',' ORDER BY tenant_id, sku) FROM cstock")
-		if got == "1:apple=11,1:kiwi=4,1:pear=2,2:apple=20,2:fig=1" {
+		got := q("SELECT string_agg(tenant_id||':'||sku||'='||n, ',' ORDER BY tenant_id, sku) FROM cstock") + " " +
+			q("SELECT string_agg(tenant_id||':'||id||'='||total||coalesce(meta::text, ''), ',' ORDER BY id) FROM corders WHERE tenant_id = 8")
+		if got == `1:apple=11,1:kiwi=4,1:pear=2,2:apple=20,2:fig=1 8:1=7,8:2=8{"k": 1}` {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("cstock: %s", got)
+			t.Fatalf("cstock, write-back rows of corders: %s", got)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
