@@ -65,7 +65,7 @@ func (t *Txn) auditTxn(outcome, errText string, elems [][]byte) {
 	t.audited = true
 	d := time.Since(t.start)
 	for _, op := range t.ops {
-		if !op.r.cfg.Audit {
+		if op.read || !op.r.cfg.Audit {
 			continue
 		}
 		out, e := outcome, errText

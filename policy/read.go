@@ -56,6 +56,25 @@ func (rd reader) Read(ctx context.Context, o Op) resp.Reply {
 	return r.readHash(ctx, o)
 }
 
+// replyFromRow is read command o's reply for the row rw, as the cache
+// would give it once filled; ok is false for reads only the cache answers
+// (TTL, PTTL).
+func (r *Route) replyFromRow(o Op, rw row) (resp.Reply, bool) {
+	switch {
+	case o.ID == router.CmdExists:
+		return resp.Bool(rw.found), true
+	case o.ID == router.CmdType:
+		return resp.Status(presentedType(r.cfg.Format, rw.found)), true
+	case o.ID == router.CmdGet:
+		return r.rowReply(rw), true
+	case r.cfg.Format != config.FormatHash:
+		return resp.Reply{}, false
+	case !rw.found:
+		return absent(o), true
+	}
+	return hashReply(o, rw.fields), true
+}
+
 // presentedType is TYPE's answer for a key of a route of format.
 func presentedType(f config.Format, found bool) string {
 	switch {

@@ -580,15 +580,19 @@ func (s *Set) Ensure(ctx context.Context, cmd *router.Command) error {
 func (s *Set) Queue(ctx context.Context, cmd *router.Command) (*Queued, error) {
 	s.versioned(cmd)
 	if IsRead(cmd.ID) {
+		q := &Queued{Cmd: cmd.Args, read: true}
 		for i, k := range cmd.Keys {
 			if r := s.route(cmd, i); r != nil && Supported(r.Config().Format, cmd.ID) {
 				if err := r.Unready(); err != nil {
 					return nil, redisErr(r.errorText(err))
 				}
 				r.Ensure(ctx, string(cmd.Args[k]))
+				if len(cmd.Keys) == 1 && k == 1 && r.table.CanonicalKey(r.id(string(cmd.Args[1]))) {
+					q.r, q.op = r, Op{ID: cmd.ID, Args: cloneArgs(cmd.Args), Proto: 2}
+				}
 			}
 		}
-		return &Queued{Cmd: cmd.Args, read: true}, nil
+		return q, nil
 	}
 	if len(cmd.Keys) != 1 || cmd.Keys[0] != 1 || cmd.Route < 0 {
 		return nil, redisErr("ERR command '" + strings.ToUpper(cmd.Name()) + "' on several routed keys is not supported inside MULTI")
@@ -640,10 +644,20 @@ func (s *Set) Begin(ctx context.Context, ops []*Queued, proto int) (*Txn, error)
 		return nil, fmt.Errorf("PostgreSQL: %w", err)
 	}
 	t.tx = tx
+	written := map[string]bool{} // route name, NUL, key
 	for _, op := range ops {
+		if op.read {
+			if err := t.readInTx(ctx, op, written); err != nil {
+				t.auditTxn(auditError, op.r.errorText(err), nil)
+				t.Rollback()
+				return nil, redisErr(op.r.errorText(err))
+			}
+			continue
+		}
 		if !op.needsDB() {
 			continue
 		}
+		written[op.r.cfg.Name+"\x00"+op.Key()] = true
 		op.r.Stats.Writes.Add(1)
 		reply, err := op.r.policy.Prepare(ctx, tx, op)
 		if execError(err) {
@@ -659,6 +673,23 @@ func (s *Set) Begin(ctx context.Context, ops []*Queued, proto int) (*Txn, error)
 		op.reply = reply
 	}
 	return t, nil
+}
+
+// readInTx gives a read queued after a write of its key (written) the
+// reply PostgreSQL's transaction has for it then, as Redis would answer
+// after its own write; other reads keep Redis' element.
+func (t *Txn) readInTx(ctx context.Context, op *Queued, written map[string]bool) error {
+	if !written[op.r.cfg.Name+"\x00"+op.Key()] {
+		return nil
+	}
+	rw, err := op.r.loadRow(ctx, t.tx, op.Key())
+	if err != nil {
+		return err
+	}
+	if rep, ok := op.r.replyFromRow(op.op, rw); ok {
+		op.reply, op.patch = rep, true
+	}
+	return nil
 }
 
 // execError reports whether err is one Redis gives for one command of an
@@ -687,7 +718,9 @@ func (t *Txn) Commit(ctx context.Context, execReply []byte) ([]byte, error) {
 		}
 		if err != nil {
 			for _, op := range t.ops {
-				op.r.policy.Finish(ctx, op, nil, false)
+				if !op.read {
+					op.r.policy.Finish(ctx, op, nil, false)
+				}
 			}
 			t.auditTxn(auditError, oneLine(err.Error()), nil)
 			return nil, err
@@ -701,6 +734,12 @@ func (t *Txn) Commit(ctx context.Context, execReply []byte) ([]byte, error) {
 	}
 	for _, op := range t.ops {
 		if op.Pos >= len(elems) {
+			continue
+		}
+		if op.read {
+			if op.patch {
+				elems[op.Pos] = op.reply.AppendTo(nil, t.proto)
+			}
 			continue
 		}
 		if !op.needsDB() {

@@ -89,6 +89,38 @@ INSERT INTO notes VALUES (1, 'hello');`); err != nil {
 			t.Errorf("%s MULTI TYPE, INCRBY overflow, GETSET: proxy %q, redis-server %q", prefix, replies[0], replies[1])
 		}
 	}
+	// A read after a write of the same key in one MULTI sees the write.
+	for _, key := range []string{"ca:ra", "wt:rb", "wb:rc"} {
+		var replies [2]string
+		for i, conn := range []struct {
+			c   *rawConn
+			key string
+		}{{c, key}, {rds, "plain:" + key}} {
+			conn.c.do("MULTI")
+			conn.c.do("GET", conn.key)
+			conn.c.do("SET", conn.key, "7")
+			conn.c.do("GET", conn.key)
+			conn.c.do("INCR", conn.key)
+			conn.c.do("GET", conn.key)
+			conn.c.do("TYPE", conn.key)
+			replies[i] = conn.c.do("EXEC")
+		}
+		if replies[0] != replies[1] {
+			t.Errorf("%s MULTI GET, SET, GET, INCR, GET, TYPE: proxy %q, redis-server %q", key, replies[0], replies[1])
+		}
+	}
+	// The same on a hash route (cache-aside): the row as PostgreSQL has
+	// it inside the transaction, key column included.
+	p.Exec("DELETE FROM profiles WHERE id = 5")
+	c.do("MULTI")
+	c.do("HGET", "profile:5", "name")
+	c.do("HSET", "profile:5", "name", "x")
+	c.do("HGET", "profile:5", "name")
+	c.do("HGETALL", "profile:5")
+	c.do("EXISTS", "profile:5")
+	if got, want := c.do("EXEC"), "*5\r\n$-1\r\n:1\r\n$1\r\nx\r\n*4\r\n$2\r\nid\r\n$1\r\n5\r\n$4\r\nname\r\n$1\r\nx\r\n:1\r\n"; got != want {
+		t.Errorf("MULTI on a hash route: %q, want %q", got, want)
+	}
 	// SETEX's expiry (json routes serve it).
 	for _, cmd := range [][]string{{"SETEX", "K", "abc", `{"title":"x"}`}, {"SETEX", "K", "0", `{"title":"x"}`}, {"SETEX", "K", "-3", `{"title":"x"}`}} {
 		if got, want := c.do(replaceKey(cmd, "nj:5")...), rds.do(replaceKey(cmd, "plain:nj:5")...); got != want {
