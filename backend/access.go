@@ -280,14 +280,15 @@ func (p *privs) table(ctx context.Context, q Querier, t *Table, a Access) error 
 	if err != nil {
 		return err
 	}
-	key, val := t.cols[t.key].name, ""
+	val := ""
 	if t.val >= 0 {
 		val = t.cols[t.val].name
 	}
+	isKey := func(name string) bool { ci, ok := t.byNm[name]; return ok && t.isKey(ci) }
 	if a.ValueOnly && val == "" {
 		return errors.New("a value route needs a Table described with its value column")
 	}
-	isKV := func(c *colPriv) bool { return c.name == key || c.name == val }
+	isKV := func(c *colPriv) bool { return isKey(c.name) || c.name == val }
 	var items []string
 	check := func(priv string, want func(c *colPriv) bool) {
 		if g := o.need(priv, want); g != "" {
@@ -307,7 +308,7 @@ func (p *privs) table(ctx context.Context, q Querier, t *Table, a Access) error 
 			check("UPDATE", writable)
 		case a.WriteBack:
 			check("INSERT", isKV)
-			check("UPDATE", func(c *colPriv) bool { return !c.generated && c.name != key })
+			check("UPDATE", func(c *colPriv) bool { return !c.generated && !isKey(c.name) })
 		default:
 			check("INSERT", isKV)
 			check("UPDATE", func(c *colPriv) bool { return c.name == val })

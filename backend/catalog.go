@@ -32,11 +32,13 @@ type Table struct {
 	ident string    // quoted, schema-qualified: "public"."users"
 	cols  []column
 	byNm  map[string]int
-	key   int // index of the key column in cols
-	val   int // index of the value column, -1 if none
+	key   int    // index of the (first) key column in cols
+	keys  []int  // indexes of the key columns, in key order (compositekey.go)
+	sep   string // between the parts of a composite key
+	val   int    // index of the value column, -1 if none
 
 	sqlKeyCheck   string
-	sqlCanon      string // CanonicalForm's statement, "" when every key is canonical
+	sqlCanon      []string // CanonicalForm's statement per key column, "" when every text is canonical
 	sqlValCheck   string
 	sqlLoadJSON   string
 	sqlLoadFields string
@@ -86,6 +88,14 @@ const (
 //
 // and hint at the lower-case name when only that exists.
 func (db *DB) Describe(ctx context.Context, table, keyColumn, valueColumn string) (*Table, error) {
+	return db.DescribeKey(ctx, table, Key{Columns: []string{keyColumn}}, valueColumn)
+}
+
+// DescribeKey is Describe for a key of one or several columns
+// (compositekey.go): the table needs a primary key or unique index on
+// exactly those columns; without one the error names the columns of its
+// primary key.
+func (db *DB) DescribeKey(ctx context.Context, table string, key Key, valueColumn string) (*Table, error) {
 	if table == "" {
 		return nil, errors.New("table name is empty")
 	}
@@ -186,37 +196,83 @@ ORDER BY a.attnum`, oid)
 		}
 		return -1, errors.New(msg)
 	}
-	if keyColumn == "" {
+	if len(key.Columns) == 0 || key.Columns[0] == "" {
 		return nil, fmt.Errorf("table %q: key column is empty", table)
 	}
-	if t.key, err = lookup(keyColumn, ""); err != nil {
-		return nil, err
+	t.sep = key.Separator
+	if t.sep == "" {
+		t.sep = ":"
 	}
+	for _, kc := range key.Columns {
+		ci, err := lookup(kc, "")
+		if err != nil {
+			return nil, err
+		}
+		t.keys = append(t.keys, ci)
+	}
+	t.key = t.keys[0]
 	if valueColumn != "" {
 		if t.val, err = lookup(valueColumn, ""); err != nil {
 			return nil, err
 		}
-		if t.val == t.key {
+		if t.isKey(t.val) {
 			return nil, fmt.Errorf("table %q: value column %q is the key column", table, valueColumn)
 		}
 	}
-
-	var unique bool
-	err = db.load.QueryRow(ctx, `SELECT EXISTS (
-	SELECT 1 FROM pg_catalog.pg_index i
-	JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
-	WHERE i.indrelid = $1 AND a.attname = $2
-	  AND i.indisunique AND i.indimmediate AND i.indnkeyatts = 1
-	  AND i.indpred IS NULL AND i.indexprs IS NULL)`, oid, keyColumn).Scan(&unique)
-	if err != nil {
-		return nil, fmt.Errorf("table %q: %w", table, wrapErr(err))
-	}
-	if !unique {
-		return nil, fmt.Errorf("table %q: column %q has no primary key or unique index of its own (INSERT ... ON CONFLICT (%s) needs one)",
-			table, keyColumn, t.cols[t.key].ident)
+	if err := t.checkUnique(ctx, key.Columns); err != nil {
+		return nil, err
 	}
 	t.build()
 	return t, nil
+}
+
+// checkUnique refuses a key that no primary key or unique index covers
+// exactly (a non-partial, non-deferrable unique index on just those
+// columns, in any order, which INSERT ... ON CONFLICT (K1, K2) needs),
+// naming the columns of the table's primary key.
+func (t *Table) checkUnique(ctx context.Context, columns []string) error {
+	db := t.db
+	var unique bool
+	err := db.load.QueryRow(ctx, `SELECT EXISTS (
+	SELECT 1 FROM pg_catalog.pg_index i
+	WHERE i.indrelid = $1 AND i.indisunique AND i.indimmediate AND i.indnkeyatts = $3
+	  AND i.indpred IS NULL AND i.indexprs IS NULL
+	  AND (SELECT pg_catalog.array_agg(a.attname::text ORDER BY a.attname::text)
+	       FROM pg_catalog.unnest(i.indkey::int2[]) WITH ORDINALITY AS u(attnum, ord)
+	       JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = u.attnum
+	       WHERE u.ord <= i.indnkeyatts) = (SELECT pg_catalog.array_agg(c ORDER BY c) FROM pg_catalog.unnest($2::text[]) AS c))`,
+		t.oid, columns, len(columns)).Scan(&unique)
+	if err != nil {
+		return fmt.Errorf("table %q: %w", t.name, wrapErr(err))
+	}
+	if unique {
+		return nil
+	}
+	var pk []string
+	err = db.load.QueryRow(ctx, `SELECT pg_catalog.array_agg(a.attname::text ORDER BY u.ord)
+FROM pg_catalog.pg_index i, pg_catalog.unnest(i.indkey::int2[]) WITH ORDINALITY AS u(attnum, ord)
+JOIN pg_catalog.pg_attribute a ON a.attnum = u.attnum
+WHERE i.indrelid = $1 AND i.indisprimary AND a.attrelid = i.indrelid AND u.ord <= i.indnkeyatts`, t.oid).Scan(&pk)
+	if err != nil {
+		return fmt.Errorf("table %q: %w", t.name, wrapErr(err))
+	}
+	what := fmt.Sprintf("column %q has", columns[0])
+	if len(columns) > 1 {
+		what = fmt.Sprintf("columns (%s) have", strings.Join(columns, ", "))
+	}
+	msg := fmt.Sprintf("table %q: %s no primary key or unique index of their own (INSERT ... ON CONFLICT (%s) needs one)",
+		t.name, what, t.keyIdents(""))
+	if len(columns) == 1 {
+		msg = strings.Replace(msg, "of their own", "of its own", 1)
+	}
+	switch {
+	case len(pk) == 1:
+		msg += fmt.Sprintf("; its primary key is %s: set key_column: %s", pk[0], pk[0])
+	case len(pk) > 1:
+		msg += fmt.Sprintf("; its primary key is (%s): set key_columns: [%s] (keys then name a row as prefix%s)",
+			strings.Join(pk, ", "), strings.Join(pk, ", "), "<"+strings.Join(pk, ">"+t.sep+"<")+">")
+	}
+	return errors.New(msg)
 }
 
 // identFor quotes a configured table name: one identifier, or
@@ -254,12 +310,14 @@ func kindOf(oid uint32, typmod int32) (kind, int) {
 // build prepares the statements that do not depend on the fields of a
 // call. $1 is always the key.
 func (t *Table) build() {
-	k := t.cols[t.key]
-	keyEq := k.ident + " = $1::text::" + k.typ
-	t.sqlKeyCheck = "SELECT $1::text::" + k.typ
-	t.sqlCanon = canonSQL(&k)
+	keyEq := t.keyMatch("", "$1")
+	t.sqlKeyCheck = "SELECT " + strings.Join(t.keyCasts("$1"), ", ")
+	t.sqlCanon = make([]string, len(t.keys))
+	for i, ci := range t.keys {
+		t.sqlCanon[i] = canonSQL(&t.cols[ci])
+	}
 	t.sqlLoadJSON = "SELECT pg_catalog.row_to_json(respite_r.*)::text FROM " + t.ident +
-		" AS respite_r WHERE respite_r." + keyEq
+		" AS respite_r WHERE " + t.keyMatch("respite_r.", "$1")
 	var sel []string
 	for _, c := range t.cols {
 		sel = append(sel, c.ident+"::text")
@@ -280,7 +338,7 @@ func (t *Table) build() {
 // Name is the table name as configured.
 func (t *Table) Name() string { return t.name }
 
-// KeyColumn is the key column's name.
+// KeyColumn is the key column's name (the first of a composite key).
 func (t *Table) KeyColumn() string { return t.cols[t.key].name }
 
 // ValueColumn is the value column's name, "" if the table was described
@@ -303,19 +361,19 @@ func (t *Table) Columns() []string {
 }
 
 // columnsOf checks that every name is a column and returns the column
-// indexes, deduplicated, in table order, and whether the key column is
-// among them (keyAt: the position of its last occurrence in names, -1 if
-// absent).
-func (t *Table) columnsOf(names []string) (cols []int, keyAt int, err error) {
+// indexes, deduplicated, in table order, without the key columns, and
+// where key columns are among the names (keyAt: key column index to the
+// position of its last occurrence in names).
+func (t *Table) columnsOf(names []string) (cols []int, keyAt map[int]int, err error) {
 	seen := make([]bool, len(t.cols))
-	keyAt = -1
+	keyAt = map[int]int{}
 	for i, n := range names {
 		ci, ok := t.byNm[n]
 		if !ok {
-			return nil, -1, &FieldError{Table: t.name, Field: n}
+			return nil, nil, &FieldError{Table: t.name, Field: n}
 		}
-		if ci == t.key {
-			keyAt = i
+		if t.isKey(ci) {
+			keyAt[ci] = i
 			continue
 		}
 		seen[ci] = true

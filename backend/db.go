@@ -13,7 +13,9 @@
 //     pgx.Identifier{...}.Sanitize() and are case-sensitive afterwards;
 //     type names come from the catalog (format_type), which quotes them.
 //   - Keys and values are always query parameters, never part of the SQL
-//     text.
+//     text. The one literal from config is a composite key's separator
+//     (compositekey.go), which config allows only as punctuation without
+//     quotes or backslashes, and which is quoted as a string literal.
 package backend
 
 import (
@@ -252,9 +254,16 @@ type KeyError struct {
 	Type   string // column type, e.g. "integer"
 	Key    string
 	Err    error // the PostgreSQL error, when PostgreSQL reported it
+	// Separator is set for a composite key: Column and Type then list
+	// the key columns and their types.
+	Separator string
 }
 
 func (e *KeyError) Error() string {
+	if e.Separator != "" {
+		return fmt.Sprintf("key %s is not a valid key of table %q (one value for each of the columns %s, of types %s, in that order, separated by %q)",
+			quoteKey(e.Key), e.Table, e.Column, e.Type, e.Separator)
+	}
 	return fmt.Sprintf("key %s is not a valid %s for column %q of table %q",
 		quoteKey(e.Key), e.Type, e.Column, e.Table)
 }

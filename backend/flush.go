@@ -131,6 +131,9 @@ func (t *Table) flush(ctx context.Context, route string, entries []Entry) (int, 
 	if len(entries) == 0 {
 		return 0, nil
 	}
+	if err := t.entryKeys(entries); err != nil {
+		return 0, err
+	}
 	fs, err := fold(entries, func(f *folded, v string) error { f.value = v; return nil })
 	if err != nil {
 		return 0, err
@@ -159,11 +162,22 @@ func (t *Table) flush(ctx context.Context, route string, entries []Entry) (int, 
 	return n, nil
 }
 
+// entryKeys refuses a batch with a composite key of another number of
+// parts, which split_part would read as another row.
+func (t *Table) entryKeys(entries []Entry) error {
+	for _, e := range entries {
+		if _, ok := t.keyParts(e.Key); !ok {
+			return t.keyError(e.Key, nil)
+		}
+	}
+	return nil
+}
+
 // flushValueSQL builds Flush's statement for a batch with (rep) or
 // without keys that are recreated and with (del) or without deletes: the
 // CTEs a batch cannot use are left out (fixed per table: four texts).
 func (t *Table) flushValueSQL(rep, del bool) string {
-	in := "SELECT x.k::text::" + t.cols[t.key].typ + " AS kc, x.v, x.ver, x.rep FROM ROWS FROM (" +
+	in := "SELECT " + t.castsAs("x.k", "kc") + ", x.v, x.ver, x.rep FROM ROWS FROM (" +
 		"pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::int8[]), pg_catalog.unnest($5::bool[])" +
 		") AS x(k, v, ver, rep)"
 	cols := []int{t.val}
@@ -190,10 +204,9 @@ type flushGroup struct {
 // gives a column's new value; from is extra FROM text after
 // "respite_go respite_g"; del adds the DELETE.
 func (t *Table) flushSQL(in, payload string, groups []flushGroup, expr func(ci int) string, from string, del bool) string {
-	k := t.cols[t.key]
 	var b strings.Builder
-	b.WriteString("WITH respite_in AS (SELECT DISTINCT ON (s.kc) s.kc::text AS kt, s.* FROM (" + in +
-		") s ORDER BY s.kc, s.ver DESC),\n")
+	b.WriteString("WITH respite_in AS (SELECT DISTINCT ON (" + t.named("s.", "kc") + ") " + t.textOfNamed("s.", "kc") + " AS kt, s.* FROM (" + in +
+		") s ORDER BY " + t.named("s.", "kc") + ", s.ver DESC),\n")
 	b.WriteString("respite_adv AS (INSERT INTO " + metaTable + " AS respite_rv (route, key, version)" +
 		" SELECT $1::text, kt, ver FROM respite_in ORDER BY kt" +
 		" ON CONFLICT (route, key) DO UPDATE SET version = EXCLUDED.version" +
@@ -203,7 +216,10 @@ func (t *Table) flushSQL(in, payload string, groups []flushGroup, expr func(ci i
 	for gi, g := range groups {
 		var defaults []int
 		if g.replace {
-			written := map[int]bool{t.key: true}
+			written := map[int]bool{}
+			for _, ci := range t.keys {
+				written[ci] = true
+			}
 			for _, ci := range g.cols {
 				written[ci] = true
 			}
@@ -217,28 +233,28 @@ func (t *Table) flushSQL(in, payload string, groups []flushGroup, expr func(ci i
 		counts = append(counts, "(SELECT count(*) FROM "+u+")", "(SELECT count(*) FROM "+i+")")
 		b.WriteString(",\n" + u + " AS (")
 		if len(g.cols) == 0 && len(defaults) == 0 {
-			b.WriteString("SELECT respite_t." + k.ident + " AS respite_k FROM " + t.ident + " AS respite_t, respite_go respite_g" +
-				" WHERE respite_t." + k.ident + " = respite_g.kc AND " + g.where + ")")
+			b.WriteString("SELECT " + t.keyAs("respite_t.", "respite_k") + " FROM " + t.ident + " AS respite_t, respite_go respite_g" +
+				" WHERE " + t.joinNamed("respite_t.", "respite_g.", "kc") + " AND " + g.where + ")")
 		} else {
 			b.WriteString("UPDATE " + t.ident + " AS respite_t SET " + t.setList(g.cols, expr, defaults) +
-				" FROM respite_go respite_g" + from + " WHERE respite_t." + k.ident + " = respite_g.kc AND " + g.where +
-				" RETURNING respite_t." + k.ident + " AS respite_k)")
+				" FROM respite_go respite_g" + from + " WHERE " + t.joinNamed("respite_t.", "respite_g.", "kc") + " AND " + g.where +
+				" RETURNING " + t.keyAs("respite_t.", "respite_k") + ")")
 		}
-		b.WriteString(",\n" + i + " AS (INSERT INTO " + t.ident + " (" + k.ident)
+		b.WriteString(",\n" + i + " AS (INSERT INTO " + t.ident + " (" + t.keyIdents(""))
 		for _, ci := range g.cols {
 			b.WriteString(", " + t.cols[ci].ident)
 		}
-		b.WriteString(") SELECT respite_g.kc")
+		b.WriteString(") SELECT " + t.named("respite_g.", "kc"))
 		for _, ci := range g.cols {
 			b.WriteString(", " + expr(ci))
 		}
 		b.WriteString(" FROM respite_go respite_g" + from + " WHERE " + g.where +
-			" AND NOT EXISTS (SELECT 1 FROM " + u + " WHERE " + u + ".respite_k = respite_g.kc) ORDER BY respite_g.kc")
+			" AND NOT EXISTS (SELECT 1 FROM " + u + " WHERE " + t.sameNamed(u+".", "respite_k", "respite_g.", "kc") + ") ORDER BY " + t.named("respite_g.", "kc"))
 		b.WriteString(t.upsertTail(g.cols, defaults...) + " RETURNING 1)")
 	}
 	if del {
 		b.WriteString(",\nrespite_d AS (DELETE FROM " + t.ident + " AS respite_t USING respite_go respite_g WHERE respite_g." + payload +
-			" IS NULL AND respite_t." + k.ident + " = respite_g.kc RETURNING 1)")
+			" IS NULL AND " + t.joinNamed("respite_t.", "respite_g.", "kc") + " RETURNING 1)")
 		counts = append(counts, "(SELECT count(*) FROM respite_d)")
 	}
 	if len(counts) == 0 {
@@ -283,6 +299,9 @@ func (t *Table) flushJSON(ctx context.Context, route string, entries []Entry) (i
 	if len(entries) == 0 {
 		return 0, nil
 	}
+	if err := t.entryKeys(entries); err != nil {
+		return 0, err
+	}
 	fs, err := fold(entries, func(f *folded, v string) error {
 		ms, err := parseObject([]byte(v))
 		if err != nil {
@@ -296,7 +315,7 @@ func (t *Table) flushJSON(ctx context.Context, route string, entries []Entry) (i
 			if !ok {
 				return &FieldError{Table: t.name, Field: m.name}
 			}
-			if ci != t.key {
+			if !t.isKey(ci) {
 				f.fields[ci] = m.raw
 			}
 		}
@@ -349,7 +368,7 @@ func (t *Table) flushJSON(ctx context.Context, route string, entries []Entry) (i
 		s := ob.String()
 		objs[i] = &s
 	}
-	in := "SELECT x.k::text::" + t.cols[t.key].typ + " AS kc, x.o::jsonb AS o, x.ver, x.grp FROM ROWS FROM (" +
+	in := "SELECT " + t.castsAs("x.k", "kc") + ", x.o::jsonb AS o, x.ver, x.grp FROM ROWS FROM (" +
 		"pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::int8[]), pg_catalog.unnest($5::int4[])" +
 		") AS x(k, o, ver, grp)"
 	sql := t.flushSQL(in, "o", groups,

@@ -100,7 +100,15 @@ func (t *Table) keyError(key string, err error) *KeyError {
 	if !errors.As(err, &pgErr) {
 		err = nil
 	}
-	return &KeyError{Table: t.name, Column: k.name, Type: k.fullType, Key: key, Err: err}
+	e := &KeyError{Table: t.name, Column: k.name, Type: k.fullType, Key: key, Err: err}
+	if t.composite() {
+		var types []string
+		for _, ci := range t.keys {
+			types = append(types, t.cols[ci].fullType)
+		}
+		e.Column, e.Type, e.Separator = strings.Join(t.KeyColumns(), ", "), strings.Join(types, ", "), t.sep
+	}
+	return e
 }
 
 // CheckKey returns a *KeyError if key cannot be cast to the key column's
@@ -114,7 +122,7 @@ func (t *Table) CheckKey(ctx context.Context, key string) error {
 }
 
 func (t *Table) checkKey(ctx context.Context, key string) error {
-	ok, err := t.castable(ctx, &t.cols[t.key], t.sqlKeyCheck, key)
+	ok, err := t.keyCastable(ctx, key)
 	if err != nil {
 		return err
 	}
@@ -223,29 +231,57 @@ func canonOf(oid uint32, typmod int32) canon {
 // not fit the type (an integer out of range, 2024-02-30 is already
 // refused here) is left to the cast: not found, or a *KeyError.
 func (t *Table) CanonicalKey(key string) bool {
-	return isCanonical(t.cols[t.key].canon, key)
+	parts, ok := t.keyParts(key)
+	if !ok {
+		return false
+	}
+	for i, ci := range t.keys {
+		if !isCanonical(t.cols[ci].canon, parts[i]) {
+			return false
+		}
+	}
+	return true
 }
 
 // CanonicalForm returns the canonical text of key (what PostgreSQL gives
 // it once cast to the key column's type, trailing zeros of an
 // unconstrained numeric trimmed), asking PostgreSQL unless key already is
 // canonical. A key that cannot be cast is a *KeyError.
+// A composite key's parts are canonicalized one by one; a key with
+// another number of parts is a *KeyError.
 func (t *Table) CanonicalForm(ctx context.Context, key string) (string, error) {
-	if t.CanonicalKey(key) || t.sqlCanon == "" {
+	if t.CanonicalKey(key) {
 		return key, nil
 	}
-	var out string
+	parts, ok := t.keyParts(key)
+	if !ok {
+		return "", t.keyError(key, nil)
+	}
+	out := make([]string, len(parts))
 	err := t.do(ctx, nil, "key check", func(ctx context.Context) error {
-		if vouch(&t.cols[t.key], key) < 0 {
-			return t.keyError(key, nil) // NUL, invalid UTF-8, too long for character(n)
+		for i, ci := range t.keys {
+			c := &t.cols[ci]
+			if isCanonical(c.canon, parts[i]) || t.sqlCanon[i] == "" {
+				out[i] = parts[i]
+				continue
+			}
+			if vouch(c, parts[i]) < 0 {
+				return t.keyError(key, nil) // NUL, invalid UTF-8, too long for character(n)
+			}
+			err := t.db.load.QueryRow(ctx, t.sqlCanon[i], parts[i]).Scan(&out[i])
+			if isDataException(err) {
+				return t.keyError(key, err)
+			}
+			if err != nil {
+				return wrapErr(err)
+			}
 		}
-		err := t.db.load.QueryRow(ctx, t.sqlCanon, key).Scan(&out)
-		if isDataException(err) {
-			return t.keyError(key, err)
-		}
-		return wrapErr(err)
+		return nil
 	})
-	return out, err
+	if err != nil {
+		return "", err
+	}
+	return t.joinKey(out), nil
 }
 
 // canonSQL is the statement CanonicalForm runs for a key column, "" when

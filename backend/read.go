@@ -15,10 +15,13 @@ import (
 // cannot be cast is found out on the load pool first, so that it does not
 // abort the caller's transaction.
 func (t *Table) readKey(ctx context.Context, q Querier, key string) (bool, error) {
+	if _, ok := t.keyParts(key); !ok {
+		return false, nil // another number of parts names no row
+	}
 	if !inTx(q) {
 		return true, nil
 	}
-	return t.castable(ctx, &t.cols[t.key], t.sqlKeyCheck, key)
+	return t.keyCastable(ctx, key)
 }
 
 // readErr maps a read's error: a data exception can only come from the

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -17,6 +19,9 @@ import (
 // writeKey is the check before a write: inside a transaction a key that
 // cannot be cast is refused without touching the transaction.
 func (t *Table) writeKey(ctx context.Context, q Querier, key string) error {
+	if _, ok := t.keyParts(key); !ok {
+		return t.keyError(key, nil) // a composite key with another number of parts
+	}
 	if !inTx(q) {
 		return nil
 	}
@@ -27,7 +32,7 @@ func (t *Table) writeKey(ctx context.Context, q Querier, key string) error {
 // key is what cannot be cast, otherwise (a bad value) a *DBError.
 func (t *Table) writeErr(ctx context.Context, key string, err error) error {
 	if isDataException(err) {
-		ok, cerr := t.castable(ctx, &t.cols[t.key], t.sqlKeyCheck, key)
+		ok, cerr := t.keyCastable(ctx, key)
 		if cerr == nil && !ok {
 			return t.keyError(key, err)
 		}
@@ -51,7 +56,7 @@ func (t *Table) upsertTail(cols []int, defaults ...int) string {
 	if len(set) == 0 {
 		set = append(set, k+" = EXCLUDED."+k)
 	}
-	return " ON CONFLICT (" + k + ") DO UPDATE SET " + strings.Join(set, ", ")
+	return " ON CONFLICT (" + t.keyIdents("") + ") DO UPDATE SET " + strings.Join(set, ", ")
 }
 
 // setList is "c1 = expr(c1), c2 = expr(c2)" then "d = DEFAULT".
@@ -83,8 +88,7 @@ func (t *Table) setList(cols []int, expr func(ci int) string, defaults []int) st
 //	    ON CONFLICT (K) DO UPDATE SET c1 = EXCLUDED.c1, c2 = EXCLUDED.c2 RETURNING 1)
 //	SELECT (SELECT count(*) FROM respite_u) + (SELECT count(*) FROM respite_i)
 func (t *Table) writeSQL(cols []int, expr func(ci int) string, from, cond string) string {
-	k := t.cols[t.key]
-	keyVal := "$1::text::" + k.typ
+	keyEq := t.keyMatch("respite_t.", "$1")
 	if cond != "" {
 		cond = " AND " + cond
 	}
@@ -95,19 +99,19 @@ func (t *Table) writeSQL(cols []int, expr func(ci int) string, from, cond string
 		if from != "" {
 			b.WriteString(", " + from)
 		}
-		b.WriteString(" WHERE respite_t." + k.ident + " = " + keyVal + cond + "),\n")
+		b.WriteString(" WHERE " + keyEq + cond + "),\n")
 	} else {
 		b.WriteString("UPDATE " + t.ident + " AS respite_t SET " + t.setList(cols, expr, nil))
 		if from != "" {
 			b.WriteString(" FROM " + from)
 		}
-		b.WriteString(" WHERE respite_t." + k.ident + " = " + keyVal + cond + " RETURNING 1),\n")
+		b.WriteString(" WHERE " + keyEq + cond + " RETURNING 1),\n")
 	}
-	b.WriteString("respite_i AS (INSERT INTO " + t.ident + " (" + k.ident)
+	b.WriteString("respite_i AS (INSERT INTO " + t.ident + " (" + t.keyIdents(""))
 	for _, ci := range cols {
 		b.WriteString(", " + t.cols[ci].ident)
 	}
-	b.WriteString(") SELECT " + keyVal)
+	b.WriteString(") SELECT " + strings.Join(t.keyCasts("$1"), ", "))
 	for _, ci := range cols {
 		b.WriteString(", " + expr(ci))
 	}
@@ -128,7 +132,7 @@ func (t *Table) runWrite(ctx context.Context, q Querier, key, sql string, args .
 		return t.writeErr(ctx, key, err)
 	}
 	if n == 0 {
-		return &FieldError{Table: t.name, Field: t.cols[t.key].name,
+		return &FieldError{Table: t.name, Field: strings.Join(t.KeyColumns(), ", "),
 			Reason: "is the key column and does not match the key " + quoteKey(key)}
 	}
 	return nil
@@ -170,11 +174,13 @@ func (t *Table) writeJSON(ctx context.Context, q Querier, key string, obj []byte
 	if err := t.writeKey(ctx, q, key); err != nil {
 		return err
 	}
-	k := t.cols[t.key]
-	cond := ""
-	if keyAt >= 0 {
-		cond = "respite_r." + k.ident + " = $1::text::" + k.typ
+	var conds []string
+	casts := t.keyCasts("$1")
+	for ci := range keyAt {
+		conds = append(conds, "respite_r."+t.cols[ci].ident+" = "+casts[t.keyPartOf(ci)])
 	}
+	sort.Strings(conds)
+	cond := strings.Join(conds, " AND ")
 	sql := t.writeSQL(cols, func(ci int) string { return "respite_r." + t.cols[ci].ident },
 		"pg_catalog.jsonb_populate_record(NULL::"+t.ident+", $2::text::jsonb) AS respite_r", cond)
 	return t.runWrite(ctx, q, key, sql, key, string(obj))
@@ -208,18 +214,23 @@ func (t *Table) writeFields(ctx context.Context, q Querier, key string, fields [
 	for _, f := range fields {
 		last[t.byNm[f.Name]] = f.Value
 	}
-	k := t.cols[t.key]
 	args := []any{key}
 	param := map[int]int{}
 	for _, ci := range cols {
 		args = append(args, last[ci])
 		param[ci] = len(args)
 	}
-	cond := ""
-	if keyAt >= 0 {
-		args = append(args, fields[keyAt].Value)
-		cond = fmt.Sprintf("$%d::text::%s = $1::text::%s", len(args), k.typ, k.typ)
+	var conds []string
+	casts := t.keyCasts("$1")
+	for _, ci := range t.keys {
+		at, ok := keyAt[ci]
+		if !ok {
+			continue
+		}
+		args = append(args, fields[at].Value)
+		conds = append(conds, fmt.Sprintf("$%d::text::%s = %s", len(args), t.cols[ci].typ, casts[t.keyPartOf(ci)]))
 	}
+	cond := strings.Join(conds, " AND ")
 	sql := t.writeSQL(cols, func(ci int) string { return fmt.Sprintf("$%d::text::%s", param[ci], t.cols[ci].typ) }, "", cond)
 	return t.runWrite(ctx, q, key, sql, args...)
 }
@@ -247,8 +258,8 @@ func (t *Table) clearFields(ctx context.Context, q Querier, key string, names []
 	if err != nil {
 		return 0, err
 	}
-	if keyAt >= 0 {
-		return 0, &FieldError{Table: t.name, Field: t.cols[t.key].name, Reason: "is the key column and cannot be removed"}
+	for ci := range keyAt {
+		return 0, &FieldError{Table: t.name, Field: t.cols[ci].name, Reason: "is the key column and cannot be removed"}
 	}
 	if len(cols) == 0 {
 		return 0, nil
@@ -256,16 +267,19 @@ func (t *Table) clearFields(ctx context.Context, q Querier, key string, names []
 	if err := t.writeKey(ctx, q, key); err != nil {
 		return 0, err
 	}
-	k := t.cols[t.key]
 	var cnt, set []string
 	for _, ci := range cols {
 		c := t.cols[ci].ident
 		cnt = append(cnt, "("+c+" IS NOT NULL)::int")
 		set = append(set, c+" = NULL")
 	}
-	sql := "WITH respite_o AS (SELECT " + k.ident + " AS k, " + strings.Join(cnt, " + ") + " AS n FROM " + t.ident +
-		" WHERE " + k.ident + " = $1::text::" + k.typ + " FOR UPDATE) UPDATE " + t.ident + " AS respite_t SET " +
-		strings.Join(set, ", ") + " FROM respite_o WHERE respite_t." + k.ident + " = respite_o.k AND respite_o.n > 0 RETURNING respite_o.n"
+	var sel []string
+	for i, ci := range t.keys {
+		sel = append(sel, t.cols[ci].ident+" AS respite_k"+strconv.Itoa(i))
+	}
+	sql := "WITH respite_o AS (SELECT " + strings.Join(sel, ", ") + ", " + strings.Join(cnt, " + ") + " AS n FROM " + t.ident +
+		" WHERE " + t.keyMatch("", "$1") + " FOR UPDATE) UPDATE " + t.ident + " AS respite_t SET " +
+		strings.Join(set, ", ") + " FROM respite_o WHERE " + t.joinNamed("respite_t.", "respite_o.", "respite_k") + " AND respite_o.n > 0 RETURNING respite_o.n"
 	var n int64
 	if err := q.QueryRow(ctx, sql, key).Scan(&n); err != nil {
 		if errors.Is(err, pgx.ErrNoRows) {

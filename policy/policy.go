@@ -66,18 +66,19 @@ func newPolicy(r *Route) Policy {
 // hash (one field per column) and value (one column).
 var formatCommands = map[config.Format]map[router.ID]bool{
 	config.FormatJSON: ids(router.CmdGet, router.CmdSet, router.CmdSetex, router.CmdGetdel, router.CmdMget,
-		router.CmdMset, router.CmdDel, router.CmdUnlink, router.CmdExists, router.CmdTtl, router.CmdPttl, router.CmdExpire),
+		router.CmdMset, router.CmdDel, router.CmdUnlink, router.CmdExists, router.CmdTtl, router.CmdPttl, router.CmdExpire, router.CmdType),
 	config.FormatHash: ids(router.CmdHget, router.CmdHmget, router.CmdHgetall, router.CmdHset, router.CmdHmset,
 		router.CmdHdel, router.CmdHexists, router.CmdHlen, router.CmdHkeys, router.CmdHvals, router.CmdHincrby,
-		router.CmdDel, router.CmdUnlink, router.CmdExists),
+		router.CmdDel, router.CmdUnlink, router.CmdExists, router.CmdType),
 	config.FormatValue: ids(router.CmdGet, router.CmdSet, router.CmdMget, router.CmdMset, router.CmdDel,
 		router.CmdUnlink, router.CmdExists, router.CmdIncr, router.CmdIncrby, router.CmdDecr, router.CmdDecrby,
-		router.CmdIncrbyfloat, router.CmdGetset),
+		router.CmdIncrbyfloat, router.CmdGetset, router.CmdType),
 }
 
 // readCommands only read.
 var readCommands = ids(router.CmdGet, router.CmdMget, router.CmdHget, router.CmdHmget, router.CmdHgetall,
-	router.CmdHexists, router.CmdHlen, router.CmdHkeys, router.CmdHvals, router.CmdExists, router.CmdTtl, router.CmdPttl)
+	router.CmdHexists, router.CmdHlen, router.CmdHkeys, router.CmdHvals, router.CmdExists, router.CmdTtl, router.CmdPttl,
+	router.CmdType)
 
 func ids(list ...router.ID) map[router.ID]bool {
 	m := make(map[router.ID]bool, len(list))

@@ -185,7 +185,7 @@ func sharedEnv() routeEnv { return routeEnv{db: testDB, redis: testRedis.Addr} }
 func (env routeEnv) newRoute(t testing.TB, yaml string) *Route {
 	t.Helper()
 	cfg := parseRoute(t, yaml)
-	table, err := env.db.Describe(testCtx(t), cfg.Table, cfg.KeyColumn, cfg.ValueColumn)
+	table, err := env.db.DescribeKey(testCtx(t), cfg.Table, backend.Key{Columns: cfg.Keys(), Separator: cfg.KeySeparator}, cfg.ValueColumn)
 	if err != nil {
 		t.Fatalf("Describe %s: %v", cfg.Table, err)
 	}

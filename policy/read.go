@@ -42,10 +42,48 @@ func (rd reader) Read(ctx context.Context, o Op) resp.Reply {
 			return r.fail(err)
 		}
 		return resp.Bool(found)
+	case router.CmdType:
+		// The type the route's format presents (GUI key browsers ask
+		// before they read), "none" when the row is absent.
+		found, err := r.ensure(ctx, o.key())
+		if err != nil {
+			return r.fail(err)
+		}
+		return resp.Status(presentedType(r.cfg.Format, found))
 	case router.CmdGet:
 		return r.get(ctx, o)
 	}
 	return r.readHash(ctx, o)
+}
+
+// replyFromRow is read command o's reply for the row rw, as the cache
+// would give it once filled; ok is false for reads only the cache answers
+// (TTL, PTTL).
+func (r *Route) replyFromRow(o Op, rw row) (resp.Reply, bool) {
+	switch {
+	case o.ID == router.CmdExists:
+		return resp.Bool(rw.found), true
+	case o.ID == router.CmdType:
+		return resp.Status(presentedType(r.cfg.Format, rw.found)), true
+	case o.ID == router.CmdGet:
+		return r.rowReply(rw), true
+	case r.cfg.Format != config.FormatHash:
+		return resp.Reply{}, false
+	case !rw.found:
+		return absent(o), true
+	}
+	return hashReply(o, rw.fields), true
+}
+
+// presentedType is TYPE's answer for a key of a route of format.
+func presentedType(f config.Format, found bool) string {
+	switch {
+	case !found:
+		return "none"
+	case f == config.FormatHash:
+		return "hash"
+	}
+	return "string"
 }
 
 // negative reports whether the route caches absent rows.

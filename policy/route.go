@@ -13,7 +13,9 @@
 // queued in MULTI), flusher*.go, flushstream.go, flushbatch.go,
 // deadletter.go and version.go (the write-back flusher), durability.go
 // (the upstream Redis' eviction and persistence, and what they allow
-// write-back), cache.go (a Cache over go-redis, for tests and tools).
+// write-back), cache.go (a Cache over go-redis, for tests and tools),
+// cacheversion.go (cache_version: where a cached copy lives), verify.go
+// (RESPITE VERIFY), audit.go (the audit log of routed writes).
 package policy
 
 import (
@@ -74,6 +76,9 @@ type Stats struct {
 	Loads, Coalesced           atomic.Int64 // PostgreSQL loads, and reads that waited for another's load
 	EarlyRefreshes, Degraded   atomic.Int64 // XFetch refreshes, reads served from PostgreSQL with Redis down
 	Writes, Errors             atomic.Int64
+	// RESPITE VERIFY (verify.go): cached rows compared with PostgreSQL,
+	// found to differ, and deleted by REPAIR.
+	VerifyChecked, VerifyDivergent, VerifyRepaired atomic.Int64
 }
 
 // New builds a route over a described table, on its own (tests, tools):
@@ -101,7 +106,8 @@ func (r *Route) DB() *backend.DB { return r.db }
 
 // id is the key column's value for a Redis key: the part after the
 // route's prefix (a routed key is a row: docs/MIGRATION.md).
-func (r *Route) id(key string) string { return key[len(r.cfg.Prefix):] }
+// A cache version's tag (cacheversion.go) is not part of it.
+func (r *Route) id(key string) string { return untag(key[len(r.cfg.Prefix):]) }
 
 // Redis keys the policies keep beside a routed key; the "respite:" prefix
 // is reserved.
@@ -123,7 +129,7 @@ func (r *Route) Unready() error {
 }
 
 // Do carries one command on one of the route's keys (o.Args[1]).
-func (r *Route) Do(ctx context.Context, o Op) resp.Reply {
+func (r *Route) Do(ctx context.Context, o Op) (reply resp.Reply) {
 	if !Supported(r.cfg.Format, o.ID) {
 		return resp.Err(r.Refusal(o.name()))
 	}
@@ -132,6 +138,10 @@ func (r *Route) Do(ctx context.Context, o Op) resp.Reply {
 	}
 	if len(o.Args) < 2 {
 		return resp.Err("ERR wrong number of arguments for '" + o.name() + "' command")
+	}
+	if r.cfg.Audit && !IsRead(o.ID) {
+		start := time.Now()
+		defer func() { r.auditReply(o, reply, start, false) }()
 	}
 	key := o.key()
 	if !r.table.CanonicalKey(r.id(key)) {
@@ -167,7 +177,7 @@ func (r *Route) nonCanonical(ctx context.Context, key string) error {
 	if err != nil {
 		return err
 	}
-	return fmt.Errorf("key %q is not in canonical form; use %q", key, r.cfg.Prefix+canonical)
+	return fmt.Errorf("key %q is not in canonical form; use %q", r.cfg.Prefix+r.id(key), r.cfg.Prefix+canonical)
 }
 
 // checkSet checks, without applying anything, what SET key value on this
@@ -219,6 +229,8 @@ func absent(o Op) resp.Reply {
 		return resp.Int(0)
 	case router.CmdTtl, router.CmdPttl:
 		return resp.Int(-2)
+	case router.CmdType:
+		return resp.Status("none")
 	}
 	return resp.Null()
 }

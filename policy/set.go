@@ -141,7 +141,7 @@ func (s *Set) connect(ctx context.Context) error {
 			}
 			s.meta = true
 		}
-		t, err := s.db.Describe(ctx, rc.Table, rc.KeyColumn, rc.ValueColumn)
+		t, err := s.db.DescribeKey(ctx, rc.Table, backend.Key{Columns: rc.Keys(), Separator: rc.KeySeparator}, rc.ValueColumn)
 		if err != nil {
 			return fmt.Errorf("route %q: %w", rc.Name, err)
 		}
@@ -363,6 +363,7 @@ func (s *Set) route(cmd *router.Command, i int) *Route {
 // the client's order; any other command must have all its keys in one
 // route, and the route's policy answers it.
 func (s *Set) Do(ctx context.Context, proto int, cmd *router.Command) resp.Reply {
+	s.versioned(cmd)
 	if cmd.Guarded {
 		return s.flush(ctx, cmd)
 	}
@@ -565,6 +566,7 @@ func (s *Set) sum(ctx context.Context, proto int, cmd *router.Command) resp.Repl
 // cache) unless it is there already, so that a WATCH on it is not aborted
 // by the proxy's own fill.
 func (s *Set) Ensure(ctx context.Context, cmd *router.Command) error {
+	s.versioned(cmd)
 	for i, k := range cmd.Keys {
 		if r := s.route(cmd, i); r != nil {
 			if err := r.Ensure(ctx, string(cmd.Args[k])); err != nil {
@@ -581,16 +583,21 @@ func (s *Set) Ensure(ctx context.Context, cmd *router.Command) error {
 // then makes Redis abort the transaction (EXECABORT), as Redis does for a
 // command it refuses while queueing.
 func (s *Set) Queue(ctx context.Context, cmd *router.Command) (*Queued, error) {
+	s.versioned(cmd)
 	if IsRead(cmd.ID) {
+		q := &Queued{Cmd: cmd.Args, read: true}
 		for i, k := range cmd.Keys {
 			if r := s.route(cmd, i); r != nil && Supported(r.Config().Format, cmd.ID) {
 				if err := r.Unready(); err != nil {
 					return nil, redisErr(r.errorText(err))
 				}
 				r.Ensure(ctx, string(cmd.Args[k]))
+				if len(cmd.Keys) == 1 && k == 1 && r.table.CanonicalKey(r.id(string(cmd.Args[1]))) {
+					q.r, q.op = r, Op{ID: cmd.ID, Args: cloneArgs(cmd.Args), Proto: 2}
+				}
 			}
 		}
-		return &Queued{Cmd: cmd.Args, read: true}, nil
+		return q, nil
 	}
 	if len(cmd.Keys) != 1 || cmd.Keys[0] != 1 || cmd.Route < 0 {
 		return nil, redisErr("ERR command '" + strings.ToUpper(cmd.Name()) + "' on several routed keys is not supported inside MULTI")
@@ -621,12 +628,15 @@ type Txn struct {
 	proto int
 	tx    pgx.Tx // nil when no write needs PostgreSQL (write-back only)
 	done  bool
+
+	start   time.Time // Begin: the audit log's duration (audit.go)
+	audited bool
 }
 
 // Begin runs the PostgreSQL side of ops in one transaction, not yet
 // committed. An error means none of it happened.
 func (s *Set) Begin(ctx context.Context, ops []*Queued, proto int) (*Txn, error) {
-	t := &Txn{s: s, ops: ops, proto: proto}
+	t := &Txn{s: s, ops: ops, proto: proto, start: time.Now()}
 	needDB := false
 	for _, op := range ops {
 		needDB = needDB || op.needsDB()
@@ -639,19 +649,59 @@ func (s *Set) Begin(ctx context.Context, ops []*Queued, proto int) (*Txn, error)
 		return nil, fmt.Errorf("PostgreSQL: %w", err)
 	}
 	t.tx = tx
+	written := map[string]bool{} // route name, NUL, key
 	for _, op := range ops {
+		if op.read {
+			if err := t.readInTx(ctx, op, written); err != nil {
+				t.auditTxn(auditError, op.r.errorText(err), nil)
+				t.Rollback()
+				return nil, redisErr(op.r.errorText(err))
+			}
+			continue
+		}
 		if !op.needsDB() {
 			continue
 		}
+		written[op.r.cfg.Name+"\x00"+op.Key()] = true
 		op.r.Stats.Writes.Add(1)
 		reply, err := op.r.policy.Prepare(ctx, tx, op)
+		if execError(err) {
+			// Redis fails this command alone at EXEC and runs the others;
+			// nothing was written, the transaction goes on.
+			reply, err = resp.Err(string(err.(redisErr))), nil
+		}
 		if err != nil {
+			t.auditTxn(auditError, op.r.errorText(err), nil)
 			t.Rollback()
 			return nil, redisErr(op.r.errorText(err))
 		}
 		op.reply = reply
 	}
 	return t, nil
+}
+
+// readInTx gives a read queued after a write of its key (written) the
+// reply PostgreSQL's transaction has for it then, as Redis would answer
+// after its own write; other reads keep Redis' element.
+func (t *Txn) readInTx(ctx context.Context, op *Queued, written map[string]bool) error {
+	if !written[op.r.cfg.Name+"\x00"+op.Key()] {
+		return nil
+	}
+	rw, err := op.r.loadRow(ctx, t.tx, op.Key())
+	if err != nil {
+		return err
+	}
+	if rep, ok := op.r.replyFromRow(op.op, rw); ok {
+		op.reply, op.patch = rep, true
+	}
+	return nil
+}
+
+// execError reports whether err is one Redis gives for one command of an
+// EXEC, found before anything was written: the row's value cannot take
+// the increment (overflow, not a number).
+func execError(err error) bool {
+	return err == errOverflow || err == errNotInteger || err == errNotFloat
 }
 
 // Commit finishes the transaction after Redis' EXEC ran and returned
@@ -673,13 +723,17 @@ func (t *Txn) Commit(ctx context.Context, execReply []byte) ([]byte, error) {
 		}
 		if err != nil {
 			for _, op := range t.ops {
-				op.r.policy.Finish(ctx, op, nil, false)
+				if !op.read {
+					op.r.policy.Finish(ctx, op, nil, false)
+				}
 			}
+			t.auditTxn(auditError, oneLine(err.Error()), nil)
 			return nil, err
 		}
 	}
 	elems, ok := resp.Elements(execReply)
 	if !ok {
+		t.auditTxn(auditAborted, "", nil)
 		t.abandon()
 		return execReply, nil
 	}
@@ -687,11 +741,18 @@ func (t *Txn) Commit(ctx context.Context, execReply []byte) ([]byte, error) {
 		if op.Pos >= len(elems) {
 			continue
 		}
+		if op.read {
+			if op.patch {
+				elems[op.Pos] = op.reply.AppendTo(nil, t.proto)
+			}
+			continue
+		}
 		if !op.needsDB() {
 			op.r.Stats.Writes.Add(1)
 		}
 		elems[op.Pos] = op.r.policy.Finish(ctx, op, elems[op.Pos], true).AppendTo(nil, t.proto)
 	}
+	t.auditTxn("", "", elems)
 	t.abandon()
 	b := resp.AppendArray(nil, len(elems))
 	for _, e := range elems {
@@ -727,6 +788,7 @@ func (t *Txn) abandon() {
 
 // Rollback abandons the PostgreSQL transaction unless it committed.
 func (t *Txn) Rollback() {
+	t.auditTxn(auditAborted, "", nil) // nothing if Commit logged them
 	if t.tx != nil && !t.done {
 		t.done = true
 		if err := t.tx.Rollback(context.Background()); err != nil && !errors.Is(err, pgx.ErrTxClosed) {

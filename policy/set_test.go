@@ -190,14 +190,16 @@ func TestWriteThroughIntents(t *testing.T) {
 	// An intent of another instance, past its lease: the sweep resolves it.
 	other := table + ":c"
 	setDo(ctx, s, "GET", other)
-	if err := wtBegin.Run(ctx, r.rdb, r.intentKeys(other), "elsewhere/boot/x", 50).Err(); err != nil {
+	// A lease long enough to be live when start-up resolution runs on a
+	// loaded machine (50 ms was not), short enough for the sweep below.
+	if err := wtBegin.Run(ctx, r.rdb, r.intentKeys(other), "elsewhere/boot/x", 2000).Err(); err != nil {
 		t.Fatal(err)
 	}
 	pgExec(t, nil, "UPDATE "+table+" SET v = 4 WHERE k = 'c'")
 	if n, _ := r.ResolveIntents(ctx, true); n != 0 {
 		t.Fatalf("start-up resolution took another instance's live intent: %d", n)
 	}
-	waitFor(t, 5*time.Second, "the sweep", func() bool { return rc.Exists(ctx, other).Val() == 0 })
+	waitFor(t, 15*time.Second, "the sweep", func() bool { return rc.Exists(ctx, other).Val() == 0 })
 	if got := setDo(ctx, s, "GET", other); got != "$1\r\n4\r\n" {
 		t.Fatalf("after the sweep: %q", got)
 	}

@@ -7,6 +7,7 @@ import (
 	"math"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -347,9 +348,13 @@ func addNumbers(cur, delta string, float bool) (string, error) {
 // setOpts are SET's options that change what it does on a route.
 type setOpts struct{ nx, xx, get bool }
 
-// parseSet validates SET/SETEX/GETSET arguments (https://redis.io/commands/set)
-// and returns the value. Expiry options are accepted: the cached copy's
-// TTL is the route's (cache-aside invalidates it anyway).
+// parseSet validates SET/SETEX/GETSET arguments as Redis 7.0 does
+// (t_string.c: parseExtendedStringArgumentsOrReply, then
+// getExpireMillisecondsOrReply) and returns the value: every option is
+// read first (a conflicting or unknown one is a syntax error), then the
+// expiry's number ("value is not an integer or out of range"), then its
+// range ("invalid expire time"). Expiry options are accepted: the cached
+// copy's TTL is the route's (cache-aside invalidates it anyway).
 func parseSet(op Op) ([]byte, setOpts, error) {
 	var o setOpts
 	args, name := op.Args, op.name()
@@ -363,38 +368,72 @@ func parseSet(op Op) ([]byte, setOpts, error) {
 		if len(args) != 4 {
 			return nil, o, arity(name)
 		}
-		if n, err := strconv.ParseInt(string(args[2]), 10, 64); err != nil || n <= 0 {
-			return nil, o, redisErr("ERR invalid expire time in 'setex' command")
+		if err := expireTime(args[2], true, true, "setex"); err != nil {
+			return nil, o, err
 		}
 		return args[3], o, nil
 	}
 	if len(args) < 3 {
 		return nil, o, arity(name)
 	}
+	var expire []byte
+	var unit string // ex, px, exat, pxat
+	keepTTL := false
 	for i := 3; i < len(args); i++ {
 		a := args[i]
+		hasNext := i+1 < len(args)
 		switch {
-		case router.IsOption(a, "nx"):
+		case router.IsOption(a, "nx") && !o.xx:
 			o.nx = true
-		case router.IsOption(a, "xx"):
+		case router.IsOption(a, "xx") && !o.nx:
 			o.xx = true
 		case router.IsOption(a, "get"):
 			o.get = true
-		case router.IsOption(a, "keepttl"):
-		case router.IsOption(a, "ex"), router.IsOption(a, "px"), router.IsOption(a, "exat"), router.IsOption(a, "pxat"):
-			if i+1 >= len(args) {
-				return nil, o, errSyntax
-			}
-			if n, err := strconv.ParseInt(string(args[i+1]), 10, 64); err != nil || n <= 0 {
-				return nil, o, redisErr("ERR invalid expire time in 'set' command")
-			}
+		case router.IsOption(a, "keepttl") && unit == "":
+			keepTTL = true
+		case hasNext && !keepTTL && expiryOption(a) != "" && (unit == "" || unit == expiryOption(a)):
+			unit = expiryOption(a)
+			expire = args[i+1]
 			i++
 		default:
 			return nil, o, errSyntax
 		}
 	}
-	if o.nx && o.xx {
-		return nil, o, errSyntax
+	if expire != nil {
+		if err := expireTime(expire, unit == "ex" || unit == "exat", unit == "ex" || unit == "px", "set"); err != nil {
+			return nil, o, err
+		}
 	}
 	return args[2], o, nil
+}
+
+// expiryOption is SET's expiry option a names (ex, px, exat, pxat), or "".
+func expiryOption(a []byte) string {
+	for _, opt := range []string{"ex", "px", "exat", "pxat"} {
+		if router.IsOption(a, opt) {
+			return opt
+		}
+	}
+	return ""
+}
+
+// expireTime checks an expiry argument as Redis 7.0's
+// getExpireMillisecondsOrReply: an integer, positive, not overflowing
+// once in milliseconds and, for a relative one, once added to now.
+func expireTime(arg []byte, seconds, relative bool, cmd string) error {
+	n, err := strconv.ParseInt(string(arg), 10, 64)
+	if err != nil {
+		return errNotInteger
+	}
+	invalid := redisErr("ERR invalid expire time in '" + cmd + "' command")
+	if n <= 0 || (seconds && n > math.MaxInt64/1000) {
+		return invalid
+	}
+	if seconds {
+		n *= 1000
+	}
+	if relative && n > math.MaxInt64-time.Now().UnixMilli() {
+		return invalid
+	}
+	return nil
 }

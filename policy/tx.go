@@ -29,9 +29,11 @@ type Queued struct {
 	Pos int
 
 	read   bool // a read, queued as it is
+	patch  bool // a read after a write of its key: EXEC's element is reply, read in the transaction
 	r      *Route
 	op     Op         // the client's command, its arguments copied
 	float  bool       // write-back INCRBYFLOAT: the script's reply is the command's
+	get    bool       // write-back GETSET or SET ... GET: the script's reply (the old value) is the command's
 	reply  resp.Reply // Prepare's reply
 	intent *intent    // write-through: the write's intent, from Prepare until Finish
 }
@@ -39,11 +41,17 @@ type Queued struct {
 // Write reports whether q is a write, which EXEC must apply.
 func (q *Queued) Write() bool { return !q.read }
 
+// Tracked reports whether the session hands q to Set.Begin: a write, or
+// a read of one routed key, whose reply EXEC takes from the PostgreSQL
+// transaction when a write of that key comes before it in the MULTI
+// (Redis only has the write's queued DEL).
+func (q *Queued) Tracked() bool { return !q.read || q.r != nil }
+
 // Key is the Redis key the write touches.
 func (q *Queued) Key() string { return q.op.key() }
 
 // needsDB reports whether the write runs in PostgreSQL at EXEC.
-func (q *Queued) needsDB() bool { return q.r.cfg.Policy != config.WriteBack }
+func (q *Queued) needsDB() bool { return !q.read && q.r.cfg.Policy != config.WriteBack }
 
 // queueDeferred queues a cache-aside or write-through write: its
 // arguments are checked now (a key or value PostgreSQL would refuse makes

@@ -83,6 +83,17 @@ local existed = redis.call('DEL', KEYS[1])
 redis.call('SET', KEYS[2], '1')
 redis.call('XADD', KEYS[3], '*', 'k', KEYS[1], 'op', 'del')
 return existed`
+	// wbGetSetSrc is GETSET (and SET ... GET): the old cached value, nil
+	// for a tombstone or an absent row's marker.
+	wbGetSetSrc = `
+if redis.call('EXISTS', KEYS[1]) == 0 and redis.call('EXISTS', KEYS[2]) == 0 then
+  return redis.error_reply('LOADNEEDED')
+end
+local old = redis.call('GET', KEYS[1])
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('DEL', KEYS[2])
+redis.call('XADD', KEYS[3], '*', 'k', KEYS[1], 'v', ARGV[1])
+return old`
 	// wbHashSrc runs a hash write (ARGV[1] = HSET | HDEL | HINCRBY, the
 	// rest its arguments) and queues the whole hash.
 	wbHashSrc = `
@@ -107,10 +118,11 @@ return res`
 )
 
 var (
-	wbSet  = redis.NewScript(wbSetSrc)
-	wbIncr = redis.NewScript(wbIncrSrc)
-	wbDel  = redis.NewScript(wbDelSrc)
-	wbHash = redis.NewScript(wbHashSrc)
+	wbSet    = redis.NewScript(wbSetSrc)
+	wbGetSet = redis.NewScript(wbGetSetSrc)
+	wbIncr   = redis.NewScript(wbIncrSrc)
+	wbDel    = redis.NewScript(wbDelSrc)
+	wbHash   = redis.NewScript(wbHashSrc)
 )
 
 // Write carries one write command: the cache write and the queue append,
@@ -131,13 +143,24 @@ func (w *writeBack) Write(ctx context.Context, o Op) resp.Reply {
 		if err != nil {
 			return r.fail(err)
 		}
-		if opts.nx || opts.xx || opts.get {
-			return resp.Err("ERR " + strings.ToUpper(o.name()) + " with NX, XX or GET is not supported on write-back route '" + r.cfg.Name + "'")
+		if opts.nx || opts.xx {
+			return resp.Err(w.nxRefusal(o))
 		}
 		if err := w.check(ctx, value); err != nil {
 			return r.fail(err)
 		}
 		r.invalidated(key)
+		if opts.get {
+			v, err := w.run(ctx, o, wbGetSet, keys, value)
+			if errors.Is(err, redis.Nil) {
+				return resp.Null()
+			}
+			if err != nil {
+				return r.fail(err)
+			}
+			s, _ := v.(string)
+			return resp.Bulk(s)
+		}
 		if err := wbSet.Run(ctx, r.rdb, keys, value).Err(); err != nil {
 			return r.fail(err)
 		}
@@ -225,13 +248,17 @@ func (w *writeBack) Queue(ctx context.Context, o Op) (*Queued, error) {
 		if err != nil {
 			return nil, err
 		}
-		if opts.nx || opts.xx || opts.get || o.ID == router.CmdGetset {
-			return nil, redisErr("ERR " + strings.ToUpper(o.name()) + " with NX, XX or GET is not supported on write-back route '" + r.cfg.Name + "'")
+		if opts.nx || opts.xx {
+			return nil, redisErr(w.nxRefusal(o))
 		}
 		if err := w.check(ctx, value); err != nil {
 			return nil, err
 		}
 		src, sargs = wbSetSrc, []string{string(value)}
+		if opts.get {
+			src = wbGetSetSrc
+			q.get = true
+		}
 	case router.CmdIncr, router.CmdDecr, router.CmdIncrby, router.CmdDecrby, router.CmdIncrbyfloat:
 		delta, float, err := parseIncr(o)
 		if err != nil {
@@ -255,7 +282,7 @@ func (w *writeBack) Queue(ctx context.Context, o Op) (*Queued, error) {
 		}
 		src = wbHashSrc
 	}
-	if o.ID != router.CmdSet && o.ID != router.CmdSetex {
+	if (o.ID != router.CmdSet && o.ID != router.CmdSetex) || q.get {
 		// The script needs the row cached (or tombstoned) when EXEC runs.
 		if _, err := r.ensure(ctx, key); err != nil {
 			return nil, w.needsRow(o, err)
@@ -280,11 +307,17 @@ func (w *writeBack) Prepare(context.Context, pgx.Tx, *Queued) (resp.Reply, error
 // Finish turns the queued script's reply (elem, from EXEC's array) into
 // the command's own reply.
 func (w *writeBack) Finish(_ context.Context, q *Queued, elem []byte, _ bool) resp.Reply {
-	if len(elem) == 0 || elem[0] == '-' {
+	if len(elem) == 0 {
 		return resp.Raw(elem)
+	}
+	if elem[0] == '-' {
+		return resp.Err(scriptError(strings.TrimSuffix(string(elem[1:]), "\r\n")))
 	}
 	switch q.op.ID {
 	case router.CmdSet, router.CmdSetex, router.CmdHmset:
+		if q.get {
+			return resp.Raw(elem)
+		}
 		return resp.OK()
 	case router.CmdIncr, router.CmdDecr, router.CmdIncrby, router.CmdDecrby, router.CmdIncrbyfloat:
 		v, ok := bulkValue(elem)
@@ -307,11 +340,8 @@ func (w *writeBack) run(ctx context.Context, o Op, s *redis.Script, keys []strin
 	for attempt := 0; ; attempt++ {
 		v, err := s.Run(ctx, w.r.rdb, keys, args...).Result()
 		if err == nil || !strings.Contains(err.Error(), loadNeeded) || attempt == 3 {
-			if err != nil && strings.HasPrefix(err.Error(), "ERR") {
-				return nil, redisErr(err.Error())
-			}
-			if err != nil && strings.HasPrefix(err.Error(), "WRONGTYPE") {
-				return nil, redisErr(err.Error())
+			if err != nil && (strings.HasPrefix(err.Error(), "ERR") || strings.HasPrefix(err.Error(), "WRONGTYPE")) {
+				return nil, redisErr(scriptError(err.Error()))
 			}
 			return v, err
 		}
@@ -334,6 +364,7 @@ func (w *writeBack) needsRow(o Op, err error) error {
 		router.CmdIncr: "its reply is the new value", router.CmdIncrby: "its reply is the new value",
 		router.CmdDecr: "its reply is the new value", router.CmdDecrby: "its reply is the new value",
 		router.CmdIncrbyfloat: "its reply is the new value",
+		router.CmdGetset:      "its reply is the old value",
 		router.CmdDel:         "its reply says whether the row existed", router.CmdUnlink: "its reply says whether the row existed",
 		router.CmdHset: "its reply counts the new fields", router.CmdHdel: "its reply counts the removed fields",
 		router.CmdHincrby: "its reply is the new value", router.CmdHmset: "the cached hash must hold the whole row",
@@ -344,6 +375,24 @@ func (w *writeBack) needsRow(o Op, err error) error {
 	return fmt.Errorf("%s on a key that is not cached needs its row from PostgreSQL (%s), which is unreachable (%v); nothing was queued. "+
 		"While PostgreSQL is down write-back takes SET on any key and every write on cached keys",
 		strings.ToUpper(o.name()), why, err)
+}
+
+// nxRefusal is the error for SET NX or XX on a write-back route: whether
+// the row exists is PostgreSQL's to say, and the write is applied later.
+func (w *writeBack) nxRefusal(o Op) string {
+	return "ERR " + strings.ToUpper(o.name()) + " with NX or XX is not supported on write-back route '" + w.r.cfg.Name +
+		"' (GETSET and SET ... GET are; use a write-through route for conditional writes)"
+}
+
+// scriptError is an error a script's redis.call raised, as the command
+// itself would have said it: Redis 7 appends where in the script it
+// happened (" script: <sha>, on @user_script:9."), which names the
+// proxy's internals, not the client's command.
+func scriptError(text string) string {
+	if i := strings.Index(text, " script: "); i >= 0 && strings.Contains(text[i:], "@user_script:") {
+		return text[:i]
+	}
+	return text
 }
 
 // floatColumn refuses INCRBYFLOAT when the value column cannot hold a

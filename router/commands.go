@@ -44,6 +44,7 @@ const (
 	CmdRespiteDlq
 	CmdRespiteFlush
 	CmdRespiteReload
+	CmdRespiteVerify
 	numIDs
 )
 
@@ -63,6 +64,7 @@ var extraNames = [...]string{
 	CmdRespiteDlq - numGenerated:        "respite|dlq",
 	CmdRespiteFlush - numGenerated:      "respite|flush",
 	CmdRespiteReload - numGenerated:     "respite|reload",
+	CmdRespiteVerify - numGenerated:     "respite|verify",
 }
 
 // Flag is a COMMAND flag (or ACL category) the router keeps.
@@ -207,7 +209,7 @@ func init() {
 	specs[CmdClientNoTouch].keys = keySpec{arity: 3}
 	specs[CmdClientNoTouch].Flags = FlagNoScript | FlagLoading | FlagStale
 	specs[CmdRespite].keys = keySpec{arity: -2, subcommands: true}
-	for id := CmdRespiteAuth; id <= CmdRespiteReload; id++ {
+	for id := CmdRespiteAuth; id <= CmdRespiteVerify; id++ {
 		specs[id].keys = keySpec{arity: -2}
 		specs[id].Kind = KindLocal
 	}
@@ -215,7 +217,7 @@ func init() {
 
 // IsRespite reports whether id is RESPITE or one of its subcommands (the
 // proxy's admin commands).
-func IsRespite(id ID) bool { return id >= CmdRespite && id <= CmdRespiteReload }
+func IsRespite(id ID) bool { return id >= CmdRespite && id <= CmdRespiteVerify }
 
 // SpecOf returns the table's entry for id (the zero Spec for CmdUnknown).
 func SpecOf(id ID) *Spec { return &specs[id] }

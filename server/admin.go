@@ -26,6 +26,7 @@ import (
 //	RESPITE DLQ LIST route [count] | REPLAY route [id ...] | DROP route [id ...]
 //	RESPITE FLUSH                    flush write-back queues now
 //	RESPITE RELOAD                   reload the configuration file (as SIGHUP)
+//	RESPITE VERIFY route [count] [REPAIR]  compare cached rows with PostgreSQL (policy/verify.go)
 //	RESPITE AUTH password            when admin_password is set, before the others
 //
 // Replies are maps in RESP3 and flat arrays in RESP2.
@@ -109,6 +110,8 @@ func (c *session) respite(set *policy.Set, cmd *router.Command) {
 		c.sendStatus("OK")
 	case router.CmdRespiteDlq:
 		c.dlq(ctx, set, args)
+	case router.CmdRespiteVerify:
+		c.verify(ctx, set, args)
 	case router.CmdRespiteReload:
 		restart, err := c.s.ReloadFile()
 		if err != nil {
@@ -121,7 +124,7 @@ func (c *session) respite(set *policy.Set, cmd *router.Command) {
 		}
 		c.sendStatus("OK")
 	default:
-		c.sendError("ERR unknown subcommand '" + string(args[1]) + "'. Try RESPITE STATS, ROUTES, CONFLICTS, LASTABORT, QUEUE, DLQ, FLUSH, RELOAD.")
+		c.sendError("ERR unknown subcommand '" + string(args[1]) + "'. Try RESPITE STATS, ROUTES, CONFLICTS, LASTABORT, QUEUE, DLQ, FLUSH, RELOAD, VERIFY.")
 	}
 }
 
@@ -169,6 +172,11 @@ func routesReply(set *policy.Set, proto int) []byte {
 			{"negative_ttl", time.Duration(*cfg.NegativeTTL).String()}, {"sliding", strconv.FormatBool(cfg.Sliding)},
 			{"early_refresh", strconv.FormatBool(cfg.EarlyRefresh)}, {"distributed_lock", strconv.FormatBool(cfg.DistributedLock)},
 			{"local_cache", strconv.FormatBool(cfg.LocalCache != nil)},
+			{"cache_version", strconv.Itoa(cfg.CacheVersion)}, {"audit", strconv.FormatBool(cfg.Audit)},
+		}
+		if len(cfg.KeyColumns) > 1 {
+			kv[4] = [2]string{"key_columns", strings.Join(cfg.KeyColumns, ", ")}
+			kv = append(kv, [2]string{"key_separator", cfg.KeySeparator})
 		}
 		if cfg.Policy == config.WriteBack {
 			kv = append(kv, [][2]string{{"batch_size", strconv.Itoa(cfg.BatchSize)},
@@ -189,6 +197,12 @@ func queueReply(ctx context.Context, set *policy.Set, proto int) []byte {
 		return resp.AppendArray(nil, 0)
 	}
 	qs := set.Flusher().Queues(ctx)
+	for _, q := range qs {
+		// A length read from an unreachable Redis is not 0: say so.
+		if q.Err != nil {
+			return resp.AppendError(nil, "ERR write-back queue of route '"+q.Route+"' cannot be read from the upstream Redis: "+oneLine(q.Err.Error()))
+		}
+	}
 	b := resp.AppendArray(nil, len(qs))
 	for _, q := range qs {
 		b = resp.AppendMap(b, 5, proto)
@@ -199,6 +213,50 @@ func queueReply(ctx context.Context, set *policy.Set, proto int) []byte {
 		b = resp.AppendInt(resp.AppendBulk(b, "dead_letters"), q.DeadLetters)
 	}
 	return b
+}
+
+// verify is RESPITE VERIFY route [count] [REPAIR]: count (default 100)
+// cached rows of route compared with PostgreSQL; the reply is a map of
+// route, checked, divergent, repaired and divergences (key, reason,
+// repaired for each).
+func (c *session) verify(ctx context.Context, set *policy.Set, args [][]byte) {
+	if len(args) < 3 || len(args) > 5 {
+		c.sendError(errArity("respite|verify"))
+		return
+	}
+	count, repair := 100, false
+	for _, a := range args[3:] {
+		if router.IsOption(a, "repair") && !repair {
+			repair = true
+			continue
+		}
+		n, err := strconv.Atoi(string(a))
+		if err != nil || n <= 0 || n > 100000 {
+			c.sendError("ERR syntax error: RESPITE VERIFY route [count (1 to 100000)] [REPAIR]")
+			return
+		}
+		count = n
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Minute)
+	defer cancel()
+	rep, err := set.Verify(ctx, string(args[2]), count, repair)
+	if err != nil {
+		c.sendError("ERR verify: " + oneLine(err.Error()))
+		return
+	}
+	b := resp.AppendMap(nil, 5, c.proto)
+	b = resp.AppendBulk(resp.AppendBulk(b, "route"), rep.Route)
+	b = resp.AppendInt(resp.AppendBulk(b, "checked"), int64(rep.Checked))
+	b = resp.AppendInt(resp.AppendBulk(b, "divergent"), int64(rep.Divergent))
+	b = resp.AppendInt(resp.AppendBulk(b, "repaired"), int64(rep.Repaired))
+	b = resp.AppendArray(resp.AppendBulk(b, "divergences"), len(rep.Divergences))
+	for _, d := range rep.Divergences {
+		b = resp.AppendMap(b, 3, c.proto)
+		b = resp.AppendBulk(resp.AppendBulk(b, "key"), d.Key)
+		b = resp.AppendBulk(resp.AppendBulk(b, "reason"), d.Reason)
+		b = resp.AppendInt(resp.AppendBulk(b, "repaired"), boolInt(d.Repaired))
+	}
+	c.send(b)
 }
 
 // dlq is RESPITE DLQ LIST|REPLAY|DROP route ....

@@ -60,6 +60,7 @@ func (s *Server) Snapshot() admin.Snapshot {
 			LocalHits: st.LocalHits.Load(), Loads: st.Loads.Load(), Coalesced: st.Coalesced.Load(),
 			EarlyRefreshes: st.EarlyRefreshes.Load(), Degraded: st.Degraded.Load(),
 			Writes: st.Writes.Load(), Errors: st.Errors.Load(),
+			VerifyChecked: st.VerifyChecked.Load(), VerifyDivergent: st.VerifyDivergent.Load(), VerifyRepaired: st.VerifyRepaired.Load(),
 		})
 	}
 	if f := set.Flusher(); f != nil {

@@ -42,6 +42,10 @@ func TestRedisDownWithRoutes(t *testing.T) {
 	if got := c.do("GET", "plain"); !strings.HasPrefix(got, "-ERR upstream unavailable") {
 		t.Fatalf("plain key with Redis down: %q", got)
 	}
+	// The queue's length cannot be read: an error, not length 0.
+	if got := c.do("RESPITE", "QUEUE"); !strings.HasPrefix(got, "-ERR write-back queue of route 'pv' cannot be read") {
+		t.Fatalf("RESPITE QUEUE with Redis down: %q", got)
+	}
 	if err := r.Restart(); err != nil {
 		t.Fatal(err)
 	}
@@ -54,6 +58,9 @@ func TestRedisDownWithRoutes(t *testing.T) {
 			t.Fatal("write-through did not recover after Redis came back")
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+	if got := c.do("RESPITE", "QUEUE"); !strings.Contains(got, "$6\r\nlength\r\n") {
+		t.Fatalf("RESPITE QUEUE after Redis came back: %q", got)
 	}
 }
 

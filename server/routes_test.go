@@ -81,7 +81,20 @@ func fillDefaults(c *config.Config) error {
 	var b strings.Builder
 	b.WriteString("postgres:\n  dsn: " + c.Postgres.DSN + "\nroutes:\n")
 	for _, r := range c.Routes {
-		fmt.Fprintf(&b, "  - {name: %s, prefix: %q, policy: %s, table: %s, key_column: %s, format: %s", r.Name, r.Prefix, r.Policy, r.Table, r.KeyColumn, r.Format)
+		key := "key_column: " + r.KeyColumn
+		if len(r.KeyColumns) > 0 {
+			key = "key_columns: [" + strings.Join(r.KeyColumns, ", ") + "]"
+		}
+		fmt.Fprintf(&b, "  - {name: %s, prefix: %q, policy: %s, table: %s, %s, format: %s", r.Name, r.Prefix, r.Policy, r.Table, key, r.Format)
+		if r.KeySeparator != "" {
+			fmt.Fprintf(&b, ", key_separator: %q", r.KeySeparator)
+		}
+		if r.CacheVersion != 0 {
+			fmt.Fprintf(&b, ", cache_version: %d", r.CacheVersion)
+		}
+		if r.Audit {
+			b.WriteString(", audit: true")
+		}
 		if r.ValueColumn != "" {
 			fmt.Fprintf(&b, ", value_column: %s", r.ValueColumn)
 		}

@@ -79,7 +79,7 @@ func (c *session) queueRouted(set *policy.Set, cmd *router.Command) {
 		c.send(reply)
 		return
 	}
-	if q.Write() {
+	if q.Tracked() {
 		q.Pos = c.pin.queued
 		c.pin.ops = append(c.pin.ops, q)
 	}

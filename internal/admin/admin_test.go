@@ -366,6 +366,7 @@ func TestMetricNames(t *testing.T) {
 		"respite_writeback_statements_total", "respite_writeback_flush_errors_total", "respite_writeback_coalesced_total",
 		"respite_writeback_queue_lost_total", "respite_writeback_writes_refused", "respite_routes_degraded",
 		"respite_upstream_persistence", "respite_upstream_maxmemory_policy", "respite_clients_closed_total",
+		"respite_route_verify_checked_total", "respite_route_verify_divergences_total", "respite_route_verify_repaired_total",
 	}
 	slices.Sort(want)
 	if got := admin.MetricNames(); !slices.Equal(got, want) {

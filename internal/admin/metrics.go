@@ -73,6 +73,9 @@ type RouteStats struct {
 	Name, Policy                                            string
 	Hits, Misses, NegativeHits, LocalHits, Loads, Coalesced int64
 	EarlyRefreshes, Degraded, Writes, Errors                int64
+	// RESPITE VERIFY: cached rows compared with PostgreSQL, found to
+	// differ, deleted by REPAIR.
+	VerifyChecked, VerifyDivergent, VerifyRepaired int64
 }
 
 // QueueStats describe one write-back route's durable queue
@@ -122,6 +125,9 @@ const (
 	MetricRouteDegradedReads   = "respite_route_degraded_reads_total"
 	MetricRouteWrites          = "respite_route_writes_total"
 	MetricRouteErrors          = "respite_route_errors_total"
+	MetricRouteVerifyChecked   = "respite_route_verify_checked_total"
+	MetricRouteVerifyDivergent = "respite_route_verify_divergences_total"
+	MetricRouteVerifyRepaired  = "respite_route_verify_repaired_total"
 	MetricWritebackQueueLength = "respite_writeback_queue_length"
 	MetricWritebackOldest      = "respite_writeback_oldest_pending_seconds"
 	MetricWritebackInFlight    = "respite_writeback_in_flight"
@@ -178,6 +184,9 @@ var descs = []desc{
 	{MetricRouteDegradedReads, "Reads served from PostgreSQL because the upstream Redis was unreachable.", prometheus.CounterValue, "route"},
 	{MetricRouteWrites, "Write commands on routed keys.", prometheus.CounterValue, "route"},
 	{MetricRouteErrors, "Commands on routed keys answered with an error (bad key or value, constraint violation, PostgreSQL or Redis down).", prometheus.CounterValue, "route"},
+	{MetricRouteVerifyChecked, "Cached rows RESPITE VERIFY compared with their PostgreSQL row.", prometheus.CounterValue, "route"},
+	{MetricRouteVerifyDivergent, "Cached rows RESPITE VERIFY found to disagree with PostgreSQL.", prometheus.CounterValue, "route"},
+	{MetricRouteVerifyRepaired, "Divergent cached rows RESPITE VERIFY ... REPAIR deleted (the next read loads the row).", prometheus.CounterValue, "route"},
 	{MetricWritebackQueueLength, "Entries in the write-back route's durable queue.", prometheus.GaugeValue, "route"},
 	{MetricWritebackOldest, "Age in seconds of the oldest entry in the write-back queue (how far PostgreSQL is behind); 0 when empty.", prometheus.GaugeValue, "route"},
 	{MetricWritebackInFlight, "Write-back entries read by a flusher and not yet committed and acknowledged.", prometheus.GaugeValue, "route"},
@@ -298,6 +307,9 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 		func(r RouteStats) int64 { return r.Degraded },
 		func(r RouteStats) int64 { return r.Writes },
 		func(r RouteStats) int64 { return r.Errors },
+		func(r RouteStats) int64 { return r.VerifyChecked },
+		func(r RouteStats) int64 { return r.VerifyDivergent },
+		func(r RouteStats) int64 { return r.VerifyRepaired },
 	}
 	routes := dedupe(s.Routes, func(r RouteStats) string { return r.Name })
 	for _, f := range routeFields {

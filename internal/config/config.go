@@ -165,15 +165,29 @@ const (
 )
 
 // Route maps the keys under Prefix to rows of Table: the part of the key
-// after the prefix is the value of KeyColumn.
+// after the prefix is the value of KeyColumn, or with KeyColumns (a
+// composite primary key) the values of those columns in that order,
+// joined by KeySeparator (order:42:1001 is tenant_id 42, id 1001).
 type Route struct {
-	Name        string `yaml:"name"`
-	Prefix      string `yaml:"prefix"`
-	Policy      Policy `yaml:"policy"` // cache-aside | write-through | write-back
-	Table       string `yaml:"table"`
-	KeyColumn   string `yaml:"key_column"`
-	Format      Format `yaml:"format"`       // json | hash | value
-	ValueColumn string `yaml:"value_column"` // format value only
+	Name      string `yaml:"name"`
+	Prefix    string `yaml:"prefix"`
+	Policy    Policy `yaml:"policy"` // cache-aside | write-through | write-back
+	Table     string `yaml:"table"`
+	KeyColumn string `yaml:"key_column"`
+	// KeyColumns replaces KeyColumn for a key of several columns;
+	// KeySeparator (default ":") joins their values in the Redis key.
+	KeyColumns   []string `yaml:"key_columns"`
+	KeySeparator string   `yaml:"key_separator"`
+	Format       Format   `yaml:"format"`       // json | hash | value
+	ValueColumn  string   `yaml:"value_column"` // format value only
+	// CacheVersion is part of the Redis key of every cached row of the
+	// route (0, the default, adds nothing): bumping it makes every row
+	// miss at once, without a FLUSH; the old version's copies expire
+	// with their TTL.
+	CacheVersion int `yaml:"cache_version"`
+	// Audit logs one line per routed write (route, key, command,
+	// outcome, duration) at level info; off by default.
+	Audit bool `yaml:"audit"`
 	// TTL of a cached row (default 1h); write-back keys stay cached until
 	// flushed.
 	TTL Duration `yaml:"ttl"`
@@ -206,6 +220,15 @@ type Route struct {
 	FlushInterval Duration `yaml:"flush_interval"`
 	MaxRetries    int      `yaml:"max_retries"`
 	Priority      string   `yaml:"priority"`
+}
+
+// Keys is the route's key columns, in the order their values appear in
+// the key: KeyColumns, or KeyColumn alone.
+func (r Route) Keys() []string {
+	if len(r.KeyColumns) > 0 {
+		return r.KeyColumns
+	}
+	return []string{r.KeyColumn}
 }
 
 // LocalCache sizes the in-process tier.
@@ -579,8 +602,36 @@ func (r *Route) validate(at string, i int, names, prefixes map[string]int) *fiel
 		return fail("prefix", "%q overlaps respite:, the proxy's own keys (choose another prefix)", r.Prefix)
 	case r.Table == "":
 		return fail("table", "required (the PostgreSQL table of the rows)")
-	case r.KeyColumn == "":
-		return fail("key_column", "required (the column the part of the key after the prefix matches)")
+	case r.KeyColumn == "" && len(r.KeyColumns) == 0:
+		return fail("key_column", "required (the column the part of the key after the prefix matches; key_columns for a key of several columns)")
+	case r.KeyColumn != "" && len(r.KeyColumns) > 0:
+		return fail("key_columns", "set key_column or key_columns, not both")
+	}
+	for j, c := range r.KeyColumns {
+		if c == "" {
+			return fail(fmt.Sprintf("key_columns[%d]", j), "empty (a column name)")
+		}
+		if k := slices.Index(r.KeyColumns, c); k < j {
+			return fail(fmt.Sprintf("key_columns[%d]", j), "%q is also key_columns[%d] (each column once)", c, k)
+		}
+	}
+	if len(r.KeyColumns) == 1 {
+		r.KeyColumn, r.KeyColumns = r.KeyColumns[0], nil // one column: key_column
+	}
+	if r.KeySeparator == "" {
+		r.KeySeparator = ":"
+	}
+	for _, ch := range r.KeySeparator {
+		if ch < 0x21 || ch > 0x7e || ch == '\'' || ch == '\\' || ch == '%' || ch == '_' ||
+			('0' <= ch && ch <= '9') || ('a' <= ch && ch <= 'z') || ('A' <= ch && ch <= 'Z') {
+			return fail("key_separator", "%q is not accepted (punctuation such as : | / #, not letters, digits, spaces, quotes, backslash, %% or _)", r.KeySeparator)
+		}
+	}
+	if r.CacheVersion < 0 {
+		return fail("cache_version", "%d is negative (0, the default, or a version number to bump)", r.CacheVersion)
+	}
+	if r.CacheVersion != 0 && r.Policy == WriteBack {
+		return fail("cache_version", "only for cache-aside and write-through routes (a write-back route's cache holds writes PostgreSQL does not have yet; drain it with RESPITE FLUSH and delete the keys instead)")
 	}
 	names[r.Name], prefixes[r.Prefix] = i+1, i+1
 	switch r.Policy {

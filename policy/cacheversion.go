@@ -1,0 +1,64 @@
+package policy
+
+import (
+	"strconv"
+	"strings"
+
+	"github.com/respite/respite/router"
+)
+
+// Cache versions (cache_version: N, cache-aside and write-through routes):
+// the cached copy of a row of a route at version N > 0 lives under the
+// Redis key prefix + "\x00vN\x00" + the rest, not under the client's key,
+// so bumping N makes every row of the route miss at once, without a
+// FLUSH, and the copies of the old version expire with their TTL. No row
+// id contains a NUL byte (PostgreSQL text cannot hold one), so a tagged
+// key never names another row's copy of an older version. The tag goes in
+// once, where a command enters the route layer (Set.Do, Set.Queue,
+// Set.Ensure: the session then WATCHes and queues the tagged keys on its
+// pinned connection too); Route.id takes it out again.
+
+// versionMark starts a version tag in the part of a key after the prefix.
+const versionMark = "\x00v"
+
+// versionTag is the tag of version v.
+func versionTag(v int) string { return versionMark + strconv.Itoa(v) + "\x00" }
+
+// cacheKey is the Redis key of the cached copy of key (a key of r): key
+// itself at version 0 or when already tagged.
+func (r *Route) cacheKey(key []byte) []byte {
+	v := r.cfg.CacheVersion
+	if v <= 0 {
+		return key
+	}
+	rest := key[len(r.cfg.Prefix):]
+	if strings.HasPrefix(string(rest), versionMark) {
+		return key
+	}
+	out := make([]byte, 0, len(key)+8)
+	out = append(out, r.cfg.Prefix...)
+	out = append(out, versionTag(v)...)
+	return append(out, rest...)
+}
+
+// untag is the part of a key after the prefix without its version tag.
+func untag(rest string) string {
+	if strings.HasPrefix(rest, versionMark) {
+		if i := strings.IndexByte(rest[len(versionMark):], 0); i >= 0 {
+			return rest[len(versionMark)+i+1:]
+		}
+	}
+	return rest
+}
+
+// versioned rewrites, in place, every key of cmd that belongs to a route
+// with a cache version to its cache key.
+func (s *Set) versioned(cmd *router.Command) {
+	for i, k := range cmd.Keys {
+		if ri := cmd.KeyRoute[i]; ri >= 0 && int(ri) < len(s.list) {
+			if r := s.list[ri]; r.cfg.CacheVersion > 0 {
+				cmd.Args[k] = r.cacheKey(cmd.Args[k])
+			}
+		}
+	}
+}
