@@ -15,7 +15,7 @@ import (
 // trip for the hits, as MGET's elements.
 func (r *Route) getMany(ctx context.Context, proto int, keys [][]byte) []resp.Reply {
 	out := make([]resp.Reply, len(keys))
-	if r.cfg.Sliding || r.cfg.EarlyRefresh {
+	if r.cfg.Sliding || r.cfg.EarlyRefresh || r.stale.Load() {
 		// Each hit renews or inspects its own TTL: one GET each.
 		for i, k := range keys {
 			out[i] = r.Do(ctx, Op{ID: router.CmdGet, Args: [][]byte{cmdGet, k}, Proto: proto})

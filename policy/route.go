@@ -61,8 +61,19 @@ type Route struct {
 	// is not described, PostgreSQL being unreachable at start-up
 	// (set.go: Set.connect). table is set before down is cleared.
 	down atomic.Pointer[string]
+	// stale is set while the change capture is too far behind
+	// (postgres.invalidation.max_lag): reads of a tracked route are
+	// served from PostgreSQL (capture.go).
+	stale atomic.Bool
 
+	hooks routeHooks // tests only
 	Stats Stats
+}
+
+// routeHooks let tests stop a route at chosen points; nil fields do
+// nothing.
+type routeHooks struct {
+	afterLoad func(key string) // a fill's SELECT returned, before it stores
 }
 
 // Stats counts what a route did; read with the atomic Load methods.
@@ -72,6 +83,9 @@ type Stats struct {
 	Loads, Coalesced           atomic.Int64 // PostgreSQL loads, and reads that waited for another's load
 	EarlyRefreshes, Degraded   atomic.Int64 // XFetch refreshes, reads served from PostgreSQL with Redis down
 	Writes, Errors             atomic.Int64
+	FillsRefused               atomic.Int64 // fills refused because an invalidation took their lease (lease.go)
+	Invalidations              atomic.Int64 // keys invalidated by change capture (capture.go)
+	LocalPurges                atomic.Int64 // in-process tier emptied (lost connection, flush, FLUSHALL)
 }
 
 // New builds a route over a described table, on its own (tests, tools):
@@ -145,6 +159,9 @@ func (r *Route) Do(ctx context.Context, o Op) resp.Reply {
 		return r.passthrough(ctx, o)
 	}
 	if IsRead(o.ID) {
+		if r.stale.Load() {
+			return r.bypass(ctx, o)
+		}
 		return r.policy.Read(ctx, o)
 	}
 	r.Stats.Writes.Add(1)

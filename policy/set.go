@@ -35,6 +35,7 @@ type Set struct {
 	sh      *shared
 	log     *slog.Logger
 	meta    bool // write-back routes: respite_versions is checked (connect)
+	capture *capture // postgres.invalidation.mode logical; nil otherwise
 }
 
 // Open builds the route set of cfg (at start-up and on every reload):
@@ -102,6 +103,10 @@ func Open(cfg config.Config, cache Cache, rdb *redis.Client, log *slog.Logger) (
 		go s.reconnect(bg)
 	}
 	go ListenInvalidations(bg, rdb, s.list)
+	if cfg.Postgres.Invalidation.Mode == config.InvalidationLogical {
+		s.capture = newCapture(cfg, db, rdb, cache, s.list, log)
+		go s.capture.run(bg)
+	}
 	go sh.guard.run(bg)
 	if len(wtRoutes) > 0 {
 		// This instance's intents from before its restart are dead:
@@ -319,6 +324,15 @@ func (s *Set) Degraded() []string {
 		}
 	}
 	return out
+}
+
+// Capture is what the change capture did (postgres.invalidation), nil
+// when it is off.
+func (s *Set) Capture() *CaptureStats {
+	if s == nil || s.capture == nil {
+		return nil
+	}
+	return &s.capture.Stats
 }
 
 // Durability is the last reading of the upstream Redis' eviction and

@@ -18,6 +18,9 @@ func (c *Config) validateInvalidation() *fieldError {
 	var tracked []int
 	for i, r := range c.Routes {
 		if r.TrackChanges {
+			if r.Policy == WriteBack {
+				return bad(fmt.Sprintf("routes[%d].track_changes", i), "not for write-back routes: the cache holds writes PostgreSQL does not have yet, which an external write's invalidation would hide (use cache-aside or write-through)")
+			}
 			tracked = append(tracked, i)
 		}
 	}

@@ -1,0 +1,222 @@
+package policy
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/respite/respite/internal/config"
+	"github.com/respite/respite/internal/testenv"
+)
+
+// captureEnv is one test's tracked table and the configuration of the
+// instances over it: a json cache-aside route with an in-process tier,
+// long TTLs (only an invalidation can make a change visible in time), and
+// a slot and publication of its own.
+type captureEnv struct {
+	pg     *testenv.Postgres
+	table  string
+	prefix string
+	slot   string
+	text   string // the configuration file
+}
+
+func newCaptureEnv(t *testing.T, pg *testenv.Postgres, routeExtra ...string) *captureEnv {
+	t.Helper()
+	if pg == nil {
+		pg = testPG
+	}
+	e := &captureEnv{pg: pg, table: uniqueName("cdc_users"), prefix: uniqueName("cdc") + ":", slot: uniqueName("slot")}
+	pgExec(t, pg, fmt.Sprintf("CREATE TABLE %s (id integer PRIMARY KEY, name text)", e.table))
+	extra := append([]string{"ttl: 1h", "negative_ttl: 1h", "track_changes: true", "local_cache: {ttl: 1h}"}, routeExtra...)
+	e.text = fmt.Sprintf(`postgres:
+  dsn: %s
+  invalidation:
+    mode: logical
+    slot: %s
+    publication: %s
+    status_interval: 100ms
+    lease: 1s
+    max_lag: 3s
+routes:
+%s`, pg.DSN, e.slot, "pub_"+e.slot, routeItem(uniqueName("cdc"), e.prefix, "cache-aside", e.table, "id", "json", "", extra...))
+	t.Cleanup(func() {
+		// The slot would pin WAL for the rest of the run.
+		pg.Exec(fmt.Sprintf("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '%s' AND NOT active", e.slot))
+	})
+	return e
+}
+
+// open starts one instance (a Set with its own consumer name).
+func (e *captureEnv) open(t *testing.T) *Set {
+	t.Helper()
+	text := strings.Replace(e.text, "routes:\n", "write_back:\n  consumer: "+uniqueName("inst")+"\nroutes:\n", 1)
+	cfg, err := config.Parse("test.yaml", []byte(text))
+	if err != nil {
+		t.Fatalf("config: %v\n%s", err, text)
+	}
+	s, err := openSet(t, cfg, testRedis.Addr, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// writer is a plain pgx connection, as psql or a batch job would write.
+func (e *captureEnv) writer(t *testing.T) *pgx.Conn {
+	t.Helper()
+	conn, err := pgx.Connect(testCtx(t), e.pg.DSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return conn
+}
+
+func mustExec(t testing.TB, conn *pgx.Conn, sql string, args ...any) {
+	t.Helper()
+	if _, err := conn.Exec(context.Background(), sql, args...); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+}
+
+// waitLeader waits until exactly one of sets consumes the slot and none
+// is stale (a first heartbeat was read), and returns the leader.
+func waitLeader(t *testing.T, sets ...*Set) *Set {
+	t.Helper()
+	var leader *Set
+	waitFor(t, 20*time.Second, "a change-capture leader", func() bool {
+		leader = nil
+		n := 0
+		for _, s := range sets {
+			if s.Capture().Leader.Load() {
+				leader, n = s, n+1
+			}
+			if s.Capture().Stale.Load() {
+				return false
+			}
+		}
+		return n == 1
+	})
+	return leader
+}
+
+// pollUntil reads key through every set until each answers want (a raw
+// RESP reply), and returns how long that took; it fails after limit.
+func pollUntil(t *testing.T, ctx context.Context, limit time.Duration, key, want string, sets ...*Set) time.Duration {
+	t.Helper()
+	start := time.Now()
+	done := make([]bool, len(sets))
+	for {
+		all := true
+		for i, s := range sets {
+			if !done[i] {
+				done[i] = setDo(ctx, s, "GET", key) == want
+			}
+			all = all && done[i]
+		}
+		if all {
+			return time.Since(start)
+		}
+		if time.Since(start) > limit {
+			got := []string{}
+			for _, s := range sets {
+				got = append(got, setDo(ctx, s, "GET", key))
+			}
+			t.Fatalf("%s: not %q through every instance after %v: %q", key, want, limit, got)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func bulk(s string) string { return fmt.Sprintf("$%d\r\n%s\r\n", len(s), s) }
+
+func percentile(d []time.Duration, p float64) time.Duration {
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return s[min(len(s)-1, int(float64(len(s))*p))]
+}
+
+// An UPDATE by another connection is visible through each of two
+// instances (in-process tier on, TTLs of an hour) within 1 s, p99 over
+// 200 trials.
+func TestCaptureUpdateVisibleThroughTwoInstances(t *testing.T) {
+	e := newCaptureEnv(t, nil)
+	ctx := testCtx(t)
+	w := e.writer(t)
+	mustExec(t, w, fmt.Sprintf("INSERT INTO %s VALUES (1, 'v0')", e.table))
+	a, b := e.open(t), e.open(t)
+	waitLeader(t, a, b)
+	key := e.prefix + "1"
+	var lat []time.Duration
+	for i := 1; i <= 200; i++ {
+		old := bulk(fmt.Sprintf(`{"id":1,"name":"v%d"}`, i-1))
+		for _, s := range []*Set{a, b} {
+			// Held in both tiers: Redis and the instance's own.
+			if got := setDo(ctx, s, "GET", key); got != old {
+				t.Fatalf("trial %d: GET %q, want %q", i, got, old)
+			}
+		}
+		mustExec(t, w, fmt.Sprintf("UPDATE %s SET name = $1 WHERE id = 1", e.table), fmt.Sprintf("v%d", i))
+		lat = append(lat, pollUntil(t, ctx, 5*time.Second, key, bulk(fmt.Sprintf(`{"id":1,"name":"v%d"}`, i)), a, b))
+	}
+	p50, p99 := percentile(lat, 0.5), percentile(lat, 0.99)
+	t.Logf("UPDATE visible through both instances: p50 %v, p99 %v, max %v over %d trials", p50, p99, slices.Max(lat), len(lat))
+	if p99 > time.Second {
+		t.Fatalf("p99 %v > 1s", p99)
+	}
+	for _, s := range []*Set{a, b} {
+		if st := &s.List()[0].Stats; st.LocalHits.Load() == 0 {
+			t.Fatal("the in-process tier served nothing: the test would not test it")
+		}
+	}
+}
+
+// An INSERT of a row whose absence is cached (negative marker), a DELETE
+// and a TRUNCATE are visible through both instances within 1 s.
+func TestCaptureInsertDeleteTruncate(t *testing.T) {
+	e := newCaptureEnv(t, nil)
+	ctx := testCtx(t)
+	w := e.writer(t)
+	a, b := e.open(t), e.open(t)
+	waitLeader(t, a, b)
+	var lat []time.Duration
+	for i := 1; i <= 30; i++ {
+		key := fmt.Sprintf("%s%d", e.prefix, i)
+		for _, s := range []*Set{a, b} {
+			if got := setDo(ctx, s, "GET", key); got != "$-1\r\n" {
+				t.Fatalf("GET %s before the insert: %q", key, got)
+			}
+		}
+		if n := testRedisClient(t).Exists(ctx, negKey(key)).Val(); n != 1 {
+			t.Fatal("no negative marker cached")
+		}
+		mustExec(t, w, fmt.Sprintf("INSERT INTO %s VALUES ($1, 'new')", e.table), i)
+		lat = append(lat, pollUntil(t, ctx, time.Second, key, bulk(fmt.Sprintf(`{"id":%d,"name":"new"}`, i)), a, b))
+		mustExec(t, w, fmt.Sprintf("DELETE FROM %s WHERE id = $1", e.table), i)
+		lat = append(lat, pollUntil(t, ctx, time.Second, key, "$-1\r\n", a, b))
+	}
+	// TRUNCATE flushes the route: every cached row goes.
+	for round := 0; round < 3; round++ {
+		mustExec(t, w, fmt.Sprintf("INSERT INTO %s SELECT g, 'r' FROM generate_series(100, 119) g", e.table))
+		for i := 100; i < 120; i++ {
+			pollUntil(t, ctx, time.Second, fmt.Sprintf("%s%d", e.prefix, i), bulk(fmt.Sprintf(`{"id":%d,"name":"r"}`, i)), a, b)
+		}
+		mustExec(t, w, "TRUNCATE "+e.table)
+		start := time.Now()
+		for i := 100; i < 120; i++ {
+			pollUntil(t, ctx, time.Second, fmt.Sprintf("%s%d", e.prefix, i), "$-1\r\n", a, b)
+		}
+		lat = append(lat, time.Since(start))
+	}
+	t.Logf("INSERT/DELETE/TRUNCATE visible through both instances: p50 %v, p99 %v, max %v over %d changes", percentile(lat, 0.5), percentile(lat, 0.99), slices.Max(lat), len(lat))
+}
+
+// testRedisClient is a plain client of the shared Redis.
+func testRedisClient(t testing.TB) *redis.Client { return newRedisClient(t, testRedis.Addr, 2) }
