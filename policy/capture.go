@@ -74,7 +74,7 @@ func heartbeatKey(slot string) string { return "respite:cdc:applied:" + slot }
 
 func newCapture(cfg config.Config, db *backend.DB, rdb *redis.Client, cache Cache, routes []*Route, log *slog.Logger) *capture {
 	c := &capture{cfg: cfg.Postgres.Invalidation, dsn: cfg.Postgres.DSN, db: db, rdb: rdb, cache: cache,
-		log: log.With("component", "change-capture", "slot", cfg.Postgres.Invalidation.Slot),
+		log:   log.With("component", "change-capture", "slot", cfg.Postgres.Invalidation.Slot),
 		token: cfg.WriteBack.Consumer + "/" + newToken()}
 	for _, r := range routes {
 		if r.cfg.TrackChanges {

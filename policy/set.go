@@ -34,7 +34,7 @@ type Set struct {
 	cancel  context.CancelFunc
 	sh      *shared
 	log     *slog.Logger
-	meta    bool // write-back routes: respite_versions is checked (connect)
+	meta    bool     // write-back routes: respite_versions is checked (connect)
 	capture *capture // postgres.invalidation.mode logical; nil otherwise
 }
 

@@ -34,7 +34,7 @@ type Postgres struct {
 	Dir string
 
 	bins pgBins
-	args []string // extra server settings, "-c name=value" each
+	args []string            // extra server settings, "-c name=value" each
 	cred *syscall.Credential // run the server as this user; nil: as ourselves
 
 	mu      sync.Mutex
