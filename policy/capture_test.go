@@ -3,8 +3,10 @@ package policy
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -27,14 +29,17 @@ type captureEnv struct {
 	text   string // the configuration file
 }
 
-func newCaptureEnv(t *testing.T, pg *testenv.Postgres, routeExtra ...string) *captureEnv {
+func newCaptureEnv(t *testing.T, pg *testenv.Postgres, local bool, routeExtra ...string) *captureEnv {
 	t.Helper()
 	if pg == nil {
 		pg = testPG
 	}
 	e := &captureEnv{pg: pg, table: uniqueName("cdc_users"), prefix: uniqueName("cdc") + ":", slot: uniqueName("slot")}
 	pgExec(t, pg, fmt.Sprintf("CREATE TABLE %s (id integer PRIMARY KEY, name text)", e.table))
-	extra := append([]string{"ttl: 1h", "negative_ttl: 1h", "track_changes: true", "local_cache: {ttl: 1h}"}, routeExtra...)
+	extra := append([]string{"ttl: 1h", "negative_ttl: 1h", "track_changes: true"}, routeExtra...)
+	if local {
+		extra = append(extra, "local_cache: {ttl: 1h}")
+	}
 	e.text = fmt.Sprintf(`postgres:
   dsn: %s
   invalidation:
@@ -76,6 +81,9 @@ func (e *captureEnv) writer(t *testing.T) *pgx.Conn {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close(context.Background()) })
+	// Commits reach the WAL (and the stream) at once, as on a server
+	// with the default synchronous_commit.
+	mustExec(t, conn, "SET synchronous_commit = on")
 	return conn
 }
 
@@ -147,7 +155,7 @@ func percentile(d []time.Duration, p float64) time.Duration {
 // instances (in-process tier on, TTLs of an hour) within 1 s, p99 over
 // 200 trials.
 func TestCaptureUpdateVisibleThroughTwoInstances(t *testing.T) {
-	e := newCaptureEnv(t, nil)
+	e := newCaptureEnv(t, nil, true)
 	ctx := testCtx(t)
 	w := e.writer(t)
 	mustExec(t, w, fmt.Sprintf("INSERT INTO %s VALUES (1, 'v0')", e.table))
@@ -181,7 +189,7 @@ func TestCaptureUpdateVisibleThroughTwoInstances(t *testing.T) {
 // An INSERT of a row whose absence is cached (negative marker), a DELETE
 // and a TRUNCATE are visible through both instances within 1 s.
 func TestCaptureInsertDeleteTruncate(t *testing.T) {
-	e := newCaptureEnv(t, nil)
+	e := newCaptureEnv(t, nil, true)
 	ctx := testCtx(t)
 	w := e.writer(t)
 	a, b := e.open(t), e.open(t)
@@ -220,3 +228,89 @@ func TestCaptureInsertDeleteTruncate(t *testing.T) {
 
 // testRedisClient is a plain client of the shared Redis.
 func testRedisClient(t testing.TB) *redis.Client { return newRedisClient(t, testRedis.Addr, 2) }
+
+// waitFast polls cond every 200µs until it holds, failing after limit.
+func waitFast(t *testing.T, limit time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", limit, what)
+		}
+		time.Sleep(200 * time.Microsecond)
+	}
+}
+
+// The fill race: a read misses and SELECTs the old row; an external UPDATE
+// commits and its invalidation is applied; only then does the read's fill
+// try to store what it read. The fill's lease is gone with the
+// invalidation: refused. The read runs on the instance that does not
+// consume the stream and has no in-process tier, so nothing but the lease
+// in Redis can tell it. 1,000 iterations with random delays: the old
+// value is never in Redis, nor served, once the fill is done.
+func TestCaptureRefusesRacingFills(t *testing.T) {
+	e := newCaptureEnv(t, nil, false)
+	ctx := testCtx(t)
+	w := e.writer(t)
+	mustExec(t, w, fmt.Sprintf("INSERT INTO %s VALUES (1, 'v0')", e.table))
+	a, b := e.open(t), e.open(t)
+	leader := waitLeader(t, a, b)
+	s := a
+	if leader == a {
+		s = b
+	}
+	r, c := s.List()[0], leader.capture
+	key := e.prefix + "1"
+	var pause atomic.Pointer[chan struct{}]
+	loaded := make(chan struct{}, 1)
+	r.hooks.afterLoad = func(k string) {
+		if ch := pause.Load(); ch != nil && k == key {
+			loaded <- struct{}{}
+			<-*ch
+		}
+	}
+	rc := testRedisClient(t)
+	update := func(v string) {
+		n := c.Stats.Txns.Load()
+		mustExec(t, w, fmt.Sprintf("UPDATE %s SET name = $1 WHERE id = 1", e.table), v)
+		waitFast(t, 5*time.Second, "the update's invalidation", func() bool { return c.Stats.Txns.Load() > n })
+	}
+	refused0 := r.Stats.FillsRefused.Load()
+	const iterations = 1000
+	stale, start := 0, time.Now()
+	for i := 0; i < iterations; i++ {
+		oldV, newV := fmt.Sprintf(`"old%d"`, i), fmt.Sprintf(`"new%d"`, i)
+		update(oldV[1 : len(oldV)-1]) // applied: the key is not cached
+		release := make(chan struct{})
+		pause.Store(&release)
+		got := make(chan string, 1)
+		go func() { got <- setDo(ctx, s, "GET", key) }()
+		select {
+		case <-loaded:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("iteration %d: the read did not load", i)
+		}
+		pause.Store(nil)
+		time.Sleep(time.Duration(rand.IntN(1000)) * time.Microsecond)
+		update(newV[1 : len(newV)-1])
+		time.Sleep(time.Duration(rand.IntN(2000)) * time.Microsecond)
+		close(release)
+		if g := <-got; !strings.Contains(g, oldV) {
+			t.Fatalf("iteration %d: the paused read answered %q, not what it loaded", i, g)
+		}
+		if v := rc.Get(ctx, key).Val(); strings.Contains(v, oldV) {
+			stale++
+		}
+		if g := setDo(ctx, s, "GET", key); !strings.Contains(g, newV) {
+			stale++
+		}
+	}
+	refused := r.Stats.FillsRefused.Load() - refused0
+	t.Logf("%d iterations in %v: %d stale reads after the invalidation, %d fills refused", iterations, time.Since(start).Round(time.Millisecond), stale, refused)
+	if stale != 0 {
+		t.Fatalf("%d stale reads after the invalidation", stale)
+	}
+	if refused < iterations {
+		t.Fatalf("only %d fills refused: the race was not exercised", refused)
+	}
+}
