@@ -53,7 +53,10 @@ type capture struct {
 type captureHooks struct {
 	// beforeAck runs after a transaction is applied, before its ack;
 	// false drops the connection there, as a killed process would.
-	beforeAck func(txn *backend.Txn) bool
+	beforeAck atomic.Pointer[func(txn *backend.Txn) bool]
+	// crashed makes the consumer stop as a killed process would: its
+	// connection dropped without a word, its lease left to expire.
+	crashed atomic.Bool
 }
 
 // CaptureStats is what the change capture did; read with Load.
@@ -120,6 +123,9 @@ func (c *capture) run(ctx context.Context) {
 		cancel()
 		<-done
 		c.Stats.Leader.Store(false)
+		if c.hooks.crashed.Load() {
+			return
+		}
 		releaseLock.Run(context.WithoutCancel(ctx), c.rdb, []string{leaderKey(c.cfg.Slot)}, c.token)
 		if err != nil && ctx.Err() == nil {
 			c.Stats.Errors.Add(1)
@@ -213,7 +219,13 @@ func (c *capture) consume(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer rep.Close()
+	defer func() {
+		if c.hooks.crashed.Load() {
+			rep.Abandon()
+		} else {
+			rep.Close()
+		}
+	}()
 	var pinged time.Time
 	for {
 		if time.Since(pinged) >= c.interval() {
@@ -241,8 +253,8 @@ func (c *capture) consume(ctx context.Context) error {
 			if err := c.apply(ctx, ev.Txn); err != nil {
 				return err
 			}
-			if h := c.hooks.beforeAck; h != nil && !h(ev.Txn) {
-				rep.Abandon()
+			if h := c.hooks.beforeAck.Load(); h != nil && !(*h)(ev.Txn) {
+				c.hooks.crashed.Store(true)
 				return errors.New("stopped before the ack (test hook)")
 			}
 			if err := rep.Ack(ev.Txn.End); err != nil {

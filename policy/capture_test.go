@@ -10,9 +10,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/respite/respite/backend"
 	"github.com/respite/respite/internal/config"
 	"github.com/respite/respite/internal/testenv"
 )
@@ -312,5 +314,133 @@ func TestCaptureRefusesRacingFills(t *testing.T) {
 	}
 	if refused < iterations {
 		t.Fatalf("only %d fills refused: the race was not exercised", refused)
+	}
+}
+
+// slotState reads the test slot's confirmed_flush_lsn and how many slots
+// of that name exist.
+func slotState(t *testing.T, pg *testenv.Postgres, slot string) (confirmed backend.LSN, n int) {
+	t.Helper()
+	out := pgQuery(t, pg, fmt.Sprintf("SELECT count(*)::text || ' ' || coalesce(max(confirmed_flush_lsn)::text, '0/0') FROM pg_replication_slots WHERE slot_name = '%s'", slot))
+	count, lsn, _ := strings.Cut(strings.TrimSpace(out), " ")
+	fmt.Sscan(count, &n)
+	confirmed, err := pglogrepl.ParseLSN(lsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return confirmed, n
+}
+
+// The consumer is killed between applying a commit and acknowledging it:
+// confirmed_flush_lsn never passed a commit before it was applied, and
+// the restarted instance gets the commit again and applies it (the stale
+// copy cached meanwhile is gone).
+func TestCaptureKilledBeforeAckReapplies(t *testing.T) {
+	e := newCaptureEnv(t, nil, false)
+	ctx := testCtx(t)
+	w := e.writer(t)
+	mustExec(t, w, fmt.Sprintf("INSERT INTO %s SELECT g, 'v0' FROM generate_series(1, 20) g", e.table))
+	first := e.open(t)
+	waitLeader(t, first)
+	rc := testRedisClient(t)
+	var passed atomic.Int64 // acks that came before their commit was applied
+	var checked atomic.Int64
+	check := func(txn *backend.Txn) {
+		if c, _ := slotState(t, e.pg, e.slot); c >= txn.End {
+			passed.Add(1)
+		}
+		checked.Add(1)
+	}
+	var killedAt atomic.Uint64
+	hook := func(txn *backend.Txn) bool {
+		check(txn)
+		if len(txn.Changes) == 1 && slices.Equal(txn.Changes[0].Keys, []string{"13"}) && killedAt.Load() == 0 {
+			// Applied, not acked. Old copies of the rows whose commits
+			// are not acked are cached meanwhile, so that their
+			// (second) application shows.
+			for i := 13; i <= 20; i++ {
+				rc.Set(ctx, fmt.Sprintf("%s%d", e.prefix, i), "stale", 0)
+			}
+			killedAt.Store(uint64(txn.End))
+			return false
+		}
+		return true
+	}
+	first.capture.hooks.beforeAck.Store(&hook)
+	for i := 1; i <= 20; i++ {
+		mustExec(t, w, fmt.Sprintf("UPDATE %s SET name = 'v1' WHERE id = $1", e.table), i)
+	}
+	waitFor(t, 10*time.Second, "the kill", func() bool { return killedAt.Load() != 0 })
+	first.Stop() // what is left of the killed process
+	if c, n := slotState(t, e.pg, e.slot); c >= backend.LSN(killedAt.Load()) || n != 1 {
+		t.Fatalf("after the kill: confirmed_flush_lsn %v, the unacked commit ends at %v; %d slots", c, backend.LSN(killedAt.Load()), n)
+	}
+	var again atomic.Bool
+	second := e.open(t)
+	hook2 := func(txn *backend.Txn) bool {
+		check(txn)
+		if uint64(txn.End) == killedAt.Load() {
+			again.Store(true)
+		}
+		return true
+	}
+	second.capture.hooks.beforeAck.Store(&hook2)
+	waitFor(t, 10*time.Second, "the commit applied again", func() bool { return again.Load() })
+	for i := 13; i <= 20; i++ {
+		key := fmt.Sprintf("%s%d", e.prefix, i)
+		waitFor(t, 5*time.Second, "the stale copy of "+key+" invalidated", func() bool { return rc.Exists(ctx, key).Val() == 0 })
+	}
+	for i := 1; i <= 20; i++ {
+		if got := setDo(ctx, second, "GET", fmt.Sprintf("%s%d", e.prefix, i)); got != bulk(fmt.Sprintf(`{"id":%d,"name":"v1"}`, i)) {
+			t.Fatalf("row %d after the restart: %q", i, got)
+		}
+	}
+	waitFor(t, 5*time.Second, "the ack", func() bool { c, _ := slotState(t, e.pg, e.slot); return c >= backend.LSN(killedAt.Load()) })
+	if _, n := slotState(t, e.pg, e.slot); n != 1 {
+		t.Fatalf("%d slots", n)
+	}
+	t.Logf("%d commits checked before their ack, %d had confirmed_flush_lsn past them", checked.Load(), passed.Load())
+	if passed.Load() != 0 {
+		t.Fatalf("confirmed_flush_lsn passed %d commits before they were applied", passed.Load())
+	}
+}
+
+// Kill the leader of two: the other takes the slot over within two
+// leases, and every commit made meanwhile is applied; still one slot.
+func TestCaptureLeaderFailover(t *testing.T) {
+	e := newCaptureEnv(t, nil, true)
+	ctx := testCtx(t)
+	w := e.writer(t)
+	mustExec(t, w, fmt.Sprintf("INSERT INTO %s SELECT g, 'v0' FROM generate_series(1, 10) g", e.table))
+	a, b := e.open(t), e.open(t)
+	leader := waitLeader(t, a, b)
+	other := a
+	if leader == a {
+		other = b
+	}
+	for i := 1; i <= 10; i++ {
+		setDo(ctx, other, "GET", fmt.Sprintf("%s%d", e.prefix, i)) // cached in both tiers
+	}
+	leader.capture.hooks.crashed.Store(true)
+	leader.Stop()
+	killed := time.Now()
+	for i := 1; i <= 10; i++ {
+		mustExec(t, w, fmt.Sprintf("UPDATE %s SET name = 'v1' WHERE id = $1", e.table), i)
+	}
+	waitFor(t, 10*time.Second, "the takeover", func() bool { return other.Capture().Leader.Load() })
+	took := time.Since(killed)
+	for i := 1; i <= 10; i++ {
+		pollUntil(t, ctx, 5*time.Second, fmt.Sprintf("%s%d", e.prefix, i), bulk(fmt.Sprintf(`{"id":%d,"name":"v1"}`, i)), other)
+	}
+	lease := time.Second // the env's postgres.invalidation.lease
+	t.Logf("the other instance took over %v after the leader died (lease %v)", took.Round(time.Millisecond), lease)
+	if took > 2*lease {
+		t.Fatalf("takeover after %v, more than two leases", took)
+	}
+	if _, n := slotState(t, e.pg, e.slot); n != 1 {
+		t.Fatalf("%d slots", n)
+	}
+	if n := pgQuery(t, e.pg, "SELECT count(*) FROM pg_replication_slots"); strings.TrimSpace(n) == "" {
+		t.Fatal("no slots")
 	}
 }
