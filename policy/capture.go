@@ -411,13 +411,15 @@ local t = redis.call('TIME')
 redis.call('SET', KEYS[1], tostring(tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)))
 return 1`)
 
-// ageScript (KEYS: heartbeat) returns the heartbeat's age in ms by Redis'
-// clock, -1 without one.
+// ageScript (KEYS: heartbeat; ARGV: since, ms by Redis' clock, or 0)
+// returns the heartbeat's age in ms by Redis' clock, -1 without one or
+// with one older than since, and Redis' clock.
 var ageScript = redis.NewScript(`
-local hb = redis.call('GET', KEYS[1])
-if not hb then return -1 end
 local t = redis.call('TIME')
-return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(hb)`)
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local hb = tonumber(redis.call('GET', KEYS[1]) or '')
+if not hb or hb < tonumber(ARGV[1]) then return {-1, now} end
+return {now - hb, now}`)
 
 // beat records that the stream is applied up to now.
 func (c *capture) beat(ctx context.Context) {
@@ -427,12 +429,24 @@ func (c *capture) beat(ctx context.Context) {
 }
 
 // watchLag reads the heartbeat every status_interval: older than max_lag
-// (or absent, or unreadable), the tracked routes read from PostgreSQL.
+// (or absent, or unreadable), the tracked routes read from PostgreSQL. So
+// does a heartbeat from before this instance started: a stream lost
+// while no instance ran (the slot lost) is flushed by the next leader
+// before it beats, and until then nothing cached may be trusted.
 func (c *capture) watchLag(ctx context.Context) {
+	c.Stats.Stale.Store(true)
+	for _, r := range c.tracked {
+		r.stale.Store(true)
+	}
 	maxLag := time.Duration(c.cfg.MaxLag)
+	var since int64
 	for ctx.Err() == nil {
-		age, err := ageScript.Run(ctx, c.rdb, []string{heartbeatKey(c.cfg.Slot)}).Int64()
-		stale := err != nil || age < 0 || time.Duration(age)*time.Millisecond > maxLag
+		v, err := ageScript.Run(ctx, c.rdb, []string{heartbeatKey(c.cfg.Slot)}, since).Int64Slice()
+		stale := err != nil || len(v) != 2 || v[0] < 0 || time.Duration(v[0])*time.Millisecond > maxLag
+		if since == 0 && err == nil && len(v) == 2 {
+			since = v[1]
+			stale = true
+		}
 		if ctx.Err() != nil {
 			return
 		}
@@ -440,7 +454,7 @@ func (c *capture) watchLag(ctx context.Context) {
 			if stale {
 				c.log.Warn("change capture is behind by more than max_lag: tracked routes read from PostgreSQL", "max_lag", maxLag)
 			} else {
-				c.log.Info("change capture caught up: tracked routes use the cache again")
+				c.log.Info("change capture applied: tracked routes use the cache")
 			}
 		}
 		c.Stats.Stale.Store(stale)
