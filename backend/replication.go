@@ -182,8 +182,15 @@ JOIN pg_catalog.pg_publication p ON p.oid = r.prpubid WHERE p.pubname = $1`, pub
 // transactional logical message (pg_logical_emit_message) the stream
 // delivers with the transaction's changes (Txn.Tags).
 func Tag(ctx context.Context, q Querier, text string) error {
-	_, err := q.Exec(ctx, `SELECT pg_catalog.pg_logical_emit_message(true, '`+TagPrefix+`', $1::text)`, text)
+	_, err := q.Exec(ctx, `SELECT pg_catalog.pg_logical_emit_message(true, '`+TagPrefix+`', $1::bytea)`, []byte(text))
 	return wrapErr(err)
+}
+
+// CanTag reports whether the role may run pg_logical_emit_message (Tag).
+func (db *DB) CanTag(ctx context.Context) (bool, error) {
+	var ok bool
+	err := db.load.QueryRow(ctx, `SELECT pg_catalog.has_function_privilege('pg_catalog.pg_logical_emit_message(boolean, text, bytea)', 'EXECUTE')`).Scan(&ok)
+	return ok, wrapErr(err)
 }
 
 // Replication is one streaming connection on a slot. Not safe for

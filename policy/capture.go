@@ -44,6 +44,7 @@ type capture struct {
 	cache   Cache
 	log     *slog.Logger
 	tracked []*Route
+	sh      *shared
 	token   string // this instance's leader token
 	hooks   captureHooks
 	Stats   CaptureStats
@@ -75,8 +76,8 @@ type CaptureStats struct {
 func leaderKey(slot string) string    { return "respite:cdc:leader:" + slot }
 func heartbeatKey(slot string) string { return "respite:cdc:applied:" + slot }
 
-func newCapture(cfg config.Config, db *backend.DB, rdb *redis.Client, cache Cache, routes []*Route, log *slog.Logger) *capture {
-	c := &capture{cfg: cfg.Postgres.Invalidation, dsn: cfg.Postgres.DSN, db: db, rdb: rdb, cache: cache,
+func newCapture(cfg config.Config, db *backend.DB, rdb *redis.Client, cache Cache, routes []*Route, sh *shared, log *slog.Logger) *capture {
+	c := &capture{cfg: cfg.Postgres.Invalidation, dsn: cfg.Postgres.DSN, db: db, rdb: rdb, cache: cache, sh: sh,
 		log:   log.With("component", "change-capture", "slot", cfg.Postgres.Invalidation.Slot),
 		token: cfg.WriteBack.Consumer + "/" + newToken()}
 	for _, r := range routes {
@@ -104,10 +105,15 @@ func (c *capture) ready() bool {
 func (c *capture) run(ctx context.Context) {
 	go c.watchLag(ctx)
 	lease := time.Duration(c.cfg.Lease)
+	tagChecked := false
 	for ctx.Err() == nil {
 		if !c.ready() {
 			sleepCtx(ctx, c.interval())
 			continue
+		}
+		if !tagChecked {
+			tagChecked = true
+			c.sh.tag.Store(c.canTag(ctx))
 		}
 		won, err := c.rdb.SetNX(ctx, leaderKey(c.cfg.Slot), c.token, lease).Result()
 		if err != nil || !won {
@@ -274,6 +280,7 @@ func (c *capture) consume(ctx context.Context) error {
 func (c *capture) apply(ctx context.Context, txn *backend.Txn) error {
 	byRoute := map[*Route][]string{}
 	flush := map[*Route]bool{}
+	own := tagsOf(txn)
 	for _, ch := range txn.Changes {
 		for _, r := range c.tracked {
 			if r.table.OID() != ch.Table {
@@ -292,7 +299,18 @@ func (c *capture) apply(ctx context.Context, txn *backend.Txn) error {
 				if err != nil {
 					return err
 				}
-				byRoute[r] = append(byRoute[r], r.cfg.Prefix+canon)
+				key := r.cfg.Prefix + canon
+				if toks := own[r.cfg.Name+"\x00"+key]; toks != nil && r.cfg.Policy == config.WriteThrough {
+					done, err := c.ownFinished(ctx, key, toks)
+					if err != nil {
+						return err
+					}
+					if done {
+						c.Stats.Skipped.Add(1)
+						continue // the cache holds what the proxy committed
+					}
+				}
+				byRoute[r] = append(byRoute[r], key)
 			}
 		}
 	}

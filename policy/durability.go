@@ -52,6 +52,10 @@ import (
 type shared struct {
 	instance string // this proxy's name: write_back.consumer, else the host name
 	guard    *guard // nil: write-back writes are not checked (routes built by New)
+	// tag is set when the change capture runs and the role may emit
+	// logical messages: write-through writes of tracked routes tag their
+	// transactions (tag.go).
+	tag atomic.Bool
 }
 
 func newShared(instance string) *shared {

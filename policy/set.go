@@ -104,7 +104,7 @@ func Open(cfg config.Config, cache Cache, rdb *redis.Client, log *slog.Logger) (
 	}
 	go ListenInvalidations(bg, rdb, s.list)
 	if cfg.Postgres.Invalidation.Mode == config.InvalidationLogical {
-		s.capture = newCapture(cfg, db, rdb, cache, s.list, log)
+		s.capture = newCapture(cfg, db, rdb, cache, s.list, sh, log)
 		go s.capture.run(bg)
 	}
 	go sh.guard.run(bg)

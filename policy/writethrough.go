@@ -89,6 +89,9 @@ func (p *writeThrough) Prepare(ctx context.Context, tx pgx.Tx, q *Queued) (resp.
 		return resp.Reply{}, err
 	}
 	q.intent = in
+	if err := p.r.tagTx(ctx, tx, q.Key(), in); err != nil {
+		return resp.Reply{}, err
+	}
 	return p.r.dbWrite(ctx, tx, q.op)
 }
 
