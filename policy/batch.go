@@ -32,7 +32,7 @@ func (r *Route) getMany(ctx context.Context, proto int, keys [][]byte) []resp.Re
 			out[i] = resp.Null()
 			continue
 		}
-		if r.local != nil {
+		if r.localOK() {
 			if v, ok := r.local.get(key); ok {
 				r.Stats.Hits.Add(1)
 				r.Stats.LocalHits.Add(1)

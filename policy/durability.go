@@ -56,6 +56,11 @@ type shared struct {
 	// logical messages: write-through writes of tracked routes tag their
 	// transactions (tag.go).
 	tag atomic.Bool
+	// tracked is set once the server keeps a tracking connection for
+	// the in-process tiers (tracking.go); trackOn is its probe while it
+	// is in place (nil otherwise).
+	tracked atomic.Bool
+	trackOn atomic.Pointer[func() bool]
 }
 
 func newShared(instance string) *shared {

@@ -60,10 +60,24 @@ func (l *localTier) add(key, value string) {
 func (r *Route) localAdd(key, value string, gen uint64) {
 	l := r.local
 	l.mu.Lock()
-	if r.loads.slot(key).Load() == gen {
+	if r.loads.slot(key).Load() == gen && r.localOK() {
 		l.add(key, value)
 	}
 	l.mu.Unlock()
+}
+
+// localOK reports whether the in-process tier may serve and store: it
+// exists and, once the server tracks Redis for it (tracking.go), the
+// tracking connection is in place with no push waiting to be applied.
+func (r *Route) localOK() bool {
+	if r.local == nil {
+		return false
+	}
+	if !r.sh.tracked.Load() {
+		return true
+	}
+	q := r.sh.trackOn.Load()
+	return q != nil && (*q)()
 }
 
 // localDrop bumps key's generation and removes its in-process copy: an

@@ -54,7 +54,7 @@ func (r *Route) negative() bool { return *r.cfg.NegativeTTL > 0 }
 // get answers GET on a json or value route.
 func (r *Route) get(ctx context.Context, o Op) resp.Reply {
 	key := o.key()
-	if r.local != nil {
+	if r.localOK() {
 		if v, ok := r.local.get(key); ok {
 			r.Stats.Hits.Add(1)
 			r.Stats.LocalHits.Add(1)

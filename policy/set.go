@@ -34,8 +34,9 @@ type Set struct {
 	cancel  context.CancelFunc
 	sh      *shared
 	log     *slog.Logger
-	meta    bool     // write-back routes: respite_versions is checked (connect)
-	capture *capture // postgres.invalidation.mode logical; nil otherwise
+	meta    bool            // write-back routes: respite_versions is checked (connect)
+	capture *capture        // postgres.invalidation.mode logical; nil otherwise
+	bg      context.Context // the background work's, cancelled by Stop
 }
 
 // Open builds the route set of cfg (at start-up and on every reload):
@@ -95,7 +96,7 @@ func Open(cfg config.Config, cache Cache, rdb *redis.Client, log *slog.Logger) (
 		return nil, err
 	}
 	bg, stop := context.WithCancel(context.Background())
-	s.cancel = stop
+	s.cancel, s.bg = stop, bg
 	if err != nil {
 		s.degrade(err)
 		log.Error("PostgreSQL unreachable at start-up: the routes answer an error until it is back; the proxy connects in the background, plain keys are not affected",
