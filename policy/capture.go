@@ -90,6 +90,15 @@ func newCapture(cfg config.Config, db *backend.DB, rdb *redis.Client, cache Cach
 
 func (c *capture) interval() time.Duration { return time.Duration(c.cfg.StatusInterval) }
 
+// name names the leader lease and the heartbeat: the slot, or in notify
+// mode the channel.
+func (c *capture) name() string {
+	if c.cfg.Mode == config.InvalidationNotify {
+		return "notify:" + c.cfg.Channel
+	}
+	return c.cfg.Slot
+}
+
 // ready reports whether every tracked route's table is described.
 func (c *capture) ready() bool {
 	for _, r := range c.tracked {
@@ -113,26 +122,30 @@ func (c *capture) run(ctx context.Context) {
 		}
 		if !tagChecked {
 			tagChecked = true
-			c.sh.tag.Store(c.canTag(ctx))
+			c.sh.tag.Store(c.cfg.Mode == config.InvalidationLogical && c.canTag(ctx))
 		}
-		won, err := c.rdb.SetNX(ctx, leaderKey(c.cfg.Slot), c.token, lease).Result()
+		won, err := c.rdb.SetNX(ctx, leaderKey(c.name()), c.token, lease).Result()
 		if err != nil || !won {
 			sleepCtx(ctx, c.interval())
 			continue
 		}
-		c.log.Info("leader: consuming the replication slot")
+		c.log.Info("leader: applying changes from PostgreSQL", "mode", c.cfg.Mode)
 		c.Stats.Leader.Store(true)
 		lctx, cancel := context.WithCancel(ctx)
 		done := make(chan struct{})
 		go func() { defer close(done); c.renew(lctx, cancel) }()
-		err = c.consume(lctx)
+		if c.cfg.Mode == config.InvalidationNotify {
+			err = c.consumeNotify(lctx)
+		} else {
+			err = c.consume(lctx)
+		}
 		cancel()
 		<-done
 		c.Stats.Leader.Store(false)
 		if c.hooks.crashed.Load() {
 			return
 		}
-		releaseLock.Run(context.WithoutCancel(ctx), c.rdb, []string{leaderKey(c.cfg.Slot)}, c.token)
+		releaseLock.Run(context.WithoutCancel(ctx), c.rdb, []string{leaderKey(c.name())}, c.token)
 		if err != nil && ctx.Err() == nil {
 			c.Stats.Errors.Add(1)
 			c.log.Warn("change capture stopped; retrying", "err", LogDetail(err))
@@ -157,7 +170,7 @@ func (c *capture) renew(ctx context.Context, stop context.CancelFunc) {
 			return
 		}
 		rctx, cancel := context.WithTimeout(ctx, lease/2)
-		n, err := renewLease.Run(rctx, c.rdb, []string{leaderKey(c.cfg.Slot)}, c.token, lease.Milliseconds()).Int()
+		n, err := renewLease.Run(rctx, c.rdb, []string{leaderKey(c.name())}, c.token, lease.Milliseconds()).Int()
 		cancel()
 		switch {
 		case err == nil && n == 1:
@@ -441,7 +454,7 @@ return {now - hb, now}`)
 
 // beat records that the stream is applied up to now.
 func (c *capture) beat(ctx context.Context) {
-	if err := beatScript.Run(ctx, c.rdb, []string{heartbeatKey(c.cfg.Slot)}).Err(); err != nil {
+	if err := beatScript.Run(ctx, c.rdb, []string{heartbeatKey(c.name())}).Err(); err != nil {
 		c.log.Warn("writing the change-capture heartbeat failed", "err", err)
 	}
 }
@@ -459,7 +472,7 @@ func (c *capture) watchLag(ctx context.Context) {
 	maxLag := time.Duration(c.cfg.MaxLag)
 	var since int64
 	for ctx.Err() == nil {
-		v, err := ageScript.Run(ctx, c.rdb, []string{heartbeatKey(c.cfg.Slot)}, since).Int64Slice()
+		v, err := ageScript.Run(ctx, c.rdb, []string{heartbeatKey(c.name())}, since).Int64Slice()
 		stale := err != nil || len(v) != 2 || v[0] < 0 || time.Duration(v[0])*time.Millisecond > maxLag
 		if since == 0 && err == nil && len(v) == 2 {
 			since = v[1]

@@ -568,3 +568,49 @@ func TestCaptureSkipsOwnWriteThrough(t *testing.T) {
 	mustExec(t, w, fmt.Sprintf("UPDATE %s SET name = 'ext' WHERE id = 3", e.table))
 	pollUntil(t, ctx, time.Second, e.prefix+"3", bulk(`{"id":3,"name":"ext"}`), s)
 }
+
+// Notify mode, with the documented trigger: an UPDATE, an INSERT under a
+// negative marker, a DELETE and a TRUNCATE by another connection are
+// visible through two instances within 1 s; an UPDATE while the listener
+// is disconnected (its NOTIFY lost) is visible once it is back, since
+// the routes are flushed after every reconnect.
+func TestNotifyMode(t *testing.T) {
+	e := newCaptureEnv(t, nil, true)
+	e.text = strings.Replace(e.text, "mode: logical", "mode: notify\n    channel: "+e.slot, 1)
+	ctx := testCtx(t)
+	w := e.writer(t)
+	mustExec(t, w, backend.NotifyFunctionSQL)
+	mustExec(t, w, backend.NotifyTriggerSQL(e.table, e.slot, "id"))
+	mustExec(t, w, fmt.Sprintf("INSERT INTO %s VALUES (1, 'v0')", e.table))
+	a, b := e.open(t), e.open(t)
+	waitLeader(t, a, b)
+	key := e.prefix + "1"
+	var lat []time.Duration
+	for i := 1; i <= 50; i++ {
+		for _, s := range []*Set{a, b} {
+			setDo(ctx, s, "GET", key)
+		}
+		mustExec(t, w, fmt.Sprintf("UPDATE %s SET name = $1 WHERE id = 1", e.table), fmt.Sprintf("v%d", i))
+		lat = append(lat, pollUntil(t, ctx, time.Second, key, bulk(fmt.Sprintf(`{"id":1,"name":"v%d"}`, i)), a, b))
+	}
+	t.Logf("notify: UPDATE visible through both instances: p50 %v, p99 %v", percentile(lat, 0.5), percentile(lat, 0.99))
+	k2 := e.prefix + "2"
+	pollUntil(t, ctx, time.Second, k2, "$-1\r\n", a, b) // absence cached
+	mustExec(t, w, fmt.Sprintf("INSERT INTO %s VALUES (2, 'new')", e.table))
+	pollUntil(t, ctx, time.Second, k2, bulk(`{"id":2,"name":"new"}`), a, b)
+	mustExec(t, w, fmt.Sprintf("DELETE FROM %s WHERE id = 2", e.table))
+	pollUntil(t, ctx, time.Second, k2, "$-1\r\n", a, b)
+	mustExec(t, w, "TRUNCATE "+e.table)
+	pollUntil(t, ctx, time.Second, key, "$-1\r\n", a, b)
+	// The listener's connection ends; an UPDATE meanwhile sends its
+	// NOTIFY to nobody.
+	mustExec(t, w, fmt.Sprintf("INSERT INTO %s VALUES (1, 'before')", e.table))
+	pollUntil(t, ctx, time.Second, key, bulk(`{"id":1,"name":"before"}`), a, b)
+	flushes := a.Capture().Flushes.Load() + b.Capture().Flushes.Load()
+	mustExec(t, w, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'respite-notify' AND datname = current_database()")
+	mustExec(t, w, fmt.Sprintf("UPDATE %s SET name = 'during' WHERE id = 1", e.table))
+	pollUntil(t, ctx, 5*time.Second, key, bulk(`{"id":1,"name":"during"}`), a, b)
+	if a.Capture().Flushes.Load()+b.Capture().Flushes.Load() == flushes {
+		t.Fatal("no flush after the reconnect")
+	}
+}

@@ -35,7 +35,7 @@ type Set struct {
 	sh      *shared
 	log     *slog.Logger
 	meta    bool            // write-back routes: respite_versions is checked (connect)
-	capture *capture        // postgres.invalidation.mode logical; nil otherwise
+	capture *capture        // postgres.invalidation.mode logical or notify; nil when off
 	bg      context.Context // the background work's, cancelled by Stop
 }
 
@@ -104,7 +104,7 @@ func Open(cfg config.Config, cache Cache, rdb *redis.Client, log *slog.Logger) (
 		go s.reconnect(bg)
 	}
 	go ListenInvalidations(bg, rdb, s.list)
-	if cfg.Postgres.Invalidation.Mode == config.InvalidationLogical {
+	if m := cfg.Postgres.Invalidation.Mode; m == config.InvalidationLogical || m == config.InvalidationNotify {
 		s.capture = newCapture(cfg, db, rdb, cache, s.list, sh, log)
 		go s.capture.run(bg)
 	}
