@@ -54,6 +54,17 @@ type Snapshot struct {
 	// WritebackRefused: write-back writes are refused because of the
 	// upstream's settings (or while they are not checked yet).
 	WritebackRefused bool
+	// Invalidation is the change capture's state (postgres.invalidation);
+	// zero when it is off.
+	Invalidation InvalidationStats
+}
+
+// InvalidationStats describe the change capture (policy.CaptureStats).
+type InvalidationStats struct {
+	Leader, Stale                  bool  // this instance consumes the stream; reads of tracked routes go to PostgreSQL
+	LagBytes                       int64 // the slot's WAL behind the server (leader only)
+	Transactions, Flushes, Skipped int64
+	Errors                         int64
 }
 
 // PersistenceModes are the values of respite_upstream_persistence's mode
@@ -69,6 +80,7 @@ type RouteStats struct {
 	Name, Policy                                            string
 	Hits, Misses, NegativeHits, LocalHits, Loads, Coalesced int64
 	EarlyRefreshes, Degraded, Writes, Errors                int64
+	FillsRefused, Invalidations, LocalPurges                int64
 }
 
 // QueueStats describe one write-back route's durable queue
@@ -118,6 +130,9 @@ const (
 	MetricRouteDegradedReads   = "respite_route_degraded_reads_total"
 	MetricRouteWrites          = "respite_route_writes_total"
 	MetricRouteErrors          = "respite_route_errors_total"
+	MetricRouteFillsRefused    = "respite_route_fills_refused_total"
+	MetricRouteInvalidations   = "respite_route_invalidations_total"
+	MetricRouteLocalPurges     = "respite_route_local_purges_total"
 	MetricWritebackQueueLength = "respite_writeback_queue_length"
 	MetricWritebackOldest      = "respite_writeback_oldest_pending_seconds"
 	MetricWritebackInFlight    = "respite_writeback_in_flight"
@@ -136,6 +151,13 @@ const (
 	MetricRoutesDegraded       = "respite_routes_degraded"
 	MetricUpstreamPersistence  = "respite_upstream_persistence"
 	MetricUpstreamEviction     = "respite_upstream_maxmemory_policy"
+	MetricInvalidationLag      = "respite_invalidation_slot_lag_bytes"
+	MetricInvalidationLeader   = "respite_invalidation_leader"
+	MetricInvalidationStale    = "respite_invalidation_stale"
+	MetricInvalidationTxns     = "respite_invalidation_transactions_total"
+	MetricInvalidationFlushes  = "respite_invalidation_route_flushes_total"
+	MetricInvalidationSkipped  = "respite_invalidation_own_writes_skipped_total"
+	MetricInvalidationErrors   = "respite_invalidation_errors_total"
 )
 
 // MetricNames returns the name of every metric Respite exports (without
@@ -173,6 +195,9 @@ var descs = []desc{
 	{MetricRouteDegradedReads, "Reads served from PostgreSQL because the upstream Redis was unreachable.", prometheus.CounterValue, "route"},
 	{MetricRouteWrites, "Write commands on routed keys.", prometheus.CounterValue, "route"},
 	{MetricRouteErrors, "Commands on routed keys answered with an error (bad key or value, constraint violation, PostgreSQL or Redis down).", prometheus.CounterValue, "route"},
+	{MetricRouteFillsRefused, "Cache fills refused because an invalidation from PostgreSQL's change stream took their lease after their read began (postgres.invalidation).", prometheus.CounterValue, "route"},
+	{MetricRouteInvalidations, "Keys invalidated by change capture (writes that bypassed the proxy), counted by the instance that applied them.", prometheus.CounterValue, "route"},
+	{MetricRouteLocalPurges, "Times the route's in-process tier was emptied (tracking connection lost or back, FLUSHALL/FLUSHDB, a route flush).", prometheus.CounterValue, "route"},
 	{MetricWritebackQueueLength, "Entries in the write-back route's durable queue.", prometheus.GaugeValue, "route"},
 	{MetricWritebackOldest, "Age in seconds of the oldest entry in the write-back queue (how far PostgreSQL is behind); 0 when empty.", prometheus.GaugeValue, "route"},
 	{MetricWritebackInFlight, "Write-back entries read by a flusher and not yet committed and acknowledged.", prometheus.GaugeValue, "route"},
@@ -190,6 +215,13 @@ var descs = []desc{
 	{MetricRoutesDegraded, "Routes that cannot serve yet: PostgreSQL was unreachable at start-up (the proxy connects in the background) or a route's table is not usable.", prometheus.GaugeValue, ""},
 	{MetricUpstreamPersistence, "The upstream Redis' persistence, 1 for the current mode (aof-always, aof-everysec, aof-no, aof, rdb, none, no-aof, unknown), 0 for the others: what a Redis crash or restart costs write-back.", prometheus.GaugeValue, "mode"},
 	{MetricUpstreamEviction, "The upstream Redis' maxmemory-policy, 1 for the current one (unknown when it cannot be read).", prometheus.GaugeValue, "policy"},
+	{MetricInvalidationLag, "Bytes of WAL the replication slot keeps behind PostgreSQL's current position (reported by the leader; 0 elsewhere).", prometheus.GaugeValue, ""},
+	{MetricInvalidationLeader, "1 while this instance consumes the change stream (holds the leader lease).", prometheus.GaugeValue, ""},
+	{MetricInvalidationStale, "1 while no instance has applied the change stream within postgres.invalidation.max_lag: reads of tracked routes are served from PostgreSQL.", prometheus.GaugeValue, ""},
+	{MetricInvalidationTxns, "Committed transactions (or notifications) from PostgreSQL applied by this instance.", prometheus.CounterValue, ""},
+	{MetricInvalidationFlushes, "Whole-route flushes by change capture: TRUNCATE, a key the stream did not carry, a slot created or lost, a publication changed, a LISTEN (re)started.", prometheus.CounterValue, ""},
+	{MetricInvalidationSkipped, "Changes of the proxy's own write-through writes the capture skipped because the cache already held their result.", prometheus.CounterValue, ""},
+	{MetricInvalidationErrors, "Times the change consumer stopped on an error and started again.", prometheus.CounterValue, ""},
 }
 
 // Metrics is a prometheus.Collector over a Source plus the command latency
@@ -292,6 +324,9 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 		func(r RouteStats) int64 { return r.Degraded },
 		func(r RouteStats) int64 { return r.Writes },
 		func(r RouteStats) int64 { return r.Errors },
+		func(r RouteStats) int64 { return r.FillsRefused },
+		func(r RouteStats) int64 { return r.Invalidations },
+		func(r RouteStats) int64 { return r.LocalPurges },
 	}
 	routes := dedupe(s.Routes, func(r RouteStats) string { return r.Name })
 	for _, f := range routeFields {
@@ -356,6 +391,12 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	next()
 	if s.MaxMemoryPolicy != "" {
 		emit(1, s.MaxMemoryPolicy)
+	}
+	next()
+	inv := s.Invalidation
+	for _, v := range []int64{inv.LagBytes, boolInt(inv.Leader), boolInt(inv.Stale), inv.Transactions, inv.Flushes, inv.Skipped, inv.Errors} {
+		emit(float64(v))
+		next()
 	}
 }
 
