@@ -13,7 +13,10 @@
 // queued in MULTI), flusher*.go, flushstream.go, flushbatch.go,
 // deadletter.go and version.go (the write-back flusher), durability.go
 // (the upstream Redis' eviction and persistence, and what they allow
-// write-back), cache.go (a Cache over go-redis, for tests and tools).
+// write-back), cache.go (a Cache over go-redis, for tests and tools),
+// capture.go and notify.go (invalidation from PostgreSQL's change stream
+// or NOTIFY), lease.go (fill leases), tag.go (the proxy's own commits in
+// the stream), tracking.go (in-process tiers following Redis).
 package policy
 
 import (
