@@ -90,6 +90,23 @@ func (r *Route) getMany(ctx context.Context, proto int, keys [][]byte) []resp.Re
 // existsMany counts the keys whose rows exist, in one round trip for the
 // cached ones.
 func (r *Route) existsMany(ctx context.Context, keys [][]byte) (int64, error) {
+	if r.stale.Load() {
+		// The cache may be stale (capture.go): each key from PostgreSQL.
+		var n int64
+		for _, k := range keys {
+			if !r.table.CanonicalKey(r.id(string(k))) {
+				continue
+			}
+			reply := r.bypass(ctx, Op{ID: router.CmdExists, Args: [][]byte{cmdExists, k}, Proto: 2})
+			if reply.IsError() {
+				return 0, redisErr(reply.ErrorText())
+			}
+			if v, _ := reply.AsInt(); v == 1 {
+				n++
+			}
+		}
+		return n, nil
+	}
 	cmds := make([][][]byte, 0, 2*len(keys))
 	idx := make([]int, 0, len(keys))
 	filled := make([]uint64, len(keys))

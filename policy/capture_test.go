@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -612,5 +613,158 @@ func TestNotifyMode(t *testing.T) {
 	pollUntil(t, ctx, 5*time.Second, key, bulk(`{"id":1,"name":"during"}`), a, b)
 	if a.Capture().Flushes.Load()+b.Capture().Flushes.Load() == flushes {
 		t.Fatal("no flush after the reconnect")
+	}
+}
+
+// metricValue reads one unlabelled metric from the proxy's /metrics.
+func (p *proc) metricValue(t *testing.T, name string) float64 {
+	t.Helper()
+	_, body := p.get(t, "/metrics")
+	for _, line := range strings.Split(body, "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			var f float64
+			fmt.Sscan(v, &f)
+			return f
+		}
+	}
+	return -1
+}
+
+// The binary consuming the stream is SIGKILLed while another connection
+// updates the tracked rows and clients read them (so stale copies would
+// be cached if an invalidation were lost): after each restart, every
+// commit is applied: every key agrees with PostgreSQL, through the proxy
+// and in Redis. Two kills.
+func TestCaptureSurvivesSIGKILL(t *testing.T) {
+	rs, err := testenv.StartRedis()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rs.Stop()
+	e := newCaptureEnv(t, nil, false)
+	w := e.writer(t)
+	const rows = 20
+	mustExec(t, w, fmt.Sprintf("INSERT INTO %s SELECT g, 'v0' FROM generate_series(1, %d) g", e.table, rows))
+	cfg := "upstream:\n  addr: " + rs.Addr + "\nwrite_back:\n  consumer: " + uniqueName("inst") + "\n" + e.text
+	rc := redis.NewClient(&redis.Options{Addr: rs.Addr, DisableIdentity: true})
+	defer rc.Close()
+	ctx := testCtx(t)
+	want := map[int]string{}
+	for i := 1; i <= rows; i++ {
+		want[i] = "v0"
+	}
+	n := 0
+	for round := 1; round <= 2; round++ {
+		p := startProxy(t, cfg)
+		waitFor(t, 20*time.Second, "the leader applying the stream", func() bool {
+			return p.metricValue(t, "respite_invalidation_leader") == 1 && p.metricValue(t, "respite_invalidation_stale") == 0
+		})
+		c := redis.NewClient(&redis.Options{Addr: p.addr, MaxRetries: -1})
+		stop := make(chan struct{})
+		var readers sync.WaitGroup
+		readers.Add(1)
+		go func() {
+			defer readers.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				c.Get(ctx, fmt.Sprintf("%s%d", e.prefix, 1+rand.IntN(rows)))
+			}
+		}()
+		deadline := time.Now().Add(time.Second)
+		for time.Now().Before(deadline) {
+			id := 1 + rand.IntN(rows)
+			n++
+			v := fmt.Sprintf("r%d_%d", round, n)
+			mustExec(t, w, fmt.Sprintf("UPDATE %s SET name = $1 WHERE id = $2", e.table), v, id)
+			want[id] = v
+		}
+		p.kill()
+		close(stop)
+		readers.Wait()
+		c.Close()
+		// While no consumer runs, more commits.
+		for i := 0; i < 20; i++ {
+			id := 1 + rand.IntN(rows)
+			n++
+			v := fmt.Sprintf("down%d_%d", round, n)
+			mustExec(t, w, fmt.Sprintf("UPDATE %s SET name = $1 WHERE id = $2", e.table), v, id)
+			want[id] = v
+		}
+		p = startProxy(t, cfg)
+		c = redis.NewClient(&redis.Options{Addr: p.addr, MaxRetries: -1})
+		start := time.Now()
+		waitFor(t, 20*time.Second, "every key agreeing with PostgreSQL", func() bool {
+			for id, v := range want {
+				key := fmt.Sprintf("%s%d", e.prefix, id)
+				row := fmt.Sprintf(`{"id":%d,"name":"%s"}`, id, v)
+				if got, err := c.Get(ctx, key).Result(); err != nil || got != row {
+					return false
+				}
+				if got, err := rc.Get(ctx, key).Result(); err != redis.Nil && got != row {
+					return false
+				}
+			}
+			return true
+		})
+		t.Logf("round %d: killed after %d commits; every key agreed %v after the restart", round, n, time.Since(start).Round(time.Millisecond))
+		c.Close()
+		p.kill()
+	}
+	if _, count := slotState(t, e.pg, e.slot); count != 1 {
+		t.Fatalf("%d slots", count)
+	}
+}
+
+// With no instance applying the stream for longer than max_lag, reads of
+// tracked routes go to PostgreSQL (GET, MGET, EXISTS): a change nobody
+// applied is still seen. Once a consumer applies the stream again, the
+// cache serves again.
+func TestCaptureMaxLagReadsFromPostgres(t *testing.T) {
+	e := newCaptureEnv(t, nil, false)
+	ctx := testCtx(t)
+	w := e.writer(t)
+	mustExec(t, w, fmt.Sprintf("INSERT INTO %s VALUES (1, 'v0')", e.table))
+	a, b := e.open(t), e.open(t)
+	leader := waitLeader(t, a, b)
+	other := a
+	if leader == a {
+		other = b
+	}
+	key := e.prefix + "1"
+	pollUntil(t, ctx, time.Second, key, bulk(`{"id":1,"name":"v0"}`), other)
+	leader.capture.hooks.crashed.Store(true)
+	leader.Stop()
+	// The survivor would take over within a lease: keep it from leading
+	// by holding the lease as a dead leader would.
+	rc := testRedisClient(t)
+	rc.Set(ctx, leaderKey(e.slot), "dead", time.Minute)
+	mustExec(t, w, fmt.Sprintf("UPDATE %s SET name = 'unapplied' WHERE id = 1", e.table))
+	start := time.Now()
+	waitFor(t, 10*time.Second, "reads from PostgreSQL", func() bool { return other.Capture().Stale.Load() })
+	t.Logf("stale after %v (max_lag 3s)", time.Since(start).Round(time.Millisecond))
+	if got := setDo(ctx, other, "GET", key); got != bulk(`{"id":1,"name":"unapplied"}`) {
+		t.Fatalf("GET while stale: %q", got)
+	}
+	if got := setDo(ctx, other, "MGET", key, e.prefix+"2"); got != "*2\r\n"+bulk(`{"id":1,"name":"unapplied"}`)+"$-1\r\n" {
+		t.Fatalf("MGET while stale: %q", got)
+	}
+	mustExec(t, w, fmt.Sprintf("INSERT INTO %s VALUES (2, 'new')", e.table))
+	if got := setDo(ctx, other, "EXISTS", e.prefix+"2"); got != ":1\r\n" {
+		t.Fatalf("EXISTS while stale: %q", got)
+	}
+	if v := rc.Get(ctx, key).Val(); !strings.Contains(v, "v0") {
+		t.Fatalf("the stale copy is not cached (%q): the test would not test the bypass", v)
+	}
+	rc.Del(ctx, leaderKey(e.slot))
+	waitFor(t, 10*time.Second, "the stream applied again", func() bool { return !other.Capture().Stale.Load() })
+	if got := setDo(ctx, other, "GET", key); got != bulk(`{"id":1,"name":"unapplied"}`) {
+		t.Fatalf("GET after the catch-up: %q", got)
+	}
+	if v := rc.Get(ctx, key).Val(); v != `{"id":1,"name":"unapplied"}` {
+		t.Fatalf("cached after the catch-up: %q", v)
 	}
 }
