@@ -15,7 +15,7 @@ import (
 // trip for the hits, as MGET's elements.
 func (r *Route) getMany(ctx context.Context, proto int, keys [][]byte) []resp.Reply {
 	out := make([]resp.Reply, len(keys))
-	if r.cfg.Sliding || r.cfg.EarlyRefresh {
+	if r.cfg.Sliding || r.cfg.EarlyRefresh || r.stale.Load() {
 		// Each hit renews or inspects its own TTL: one GET each.
 		for i, k := range keys {
 			out[i] = r.Do(ctx, Op{ID: router.CmdGet, Args: [][]byte{cmdGet, k}, Proto: proto})
@@ -36,7 +36,7 @@ func (r *Route) getMany(ctx context.Context, proto int, keys [][]byte) []resp.Re
 			out[i] = r.Do(ctx, Op{ID: router.CmdGet, Args: [][]byte{cmdGet, k}, Proto: proto}) // settles first
 			continue
 		}
-		if r.local != nil {
+		if r.localOK() {
 			if v, ok := r.local.get(key); ok {
 				r.Stats.Hits.Add(1)
 				r.Stats.LocalHits.Add(1)
@@ -94,6 +94,23 @@ func (r *Route) getMany(ctx context.Context, proto int, keys [][]byte) []resp.Re
 // existsMany counts the keys whose rows exist, in one round trip for the
 // cached ones.
 func (r *Route) existsMany(ctx context.Context, keys [][]byte) (int64, error) {
+	if r.stale.Load() {
+		// The cache may be stale (capture.go): each key from PostgreSQL.
+		var n int64
+		for _, k := range keys {
+			if !r.table.CanonicalKey(r.id(string(k))) {
+				continue
+			}
+			reply := r.bypass(ctx, Op{ID: router.CmdExists, Args: [][]byte{cmdExists, k}, Proto: 2})
+			if reply.IsError() {
+				return 0, redisErr(reply.ErrorText())
+			}
+			if v, _ := reply.AsInt(); v == 1 {
+				n++
+			}
+		}
+		return n, nil
+	}
 	cmds := make([][][]byte, 0, 2*len(keys))
 	idx := make([]int, 0, len(keys))
 	var n0 int64 // unsettled keys, answered from PostgreSQL

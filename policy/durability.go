@@ -52,6 +52,15 @@ import (
 type shared struct {
 	instance string // this proxy's name: write_back.consumer, else the host name
 	guard    *guard // nil: write-back writes are not checked (routes built by New)
+	// tag is set when the change capture runs and the role may emit
+	// logical messages: write-through writes of tracked routes tag their
+	// transactions (tag.go).
+	tag atomic.Bool
+	// tracked is set once the server keeps a tracking connection for
+	// the in-process tiers (tracking.go); trackOn is its probe while it
+	// is in place (nil otherwise).
+	tracked atomic.Bool
+	trackOn atomic.Pointer[func() bool]
 }
 
 func newShared(instance string) *shared {

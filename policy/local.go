@@ -3,6 +3,7 @@ package policy
 import (
 	"context"
 	"strings"
+	"sync"
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
@@ -21,6 +22,10 @@ const InvalidationChannel = "respite:invalidate"
 type localTier struct {
 	c   *lru.Cache[string, localEntry]
 	ttl time.Duration
+	// mu orders adds after a generation check against invalidations
+	// (localAdd, localDrop): an add that checked the key's generation
+	// before an invalidation bumped it cannot land after the removal.
+	mu sync.Mutex
 }
 
 type localEntry struct {
@@ -49,6 +54,59 @@ func (l *localTier) add(key, value string) {
 	l.c.Add(key, localEntry{value: value, expires: time.Now().Add(l.ttl)})
 }
 
+// localAdd stores value for key in the in-process tier if key's
+// generation is still gen (nothing invalidated it since the caller read
+// the value).
+func (r *Route) localAdd(key, value string, gen uint64) {
+	l := r.local
+	l.mu.Lock()
+	if r.loads.slot(key).Load() == gen && r.localOK() {
+		l.add(key, value)
+	}
+	l.mu.Unlock()
+}
+
+// localOK reports whether the in-process tier may serve and store: it
+// exists and, once the server tracks Redis for it (tracking.go), the
+// tracking connection is in place with no push waiting to be applied.
+func (r *Route) localOK() bool {
+	if r.local == nil {
+		return false
+	}
+	if !r.sh.tracked.Load() {
+		return true
+	}
+	q := r.sh.trackOn.Load()
+	return q != nil && (*q)()
+}
+
+// localDrop bumps key's generation and removes its in-process copy: an
+// add whose value was read before is refused (localAdd).
+func (r *Route) localDrop(key string) {
+	r.loads.slot(key).Add(1)
+	if l := r.local; l != nil {
+		l.mu.Lock()
+		l.c.Remove(key)
+		l.mu.Unlock()
+	}
+}
+
+// localPurge empties the in-process tier and makes every add in flight
+// fail its generation check.
+func (r *Route) localPurge() {
+	l := r.local
+	if l == nil {
+		return
+	}
+	l.mu.Lock()
+	for i := range r.loads.gens {
+		r.loads.gens[i].Add(1)
+	}
+	l.c.Purge()
+	l.mu.Unlock()
+	r.Stats.LocalPurges.Add(1)
+}
+
 // bulkValue returns the string inside a raw bulk reply.
 func bulkValue(raw []byte) (string, bool) {
 	if len(raw) < 4 || raw[0] != '$' {
@@ -66,12 +124,19 @@ func (r *Route) announce(key string) {
 	if r.local == nil {
 		return
 	}
-	r.local.c.Remove(key)
+	r.localDrop(key)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
-	if err := r.rdb.Publish(ctx, InvalidationChannel, r.cfg.Name+"\x00"+key).Err(); err != nil {
+	if err := r.publish(ctx, key); err != nil {
 		r.log.Warn("publishing an invalidation failed", "err", err)
 	}
+}
+
+// publish sends the other instances an invalidation of keys on the
+// route ("<route>\x00<key>\x00<key>..."); no key means the whole route.
+func (r *Route) publish(ctx context.Context, keys ...string) error {
+	msg := r.cfg.Name + "\x00" + strings.Join(keys, "\x00")
+	return r.rdb.Publish(ctx, InvalidationChannel, msg).Err()
 }
 
 // ListenInvalidations drops in-process copies when any proxy instance
@@ -98,19 +163,24 @@ func ListenInvalidations(ctx context.Context, rdb *redis.Client, routes []*Route
 		}
 		switch m := msg.(type) {
 		case *redis.Message:
-			name, key, ok := strings.Cut(m.Payload, "\x00")
+			name, keys, ok := strings.Cut(m.Payload, "\x00")
 			if r := byName[name]; ok && r != nil {
-				r.loads.slot(key).Add(1) // an in-flight read must not store the old value
-				r.local.c.Remove(key)
+				if keys == "" {
+					r.localPurge() // the whole route (capture.go: a flush)
+					break
+				}
+				for _, key := range strings.Split(keys, "\x00") {
+					r.localDrop(key) // an in-flight read must not store the old value
+				}
 			}
 		case *redis.Subscription:
 			for _, r := range byName { // (re)subscribed: anything missed is gone
-				r.local.c.Purge()
+				r.localPurge()
 			}
 		}
 		if err != nil {
 			for _, r := range byName {
-				r.local.c.Purge()
+				r.localPurge()
 			}
 			select {
 			case <-ctx.Done():

@@ -46,7 +46,10 @@ func runTests(m *testing.M) int {
 		return 1
 	}
 	defer testRedis.Stop()
-	testPG, err = testenv.StartPostgres()
+	// wal_level logical for the change-capture tests (capture_test.go);
+	// wal_writer_delay short so that commits of synchronous_commit=off
+	// sessions reach the stream quickly.
+	testPG, err = testenv.StartPostgres("wal_level=logical", "max_replication_slots=40", "max_wal_senders=40", "wal_writer_delay=10ms")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "policy tests need PostgreSQL:", err)
 		return 1

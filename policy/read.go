@@ -92,7 +92,7 @@ func (r *Route) negative() bool { return *r.cfg.NegativeTTL > 0 }
 // get answers GET on a json or value route.
 func (r *Route) get(ctx context.Context, o Op) resp.Reply {
 	key := o.key()
-	if r.local != nil {
+	if r.localOK() {
 		if v, ok := r.local.get(key); ok {
 			r.Stats.Hits.Add(1)
 			r.Stats.LocalHits.Add(1)
@@ -148,9 +148,9 @@ func (r *Route) get(ctx context.Context, o Op) resp.Reply {
 		if pttlAt >= 0 && r.shouldRefresh(out[pttlAt]) {
 			r.refresh(key)
 		}
-		if r.local != nil && r.loads.slot(key).Load() == gen {
+		if r.local != nil {
 			if v, ok := bulkValue(value); ok {
-				r.local.add(key, v)
+				r.localAdd(key, v, gen)
 			}
 		}
 		return resp.Raw(value)
@@ -346,6 +346,22 @@ func (r *Route) degraded(ctx context.Context, o Op) resp.Reply {
 		return absent(o)
 	}
 	return hashReply(o, rw.fields)
+}
+
+// bypass serves a read from PostgreSQL while the change capture is
+// behind by more than max_lag (capture.go): the cache may be stale.
+func (r *Route) bypass(ctx context.Context, o Op) resp.Reply {
+	if o.ID != router.CmdExists {
+		return r.degraded(ctx, o)
+	}
+	ctx, cancel := context.WithTimeout(ctx, loadTimeout)
+	defer cancel()
+	rw, err := r.loadRow(ctx, r.db.Pool(), o.key())
+	r.Stats.Loads.Add(1)
+	if err != nil {
+		return r.fail(err)
+	}
+	return resp.Bool(rw.found)
 }
 
 // invalidate drops key's cached copy and negative marker after a write

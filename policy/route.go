@@ -15,7 +15,10 @@
 // (the upstream Redis' eviction and persistence, and what they allow
 // write-back), cache.go (a Cache over go-redis, for tests and tools),
 // cacheversion.go (cache_version: where a cached copy lives), verify.go
-// (RESPITE VERIFY), audit.go (the audit log of routed writes).
+// (RESPITE VERIFY), audit.go (the audit log of routed writes),
+// capture.go and notify.go (invalidation from PostgreSQL's change stream
+// or NOTIFY), lease.go (fill leases), tag.go (the proxy's own commits in
+// the stream), tracking.go (in-process tiers following Redis).
 package policy
 
 import (
@@ -65,8 +68,19 @@ type Route struct {
 	// is not described, PostgreSQL being unreachable at start-up
 	// (set.go: Set.connect). table is set before down is cleared.
 	down atomic.Pointer[string]
+	// stale is set while the change capture is too far behind
+	// (postgres.invalidation.max_lag): reads of a tracked route are
+	// served from PostgreSQL (capture.go).
+	stale atomic.Bool
 
+	hooks routeHooks // tests only
 	Stats Stats
+}
+
+// routeHooks let tests stop a route at chosen points; nil fields do
+// nothing.
+type routeHooks struct {
+	afterLoad func(key string) // a fill's SELECT returned, before it stores
 }
 
 // Stats counts what a route did; read with the atomic Load methods.
@@ -79,6 +93,9 @@ type Stats struct {
 	// RESPITE VERIFY (verify.go): cached rows compared with PostgreSQL,
 	// found to differ, and deleted by REPAIR.
 	VerifyChecked, VerifyDivergent, VerifyRepaired atomic.Int64
+	FillsRefused                                   atomic.Int64 // fills refused because an invalidation took their lease (lease.go)
+	Invalidations                                  atomic.Int64 // keys invalidated by change capture (capture.go)
+	LocalPurges                                    atomic.Int64 // in-process tier emptied (lost connection, flush, FLUSHALL)
 }
 
 // New builds a route over a described table, on its own (tests, tools):
@@ -161,6 +178,9 @@ func (r *Route) Do(ctx context.Context, o Op) (reply resp.Reply) {
 		return r.degraded(ctx, o)
 	}
 	if IsRead(o.ID) {
+		if r.stale.Load() {
+			return r.bypass(ctx, o)
+		}
 		return r.policy.Read(ctx, o)
 	}
 	r.Stats.Writes.Add(1)

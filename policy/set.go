@@ -34,7 +34,9 @@ type Set struct {
 	cancel  context.CancelFunc
 	sh      *shared
 	log     *slog.Logger
-	meta    bool // write-back routes: respite_versions is checked (connect)
+	meta    bool            // write-back routes: respite_versions is checked (connect)
+	capture *capture        // postgres.invalidation.mode logical or notify; nil when off
+	bg      context.Context // the background work's, cancelled by Stop
 }
 
 // Open builds the route set of cfg (at start-up and on every reload):
@@ -96,7 +98,7 @@ func Open(cfg config.Config, cache Cache, rdb *redis.Client, log *slog.Logger) (
 		return nil, err
 	}
 	bg, stop := context.WithCancel(context.Background())
-	s.cancel = stop
+	s.cancel, s.bg = stop, bg
 	if err != nil {
 		s.degrade(err)
 		log.Error("PostgreSQL unreachable at start-up: the routes answer an error until it is back; the proxy connects in the background, plain keys are not affected",
@@ -104,6 +106,10 @@ func Open(cfg config.Config, cache Cache, rdb *redis.Client, log *slog.Logger) (
 		go s.reconnect(bg)
 	}
 	go ListenInvalidations(bg, rdb, s.list)
+	if m := cfg.Postgres.Invalidation.Mode; m == config.InvalidationLogical || m == config.InvalidationNotify {
+		s.capture = newCapture(cfg, db, rdb, cache, s.list, sh, log)
+		go s.capture.run(bg)
+	}
 	go sh.guard.run(bg)
 	if len(wtRoutes) > 0 || len(caRoutes) > 0 {
 		// This instance's intents from before its restart are dead:
@@ -324,6 +330,15 @@ func (s *Set) Degraded() []string {
 		}
 	}
 	return out
+}
+
+// Capture is what the change capture did (postgres.invalidation), nil
+// when it is off.
+func (s *Set) Capture() *CaptureStats {
+	if s == nil || s.capture == nil {
+		return nil
+	}
+	return &s.capture.Stats
 }
 
 // Durability is the last reading of the upstream Redis' eviction and

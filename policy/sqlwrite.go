@@ -51,7 +51,12 @@ func (r *Route) writeDirect(ctx context.Context, o Op) resp.Reply {
 		return r.fail(err)
 	}
 	pctx, cancel := context.WithTimeout(ctx, r.writePhase())
-	reply, err := r.dbWrite(pctx, nil, o)
+	var reply resp.Reply
+	if r.tagged() {
+		reply, err = r.dbWriteTagged(pctx, o, in)
+	} else {
+		reply, err = r.dbWrite(pctx, nil, o)
+	}
 	cancel()
 	out := outcomeCommitted
 	if err != nil {

@@ -134,10 +134,13 @@ func (r *Route) fetch(ctx context.Context, key string, filled uint64) (row, erro
 // loadAndFill loads key from PostgreSQL and caches the result unless the
 // key was written meanwhile (in this process: its generation; on a
 // write-through route in any process: the key's write generation in
-// Redis, writethrough.go).
+// Redis, writethrough.go) or, on a route that tracks changes, an
+// invalidation took the fill's lease (lease.go).
 func (r *Route) loadAndFill(ctx context.Context, key string) (row, error) {
 	gen := r.loads.slot(key).Load()
 	guard, fillable := r.beforeLoad(ctx, key)
+	ls, ok := r.takeLease(ctx, key)
+	fillable = fillable && ok
 	start := time.Now()
 	rw, err := r.loadRow(ctx, r.db.Pool(), key)
 	r.Stats.Loads.Add(1)
@@ -145,18 +148,24 @@ func (r *Route) loadAndFill(ctx context.Context, key string) (row, error) {
 	if err != nil {
 		return row{}, err
 	}
+	if h := r.hooks.afterLoad; h != nil {
+		h(key)
+	}
 	if fillable && r.loads.slot(key).Load() == gen {
-		if stored, err := r.fillAfterLoad(ctx, key, rw, false, guard); err != nil {
+		stored, err := r.fillAfterLoad(ctx, key, rw, false, guard, ls)
+		if err != nil {
 			r.log.Warn("cache fill failed", "err", err)
 		} else if stored {
 			r.loads.fills[r.loads.index(key)].Add(1)
+		} else if ls != nil {
+			r.Stats.FillsRefused.Add(1)
 		}
-		if r.local != nil && rw.found {
+		if r.local != nil && rw.found && (stored || ls == nil) {
 			v := rw.value
 			if r.cfg.Format == config.FormatJSON {
 				v = string(rw.json)
 			}
-			r.local.add(key, v)
+			r.localAdd(key, v, gen)
 		}
 	}
 	return rw, nil
@@ -173,13 +182,14 @@ func (r *Route) beforeLoad(ctx context.Context, key string) (guard string, filla
 	return g, err == nil
 }
 
-// fillAfterLoad caches a row loaded after beforeLoad returned guard, and
-// reports whether it did.
-func (r *Route) fillAfterLoad(ctx context.Context, key string, rw row, overwrite bool, guard string) (bool, error) {
+// fillAfterLoad caches a row loaded after beforeLoad returned guard (and
+// after ls was taken, on a route that tracks changes), and reports
+// whether it did.
+func (r *Route) fillAfterLoad(ctx context.Context, key string, rw row, overwrite bool, guard string, ls *fillLease) (bool, error) {
 	if r.cfg.Policy == config.WriteThrough {
-		return r.fillGuarded(ctx, key, rw, overwrite, guard)
+		return r.fillGuarded(ctx, key, rw, overwrite, guard, ls)
 	}
-	return true, r.fill(ctx, key, rw, overwrite)
+	return r.fill(ctx, key, rw, overwrite, ls)
 }
 
 // observeLoad keeps an exponentially weighted mean of load times: the
@@ -193,25 +203,36 @@ func (r *Route) observeLoad(d time.Duration) {
 	r.loadDur.Store(old + (int64(d)-old)/8)
 }
 
-// fillHash stores a hash only if the key is absent, with a TTL.
-var fillHash = redis.NewScript(`
+// fillHashSrc (KEYS: key; ARGV: ttl ms, overwrite 0/1, the field/value
+// pairs) stores a hash only if the key is absent (or overwrite), with a
+// TTL; returns 1 if it stored.
+const fillHashSrc = `
 if redis.call('EXISTS', KEYS[1]) == 1 and ARGV[2] == '0' then return 0 end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], unpack(ARGV, 3))
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
-return 1`)
+return 1`
+
+var fillHash = redis.NewScript(fillHashSrc)
 
 // fill caches a loaded row with the route's TTL (± jitter), or the
-// negative marker for an absent row. A fill never overwrites a key that a
-// write created meanwhile (NX), unless overwrite is set (early refresh).
-func (r *Route) fill(ctx context.Context, key string, rw row, overwrite bool) error {
+// negative marker for an absent row, and reports whether it stored. A
+// fill never overwrites a key that a write created meanwhile (NX), unless
+// overwrite is set (early refresh). With a lease (a route that tracks
+// changes) it stores only while the lease holds.
+func (r *Route) fill(ctx context.Context, key string, rw row, overwrite bool, ls *fillLease) (bool, error) {
 	ttl := r.ttl()
 	if !rw.found {
 		neg := time.Duration(*r.cfg.NegativeTTL)
 		if neg <= 0 {
-			return nil
+			return false, nil
 		}
-		return r.cacheCmd(ctx, []byte("SET"), []byte(negKey(key)), []byte("1"), cmdPX, itob(neg.Milliseconds()))
+		if ls != nil {
+			keys, args := ls.wrap(r, key, []string{negKey(key)}, []any{"1", neg.Milliseconds(), "0"})
+			n, err := leasedPlainFill.Run(ctx, r.rdb, keys, args...).Int()
+			return n == 1, err
+		}
+		return true, r.cacheCmd(ctx, []byte("SET"), []byte(negKey(key)), []byte("1"), cmdPX, itob(neg.Milliseconds()))
 	}
 	switch r.cfg.Format {
 	case config.FormatHash:
@@ -219,17 +240,27 @@ func (r *Route) fill(ctx context.Context, key string, rw row, overwrite bool) er
 		for _, f := range rw.fields {
 			args = append(args, f.Name, f.Value)
 		}
-		return fillHash.Run(ctx, r.rdb, []string{key}, args...).Err()
+		if ls != nil {
+			keys, args := ls.wrap(r, key, []string{key}, args)
+			n, err := leasedHashFill.Run(ctx, r.rdb, keys, args...).Int()
+			return n == 1, err
+		}
+		return true, fillHash.Run(ctx, r.rdb, []string{key}, args...).Err()
 	default:
 		v := rw.value
 		if r.cfg.Format == config.FormatJSON {
 			v = string(rw.json)
 		}
+		if ls != nil {
+			keys, args := ls.wrap(r, key, []string{key}, []any{v, ttl, boolInt(!overwrite)})
+			n, err := leasedPlainFill.Run(ctx, r.rdb, keys, args...).Int()
+			return n == 1, err
+		}
 		cmd := [][]byte{[]byte("SET"), []byte(key), []byte(v), cmdPX, itob(ttl)}
 		if !overwrite {
 			cmd = append(cmd, []byte("NX"))
 		}
-		return r.cacheCmd(ctx, cmd...)
+		return true, r.cacheCmd(ctx, cmd...)
 	}
 }
 
@@ -328,11 +359,12 @@ func (r *Route) refresh(key string) {
 		defer cancel()
 		gen := r.loads.slot(key).Load()
 		guard, fillable := r.beforeLoad(ctx, key)
+		ls, ok := r.takeLease(ctx, key)
 		rw, err := r.loadRow(ctx, r.db.Pool(), key)
 		r.Stats.Loads.Add(1)
-		if err == nil && fillable && rw.found && r.loads.slot(key).Load() == gen {
+		if err == nil && fillable && ok && rw.found && r.loads.slot(key).Load() == gen {
 			r.Stats.EarlyRefreshes.Add(1)
-			r.fillAfterLoad(ctx, key, rw, true, guard)
+			r.fillAfterLoad(ctx, key, rw, true, guard, ls)
 		}
 		return nil, err
 	})

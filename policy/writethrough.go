@@ -89,6 +89,9 @@ func (p *writeThrough) Prepare(ctx context.Context, tx pgx.Tx, q *Queued) (resp.
 		return resp.Reply{}, err
 	}
 	q.intent = in
+	if err := p.r.tagTx(ctx, tx, q.Key(), in); err != nil {
+		return resp.Reply{}, err
+	}
 	return p.r.dbWrite(ctx, tx, q.op)
 }
 
@@ -322,10 +325,15 @@ func (r *Route) finishWrite(ctx context.Context, key string, in *intent, out out
 		return r.invalidate(ctx, key)
 	}
 	args := []any{in.token, in.gen, "del", r.ttl(), "none"}
+	var ls *fillLease
 	switch out {
 	case outcomeRefused:
 		args[2] = "keep"
 	case outcomeCommitted:
+		var ok bool
+		if ls, ok = r.takeLease(ctx, key); !ok {
+			break // the cached copy is deleted
+		}
 		rw, err := r.loadRow(ctx, r.db.Pool(), key)
 		if err != nil {
 			break // the cached copy is deleted
@@ -348,6 +356,10 @@ func (r *Route) finishWrite(ctx context.Context, key string, in *intent, out out
 		if args[4] == "hash" && len(args) == 5 {
 			args[4] = "none" // a row with no non-NULL column: nothing to cache
 		}
+	}
+	if ls != nil {
+		keys, args := ls.wrap(r, key, r.intentKeys(key), args)
+		return leasedWTFinish.Run(context.WithoutCancel(ctx), r.rdb, keys, args...).Err()
 	}
 	return wtFinish.Run(context.WithoutCancel(ctx), r.rdb, r.intentKeys(key), args...).Err()
 }
@@ -389,7 +401,7 @@ func (r *Route) observe(ctx context.Context, key string) (string, error) {
 // fillGuarded is fill for a write-through route (wtFill): the row loaded
 // after observing generation g is stored only if no write began or ended
 // since and none is in progress. It reports whether it stored.
-func (r *Route) fillGuarded(ctx context.Context, key string, rw row, overwrite bool, g string) (bool, error) {
+func (r *Route) fillGuarded(ctx context.Context, key string, rw row, overwrite bool, g string, ls *fillLease) (bool, error) {
 	args := []any{g, r.ttl(), "str", boolInt(overwrite)}
 	switch {
 	case !rw.found:
@@ -410,6 +422,11 @@ func (r *Route) fillGuarded(ctx context.Context, key string, rw row, overwrite b
 		args = append(args, string(rw.json))
 	default:
 		args = append(args, rw.value)
+	}
+	if ls != nil {
+		keys, args := ls.wrap(r, key, r.intentKeys(key), args)
+		n, err := leasedWTFill.Run(ctx, r.rdb, keys, args...).Int()
+		return n == 1, err
 	}
 	n, err := wtFill.Run(ctx, r.rdb, r.intentKeys(key), args...).Int()
 	return n == 1, err

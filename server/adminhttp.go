@@ -61,7 +61,12 @@ func (s *Server) Snapshot() admin.Snapshot {
 			EarlyRefreshes: st.EarlyRefreshes.Load(), Degraded: st.Degraded.Load(),
 			Writes: st.Writes.Load(), Errors: st.Errors.Load(),
 			VerifyChecked: st.VerifyChecked.Load(), VerifyDivergent: st.VerifyDivergent.Load(), VerifyRepaired: st.VerifyRepaired.Load(),
+			FillsRefused: st.FillsRefused.Load(), Invalidations: st.Invalidations.Load(), LocalPurges: st.LocalPurges.Load(),
 		})
+	}
+	if c := set.Capture(); c != nil {
+		snap.Invalidation = admin.InvalidationStats{Leader: c.Leader.Load(), Stale: c.Stale.Load(), LagBytes: c.LagBytes.Load(),
+			Transactions: c.Txns.Load(), Flushes: c.Flushes.Load(), Skipped: c.Skipped.Load(), Errors: c.Errors.Load()}
 	}
 	if f := set.Flusher(); f != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)

@@ -30,6 +30,7 @@ func (s *Server) Reload(cfg config.Config) (needRestart []string, err error) {
 		if err != nil {
 			return needRestart, fmt.Errorf("new routes refused, the old ones keep serving: %w", err)
 		}
+		s.track(set)
 		prev := s.routes.Swap(set)
 		if prev != nil {
 			prev.Stop() // its flusher stops; the new one re-reads what it had pending

@@ -373,8 +373,9 @@ func TestMixedMultiKeyCommands(t *testing.T) {
 	}
 }
 
-// The in-process tier answers repeated GETs without Redis, and a write
-// through another proxy instance invalidates it.
+// The in-process tier answers repeated GETs without Redis or
+// PostgreSQL; a write straight on Redis (tracking) and a write through
+// another proxy instance invalidate it.
 func TestLocalTierInvalidatedAcrossProxies(t *testing.T) {
 	p := sharedPostgres(t)
 	p.Exec("DELETE FROM users; INSERT INTO users VALUES (6, 'Niklaus', NULL, 80)")
@@ -385,14 +386,37 @@ func TestLocalTierInvalidatedAcrossProxies(t *testing.T) {
 	if got := a.do("GET", "user:6"); !strings.Contains(got, "Niklaus") {
 		t.Fatalf("GET: %q", got)
 	}
-	// Served from the in-process tier: Redis losing the key changes nothing.
-	dialRaw(t, redisAddr).do("DEL", "user:6")
+	// Served from the in-process tier: neither Redis nor PostgreSQL
+	// reads (the fill's own write pushed an invalidation: the next GET
+	// reads Redis, the ones after it are local).
+	a.do("GET", "user:6")
+	rd := dialRaw(t, redisAddr)
+	time.Sleep(20 * time.Millisecond)
 	resetStats(t, p)
-	if got := a.do("GET", "user:6"); !strings.Contains(got, "Niklaus") {
-		t.Fatalf("local hit: %q", got)
+	// A routed GET reads Redis with MGET key marker; nothing else here
+	// sends MGET (background work does not).
+	mgets := func() int {
+		for _, line := range strings.Split(rd.do("INFO", "commandstats"), "\r\n") {
+			if rest, ok := strings.CutPrefix(line, "cmdstat_mget:calls="); ok {
+				n, _ := strconv.Atoi(rest[:strings.IndexByte(rest, ',')])
+				return n
+			}
+		}
+		return 0
 	}
-	if n := selects(t, p, "users"); n != 0 {
-		t.Fatalf("a local hit ran %d SELECTs", n)
+	before := mgets()
+	for i := 0; i < 5; i++ {
+		if got := a.do("GET", "user:6"); !strings.Contains(got, "Niklaus") {
+			t.Fatalf("local hit: %q", got)
+		}
+	}
+	if n, m := selects(t, p, "users"), mgets(); n != 0 || m != before {
+		t.Fatalf("local hits ran %d SELECTs and %d Redis reads", n, m-before)
+	}
+	// A write straight on Redis reaches the tier.
+	rd.do("SET", "user:6", `{"id":6,"name":"Direct"}`)
+	if got := a.do("GET", "user:6"); !strings.Contains(got, "Direct") {
+		t.Fatalf("after a write on Redis: %q", got)
 	}
 	if got := b.do("SET", "user:6", `{"name":"Wirth"}`); got != "+OK\r\n" {
 		t.Fatalf("SET via B: %q", got)

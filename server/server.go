@@ -123,6 +123,7 @@ func New(cfg config.Config, log *slog.Logger) (*Server, error) {
 		up.Close()
 		return nil, err
 	}
+	s.track(set)
 	s.routes.Store(set)
 	if cfg.Admin != "" {
 		if err := s.startAdmin(); err != nil {
@@ -299,4 +300,13 @@ func (l guardedListener) Accept() (net.Conn, error) {
 		MaxBulk: lim.MaxBulkBytes, MaxArgs: lim.MaxArgs, MaxInline: lim.MaxInlineBytes,
 		Total: &l.s.queryBytes, MaxTotal: lim.MaxQueryBytesTotal, Idle: time.Duration(lim.ClientTimeout),
 	}), nil
+}
+
+// track keeps set's in-process tiers coherent with Redis through a
+// tracking connection of the upstream's (policy/tracking.go,
+// upstream/tracking.go), for as long as the set runs.
+func (s *Server) track(set *policy.Set) {
+	set.Track(func(ctx context.Context, prefixes []string, h policy.Invalidations) {
+		s.up.Track(ctx, prefixes, h)
+	})
 }

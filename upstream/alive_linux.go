@@ -33,3 +33,29 @@ func alive(nc net.Conn) bool {
 	})
 	return err == nil && ok
 }
+
+// peekQuiet returns a check that nc is open with nothing waiting in the
+// kernel to be read: a peek that neither waits nor takes the read lock
+// (raw Control), so it runs beside a reader blocked on nc.
+func peekQuiet(nc net.Conn) func() bool {
+	if tc, ok := nc.(*tls.Conn); ok {
+		nc = tc.NetConn()
+	}
+	sc, ok := nc.(syscall.Conn)
+	if !ok {
+		return func() bool { return true }
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return func() bool { return false }
+	}
+	return func() bool {
+		quiet := false
+		var buf [1]byte
+		err := raw.Control(func(fd uintptr) {
+			_, _, err := syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+			quiet = err == syscall.EAGAIN || err == syscall.EWOULDBLOCK
+		})
+		return err == nil && quiet
+	}
+}

@@ -7,7 +7,8 @@
 // Files: upstream.go (Upstream, its go-redis client, the free list of
 // pinned connections), mux.go (the twemproxy-style multiplexer), conn.go
 // (a pinned connection and the handshake every connection starts with),
-// alive_*.go (the liveness check of an idle pinned connection), tls.go.
+// alive_*.go (the liveness check of an idle pinned connection), tls.go,
+// tracking.go (the client-side-caching connection of the in-process tiers).
 package upstream
 
 import (

@@ -54,12 +54,14 @@ func newFake() *fakeSource {
 		UpstreamErrors: 5,
 		Routes: []admin.RouteStats{
 			{Name: "users", Policy: "cache-aside", Hits: 90, Misses: 10, NegativeHits: 7, LocalHits: 40, Loads: 11,
-				Coalesced: 6, EarlyRefreshes: 2, Degraded: 1, Writes: 8, Errors: 3},
+				Coalesced: 6, EarlyRefreshes: 2, Degraded: 1, Writes: 8, Errors: 3,
+				FillsRefused: 13, Invalidations: 14, LocalPurges: 15},
 			{Name: "pageviews", Policy: "write-back", Hits: 1, Misses: 2, Writes: 1000},
 		},
 		Queues:      []admin.QueueStats{{Route: "pageviews", Length: 120, OldestAgeSeconds: 1.5, InFlight: 100, DeadLetters: 2, Lost: 1}},
 		WatchAborts: 4, WatchCommits: 40, GateWaits: 9,
 		RoutesDegraded: 1, Persistence: "aof-everysec", MaxMemoryPolicy: "noeviction", WritebackRefused: true,
+		Invalidation: admin.InvalidationStats{Leader: true, LagBytes: 4096, Transactions: 21, Flushes: 2, Skipped: 5, Errors: 1},
 	}}
 }
 
@@ -160,6 +162,16 @@ func TestMetricsReportSnapshot(t *testing.T) {
 		{"respite_upstream_persistence", []string{"mode", "none"}, 0, dto.MetricType_GAUGE},
 		{"respite_upstream_persistence", []string{"mode", "aof-always"}, 0, dto.MetricType_GAUGE},
 		{"respite_upstream_maxmemory_policy", []string{"policy", "noeviction"}, 1, dto.MetricType_GAUGE},
+		{"respite_route_fills_refused_total", []string{"route", "users"}, 13, dto.MetricType_COUNTER},
+		{"respite_route_invalidations_total", []string{"route", "users"}, 14, dto.MetricType_COUNTER},
+		{"respite_route_local_purges_total", []string{"route", "users"}, 15, dto.MetricType_COUNTER},
+		{"respite_invalidation_slot_lag_bytes", nil, 4096, dto.MetricType_GAUGE},
+		{"respite_invalidation_leader", nil, 1, dto.MetricType_GAUGE},
+		{"respite_invalidation_stale", nil, 0, dto.MetricType_GAUGE},
+		{"respite_invalidation_transactions_total", nil, 21, dto.MetricType_COUNTER},
+		{"respite_invalidation_route_flushes_total", nil, 2, dto.MetricType_COUNTER},
+		{"respite_invalidation_own_writes_skipped_total", nil, 5, dto.MetricType_COUNTER},
+		{"respite_invalidation_errors_total", nil, 1, dto.MetricType_COUNTER},
 	} {
 		got, ok := value(fams, tc.name, tc.labels...)
 		if !ok {
@@ -367,6 +379,10 @@ func TestMetricNames(t *testing.T) {
 		"respite_writeback_queue_lost_total", "respite_writeback_writes_refused", "respite_routes_degraded",
 		"respite_upstream_persistence", "respite_upstream_maxmemory_policy", "respite_clients_closed_total",
 		"respite_route_verify_checked_total", "respite_route_verify_divergences_total", "respite_route_verify_repaired_total",
+		"respite_route_fills_refused_total", "respite_route_invalidations_total", "respite_route_local_purges_total",
+		"respite_invalidation_slot_lag_bytes", "respite_invalidation_leader", "respite_invalidation_stale",
+		"respite_invalidation_transactions_total", "respite_invalidation_route_flushes_total",
+		"respite_invalidation_own_writes_skipped_total", "respite_invalidation_errors_total",
 	}
 	slices.Sort(want)
 	if got := admin.MetricNames(); !slices.Equal(got, want) {

@@ -58,6 +58,17 @@ type Snapshot struct {
 	// query buffer (limits.max_query_bytes_total), and for being idle
 	// longer than limits.client_timeout.
 	ClosedOutputLimit, ClosedQueryLimit, ClosedIdle int64
+	// Invalidation is the change capture's state (postgres.invalidation);
+	// zero when it is off.
+	Invalidation InvalidationStats
+}
+
+// InvalidationStats describe the change capture (policy.CaptureStats).
+type InvalidationStats struct {
+	Leader, Stale                  bool  // this instance consumes the stream; reads of tracked routes go to PostgreSQL
+	LagBytes                       int64 // the slot's WAL behind the server (leader only)
+	Transactions, Flushes, Skipped int64
+	Errors                         int64
 }
 
 // PersistenceModes are the values of respite_upstream_persistence's mode
@@ -76,6 +87,7 @@ type RouteStats struct {
 	// RESPITE VERIFY: cached rows compared with PostgreSQL, found to
 	// differ, deleted by REPAIR.
 	VerifyChecked, VerifyDivergent, VerifyRepaired int64
+	FillsRefused, Invalidations, LocalPurges       int64
 }
 
 // QueueStats describe one write-back route's durable queue
@@ -128,6 +140,9 @@ const (
 	MetricRouteVerifyChecked   = "respite_route_verify_checked_total"
 	MetricRouteVerifyDivergent = "respite_route_verify_divergences_total"
 	MetricRouteVerifyRepaired  = "respite_route_verify_repaired_total"
+	MetricRouteFillsRefused    = "respite_route_fills_refused_total"
+	MetricRouteInvalidations   = "respite_route_invalidations_total"
+	MetricRouteLocalPurges     = "respite_route_local_purges_total"
 	MetricWritebackQueueLength = "respite_writeback_queue_length"
 	MetricWritebackOldest      = "respite_writeback_oldest_pending_seconds"
 	MetricWritebackInFlight    = "respite_writeback_in_flight"
@@ -147,6 +162,13 @@ const (
 	MetricUpstreamPersistence  = "respite_upstream_persistence"
 	MetricUpstreamEviction     = "respite_upstream_maxmemory_policy"
 	MetricClientsClosed        = "respite_clients_closed_total"
+	MetricInvalidationLag      = "respite_invalidation_slot_lag_bytes"
+	MetricInvalidationLeader   = "respite_invalidation_leader"
+	MetricInvalidationStale    = "respite_invalidation_stale"
+	MetricInvalidationTxns     = "respite_invalidation_transactions_total"
+	MetricInvalidationFlushes  = "respite_invalidation_route_flushes_total"
+	MetricInvalidationSkipped  = "respite_invalidation_own_writes_skipped_total"
+	MetricInvalidationErrors   = "respite_invalidation_errors_total"
 )
 
 // MetricNames returns the name of every metric Respite exports (without
@@ -187,6 +209,9 @@ var descs = []desc{
 	{MetricRouteVerifyChecked, "Cached rows RESPITE VERIFY compared with their PostgreSQL row.", prometheus.CounterValue, "route"},
 	{MetricRouteVerifyDivergent, "Cached rows RESPITE VERIFY found to disagree with PostgreSQL.", prometheus.CounterValue, "route"},
 	{MetricRouteVerifyRepaired, "Divergent cached rows RESPITE VERIFY ... REPAIR deleted (the next read loads the row).", prometheus.CounterValue, "route"},
+	{MetricRouteFillsRefused, "Cache fills refused because an invalidation from PostgreSQL's change stream took their lease after their read began (postgres.invalidation).", prometheus.CounterValue, "route"},
+	{MetricRouteInvalidations, "Keys invalidated by change capture (writes that bypassed the proxy), counted by the instance that applied them.", prometheus.CounterValue, "route"},
+	{MetricRouteLocalPurges, "Times the route's in-process tier was emptied (tracking connection lost or back, FLUSHALL/FLUSHDB, a route flush).", prometheus.CounterValue, "route"},
 	{MetricWritebackQueueLength, "Entries in the write-back route's durable queue.", prometheus.GaugeValue, "route"},
 	{MetricWritebackOldest, "Age in seconds of the oldest entry in the write-back queue (how far PostgreSQL is behind); 0 when empty.", prometheus.GaugeValue, "route"},
 	{MetricWritebackInFlight, "Write-back entries read by a flusher and not yet committed and acknowledged.", prometheus.GaugeValue, "route"},
@@ -205,6 +230,13 @@ var descs = []desc{
 	{MetricUpstreamPersistence, "The upstream Redis' persistence, 1 for the current mode (aof-always, aof-everysec, aof-no, aof, rdb, none, no-aof, unknown), 0 for the others: what a Redis crash or restart costs write-back.", prometheus.GaugeValue, "mode"},
 	{MetricUpstreamEviction, "The upstream Redis' maxmemory-policy, 1 for the current one (unknown when it cannot be read).", prometheus.GaugeValue, "policy"},
 	{MetricClientsClosed, "Clients the proxy closed for a limit, by reason: output_limit (limits.max_output_bytes), query_limit (limits.max_query_bytes_total), idle (limits.client_timeout).", prometheus.CounterValue, "reason"},
+	{MetricInvalidationLag, "Bytes of WAL the replication slot keeps behind PostgreSQL's current position (reported by the leader; 0 elsewhere).", prometheus.GaugeValue, ""},
+	{MetricInvalidationLeader, "1 while this instance consumes the change stream (holds the leader lease).", prometheus.GaugeValue, ""},
+	{MetricInvalidationStale, "1 while no instance has applied the change stream within postgres.invalidation.max_lag: reads of tracked routes are served from PostgreSQL.", prometheus.GaugeValue, ""},
+	{MetricInvalidationTxns, "Committed transactions (or notifications) from PostgreSQL applied by this instance.", prometheus.CounterValue, ""},
+	{MetricInvalidationFlushes, "Whole-route flushes by change capture: TRUNCATE, a key the stream did not carry, a slot created or lost, a publication changed, a LISTEN (re)started.", prometheus.CounterValue, ""},
+	{MetricInvalidationSkipped, "Changes of the proxy's own write-through writes the capture skipped because the cache already held their result.", prometheus.CounterValue, ""},
+	{MetricInvalidationErrors, "Times the change consumer stopped on an error and started again.", prometheus.CounterValue, ""},
 }
 
 // Metrics is a prometheus.Collector over a Source plus the command latency
@@ -310,6 +342,9 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 		func(r RouteStats) int64 { return r.VerifyChecked },
 		func(r RouteStats) int64 { return r.VerifyDivergent },
 		func(r RouteStats) int64 { return r.VerifyRepaired },
+		func(r RouteStats) int64 { return r.FillsRefused },
+		func(r RouteStats) int64 { return r.Invalidations },
+		func(r RouteStats) int64 { return r.LocalPurges },
 	}
 	routes := dedupe(s.Routes, func(r RouteStats) string { return r.Name })
 	for _, f := range routeFields {
@@ -379,6 +414,12 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	emit(float64(s.ClosedOutputLimit), "output_limit")
 	emit(float64(s.ClosedQueryLimit), "query_limit")
 	emit(float64(s.ClosedIdle), "idle")
+	next()
+	inv := s.Invalidation
+	for _, v := range []int64{inv.LagBytes, boolInt(inv.Leader), boolInt(inv.Stale), inv.Transactions, inv.Flushes, inv.Skipped, inv.Errors} {
+		emit(float64(v))
+		next()
+	}
 }
 
 func boolInt(b bool) int64 {

@@ -142,6 +142,45 @@ type Postgres struct {
 	// the network). A load or write on a locked table fails after it
 	// (default 5s; 0 means the default: it cannot be turned off).
 	StatementTimeout Duration `yaml:"statement_timeout"`
+	// Invalidation keeps the cached copies of routes with track_changes
+	// coherent with writes that bypass the proxy (docs/OPERATIONS.md,
+	// "Writes that bypass the proxy"). Off by default.
+	Invalidation Invalidation `yaml:"invalidation"`
+}
+
+// The invalidation modes.
+const (
+	InvalidationOff     = "off"     // no change capture (the default)
+	InvalidationLogical = "logical" // PostgreSQL logical replication (pgoutput, a persistent slot)
+	InvalidationNotify  = "notify"  // LISTEN on a channel a trigger pg_notify()s
+)
+
+// Invalidation configures change capture from PostgreSQL.
+type Invalidation struct {
+	// Mode is off (the default), logical or notify.
+	Mode string `yaml:"mode"`
+	// Slot is the logical replication slot (default respite): one per
+	// deployment, consumed by the instance holding the leader lease.
+	Slot string `yaml:"slot"`
+	// Publication is the publication of the tracked routes' tables
+	// (default respite); the proxy creates it, or sets its tables.
+	Publication string `yaml:"publication"`
+	// Channel is the LISTEN channel of notify mode (default
+	// respite_invalidate).
+	Channel string `yaml:"channel"`
+	// StatusInterval is how often the consumer reports its position to
+	// PostgreSQL when idle, and how often the leader lease is renewed
+	// (default 1s).
+	StatusInterval Duration `yaml:"status_interval"`
+	// MaxLag bounds how stale a tracked route's cached copy may be: while
+	// no instance has applied the stream for longer than this (the
+	// consumer down, PostgreSQL unreachable), reads of tracked routes
+	// bypass the cache and go to PostgreSQL (default 10s).
+	MaxLag Duration `yaml:"max_lag"`
+	// Lease is the leader lease (SET NX PX in Redis) of the consumer; the
+	// others take over within two leases after the leader died (default
+	// 5s).
+	Lease Duration `yaml:"lease"`
 }
 
 // Policy is a route's caching policy.
@@ -220,6 +259,9 @@ type Route struct {
 	FlushInterval Duration `yaml:"flush_interval"`
 	MaxRetries    int      `yaml:"max_retries"`
 	Priority      string   `yaml:"priority"`
+	// TrackChanges opts the route in to postgres.invalidation: writes to
+	// its table that bypass the proxy invalidate its cached copies.
+	TrackChanges bool `yaml:"track_changes"`
 }
 
 // Keys is the route's key columns, in the order their values appear in
@@ -542,7 +584,7 @@ func (c *Config) validate() *fieldError {
 // the route by position (routes[1].ttl).
 func (c *Config) validateRoutes() *fieldError {
 	if len(c.Routes) == 0 {
-		return nil
+		return c.validateInvalidation()
 	}
 	if c.Postgres.DSN == "" {
 		e := bad("postgres.dsn", "required when routes are configured (a postgres:// URL)")
@@ -580,7 +622,7 @@ func (c *Config) validateRoutes() *fieldError {
 			return err
 		}
 	}
-	return nil
+	return c.validateInvalidation()
 }
 
 // validate fills r's defaults and checks it; at is its path (routes[1]),

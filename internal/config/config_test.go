@@ -76,7 +76,7 @@ func TestErrorsNameFileLineAndField(t *testing.T) {
 		{"upstream: 5\n", "bad.yaml:1: upstream: 5 is not a section (its fields: addr, username, password, db, pool_size, multiplexer, mux_conns, tls, dial_timeout, timeout)"},
 		{route + "    local_cache: 5\n", "bad.yaml:10: routes[0].local_cache: 5 is not a section (its fields: size, ttl)"},
 		{"routes: users\n", `bad.yaml:1: routes: users is not a list (one entry per line, each starting with "- ")`},
-		{route + "  - users\n", "bad.yaml:10: routes[1]: users is not a section (its fields: name, prefix, policy, table, key_column, key_columns, key_separator, format, value_column, cache_version, audit, ttl, ttl_jitter, negative_ttl, sliding, early_refresh, early_refresh_beta, distributed_lock, lock_ttl, contention_gate, local_cache, batch_size, flush_interval, max_retries, priority)"},
+		{route + "  - users\n", "bad.yaml:10: routes[1]: users is not a section (its fields: name, prefix, policy, table, key_column, key_columns, key_separator, format, value_column, cache_version, audit, ttl, ttl_jitter, negative_ttl, sliding, early_refresh, early_refresh_beta, distributed_lock, lock_ttl, contention_gate, local_cache, batch_size, flush_interval, max_retries, priority, track_changes)"},
 		{"- listen: x\n", "bad.yaml:1: a list is not a YAML mapping of settings (its fields: listen, requirepass, log_level, log_format, admin, admin_password, admin_commands, tls, upstream, limits, postgres, transactions, write_back, shutdown_timeout, gomaxprocs, routes)"},
 		// the document itself
 		{"listen: a:1\nadmin: b:2\nlisten: c:3\n", "bad.yaml:3: listen: set twice (first on line 1; keep one)"},

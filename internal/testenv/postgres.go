@@ -34,6 +34,7 @@ type Postgres struct {
 	Dir string
 
 	bins pgBins
+	args []string            // extra server settings, "-c name=value" each
 	cred *syscall.Credential // run the server as this user; nil: as ourselves
 
 	mu      sync.Mutex
@@ -61,12 +62,19 @@ const pgInstallHint = `pg_stat_statements is missing: on Debian 12 it ships in t
 // PostgreSQL refuses to run as root: when the caller is root, initdb and
 // postgres run as the system user "postgres" (created by the Debian
 // postgresql package) and Dir is owned by that user. Call Stop when done.
-func StartPostgres() (*Postgres, error) {
+//
+// settings are server settings given as "name=value" (each passed as
+// -c name=value, after the defaults, so they win), e.g. "wal_level=logical"
+// for logical replication.
+func StartPostgres(settings ...string) (*Postgres, error) {
 	bins, err := findPGBins()
 	if err != nil {
 		return nil, err
 	}
 	pg := &Postgres{Host: "127.0.0.1", bins: bins}
+	for _, s := range settings {
+		pg.args = append(pg.args, "-c", s)
+	}
 	var uid, gid = -1, -1
 	if os.Geteuid() == 0 {
 		u, err := user.Lookup("postgres")
@@ -164,6 +172,7 @@ func (pg *Postgres) start() error {
 		"-c", "shared_preload_libraries=pg_stat_statements",
 		"-c", "pg_stat_statements.track=all",
 	)
+	cmd.Args = append(cmd.Args, pg.args...)
 	cmd.Dir = pg.Dir
 	cmd.Env = pgEnv()
 	if pg.cred != nil {
