@@ -13,6 +13,7 @@ package upstream
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"runtime"
 	"strconv"
 	"strings"
@@ -49,6 +50,11 @@ type Upstream struct {
 // New builds the upstream clients for cfg. Nothing is dialled yet: a Redis
 // that is down is reported per command, as one that goes down later.
 func New(cfg config.Upstream) (*Upstream, error) {
+	switch cfg.Mode {
+	case "", config.ModeStandalone:
+	default:
+		return nil, errors.New("upstream.mode " + cfg.Mode + " is not built yet")
+	}
 	tc, err := clientTLS(cfg)
 	if err != nil {
 		return nil, err
