@@ -44,6 +44,9 @@ type session struct {
 	batch []redcon.Command
 	cmds  []router.Command
 	call  *upstream.Call
+	// cluster: the batch and plans of forwardCluster (upstream.mode
+	// cluster), made on first use.
+	cluster *clusterRun
 
 	// What the client told about itself, and CLIENT LIST's view of it.
 	client clientInfo

@@ -11,6 +11,10 @@ import (
 // forwardShared sends cmds on the shared multiplexed upstream as one
 // pipeline and writes the replies back in order.
 func (c *session) forwardShared(cmds []router.Command) {
+	if cl := c.s.up.Cluster(); cl != nil {
+		c.forwardCluster(cl, cmds)
+		return
+	}
 	if c.s.metrics != nil {
 		defer c.observe(admin.ClassPassthrough, time.Now())
 	}

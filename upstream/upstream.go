@@ -43,6 +43,10 @@ type Upstream struct {
 
 	cache *Cache // the route layer's commands on the multiplexed connections
 
+	// cluster carries the shared path in upstream.mode cluster; nil
+	// otherwise.
+	cluster *Cluster
+
 	mu      sync.Mutex
 	version string // redis_version, asked once
 }
@@ -52,6 +56,13 @@ type Upstream struct {
 func New(cfg config.Upstream) (*Upstream, error) {
 	switch cfg.Mode {
 	case "", config.ModeStandalone:
+	case config.ModeCluster:
+		if len(cfg.Addrs) == 0 {
+			return nil, errors.New("upstream.mode cluster needs upstream.addrs")
+		}
+		// The shared multiplexer and go-redis reach the first seed: for
+		// what the proxy asks any node (INFO, the version).
+		cfg.Addr = cfg.Addrs[0]
 	default:
 		return nil, errors.New("upstream.mode " + cfg.Mode + " is not built yet")
 	}
@@ -70,6 +81,9 @@ func New(cfg config.Upstream) (*Upstream, error) {
 	for i, proto := range []int{2, 3} {
 		u.mux[i] = newMux(cfg, proto, muxConns, tc)
 		u.free[i] = make(chan *Conn, cfg.PoolSize)
+	}
+	if cfg.Mode == config.ModeCluster {
+		u.cluster = newCluster(u, cfg, muxConns)
 	}
 	u.redis = redis.NewClient(&redis.Options{
 		Addr:                  cfg.Addr,
@@ -99,6 +113,10 @@ func index(proto int) int {
 
 // Shared returns the multiplexer for clients speaking proto.
 func (u *Upstream) Shared(proto int) *Mux { return u.mux[index(proto)] }
+
+// Cluster returns the cluster carrier in upstream.mode cluster, nil in
+// the other modes (whose shared path is Shared).
+func (u *Upstream) Cluster() *Cluster { return u.cluster }
 
 // Redis returns the go-redis client (RESP2) of the route layer.
 func (u *Upstream) Redis() *redis.Client { return u.redis }
@@ -224,6 +242,9 @@ func (u *Upstream) Close() {
 			}
 		}
 		u.mux[i].close()
+	}
+	if u.cluster != nil {
+		u.cluster.close()
 	}
 	u.redis.Close()
 }

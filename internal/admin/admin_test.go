@@ -60,6 +60,7 @@ func newFake() *fakeSource {
 		Queues:      []admin.QueueStats{{Route: "pageviews", Length: 120, OldestAgeSeconds: 1.5, InFlight: 100, DeadLetters: 2, Lost: 1}},
 		WatchAborts: 4, WatchCommits: 40, GateWaits: 9,
 		RoutesDegraded: 1, Persistence: "aof-everysec", MaxMemoryPolicy: "noeviction", WritebackRefused: true,
+		TopologyRefreshes: 3, Moved: 7, Asked: 11, TryAgain: 1,
 	}}
 }
 
@@ -160,6 +161,10 @@ func TestMetricsReportSnapshot(t *testing.T) {
 		{"respite_upstream_persistence", []string{"mode", "none"}, 0, dto.MetricType_GAUGE},
 		{"respite_upstream_persistence", []string{"mode", "aof-always"}, 0, dto.MetricType_GAUGE},
 		{"respite_upstream_maxmemory_policy", []string{"policy", "noeviction"}, 1, dto.MetricType_GAUGE},
+		{"respite_cluster_topology_refreshes_total", nil, 3, dto.MetricType_COUNTER},
+		{"respite_cluster_redirects_total", []string{"kind", "moved"}, 7, dto.MetricType_COUNTER},
+		{"respite_cluster_redirects_total", []string{"kind", "ask"}, 11, dto.MetricType_COUNTER},
+		{"respite_cluster_redirects_total", []string{"kind", "tryagain"}, 1, dto.MetricType_COUNTER},
 	} {
 		got, ok := value(fams, tc.name, tc.labels...)
 		if !ok {
@@ -366,6 +371,7 @@ func TestMetricNames(t *testing.T) {
 		"respite_writeback_statements_total", "respite_writeback_flush_errors_total", "respite_writeback_coalesced_total",
 		"respite_writeback_queue_lost_total", "respite_writeback_writes_refused", "respite_routes_degraded",
 		"respite_upstream_persistence", "respite_upstream_maxmemory_policy",
+		"respite_cluster_topology_refreshes_total", "respite_cluster_redirects_total",
 	}
 	slices.Sort(want)
 	if got := admin.MetricNames(); !slices.Equal(got, want) {

@@ -54,6 +54,11 @@ type Snapshot struct {
 	// WritebackRefused: write-back writes are refused because of the
 	// upstream's settings (or while they are not checked yet).
 	WritebackRefused bool
+	// Cluster: the upstream is a Redis Cluster; TopologyRefreshes counts
+	// the slot maps read, Moved, Asked and TryAgain the -MOVED, -ASK and
+	// -TRYAGAIN replies the proxy followed for clients.
+	Cluster                                   bool
+	TopologyRefreshes, Moved, Asked, TryAgain int64
 }
 
 // PersistenceModes are the values of respite_upstream_persistence's mode
@@ -136,6 +141,8 @@ const (
 	MetricRoutesDegraded       = "respite_routes_degraded"
 	MetricUpstreamPersistence  = "respite_upstream_persistence"
 	MetricUpstreamEviction     = "respite_upstream_maxmemory_policy"
+	MetricTopologyRefreshes    = "respite_cluster_topology_refreshes_total"
+	MetricClusterRedirects     = "respite_cluster_redirects_total"
 )
 
 // MetricNames returns the name of every metric Respite exports (without
@@ -190,6 +197,8 @@ var descs = []desc{
 	{MetricRoutesDegraded, "Routes that cannot serve yet: PostgreSQL was unreachable at start-up (the proxy connects in the background) or a route's table is not usable.", prometheus.GaugeValue, ""},
 	{MetricUpstreamPersistence, "The upstream Redis' persistence, 1 for the current mode (aof-always, aof-everysec, aof-no, aof, rdb, none, no-aof, unknown), 0 for the others: what a Redis crash or restart costs write-back.", prometheus.GaugeValue, "mode"},
 	{MetricUpstreamEviction, "The upstream Redis' maxmemory-policy, 1 for the current one (unknown when it cannot be read).", prometheus.GaugeValue, "policy"},
+	{MetricTopologyRefreshes, "upstream.mode cluster: slot maps read from the cluster (CLUSTER SHARDS), at start and after redirects or failures.", prometheus.CounterValue, ""},
+	{MetricClusterRedirects, "upstream.mode cluster: redirects the proxy followed for clients, by kind (moved, ask, tryagain); clients never see them.", prometheus.CounterValue, "kind"},
 }
 
 // Metrics is a prometheus.Collector over a Source plus the command latency
@@ -357,6 +366,12 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	if s.MaxMemoryPolicy != "" {
 		emit(1, s.MaxMemoryPolicy)
 	}
+	next()
+	emit(float64(s.TopologyRefreshes)) // 0 unless upstream.mode cluster
+	next()
+	emit(float64(s.Moved), "moved")
+	emit(float64(s.Asked), "ask")
+	emit(float64(s.TryAgain), "tryagain")
 }
 
 func boolInt(b bool) int64 {
