@@ -1,7 +1,9 @@
 package server
 
 import (
+	"bufio"
 	"context"
+	"io"
 	"fmt"
 	"math/rand"
 	"strconv"
@@ -236,5 +238,198 @@ func TestClusterLiveReshard(t *testing.T) {
 	}
 	if n := stats() - before; n < 1 || n > 6 {
 		t.Fatalf("%d topology refreshes for two moves of one slot, want 1 to 6", n)
+	}
+}
+
+// keysOnPrimaries returns three keys "prefix<i>", each on another
+// primary.
+func keysOnPrimaries(t testing.TB, cl *testenv.Cluster, prefix string) []string {
+	t.Helper()
+	var keys []string
+	seen := map[string]bool{}
+	for i := 0; len(keys) < 3; i++ {
+		k := prefix + strconv.Itoa(i)
+		o := ownerOf(t, cl, testenv.KeySlot(k))
+		if !seen[o] {
+			seen[o] = true
+			keys = append(keys, k)
+		}
+	}
+	return keys
+}
+
+// Multi-key commands over several slots are split by slot and merged in
+// the client's order, byte for byte as per-key commands answer; those
+// without a merge rule get Redis' own -CROSSSLOT.
+func TestClusterMultiKey(t *testing.T) {
+	cl := testCluster(t)
+	addr := startClusterProxy(t, cl)
+	c := dialRaw(t, addr)
+	k := keysOnPrimaries(t, cl, "mk:")
+	a, b, d := k[0], k[1], k[2]
+	if got := c.do("MSET", a, "1", b, "", d, "three", a, "one"); got != "+OK\r\n" {
+		t.Fatalf("MSET: %q", got)
+	}
+	for _, proto := range []string{"2", "3"} {
+		c.do("HELLO", proto)
+		args := []string{a, "missing:x", b, d, a, "{" + a + "}"}
+		want := "*" + strconv.Itoa(len(args)) + "\r\n"
+		for _, key := range args {
+			want += c.do("GET", key)
+		}
+		if got := c.do(append([]string{"MGET"}, args...)...); got != want {
+			t.Fatalf("RESP%s MGET across 3 primaries: %q, per-key GETs %q", proto, got, want)
+		}
+	}
+	c.do("HELLO", "2")
+	if got := c.do("EXISTS", a, b, d, "missing:x", a); got != ":4\r\n" {
+		t.Fatalf("EXISTS: %q", got)
+	}
+	if got := c.do("TOUCH", a, b, "missing:x"); got != ":2\r\n" {
+		t.Fatalf("TOUCH: %q", got)
+	}
+	if got := c.do("DEL", a, b, d); got != ":3\r\n" {
+		t.Fatalf("DEL a b c: %q", got)
+	}
+	c.do("MSET", a, "1", b, "2")
+	if got := c.do("UNLINK", a, b, d); got != ":2\r\n" {
+		t.Fatalf("UNLINK: %q", got)
+	}
+	// As Redis words it: a node answers the same for keys of two slots.
+	direct := dialRaw(t, cl.Addrs()[0])
+	for _, args := range [][]string{
+		{"MSETNX", a, "1", b, "2"},
+		{"SUNION", a, b},
+		{"RENAME", a, b},
+		{"EVAL", "return 1", "2", a, b},
+	} {
+		want := direct.do(args...)
+		if !strings.HasPrefix(want, "-CROSSSLOT") {
+			t.Fatalf("direct %v: %q", args, want)
+		}
+		if got := c.do(args...); got != want {
+			t.Fatalf("%v: %q, Redis says %q", args, got, want)
+		}
+	}
+	// Same slot by hash tag: as one command.
+	if got := c.do("MSETNX", "{t}a", "1", "{t}b", "2"); got != ":1\r\n" {
+		t.Fatalf("MSETNX same slot: %q", got)
+	}
+	if got := c.do("SUNIONSTORE", "{t}c", "{t}x", "{t}y"); got != ":0\r\n" {
+		t.Fatalf("SUNIONSTORE same slot: %q", got)
+	}
+}
+
+// SCAN over 5,000 keys on three primaries, COUNT 10: the key set exactly,
+// each key once, cursor 0 only at the end; DBSIZE sums, KEYS
+// concatenates, FLUSHALL and SCRIPT LOAD reach every primary.
+func TestClusterScanAndWholeDataset(t *testing.T) {
+	cl := testCluster(t)
+	addr := startClusterProxy(t, cl)
+	c := dialRaw(t, addr)
+	want := map[string]bool{}
+	var req []byte
+	for i := range 5000 {
+		k := "scan:" + strconv.Itoa(i)
+		want[k] = true
+		req = append(req, encode("SET", k, "v")...)
+	}
+	c.send(req)
+	for range 5000 {
+		if got := c.read(); got != "+OK\r\n" {
+			t.Fatal(got)
+		}
+	}
+	got := map[string]int{}
+	cursor, calls, zeros := "0", 0, 0
+	for {
+		calls++
+		reply := c.do("SCAN", cursor, "COUNT", "10")
+		parts := splitArray(t, reply)
+		cursor = parts[0]
+		for _, k := range parts[1:] {
+			got[k]++
+		}
+		if cursor == "0" {
+			zeros++
+			break
+		}
+		if calls > 100000 {
+			t.Fatal("SCAN does not end")
+		}
+	}
+	if len(got) != len(want) {
+		t.Fatalf("SCAN returned %d distinct keys, want %d", len(got), len(want))
+	}
+	for k, n := range got {
+		if !want[k] || n != 1 {
+			t.Fatalf("SCAN returned %q %d times", k, n)
+		}
+	}
+	t.Logf("SCAN COUNT 10: %d calls for 5000 keys, cursor 0 once", calls)
+	if got := c.do("DBSIZE"); got != ":5000\r\n" {
+		t.Fatalf("DBSIZE: %q", got)
+	}
+	if keys := splitArray(t, "*2\r\n$1\r\n0\r\n"+c.do("KEYS", "scan:*")); len(keys)-1 != 5000 {
+		t.Fatalf("KEYS: %d keys", len(keys)-1)
+	}
+	if got := c.do("SCAN", "1023"); got != "-ERR invalid cursor\r\n" {
+		t.Fatalf("SCAN of a shard that does not exist: %q", got)
+	}
+	sha := c.do("SCRIPT", "LOAD", "return redis.call('GET', KEYS[1])")
+	if !strings.HasPrefix(sha, "$40\r\n") {
+		t.Fatalf("SCRIPT LOAD: %q", sha)
+	}
+	sha = strings.TrimSuffix(strings.TrimPrefix(sha, "$40\r\n"), "\r\n")
+	for _, k := range keysOnPrimaries(t, cl, "scan:") {
+		if got := c.do("EVALSHA", sha, "1", k); got != "$1\r\nv\r\n" {
+			t.Fatalf("EVALSHA on the primary of %s: %q", k, got)
+		}
+	}
+	if got := c.do("FLUSHALL"); got != "+OK\r\n" {
+		t.Fatalf("FLUSHALL: %q", got)
+	}
+	if got := c.do("DBSIZE"); got != ":0\r\n" {
+		t.Fatalf("DBSIZE after FLUSHALL: %q", got)
+	}
+}
+
+// splitArray reads a SCAN-shaped reply: the cursor, then the keys.
+func splitArray(t testing.TB, reply string) []string {
+	t.Helper()
+	br := bufio.NewReader(strings.NewReader(reply))
+	var out []string
+	var walk func() error
+	walk = func() error {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			return err
+		}
+		n, _ := strconv.Atoi(line[1 : len(line)-2])
+		switch line[0] {
+		case '*':
+			for range n {
+				if err := walk(); err != nil {
+					return err
+				}
+			}
+		case '$':
+			buf := make([]byte, n+2)
+			if _, err := io.ReadFull(br, buf); err != nil {
+				return err
+			}
+			out = append(out, string(buf[:n]))
+		default:
+			return fmt.Errorf("unexpected %q", line)
+		}
+		return nil
+	}
+	for {
+		if err := walk(); err != nil {
+			if err == io.EOF {
+				return out
+			}
+			t.Fatalf("%q: %v", reply, err)
+		}
 	}
 }
