@@ -3,8 +3,8 @@ package server
 import (
 	"bufio"
 	"context"
-	"io"
 	"fmt"
+	"io"
 	"math/rand"
 	"strconv"
 	"strings"
