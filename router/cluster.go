@@ -60,3 +60,30 @@ func (c *Command) SlotArgs(dst []int) []int {
 // ErrCrossSlot is Redis Cluster's refusal of a command whose keys hash to
 // different slots (cluster.c).
 const ErrCrossSlot = "CROSSSLOT Keys in request don't hash to the same slot"
+
+// BlockTimeout is the position of a blocking command's timeout argument
+// and whether it counts milliseconds (XREAD and XREADGROUP's BLOCK) or
+// seconds (BLPOP and the other list and sorted-set pops); ok is false for
+// a command without one (WAIT, WAITAOF, ...).
+func (c *Command) BlockTimeout() (pos int, millis, ok bool) {
+	switch c.ID {
+	case CmdBlpop, CmdBrpop, CmdBrpoplpush, CmdBlmove, CmdBzpopmin, CmdBzpopmax:
+		if len(c.Args) > 2 {
+			return len(c.Args) - 1, false, true
+		}
+	case CmdBlmpop, CmdBzmpop:
+		if len(c.Args) > 2 {
+			return 1, false, true
+		}
+	case CmdXread, CmdXreadgroup:
+		for i := 1; i+1 < len(c.Args); i++ {
+			if equalFold(c.Args[i], "streams") {
+				break
+			}
+			if equalFold(c.Args[i], "block") {
+				return i + 1, true, true
+			}
+		}
+	}
+	return 0, false, false
+}

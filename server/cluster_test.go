@@ -433,3 +433,159 @@ func splitArray(t testing.TB, reply string) []string {
 		}
 	}
 }
+
+// Transactions on a cluster: pinned to the primary of the first key's
+// slot (also when MULTI came before any key); a key of another slot is
+// refused with -CROSSSLOT and EXEC answers -EXECABORT; WATCH aborts as on
+// Redis; a slot that moves under a transaction gives -TRYAGAIN, never a
+// -MOVED.
+func TestClusterTransactions(t *testing.T) {
+	cl := testCluster(t)
+	addr := startClusterProxy(t, cl)
+	c := dialRaw(t, addr)
+	other := dialRaw(t, addr)
+	expect := func(c *rawConn, want string, args ...string) {
+		t.Helper()
+		if got := c.do(args...); got != want {
+			t.Fatalf("%v: %q, want %q", args, got, want)
+		}
+	}
+	// Same slot by hash tag, WATCH first.
+	expect(c, "+OK\r\n", "WATCH", "{t}a")
+	expect(c, "+OK\r\n", "MULTI")
+	expect(c, "+QUEUED\r\n", "SET", "{t}a", "1")
+	expect(c, "+QUEUED\r\n", "INCR", "{t}b")
+	expect(c, "*2\r\n+OK\r\n:1\r\n", "EXEC")
+	// MULTI before any key, then keys of each primary in turn: the
+	// transaction moves to the key's primary with what it queued.
+	for _, k := range keysOnPrimaries(t, cl, "tx:") {
+		expect(c, "+OK\r\n", "MULTI")
+		expect(c, "+QUEUED\r\n", "PING")
+		expect(c, "+QUEUED\r\n", "SET", k, "v")
+		expect(c, "+QUEUED\r\n", "GET", k)
+		expect(c, "*3\r\n+PONG\r\n+OK\r\n$1\r\nv\r\n", "EXEC")
+	}
+	// Another slot inside MULTI: CROSSSLOT, then EXECABORT.
+	k := keysOnPrimaries(t, cl, "x:")
+	expect(c, "+OK\r\n", "MULTI")
+	expect(c, "+QUEUED\r\n", "SET", k[0], "1")
+	expect(c, "-"+"CROSSSLOT Keys in request don't hash to the same slot\r\n", "SET", k[1], "1")
+	expect(c, "-EXECABORT Transaction discarded because of previous errors.\r\n", "EXEC")
+	expect(c, "$-1\r\n", "GET", k[0])
+	// The same slot, another key of the same node: CROSSSLOT too.
+	expect(c, "+OK\r\n", "MULTI")
+	expect(c, "+QUEUED\r\n", "SET", "{t}a", "1")
+	expect(c, "-"+"CROSSSLOT Keys in request don't hash to the same slot\r\n", "SET", "{u}a", "1")
+	expect(c, "-EXECABORT Transaction discarded because of previous errors.\r\n", "EXEC")
+	// WATCH: another client's write aborts the transaction.
+	expect(c, "+OK\r\n", "WATCH", k[0])
+	expect(c, "$-1\r\n", "GET", k[1]) // another primary, outside MULTI: the shared path
+	expect(other, "+OK\r\n", "SET", k[0], "changed")
+	expect(c, "+OK\r\n", "MULTI")
+	expect(c, "+QUEUED\r\n", "SET", k[0], "mine")
+	expect(c, "*-1\r\n", "EXEC")
+	expect(c, "$7\r\nchanged\r\n", "GET", k[0])
+	// The slot of a WATCHed key moves: the queued command gets TRYAGAIN,
+	// EXEC EXECABORT, and the retry succeeds on the new primary.
+	slot := testenv.KeySlot(k[0])
+	from := ownerOf(t, cl, slot)
+	to := ownerOf(t, cl, testenv.KeySlot(k[1]))
+	expect(c, "+OK\r\n", "WATCH", k[0])
+	if err := cl.MigrateSlot(slot, from, to); err != nil {
+		t.Fatal(err)
+	}
+	defer cl.MigrateSlot(slot, to, from)
+	expect(c, "+OK\r\n", "MULTI")
+	got := c.do("SET", k[0], "retried")
+	if !strings.HasPrefix(got, "-TRYAGAIN ") {
+		t.Fatalf("SET in a transaction whose slot moved: %q, want -TRYAGAIN", got)
+	}
+	expect(c, "-EXECABORT Transaction discarded because of previous errors.\r\n", "EXEC")
+	expect(c, "+OK\r\n", "WATCH", k[0])
+	expect(c, "+OK\r\n", "MULTI")
+	expect(c, "+QUEUED\r\n", "SET", k[0], "retried")
+	expect(c, "*1\r\n+OK\r\n", "EXEC")
+	expect(other, "$7\r\nretried\r\n", "GET", k[0])
+}
+
+// BLPOP on a cluster: pinned to the key's primary and woken by an LPUSH
+// through the proxy while another slot is resharded; a BLPOP whose own
+// slot moves while it blocks follows it and is woken there.
+func TestClusterBlocking(t *testing.T) {
+	cl := testCluster(t)
+	addr := startClusterProxy(t, cl)
+	waiter, pusher := dialRaw(t, addr), dialRaw(t, addr)
+	other := "{reshard-other}"
+	otherSlot := testenv.KeySlot(other)
+	for _, moveOwn := range []bool{false, true} {
+		q := "{q}list"
+		if moveOwn {
+			q = "{q2}list"
+		}
+		slot := testenv.KeySlot(q)
+		moving := otherSlot
+		if moveOwn {
+			moving = slot
+		}
+		from := ownerOf(t, cl, moving)
+		var to string
+		for _, a := range cl.Addrs() {
+			if a != from {
+				to = a
+				break
+			}
+		}
+		waiter.send(encode("BLPOP", q, "5"))
+		time.Sleep(200 * time.Millisecond) // blocked
+		start := time.Now()
+		if err := cl.MigrateSlot(moving, from, to); err != nil {
+			t.Fatal(err)
+		}
+		if got := pusher.do("LPUSH", q, "woken"); got != ":1\r\n" {
+			t.Fatalf("LPUSH: %q", got)
+		}
+		want := fmt.Sprintf("*2\r\n$%d\r\n%s\r\n$5\r\nwoken\r\n", len(q), q)
+		if got := waiter.read(); got != want {
+			t.Fatalf("BLPOP (own slot moved: %v): %q, want %q", moveOwn, got, want)
+		}
+		t.Logf("own slot moved %v: woken %v after the reshard began", moveOwn, time.Since(start).Round(time.Millisecond))
+		if err := cl.MigrateSlot(moving, to, from); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// SSUBSCRIBE goes to the shard channel's primary: SPUBLISH through the
+// proxy reaches it; SUBSCRIBE works on any node.
+func TestClusterPubSub(t *testing.T) {
+	cl := testCluster(t)
+	addr := startClusterProxy(t, cl)
+	sub, pub := dialRaw(t, addr), dialRaw(t, addr)
+	for _, ch := range keysOnPrimaries(t, cl, "ch:") {
+		if got := sub.do("SSUBSCRIBE", ch); got != fmt.Sprintf("*3\r\n$10\r\nssubscribe\r\n$%d\r\n%s\r\n:1\r\n", len(ch), ch) {
+			t.Fatalf("SSUBSCRIBE %s: %q", ch, got)
+		}
+		if got := pub.do("SPUBLISH", ch, "hi"); got != ":1\r\n" {
+			t.Fatalf("SPUBLISH %s: %q", ch, got)
+		}
+		if got := sub.read(); got != fmt.Sprintf("*3\r\n$8\r\nsmessage\r\n$%d\r\n%s\r\n$2\r\nhi\r\n", len(ch), ch) {
+			t.Fatalf("smessage on %s: %q", ch, got)
+		}
+		if got := sub.do("SUNSUBSCRIBE", ch); !strings.HasPrefix(got, "*3\r\n$12\r\nsunsubscribe\r\n") {
+			t.Fatalf("SUNSUBSCRIBE: %q", got)
+		}
+		sub.c.Close()
+		sub = dialRaw(t, addr)
+	}
+	if got := sub.do("SUBSCRIBE", "news"); got != "*3\r\n$9\r\nsubscribe\r\n$4\r\nnews\r\n:1\r\n" {
+		t.Fatalf("SUBSCRIBE: %q", got)
+	}
+	// PUBLISH counts the receivers on the node it reached; the cluster
+	// bus carries the message to the others.
+	if got := pub.do("PUBLISH", "news", "x"); !strings.HasPrefix(got, ":") {
+		t.Fatalf("PUBLISH: %q", got)
+	}
+	if got := sub.read(); got != "*3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$1\r\nx\r\n" {
+		t.Fatalf("message: %q", got)
+	}
+}

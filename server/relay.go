@@ -77,7 +77,7 @@ var errRelayStopped = errors.New("relay stopped")
 // goroutines start when the current batch is done (startDetached), so
 // that nothing else touches the session meanwhile.
 func (c *session) detach(cmds []router.Command) bool {
-	if !c.pinUp(1) {
+	if !c.pinUpAt(1, c.clusterSlot(&cmds[0])) {
 		return false
 	}
 	if dc, ok := c.w.(redcon.DetachedConn); ok {

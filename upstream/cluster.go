@@ -210,6 +210,44 @@ func (t *topology) nodeFor(slot int, pick uint32) *node {
 	return t.nodes[pick%uint32(len(t.nodes))]
 }
 
+// NodeAddr is the address of the primary of slot (for AnySlot, the first
+// primary).
+func (c *Cluster) NodeAddr(slot int) (string, error) {
+	t, err := c.topology()
+	if err != nil {
+		return "", err
+	}
+	return t.nodeFor(slot, 0).addr, nil
+}
+
+// Refresh reads the slot map now (hint: a node that knows it, "" for
+// none), for a caller that is about to tell a client to retry.
+func (c *Cluster) Refresh(hint string) error { return c.refresh(hint) }
+
+// Redirected reports whether reply is a -MOVED or -ASK redirect, and to
+// where (ask: an -ASK, for this command only); a -MOVED starts a
+// topology refresh. The proxy carries pinned connections itself and
+// calls it on their replies.
+func (c *Cluster) Redirected(reply []byte, from string) (ask bool, addr string, ok bool) {
+	ask, slot, addr, ok := redirect(reply)
+	if !ok {
+		return false, "", false
+	}
+	if strings.HasPrefix(addr, ":") {
+		host, _, _ := net.SplitHostPort(from)
+		addr = host + addr
+	}
+	if ask {
+		c.asked.Add(1)
+	} else {
+		c.moved.Add(1)
+		if cur := c.topo.Load(); cur == nil || cur.nodeFor(slot, 0).addr != addr {
+			c.refreshAsync(addr)
+		}
+	}
+	return ask, addr, true
+}
+
 // Primaries returns the addresses of the primaries in slot order (a SCAN
 // cursor's shard numbers index this list).
 func (c *Cluster) Primaries() ([]string, error) {
@@ -334,21 +372,12 @@ func (c *Cluster) Do(proto int, b *Batch, pick uint32) {
 					cmd.done, redo, pause = false, true, true
 					continue
 				}
-				ask, slot, addr, ok := redirect(cmd.reply)
-				if !ok || hop >= maxHops {
+				if hop >= maxHops {
 					continue
 				}
-				if strings.HasPrefix(addr, ":") {
-					host, _, _ := net.SplitHostPort(cmd.node.addr)
-					addr = host + addr
-				}
-				if ask {
-					c.asked.Add(1)
-				} else {
-					c.moved.Add(1)
-					if cur := c.topo.Load(); cur == nil || cur.nodeFor(slot, 0).addr != addr {
-						c.refreshAsync(addr)
-					}
+				ask, addr, ok := c.Redirected(cmd.reply, cmd.node.addr)
+				if !ok {
+					continue
 				}
 				cmd.node, cmd.ask, cmd.done, redo = c.nodeAt(addr), ask, false, true
 			}

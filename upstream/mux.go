@@ -112,6 +112,9 @@ type muxConn struct {
 	cfg   config.Upstream
 	proto int
 	tls   *tls.Config // nil: plain TCP
+	// lost, when set (upstream.mode sentinel), is told of every failed
+	// connection: the primary may have changed.
+	lost func()
 
 	mu      sync.Mutex
 	nc      net.Conn
@@ -131,10 +134,17 @@ func (c *muxConn) do(cl *Call) {
 	}
 	c.mu.Lock()
 	if c.nc == nil {
+		if c.cfg.Addr == "" {
+			c.mu.Unlock()
+			cl.Err = errNoPrimary
+			c.lostConn()
+			return
+		}
 		nc, br, _, err := dial(c.cfg, c.tls, c.proto, c.cfg.Username, c.cfg.Password)
 		if err != nil {
 			c.mu.Unlock()
 			cl.Err = err
+			c.lostConn()
 			return
 		}
 		c.nc, c.br = nc, br
@@ -245,6 +255,9 @@ func (c *muxConn) failLocked(nc net.Conn, err error) {
 	if c.nc != nc {
 		return
 	}
+	if err != errSwitched {
+		c.lostConn()
+	}
 	nc.Close()
 	c.nc, c.br = nil, nil
 	c.wbuf = c.wbuf[:0]
@@ -255,6 +268,12 @@ func (c *muxConn) failLocked(nc net.Conn, err error) {
 	}
 	clear(c.queue)
 	c.queue, c.head = c.queue[:0], 0
+}
+
+func (c *muxConn) lostConn() {
+	if c.lost != nil {
+		c.lost()
+	}
 }
 
 func (m *Mux) close() {

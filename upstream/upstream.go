@@ -46,6 +46,9 @@ type Upstream struct {
 	// cluster carries the shared path in upstream.mode cluster; nil
 	// otherwise.
 	cluster *Cluster
+	// sentinel follows the primary in upstream.mode sentinel; nil
+	// otherwise.
+	sentinel *sentinel
 
 	mu      sync.Mutex
 	version string // redis_version, asked once
@@ -63,8 +66,12 @@ func New(cfg config.Upstream) (*Upstream, error) {
 		// The shared multiplexer and go-redis reach the first seed: for
 		// what the proxy asks any node (INFO, the version).
 		cfg.Addr = cfg.Addrs[0]
+	case config.ModeSentinel:
+		if len(cfg.Addrs) == 0 || cfg.MasterName == "" {
+			return nil, errors.New("upstream.mode sentinel needs upstream.addrs and upstream.master_name")
+		}
 	default:
-		return nil, errors.New("upstream.mode " + cfg.Mode + " is not built yet")
+		return nil, errors.New("upstream.mode " + cfg.Mode + " is unknown")
 	}
 	tc, err := clientTLS(cfg)
 	if err != nil {
@@ -72,6 +79,10 @@ func New(cfg config.Upstream) (*Upstream, error) {
 	}
 	u := &Upstream{cfg: cfg, tls: tc, timeout: time.Duration(cfg.Timeout)}
 	u.cache = &Cache{u: u}
+	if cfg.Mode == config.ModeSentinel {
+		u.sentinel = newSentinel(u, cfg)
+		cfg.Addr = u.sentinel.primary() // "" until a sentinel answers
+	}
 	muxConns := cfg.MuxConns
 	if muxConns == 0 {
 		// One per thread running Go code: with gomaxprocs 1 the single
@@ -81,9 +92,34 @@ func New(cfg config.Upstream) (*Upstream, error) {
 	for i, proto := range []int{2, 3} {
 		u.mux[i] = newMux(cfg, proto, muxConns, tc)
 		u.free[i] = make(chan *Conn, cfg.PoolSize)
+		if u.sentinel != nil {
+			for _, c := range u.mux[i].conns {
+				c.lost = u.sentinel.lost
+			}
+		}
 	}
 	if cfg.Mode == config.ModeCluster {
 		u.cluster = newCluster(u, cfg, muxConns)
+	}
+	if u.sentinel != nil {
+		u.redis = redis.NewFailoverClient(&redis.FailoverOptions{
+			MasterName:            cfg.MasterName,
+			SentinelAddrs:         cfg.Addrs,
+			Username:              cfg.Username,
+			Password:              cfg.Password,
+			DB:                    cfg.DB,
+			Protocol:              2,
+			DisableIdentity:       true,
+			MaxRetries:            -1,
+			PoolSize:              cfg.PoolSize,
+			DialTimeout:           time.Duration(cfg.DialTimeout),
+			ReadTimeout:           time.Duration(cfg.Timeout),
+			WriteTimeout:          time.Duration(cfg.Timeout),
+			ContextTimeoutEnabled: true,
+			TLSConfig:             tc,
+		})
+		go u.sentinel.run()
+		return u, nil
 	}
 	u.redis = redis.NewClient(&redis.Options{
 		Addr:                  cfg.Addr,
@@ -118,6 +154,15 @@ func (u *Upstream) Shared(proto int) *Mux { return u.mux[index(proto)] }
 // the other modes (whose shared path is Shared).
 func (u *Upstream) Cluster() *Cluster { return u.cluster }
 
+// SentinelSwitches is how many times Sentinel named a new primary since
+// start (upstream.mode sentinel; 0 in the other modes).
+func (u *Upstream) SentinelSwitches() int64 {
+	if u.sentinel == nil {
+		return 0
+	}
+	return u.sentinel.switches()
+}
+
 // Redis returns the go-redis client (RESP2) of the route layer.
 func (u *Upstream) Redis() *redis.Client { return u.redis }
 
@@ -144,15 +189,59 @@ func (u *Upstream) Take(proto int) (*Conn, error) {
 			continue
 		default:
 		}
-		nc, br, id, err := dial(u.cfg, u.tls, proto, u.cfg.Username, u.cfg.Password)
+		cfg := u.cfg
+		if u.sentinel != nil {
+			if cfg.Addr = u.sentinel.primary(); cfg.Addr == "" {
+				u.sentinel.lost()
+				return nil, errNoPrimary
+			}
+		}
+		nc, br, id, err := dial(cfg, u.tls, proto, u.cfg.Username, u.cfg.Password)
 		if err != nil {
+			if u.sentinel != nil {
+				u.sentinel.lost()
+			}
 			return nil, err
 		}
 		u.open.Add(1)
 		c := &Conn{nc: nc, br: br, proto: proto, u: u}
 		c.id.Store(id)
+		if u.sentinel != nil && !u.sentinel.track(c, cfg.Addr) {
+			c.Close() // the primary changed while dialling
+			return nil, errSwitched
+		}
 		return c, nil
 	}
+}
+
+// TakeSlot is Take for a session whose commands are about slot (AnySlot:
+// none yet): in upstream.mode cluster the connection is to that slot's
+// primary; in the other modes it is Take.
+func (u *Upstream) TakeSlot(proto, slot int) (*Conn, error) {
+	if u.cluster == nil {
+		return u.Take(proto)
+	}
+	addr, err := u.cluster.NodeAddr(slot)
+	if err != nil {
+		return nil, err
+	}
+	return u.TakeAt(proto, addr)
+}
+
+// TakeAt is a new pinned connection to the cluster node at addr
+// (upstream.mode cluster). Such connections are closed, not reused, when
+// the session is done with them.
+func (u *Upstream) TakeAt(proto int, addr string) (*Conn, error) {
+	cfg := u.cfg
+	cfg.Addr = addr
+	nc, br, id, err := dial(cfg, u.tls, proto, u.cfg.Username, u.cfg.Password)
+	if err != nil {
+		return nil, err
+	}
+	u.open.Add(1)
+	c := &Conn{nc: nc, br: br, proto: proto, u: u, addr: addr}
+	c.id.Store(id)
+	return c, nil
 }
 
 // Put ends a session's use of c: in the background, c is reset (RESET,
@@ -162,6 +251,10 @@ func (u *Upstream) Take(proto int) (*Conn, error) {
 // connection (HELLO with AUTH, SELECT), and kept for the next session;
 // a connection that does not answer exactly so is closed instead.
 func (u *Upstream) Put(c *Conn) {
+	if c.addr != "" {
+		c.Close() // a cluster node's: not for any session
+		return
+	}
 	go func() {
 		if c.br.Buffered() > 0 {
 			c.Close() // replies nobody read: the stream cannot be trusted
@@ -245,6 +338,9 @@ func (u *Upstream) Close() {
 	}
 	if u.cluster != nil {
 		u.cluster.close()
+	}
+	if u.sentinel != nil {
+		u.sentinel.close()
 	}
 	u.redis.Close()
 }
