@@ -17,6 +17,7 @@ import (
 
 	"github.com/respite/respite/internal/config"
 	"github.com/respite/respite/internal/testenv"
+	"github.com/respite/respite/router"
 )
 
 // The cluster the cluster tests share: started by the first that needs
@@ -588,4 +589,51 @@ func TestClusterPubSub(t *testing.T) {
 	if got := sub.read(); got != "*3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$1\r\nx\r\n" {
 		t.Fatalf("message: %q", got)
 	}
+}
+
+// The transactions issue's reference cases (txCases) on a cluster: every
+// key gets the hash tag {tx}, so each case's keys share a slot as a
+// cluster client's must; the replies through the proxy equal a standalone
+// Redis' byte for byte.
+func TestClusterTransactionCases(t *testing.T) {
+	cl := testCluster(t)
+	proxy := startClusterProxy(t, cl)
+	for _, tc := range txCases {
+		t.Run(tc.name, func(t *testing.T) {
+			steps := make([]string, len(tc.steps))
+			for i, step := range tc.steps {
+				steps[i] = tagKeys(step)
+			}
+			dialRaw(t, redisAddr).do("FLUSHALL")
+			direct := runScript(t, redisAddr, steps)
+			dialRaw(t, proxy).do("FLUSHALL")
+			proxied := runScript(t, proxy, steps)
+			for i, step := range steps {
+				if direct[i] != proxied[i] {
+					t.Errorf("step %q: Redis replied %q, proxy on a cluster %q", step, direct[i], proxied[i])
+				}
+			}
+		})
+	}
+}
+
+// tagKeys puts {tx} before every key of a txCases step.
+func tagKeys(step string) string {
+	who, rest, _ := strings.Cut(step, ": ")
+	cmdText, want, hasWant := strings.Cut(rest, " => ")
+	args := strings.Fields(cmdText)
+	raw := make([][]byte, len(args))
+	for i, a := range args {
+		raw[i] = []byte(a)
+	}
+	var cmd router.Command
+	router.Classify(&cmd, raw, nil)
+	for _, k := range cmd.Keys {
+		args[k] = "{tx}" + args[k]
+	}
+	out := who + ": " + strings.Join(args, " ")
+	if hasWant {
+		out += " => " + want
+	}
+	return out
 }
