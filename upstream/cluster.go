@@ -59,6 +59,7 @@ const maxTryAgain = 50
 type node struct {
 	addr string
 	mux  [2]*Mux
+	seq  int // creation order: the order in which Batch.send waits
 }
 
 // topology is one slot map: owner[s] is 1 + the index in nodes of the
@@ -80,7 +81,7 @@ func (c *Cluster) nodeAt(addr string) *node {
 	if n == nil {
 		cfg := c.cfg
 		cfg.Addr = addr
-		n = &node{addr: addr}
+		n = &node{addr: addr, seq: len(c.nodes)}
 		for i, proto := range []int{2, 3} {
 			n.mux[i] = newMux(cfg, proto, c.muxConns, c.u.tls)
 		}
@@ -280,6 +281,10 @@ type Batch struct {
 	calls []*Call
 	idx   [][]int // per group: the commands in it
 	gnode []*node // per group: its node
+	conns []*muxConn
+	// scratch of group
+	gnodes []*node
+	groups []int
 }
 
 type batchCmd struct {
@@ -410,8 +415,8 @@ func (b *Batch) group() []int {
 	for i := range b.idx {
 		b.idx[i] = b.idx[i][:0]
 	}
-	var nodes []*node
-	var groups []int
+	nodes, groups := b.gnodes[:0], b.groups[:0]
+	defer func() { b.gnodes, b.groups = nodes[:0], groups }()
 	for i := range b.cmds {
 		cmd := &b.cmds[i]
 		if cmd.done {
@@ -447,15 +452,35 @@ func (b *Batch) group() []int {
 
 var askingCmd = [][]byte{[]byte("ASKING")}
 
-// send runs the groups' calls, each on its node, at the same time, and
-// hands each command its reply.
+// send runs the groups' calls, each on its node: all are written first,
+// then each is waited for in the nodes' creation order (see Mux.begin),
+// and each command is handed its reply.
 func (b *Batch) send(groups []int, pi int, pick uint32) {
-	run := func(g int) {
+	for i := 1; i < len(groups); i++ { // insertion sort: a few groups
+		for j := i; j > 0 && b.gnode[groups[j]].seq < b.gnode[groups[j-1]].seq; j-- {
+			groups[j], groups[j-1] = groups[j-1], groups[j]
+		}
+	}
+	if cap(b.conns) < len(groups) {
+		b.conns = make([]*muxConn, len(groups))
+	}
+	conns := b.conns[:len(groups)]
+	for i, g := range groups {
+		c, wait := b.gnode[g].mux[pi].begin(b.calls[g], pick)
+		if !wait {
+			c = nil
+		}
+		conns[i] = c
+	}
+	for i, g := range groups {
+		if conns[i] != nil {
+			conns[i].finish(b.calls[g])
+			conns[i] = nil
+		}
 		cl := b.calls[g]
-		b.gnode[g].mux[pi].Do(cl, pick)
 		r := 0
-		for _, i := range b.idx[g] {
-			cmd := &b.cmds[i]
+		for _, j := range b.idx[g] {
+			cmd := &b.cmds[j]
 			if cmd.ask {
 				r++ // ASKING's +OK
 			}
@@ -470,20 +495,6 @@ func (b *Batch) send(groups []int, pi int, pick uint32) {
 			r++
 		}
 	}
-	if len(groups) == 1 {
-		run(groups[0])
-		return
-	}
-	var wg sync.WaitGroup
-	for _, g := range groups[1:] {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			run(g)
-		}()
-	}
-	run(groups[0])
-	wg.Wait()
 }
 
 // close closes every node's connections.

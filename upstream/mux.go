@@ -103,6 +103,17 @@ func (m *Mux) Do(cl *Call, key uint32) {
 	m.conns[key%uint32(len(m.conns))].do(cl)
 }
 
+// begin and finish are Do in two halves, for a caller with calls on
+// several multiplexers (Cluster.Do): every call is written first, then
+// each is waited for. Callers must finish their calls in one global order
+// of connections (node.seq), so that a call handed the reading turn is
+// never one whose caller waits for another connection's turn held by a
+// caller waiting for this one.
+func (m *Mux) begin(cl *Call, key uint32) (*muxConn, bool) {
+	c := m.conns[key%uint32(len(m.conns))]
+	return c, c.begin(cl)
+}
+
 // Conns is the number of multiplexed connections.
 func (m *Mux) Conns() int { return len(m.conns) }
 
@@ -128,9 +139,18 @@ type muxConn struct {
 }
 
 func (c *muxConn) do(cl *Call) {
+	if c.begin(cl) {
+		c.finish(cl)
+	}
+}
+
+// begin queues cl and writes its commands (with whatever other calls
+// added meanwhile); false when cl is finished already (nothing to send,
+// or the connection could not be had).
+func (c *muxConn) begin(cl *Call) bool {
 	cl.Got, cl.Out, cl.Ends, cl.Err, cl.finished = 0, cl.Out[:0], cl.Ends[:0], nil, false
 	if cl.Want == 0 {
-		return
+		return false
 	}
 	c.mu.Lock()
 	if c.nc == nil {
@@ -138,14 +158,14 @@ func (c *muxConn) do(cl *Call) {
 			c.mu.Unlock()
 			cl.Err = errNoPrimary
 			c.lostConn()
-			return
+			return false
 		}
 		nc, br, _, err := dial(c.cfg, c.tls, c.proto, c.cfg.Username, c.cfg.Password)
 		if err != nil {
 			c.mu.Unlock()
 			cl.Err = err
 			c.lostConn()
-			return
+			return false
 		}
 		c.nc, c.br = nc, br
 	}
@@ -175,6 +195,14 @@ func (c *muxConn) do(cl *Call) {
 		}
 		c.writing = false
 	}
+	c.mu.Unlock()
+	return true
+}
+
+// finish waits until cl has its replies, reading them (and other calls')
+// when it is cl's turn.
+func (c *muxConn) finish(cl *Call) {
+	c.mu.Lock()
 	for !cl.finished {
 		if !c.reading && c.nc != nil {
 			c.reading = true
