@@ -139,15 +139,29 @@ type muxConn struct {
 }
 
 func (c *muxConn) do(cl *Call) {
-	if c.begin(cl) {
-		c.finish(cl)
+	if c.beginLocked(cl) {
+		c.finishLocked(cl)
 	}
 }
 
 // begin queues cl and writes its commands (with whatever other calls
 // added meanwhile); false when cl is finished already (nothing to send,
-// or the connection could not be had).
+// or the connection could not be had). finish waits for its replies.
 func (c *muxConn) begin(cl *Call) bool {
+	if !c.beginLocked(cl) {
+		return false
+	}
+	c.mu.Unlock()
+	return true
+}
+
+func (c *muxConn) finish(cl *Call) {
+	c.mu.Lock()
+	c.finishLocked(cl)
+}
+
+// beginLocked is begin, returning with c.mu held when it returns true.
+func (c *muxConn) beginLocked(cl *Call) bool {
 	cl.Got, cl.Out, cl.Ends, cl.Err, cl.finished = 0, cl.Out[:0], cl.Ends[:0], nil, false
 	if cl.Want == 0 {
 		return false
@@ -195,14 +209,12 @@ func (c *muxConn) begin(cl *Call) bool {
 		}
 		c.writing = false
 	}
-	c.mu.Unlock()
 	return true
 }
 
-// finish waits until cl has its replies, reading them (and other calls')
-// when it is cl's turn.
-func (c *muxConn) finish(cl *Call) {
-	c.mu.Lock()
+// finishLocked waits, c.mu held, until cl has its replies, reading them
+// (and other calls') when it is cl's turn; it returns with c.mu released.
+func (c *muxConn) finishLocked(cl *Call) {
 	for !cl.finished {
 		if !c.reading && c.nc != nil {
 			c.reading = true
