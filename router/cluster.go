@@ -87,3 +87,15 @@ func (c *Command) BlockTimeout() (pos int, millis, ok bool) {
 	}
 	return 0, false, false
 }
+
+// IsClusterAnswer reports whether the proxy answers id itself with
+// cluster_answers on: the cluster's description and the commands a
+// cluster client sends that only matter to a real node.
+func IsClusterAnswer(id ID) bool {
+	switch id {
+	case CmdClusterSlots, CmdClusterShards, CmdClusterNodes, CmdClusterInfo, CmdClusterMyid, CmdClusterKeyslot,
+		CmdAsking, CmdReadonly, CmdReadwrite:
+		return true
+	}
+	return false
+}

@@ -75,3 +75,23 @@ func b2i(b bool) int {
 	}
 	return 0
 }
+
+// cluster_answers: the cluster description and ASKING/READONLY are the
+// proxy's to answer, outside MULTI; without the setting Redis answers.
+func TestDispatchClusterAnswers(t *testing.T) {
+	for _, line := range []string{"CLUSTER SLOTS", "CLUSTER SHARDS", "CLUSTER NODES", "CLUSTER INFO", "CLUSTER MYID", "CLUSTER KEYSLOT k", "ASKING", "READONLY", "READWRITE"} {
+		cmd := classify(line)
+		if d := Dispatch(State{Proto: 2, ClusterAnswers: true}, cmd); d.Path != PathLocal {
+			t.Errorf("%s with cluster_answers: %v", line, d.Path)
+		}
+		if d := Dispatch(State{Proto: 2}, cmd); d.Path != PathShared {
+			t.Errorf("%s without: %v", line, d.Path)
+		}
+		if d := Dispatch(State{Proto: 2, ClusterAnswers: true, Pinned: true, Multi: true}, cmd); d.Path != PathPinned {
+			t.Errorf("%s in MULTI: %v", line, d.Path)
+		}
+	}
+	if d := Dispatch(State{Proto: 2, ClusterAnswers: true}, classify("CLUSTER COUNTKEYSINSLOT 1")); d.Path != PathShared {
+		t.Errorf("CLUSTER COUNTKEYSINSLOT: %v", d.Path)
+	}
+}

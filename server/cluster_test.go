@@ -637,3 +637,109 @@ func tagKeys(step string) string {
 	}
 	return out
 }
+
+// cluster_answers: a go-redis ClusterClient pointed at the proxy sees a
+// one-node cluster and sends it everything; keys still land on the real
+// cluster's primaries and no redirect reaches the client.
+func TestClusterAnswers(t *testing.T) {
+	cl := testCluster(t)
+	for _, a := range cl.Addrs() {
+		dialRaw(t, a).do("FLUSHALL")
+	}
+	addr := startProxy(t, func(cfg *config.Config) {
+		cfg.Upstream.Mode = config.ModeCluster
+		cfg.Upstream.Addrs = cl.Addrs()
+		cfg.ClusterAnswers.Enabled = true
+	})
+	raw := dialRaw(t, addr)
+	host, port, _ := strings.Cut(addr, ":")
+	slots := raw.do("CLUSTER", "SLOTS")
+	if !strings.HasPrefix(slots, fmt.Sprintf("*1\r\n*3\r\n:0\r\n:16383\r\n*4\r\n$%d\r\n%s\r\n:%s\r\n$40\r\n", len(host), host, port)) {
+		t.Fatalf("CLUSTER SLOTS: %q", slots)
+	}
+	for _, c := range []string{"ASKING", "READONLY", "READWRITE"} {
+		if got := raw.do(c); got != "+OK\r\n" {
+			t.Fatalf("%s: %q", c, got)
+		}
+	}
+	if got := raw.do("CLUSTER", "KEYSLOT", "foo"); got != ":12182\r\n" {
+		t.Fatalf("CLUSTER KEYSLOT: %q", got)
+	}
+	for _, proto := range []int{2, 3} {
+		cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{addr}, Protocol: proto, DisableIdentity: true})
+		ctx := context.Background()
+		for i := range 300 {
+			k := "ca:" + strconv.Itoa(i)
+			if err := cc.Set(ctx, k, i, 0).Err(); err != nil {
+				t.Fatalf("RESP%d SET %s: %v", proto, k, err)
+			}
+		}
+		vals, err := cc.MGet(ctx, "ca:1", "ca:2", "ca:299", "ca:missing").Result()
+		if err != nil || len(vals) != 4 || vals[0] != "1" || vals[2] != "299" || vals[3] != nil {
+			t.Fatalf("RESP%d MGET across slots: %v %v", proto, vals, err)
+		}
+		if n, err := cc.DBSize(ctx).Result(); err != nil || n != 300 {
+			t.Fatalf("RESP%d DBSIZE: %d %v", proto, n, err)
+		}
+		cc.Close()
+	}
+	// Every key is on the primary of its slot.
+	for i := range 300 {
+		k := "ca:" + strconv.Itoa(i)
+		if got := dialRaw(t, ownerOf(t, cl, testenv.KeySlot(k))).do("GET", k); got != fmt.Sprintf("$%d\r\n%d\r\n", len(strconv.Itoa(i)), i) {
+			t.Fatalf("%s on its primary: %q", k, got)
+		}
+	}
+}
+
+// A primary dies and its replica takes over (cluster-node-timeout 3 s):
+// the proxy reads the slot map again and writes to its slots succeed
+// again soon after the failover, without a restart.
+func TestClusterPrimaryFailover(t *testing.T) {
+	cl, err := testenv.StartCluster(testenv.ClusterReplicas(1), testenv.ClusterNodeTimeout(3*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Stop()
+	addr := startProxy(t, func(cfg *config.Config) {
+		cfg.Upstream.Mode = config.ModeCluster
+		cfg.Upstream.Addrs = cl.Addrs()
+		cfg.Upstream.Timeout = config.Duration(2 * time.Second)
+	})
+	c := dialRaw(t, addr)
+	victim := cl.Addrs()[0]
+	var key string
+	for i := 0; key == ""; i++ {
+		if k := "fo:" + strconv.Itoa(i); ownerOf(t, cl, testenv.KeySlot(k)) == victim {
+			key = k
+		}
+	}
+	if got := c.do("SET", key, "before"); got != "+OK\r\n" {
+		t.Fatal(got)
+	}
+	time.Sleep(500 * time.Millisecond) // replicated
+	nodes, err := cl.Nodes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl.Kill(nodes[0].Index)
+	killed := time.Now()
+	var resumed time.Duration
+	for time.Since(killed) < 40*time.Second {
+		if got := c.do("SET", key, "after"); got == "+OK\r\n" {
+			resumed = time.Since(killed)
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if resumed == 0 {
+		t.Fatalf("writes to the dead primary's slots did not resume within 40s")
+	}
+	t.Logf("writes resumed %v after the primary was killed (node timeout 3s); %d slot maps read", resumed.Round(time.Millisecond), lastServer.up.Cluster().Stats().Refreshes)
+	if got := c.do("GET", key); got != "$5\r\nafter\r\n" {
+		t.Fatalf("GET after the failover: %q", got)
+	}
+	if resumed > 20*time.Second {
+		t.Fatalf("writes resumed only after %v", resumed)
+	}
+}

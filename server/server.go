@@ -45,6 +45,9 @@ type Server struct {
 
 	cfg       config.Config
 	defaultDB string // cfg.Upstream.DB as SELECT spells it
+	// listenAddr is the address Serve listens on (cluster_answers'
+	// default advertise address).
+	listenAddr atomic.Pointer[string]
 	// adminAllowed are the admin commands every client may run (config
 	// admin_commands), when the proxy holds upstream credentials.
 	adminAllowed []router.ID
@@ -133,6 +136,8 @@ func (s *Server) Serve(l net.Listener) error {
 	if s.cfg.Upstream.Multiplexer == "go-redis" {
 		s.log.Warn("upstream.multiplexer: go-redis was removed; the builtin multiplexer carries the shared path (remove the setting)")
 	}
+	addr := l.Addr().String()
+	s.listenAddr.Store(&addr)
 	if s.tls != nil {
 		l = tls.NewListener(l, s.tls)
 	}

@@ -182,8 +182,9 @@ func (c *session) state() router.State {
 		ReplyOff:  c.reply != replyOn,
 		// A client never uses credentials the proxy holds for more than
 		// data: administration needs rights of its own.
-		AdminDenied:  c.s.up.HasCredentials() && !c.admin.ok && !c.client.upstreamAuthed,
-		AdminAllowed: c.s.adminAllowed,
+		AdminDenied:    c.s.up.HasCredentials() && !c.admin.ok && !c.client.upstreamAuthed,
+		AdminAllowed:   c.s.adminAllowed,
+		ClusterAnswers: c.s.cfg.ClusterAnswers.Enabled,
 	}
 	if p := c.pin; p != nil {
 		st.Pinned, st.Multi, st.Watching = true, p.multi, p.watch

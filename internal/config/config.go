@@ -66,10 +66,25 @@ type Config struct {
 	// two or so cores with Redis or its clients (docs/BENCHMARKS.md). At
 	// most MaxGOMAXPROCS.
 	GOMAXPROCS int `yaml:"gomaxprocs"`
+	// ClusterAnswers makes the proxy answer as a one-node Redis Cluster,
+	// for clients that insist on cluster mode; off by default.
+	ClusterAnswers ClusterAnswers `yaml:"cluster_answers"`
 	// Routes put key prefixes under a caching policy backed by PostgreSQL.
 	// A key belongs to the route with the longest matching prefix; keys
 	// with no route pass through to the upstream unchanged.
 	Routes []Route `yaml:"routes"`
+}
+
+// ClusterAnswers: CLUSTER SLOTS, SHARDS, NODES, INFO, MYID and KEYSLOT
+// answered by the proxy as one node serving every slot at Advertise, and
+// ASKING, READONLY and READWRITE answered +OK, so that cluster-aware
+// clients (go-redis ClusterClient, redis-cli -c) can point at the proxy
+// and send everything to it; they never see a redirect.
+type ClusterAnswers struct {
+	Enabled bool `yaml:"enabled"`
+	// Advertise is the host:port clients are told to connect to (default:
+	// listen).
+	Advertise string `yaml:"advertise"`
 }
 
 // Transactions configures WATCH/MULTI/EXEC tracking.
@@ -464,6 +479,11 @@ func (c *Config) validate() *fieldError {
 	}
 	if e := c.validateMode(); e != nil {
 		return e
+	}
+	if a := c.ClusterAnswers.Advertise; a != "" {
+		if _, port, ok := strings.Cut(a, ":"); !ok || port == "" || strings.HasPrefix(a, ":") {
+			return bad("cluster_answers.advertise", "%q is not host:port (the address clients are told to connect to)", a)
+		}
 	}
 	if c.Upstream.DB < 0 {
 		return bad("upstream.db", "%d is negative (0 or more)", c.Upstream.DB)
