@@ -18,15 +18,19 @@ const (
 	SpreadConcat
 	// SpreadScan: SCAN: one primary at a time, the cursor names which.
 	SpreadScan
+	// SpreadRandom: RANDOMKEY: every primary; a key from the first that
+	// has one, starting at a random primary.
+	SpreadRandom
 )
 
 var spreads = map[ID]Spread{
 	CmdFlushall: SpreadAll, CmdFlushdb: SpreadAll,
 	CmdScriptLoad: SpreadAll, CmdScriptFlush: SpreadAll,
 	CmdFunctionLoad: SpreadAll, CmdFunctionDelete: SpreadAll, CmdFunctionFlush: SpreadAll, CmdFunctionRestore: SpreadAll,
-	CmdDbsize: SpreadSum,
-	CmdKeys:   SpreadConcat,
-	CmdScan:   SpreadScan,
+	CmdDbsize:    SpreadSum,
+	CmdKeys:      SpreadConcat,
+	CmdScan:      SpreadScan,
+	CmdRandomkey: SpreadRandom,
 }
 
 // ClusterSpread is how cmd is carried on a cluster.

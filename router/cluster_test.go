@@ -23,7 +23,7 @@ func TestClusterSpread(t *testing.T) {
 		"FUNCTION LOAD x": SpreadAll, "FUNCTION FLUSH": SpreadAll, "DBSIZE": SpreadSum,
 		"KEYS *": SpreadConcat, "SCAN 0": SpreadScan, "GET k": SpreadOne, "PING": SpreadOne,
 		"SCAN":            SpreadOne, // wrong arity: any node refuses it
-		"SCRIPT EXISTS a": SpreadOne,
+		"SCRIPT EXISTS a": SpreadOne, "RANDOMKEY": SpreadRandom,
 	} {
 		if got := classify(line).ClusterSpread(); got != want {
 			t.Errorf("%s: spread %d, want %d", line, got, want)

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"math/rand/v2"
 	"strconv"
 	"time"
 
@@ -31,6 +32,7 @@ const (
 	mergeConcat              // arrays concatenated (KEYS)
 	mergeFirst               // every primary: the first error, else the first reply
 	mergeScan                // SCAN of one primary: the cursor re-encoded
+	mergeAny                 // RANDOMKEY: the first part that is not null, from part start
 )
 
 // clusterPlan is one client command in a batch: its parts (batch entries
@@ -44,7 +46,7 @@ type clusterPlan struct {
 	// client's order (part<<32 | element).
 	order []uint64
 	// shard and shards: for mergeScan, the primary scanned and how many
-	// there are.
+	// there are; for mergeAny, the part to start from.
 	shard, shards int
 }
 
@@ -99,6 +101,16 @@ func (c *session) planCluster(cl *upstream.Cluster, cr *clusterRun, cmd *router.
 		return p
 	case router.SpreadScan:
 		return c.planScan(cl, cr, cmd)
+	case router.SpreadRandom:
+		addrs, err := cl.Primaries()
+		if err != nil {
+			return clusterPlan{merge: mergeLocal, local: upstreamError(err)}
+		}
+		for _, a := range addrs {
+			b.AddTo(cmd.Args, a, cl)
+		}
+		p.n, p.merge, p.shard = len(addrs), mergeAny, rand.IntN(len(addrs))
+		return p
 	}
 	cr.slots = cmd.SlotArgs(cr.slots[:0])
 	if len(cr.slots) == 0 {
@@ -206,6 +218,15 @@ func (c *session) sendClusterReply(cr *clusterRun, p *clusterPlan, cmd *router.C
 	switch p.merge {
 	case mergeOne, mergeOK, mergeFirst:
 		c.send(c.hideReserved(cmd, reply))
+	case mergeAny:
+		for j := range p.n {
+			r, _ := b.Reply(p.first + (p.shard+j)%p.n)
+			if !resp.IsNull(r) {
+				c.send(c.hideReserved(cmd, r))
+				return
+			}
+		}
+		c.send(reply) // every primary is empty: its null
 	case mergeSum:
 		var sum int64
 		for i := p.first; i < p.first+p.n; i++ {

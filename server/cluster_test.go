@@ -743,3 +743,40 @@ func TestClusterPrimaryFailover(t *testing.T) {
 		t.Fatalf("writes resumed only after %v", resumed)
 	}
 }
+
+// RANDOMKEY finds a key whichever primary holds it; a transaction left
+// open past transactions.idle_timeout is ended on its own node.
+func TestClusterRandomKeyAndIdleTimeout(t *testing.T) {
+	cl := testCluster(t)
+	for _, a := range cl.Addrs() {
+		dialRaw(t, a).do("FLUSHALL")
+	}
+	addr := startProxy(t, func(cfg *config.Config) {
+		cfg.Upstream.Mode = config.ModeCluster
+		cfg.Upstream.Addrs = cl.Addrs()
+		cfg.Transactions.IdleTimeout = config.Duration(300 * time.Millisecond)
+	})
+	c := dialRaw(t, addr)
+	if got := c.do("RANDOMKEY"); got != "$-1\r\n" {
+		t.Fatalf("RANDOMKEY of an empty cluster: %q", got)
+	}
+	k := keysOnPrimaries(t, cl, "rk:")[2]
+	c.do("SET", k, "1")
+	for range 10 {
+		if got := c.do("RANDOMKEY"); got != fmt.Sprintf("$%d\r\n%s\r\n", len(k), k) {
+			t.Fatalf("RANDOMKEY with one key on one primary: %q", got)
+		}
+	}
+	c.do("WATCH", k)
+	c.do("MULTI")
+	if got := c.do("SET", k, "2"); got != "+QUEUED\r\n" {
+		t.Fatal(got)
+	}
+	time.Sleep(700 * time.Millisecond)
+	if got := c.do("EXEC"); !strings.HasPrefix(got, "-ERR transaction ended by the proxy") {
+		t.Fatalf("EXEC after idle timeout: %q", got)
+	}
+	if got := c.do("GET", k); got != "$1\r\n1\r\n" {
+		t.Fatalf("the transaction ran: %q", got)
+	}
+}

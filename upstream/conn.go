@@ -155,7 +155,12 @@ func (c *Conn) ID() int64 {
 	if id := c.id.Load(); id != 0 {
 		return id
 	}
-	id := c.u.lookupID(c.nc.LocalAddr().String())
+	var id int64
+	if c.addr != "" {
+		id = c.u.lookupIDAt(c.addr, c.nc.LocalAddr().String()) // ids are per cluster node
+	} else {
+		id = c.u.lookupID(c.nc.LocalAddr().String())
+	}
 	c.id.CompareAndSwap(0, id)
 	return c.id.Load()
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/respite/respite/internal/config"
+	"github.com/respite/respite/resp"
 )
 
 // Upstream is the upstream Redis as the rest of Respite sees it.
@@ -285,6 +286,38 @@ func (u *Upstream) lookupID(addr string) int64 {
 		return 0
 	}
 	for _, line := range strings.Split(list, "\n") {
+		var id int64
+		for _, f := range strings.Fields(line) {
+			if v, ok := strings.CutPrefix(f, "id="); ok {
+				id, _ = strconv.ParseInt(v, 10, 64)
+			}
+			if f == "addr="+addr {
+				return id
+			}
+		}
+	}
+	return 0
+}
+
+// lookupIDAt is lookupID on the cluster node at node, asked on a
+// connection of its own.
+func (u *Upstream) lookupIDAt(node, addr string) int64 {
+	cfg := u.cfg
+	cfg.Addr, cfg.DB = node, 0
+	nc, br, _, err := dial(cfg, u.tls, 2, u.cfg.Username, u.cfg.Password)
+	if err != nil {
+		return 0
+	}
+	defer nc.Close()
+	nc.SetDeadline(time.Now().Add(u.timeout))
+	if _, err := nc.Write(resp.AppendCommand(nil, strArgs("CLIENT", "LIST"))); err != nil {
+		return 0
+	}
+	reply, err := resp.AppendReply(nil, br)
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(scalar(reply), "\n") {
 		var id int64
 		for _, f := range strings.Fields(line) {
 			if v, ok := strings.CutPrefix(f, "id="); ok {
