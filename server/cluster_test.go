@@ -507,6 +507,14 @@ func TestClusterTransactions(t *testing.T) {
 	expect(c, "+QUEUED\r\n", "SET", k[0], "retried")
 	expect(c, "*1\r\n+OK\r\n", "EXEC")
 	expect(other, "$7\r\nretried\r\n", "GET", k[0])
+	// The sessions' node connections were reset and kept for reuse.
+	deadline := time.Now().Add(5 * time.Second)
+	for _, idle := lastServer.up.Pinned(); idle == 0; _, idle = lastServer.up.Pinned() {
+		if time.Now().After(deadline) {
+			t.Fatal("no pinned node connection was kept for reuse")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // BLPOP on a cluster: pinned to the key's primary and woken by an LPUSH

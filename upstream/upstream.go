@@ -53,6 +53,9 @@ type Upstream struct {
 
 	mu      sync.Mutex
 	version string // redis_version, asked once
+	// nodeLists are the free lists of pinned connections per cluster node
+	// (upstream.mode cluster), guarded by mu.
+	nodeLists map[string]*[2]chan *Conn
 }
 
 // New builds the upstream clients for cfg. Nothing is dialled yet: a Redis
@@ -229,10 +232,23 @@ func (u *Upstream) TakeSlot(proto, slot int) (*Conn, error) {
 	return u.TakeAt(proto, addr)
 }
 
-// TakeAt is a new pinned connection to the cluster node at addr
-// (upstream.mode cluster). Such connections are closed, not reused, when
-// the session is done with them.
+// TakeAt is a pinned connection to the cluster node at addr
+// (upstream.mode cluster): a reset one of that node's free list, or a new
+// one.
 func (u *Upstream) TakeAt(proto int, addr string) (*Conn, error) {
+	free := u.nodeFree(addr, proto)
+	for {
+		select {
+		case c := <-free:
+			if alive(c.nc) {
+				return c, nil
+			}
+			c.Close()
+			continue
+		default:
+		}
+		break
+	}
 	cfg := u.cfg
 	cfg.Addr = addr
 	nc, br, id, err := dial(cfg, u.tls, proto, u.cfg.Username, u.cfg.Password)
@@ -252,9 +268,9 @@ func (u *Upstream) TakeAt(proto int, addr string) (*Conn, error) {
 // connection (HELLO with AUTH, SELECT), and kept for the next session;
 // a connection that does not answer exactly so is closed instead.
 func (u *Upstream) Put(c *Conn) {
+	free := u.free[index(c.proto)]
 	if c.addr != "" {
-		c.Close() // a cluster node's: not for any session
-		return
+		free = u.nodeFree(c.addr, c.proto)
 	}
 	go func() {
 		if c.br.Buffered() > 0 {
@@ -269,7 +285,7 @@ func (u *Upstream) Put(c *Conn) {
 		}
 		c.id.Store(id) // RESET keeps the id; HELLO tells it
 		select {
-		case u.free[index(proto)] <- c:
+		case free <- c:
 		default:
 			c.Close()
 		}
@@ -297,6 +313,22 @@ func (u *Upstream) lookupID(addr string) int64 {
 		}
 	}
 	return 0
+}
+
+// nodeFree is the free list of reset pinned connections to the cluster
+// node at addr, speaking proto.
+func (u *Upstream) nodeFree(addr string, proto int) chan *Conn {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.nodeLists == nil {
+		u.nodeLists = map[string]*[2]chan *Conn{}
+	}
+	l := u.nodeLists[addr]
+	if l == nil {
+		l = &[2]chan *Conn{make(chan *Conn, u.cfg.PoolSize), make(chan *Conn, u.cfg.PoolSize)}
+		u.nodeLists[addr] = l
+	}
+	return l[index(proto)]
 }
 
 // lookupIDAt is lookupID on the cluster node at node, asked on a
@@ -332,9 +364,15 @@ func (u *Upstream) lookupIDAt(node, addr string) int64 {
 }
 
 // Pinned reports the pinned connections open and those idle in the free
-// list.
+// lists.
 func (u *Upstream) Pinned() (open, idle int64) {
-	return u.open.Load(), int64(len(u.free[0]) + len(u.free[1]))
+	idle = int64(len(u.free[0]) + len(u.free[1]))
+	u.mu.Lock()
+	for _, l := range u.nodeLists {
+		idle += int64(len(l[0]) + len(l[1]))
+	}
+	u.mu.Unlock()
+	return u.open.Load(), idle
 }
 
 // Version is the upstream's redis_version ("7.0.15"), asked once; "" while
@@ -358,17 +396,26 @@ func (u *Upstream) Version() string {
 
 // Close closes every connection.
 func (u *Upstream) Close() {
-	for i := range u.free {
-		for done := false; !done; {
+	drain := func(free chan *Conn) {
+		for {
 			select {
-			case c := <-u.free[i]:
+			case c := <-free:
 				c.Close()
 			default:
-				done = true
+				return
 			}
 		}
+	}
+	for i := range u.free {
+		drain(u.free[i])
 		u.mux[i].close()
 	}
+	u.mu.Lock()
+	for _, l := range u.nodeLists {
+		drain(l[0])
+		drain(l[1])
+	}
+	u.mu.Unlock()
 	if u.cluster != nil {
 		u.cluster.close()
 	}
