@@ -788,3 +788,84 @@ func TestClusterRandomKeyAndIdleTimeout(t *testing.T) {
 		t.Fatalf("the transaction ran: %q", got)
 	}
 }
+
+// SSUBSCRIBE across a reshard of the channel's slot: the node that loses
+// the slot unsubscribes the proxy's connection; the proxy subscribes again
+// on the new primary, and the client keeps receiving SPUBLISH with no
+// unsubscribe and a short gap.
+func TestClusterShardSubscribeAcrossReshard(t *testing.T) {
+	cl := testCluster(t)
+	addr := startClusterProxy(t, cl)
+	sub, pub := dialRaw(t, addr), dialRaw(t, addr)
+	const ch = "{shardmove}news"
+	slot := testenv.KeySlot(ch)
+	if got := sub.do("SSUBSCRIBE", ch); !strings.HasPrefix(got, "*3\r\n$10\r\nssubscribe\r\n") {
+		t.Fatalf("SSUBSCRIBE: %q", got)
+	}
+	var stop atomic.Bool
+	var mu sync.Mutex
+	var sent []time.Time
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; !stop.Load(); i++ {
+			mu.Lock()
+			sent = append(sent, time.Now())
+			mu.Unlock()
+			pub.do("SPUBLISH", ch, strconv.Itoa(i))
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+	from := ownerOf(t, cl, slot)
+	var to string
+	for _, a := range cl.Addrs() {
+		if a != from {
+			to = a
+			break
+		}
+	}
+	time.Sleep(200 * time.Millisecond)
+	if err := cl.MigrateSlot(slot, from, to); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	stop.Store(true)
+	<-done
+	// Read what arrived: only smessages, in order; the longest gap.
+	var last time.Time
+	var gap time.Duration
+	got := 0
+	sub.c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	for {
+		line, err := readReply(sub.br)
+		if err != nil {
+			break
+		}
+		if !strings.HasPrefix(line, "*3\r\n$8\r\nsmessage\r\n") {
+			t.Fatalf("the subscriber got %q", line)
+		}
+		parts := splitArray(t, line)
+		n, _ := strconv.Atoi(parts[2])
+		mu.Lock()
+		at := sent[n]
+		mu.Unlock()
+		if !last.IsZero() && at.Sub(last) > gap {
+			gap = at.Sub(last)
+		}
+		last = at
+		got++
+	}
+	mu.Lock()
+	total := len(sent)
+	mu.Unlock()
+	t.Logf("%d of %d messages received across the reshard; longest gap between two received (by publish time) %v", got, total, gap.Round(time.Millisecond))
+	if got == 0 || gap > time.Second {
+		t.Fatalf("%d messages, gap %v", got, gap)
+	}
+	if got < total-50 {
+		t.Fatalf("only %d of %d messages", got, total)
+	}
+	if err := cl.MigrateSlot(slot, to, from); err != nil {
+		t.Fatal(err)
+	}
+}
