@@ -245,4 +245,3 @@ func sameJSON(a, b []byte) bool {
 	}
 	return reflect.DeepEqual(va, vb)
 }
-

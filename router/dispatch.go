@@ -35,6 +35,10 @@ type State struct {
 	// that pass for it anyway (the operator's list).
 	AdminDenied  bool
 	AdminAllowed []ID
+	// ClusterAnswers: the proxy answers CLUSTER SLOTS/SHARDS/NODES/INFO/
+	// MYID/KEYSLOT, ASKING, READONLY and READWRITE itself, as a one-node
+	// cluster (config cluster_answers).
+	ClusterAnswers bool
 	// Watching (WATCH armed) and ReplyOff (CLIENT REPLY OFF or SKIP) are
 	// part of a session's state but choose no path: a WATCHing session is
 	// pinned, and replies that are not sent are still produced where they
@@ -126,6 +130,9 @@ func Dispatch(st State, cmd *Command) Decision {
 	}
 	if st.AdminDenied && cmd.Flags&FlagAdmin != 0 && !allowed(st.AdminAllowed, cmd.ID) {
 		return Decision{Path: PathRefused, Err: errNoPermRunPrefix + cmd.Name() + "' command"}
+	}
+	if st.ClusterAnswers && !st.Multi && IsClusterAnswer(cmd.ID) {
+		return Decision{Path: PathLocal}
 	}
 	routed := cmd.Routed > 0 && !st.OtherDB
 	if st.Subscribed && st.Proto == 2 && !allowedSubscribed(cmd) {

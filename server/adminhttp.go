@@ -43,6 +43,10 @@ func (s *Server) Snapshot() admin.Snapshot {
 		ClosedIdle:        s.counts.idleClosed.Load(),
 	}
 	snap.PinnedOther = max(0, s.counts.pinned.Load()-snap.PinnedTransaction-snap.PinnedBlocking)
+	if cl := s.up.Cluster(); cl != nil {
+		st := cl.Stats()
+		snap.TopologyRefreshes, snap.Moved, snap.Asked, snap.TryAgain = st.Refreshes, st.Moved, st.Asked, st.TryAgain
+	}
 	open, idle := s.up.Pinned()
 	sh := s.up.Redis().PoolStats()
 	snap.UpstreamPool = admin.PoolStats{Total: open + int64(sh.TotalConns), Idle: idle + int64(sh.IdleConns)}

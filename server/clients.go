@@ -355,6 +355,11 @@ func (c *session) upstreamArgs(cmd *router.Command) [][]byte {
 // rewriteReply turns an upstream connection's id in a reply back into the
 // proxy's client id (CLIENT GETREDIR, CLIENT TRACKINGINFO).
 func (c *session) rewriteReply(cmd *router.Command, reply []byte) []byte {
+	if len(reply) > 0 && reply[0] == '-' {
+		if cl := c.s.up.Cluster(); cl != nil {
+			return c.pinnedRedirect(cl, reply)
+		}
+	}
 	switch cmd.ID {
 	case router.CmdKeys, router.CmdScan, router.CmdRandomkey:
 		return c.hideReserved(cmd, reply)

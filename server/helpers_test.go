@@ -28,6 +28,7 @@ func TestMain(m *testing.M) {
 	redisAddr = r.Addr
 	code := m.Run()
 	r.Stop()
+	stopTestCluster()
 	os.Exit(code)
 }
 

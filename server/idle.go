@@ -45,12 +45,23 @@ func (c *session) armIdle() {
 	if d <= 0 || p == nil || !(p.multi || p.watch) {
 		return
 	}
-	if p.conn.ID() == 0 {
-		return // the handshake did not tell the connection's id
-	}
 	lost := lostWatch
 	if p.multi {
 		lost = lostMulti
+	}
+	if conn := p.conn; conn.Addr() != "" {
+		// A cluster node's connection: closed, which ends it on that node
+		// (an id is only unique per node).
+		c.tx.idle.timer = time.AfterFunc(d, func() {
+			c.tx.idle.fired.Store(true)
+			conn.Close()
+			c.s.log.Warn("ended a WATCH/MULTI left open past transactions.idle_timeout", "client", c.id, "state", lost.String(), "idle", d)
+		})
+		c.tx.idle.armed = lost
+		return
+	}
+	if p.conn.ID() == 0 {
+		return // the handshake did not tell the connection's id
 	}
 	id := p.conn.ID()
 	c.tx.idle.timer = time.AfterFunc(d, func() {

@@ -32,6 +32,10 @@ func (c *session) local(set *policy.Set, cmd *router.Command) {
 		c.respite(set, cmd)
 		return
 	}
+	if router.IsClusterAnswer(cmd.ID) && c.state().ClusterAnswers {
+		c.clusterAnswer(cmd)
+		return
+	}
 	switch cmd.ID {
 	case router.CmdQuit:
 		c.sendStatus("OK")

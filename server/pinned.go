@@ -43,17 +43,31 @@ type pinned struct {
 	// on conn to the client as it arrives.
 	relay *relay
 
+	// upstream.mode cluster: slot is the hash slot the connection's
+	// commands are about (its node is the slot's primary), once bound
+	// (the first command with keys); until then replay holds what was
+	// sent on it (replayN commands), to be sent again on the right node
+	// if a MULTI turns out to be about a slot of another node.
+	slot    int
+	bound   bool
+	replay  []byte
+	replayN int
+
 	req, buf []byte // scratch: the encoded run, one reply
 }
 
 // pinUp gives the session a pinned connection if it has none, speaking the
 // client's protocol; false (with an error reply sent for n commands) when
 // Redis cannot be reached.
-func (c *session) pinUp(n int) bool {
+func (c *session) pinUp(n int) bool { return c.pinUpAt(n, upstream.AnySlot) }
+
+// pinUpAt is pinUp for commands about slot (upstream.mode cluster: the
+// connection is to its primary; AnySlot for none).
+func (c *session) pinUpAt(n, slot int) bool {
 	if c.pin != nil {
 		return true
 	}
-	cn, err := c.s.up.Take(c.proto)
+	cn, err := c.s.up.TakeSlot(c.proto, slot)
 	if err != nil {
 		for range n {
 			c.s.counts.upErrors.Add(1)
@@ -61,7 +75,7 @@ func (c *session) pinUp(n int) bool {
 		}
 		return false
 	}
-	c.pin = &pinned{conn: cn}
+	c.pin = &pinned{conn: cn, slot: slot, bound: slot != upstream.AnySlot}
 	c.s.counts.pinned.Add(1)
 	return true
 }
@@ -122,6 +136,16 @@ func (c *session) endWatch() {
 // the replies in order, follows the connection state they reveal, and
 // releases the pin once no state is left.
 func (c *session) forwardPinned(cmds []router.Command) {
+	if cl := c.s.up.Cluster(); cl != nil {
+		c.forwardPinnedCluster(cl, cmds)
+		return
+	}
+	c.forwardPinnedRun(cmds)
+}
+
+// forwardPinnedRun is forwardPinned: cmds as one pipeline on the pinned
+// connection.
+func (c *session) forwardPinnedRun(cmds []router.Command) {
 	if c.s.metrics != nil {
 		defer c.observe(admin.ClassPinned, time.Now())
 	}
@@ -142,6 +166,7 @@ func (c *session) forwardPinned(cmds []router.Command) {
 		return
 	}
 	defer c.countPin()
+	c.noteReplay(p.req, len(cmds))
 	err := p.conn.Write(p.req)
 	c.sent() // Redis has them: the next client's commands may follow
 	for i := range cmds {
@@ -186,6 +211,7 @@ func (c *session) roundTrip(args [][]byte) ([]byte, error) {
 	if p.relay != nil {
 		return p.relay.roundTrip(p.req)
 	}
+	c.noteReplay(p.req, 1)
 	if err := p.conn.Write(p.req); err != nil {
 		return nil, err
 	}

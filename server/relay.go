@@ -56,6 +56,11 @@ type relay struct {
 	shards   map[string]struct{}
 
 	sub, psub, ssub atomic.Int32 // for CLIENT LIST, read without c.mu
+
+	// moved: shard channels a cluster node unsubscribed because their
+	// slot moved, to be subscribed again on the slot's new primary
+	// (followShard).
+	moved []string
 }
 
 // expect is what the relay expects next from Redis.
@@ -78,7 +83,7 @@ var errRelayStopped = errors.New("relay stopped")
 // goroutines start when the current batch is done (startDetached), so
 // that nothing else touches the session meanwhile.
 func (c *session) detach(cmds []router.Command) bool {
-	if !c.pinUp(1) {
+	if !c.pinUpAt(1, c.clusterSlot(&cmds[0])) {
 		return false
 	}
 	if dc, ok := c.w.(redcon.DetachedConn); ok {
@@ -216,8 +221,9 @@ func (r *relay) send(cmds []router.Command, req []byte) {
 
 // write sends req with c.mu released.
 func (r *relay) write(req []byte) error {
+	conn := r.conn // followShard may replace it once c.mu is released
 	r.c.mu.Unlock()
-	err := r.conn.Write(req)
+	err := conn.Write(req)
 	r.c.mu.Lock()
 	if err != nil && r.err == nil {
 		r.err = err
@@ -289,6 +295,8 @@ func (r *relay) read() {
 	c := r.c
 	var buf []byte
 	for {
+		// r.conn changes only on this goroutine (followShard, holding
+		// c.mu): reading it here needs no lock.
 		frame, err := r.conn.ReadReply(buf[:0])
 		c.mu.Lock()
 		for r.holding && err == nil && !r.stopped {
@@ -321,6 +329,9 @@ func (r *relay) deliver(frame []byte) {
 	kind, named := frameKind(frame, r.monitor)
 	if kind == frameConfirm {
 		r.track(frame)
+	}
+	if kind == frameConfirm && (len(r.pending) == 0 || !r.pending[0].confirm) && r.followShard(frame) {
+		return // a cluster moved the shard channel's slot: followed, not the client's business
 	}
 	if len(r.pending) == 0 || kind == framePush || kind == frameConfirm && !r.pending[0].confirm {
 		r.dc.WriteRaw(frame) // out of band: pushes bypass CLIENT REPLY OFF, as in Redis

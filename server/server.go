@@ -47,6 +47,9 @@ type Server struct {
 
 	cfg       config.Config
 	defaultDB string // cfg.Upstream.DB as SELECT spells it
+	// listenAddr is the address Serve listens on (cluster_answers'
+	// default advertise address).
+	listenAddr atomic.Pointer[string]
 	// adminAllowed are the admin commands every client may run (config
 	// admin_commands), when the proxy holds upstream credentials.
 	adminAllowed []router.ID
@@ -144,6 +147,8 @@ func (s *Server) Serve(l net.Listener) error {
 		s.log.Warn("upstream.multiplexer: go-redis was removed; the builtin multiplexer carries the shared path (remove the setting)")
 	}
 	resp.StampListener(l) // commands are ordered by arrival (order.go)
+	addr := l.Addr().String()
+	s.listenAddr.Store(&addr)
 	if s.tls != nil {
 		l = tls.NewListener(l, s.tls)
 	}

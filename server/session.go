@@ -51,6 +51,9 @@ type session struct {
 	window     int        // commands per round trip on the shared path (forwardShared)
 	gc         *resp.Conn // the guarded client connection (nil in some tests)
 	ticket     bool       // holds a ticket of the server's order
+	// cluster: the batch and plans of forwardCluster (upstream.mode
+	// cluster), made on first use.
+	cluster *clusterRun
 
 	// What the client told about itself, and CLIENT LIST's view of it.
 	client clientInfo
@@ -196,8 +199,9 @@ func (c *session) state() router.State {
 		ReplyOff:  c.reply != replyOn,
 		// A client never uses credentials the proxy holds for more than
 		// data: administration needs rights of its own.
-		AdminDenied:  c.s.up.HasCredentials() && !c.admin.ok && !c.client.upstreamAuthed,
-		AdminAllowed: c.s.adminAllowed,
+		AdminDenied:    c.s.up.HasCredentials() && !c.admin.ok && !c.client.upstreamAuthed,
+		AdminAllowed:   c.s.adminAllowed,
+		ClusterAnswers: c.s.cfg.ClusterAnswers.Enabled,
 	}
 	if p := c.pin; p != nil {
 		st.Pinned, st.Multi, st.Watching = true, p.multi, p.watch

@@ -13,6 +13,10 @@ import (
 // windows (see window), so that a client whose replies are large cannot
 // put more of them on the shared connections than it reads.
 func (c *session) forwardShared(cmds []router.Command) {
+	if cl := c.s.up.Cluster(); cl != nil {
+		c.forwardCluster(cl, cmds)
+		return
+	}
 	if c.s.metrics != nil {
 		defer c.observe(admin.ClassPassthrough, time.Now())
 	}

@@ -26,6 +26,9 @@ type Conn struct {
 	proto int
 	id    atomic.Int64 // Redis' CLIENT ID of the connection, 0 until known
 	u     *Upstream
+	// addr is the cluster node the connection is to (TakeAt); "" for the
+	// upstream's own address.
+	addr string
 	// closed is set once Close ran.
 	closed atomic.Bool
 }
@@ -152,10 +155,19 @@ func (c *Conn) ID() int64 {
 	if id := c.id.Load(); id != 0 {
 		return id
 	}
-	id := c.u.lookupID(c.nc.LocalAddr().String())
+	var id int64
+	if c.addr != "" {
+		id = c.u.lookupIDAt(c.addr, c.nc.LocalAddr().String()) // ids are per cluster node
+	} else {
+		id = c.u.lookupID(c.nc.LocalAddr().String())
+	}
 	c.id.CompareAndSwap(0, id)
 	return c.id.Load()
 }
+
+// Addr is the cluster node the connection is to, "" outside
+// upstream.mode cluster.
+func (c *Conn) Addr() string { return c.addr }
 
 // Proto is the RESP version the connection speaks.
 func (c *Conn) Proto() int { return c.proto }
@@ -191,5 +203,8 @@ func (c *Conn) Close() {
 	if c.closed.CompareAndSwap(false, true) {
 		c.nc.Close()
 		c.u.open.Add(-1)
+		if c.u.sentinel != nil {
+			c.u.sentinel.forget(c)
+		}
 	}
 }

@@ -135,6 +135,17 @@ func (m *Mux) Do(cl *Call, key uint32) {
 	m.conns[key%uint32(len(m.conns))].do(cl)
 }
 
+// begin and finish are Do in two halves, for a caller with calls on
+// several multiplexers (Cluster.Do): every call is written first, then
+// each is waited for. Callers must finish their calls in one global order
+// of connections (node.seq), so that a call handed the reading turn is
+// never one whose caller waits for another connection's turn held by a
+// caller waiting for this one.
+func (m *Mux) begin(cl *Call, key uint32) (*muxConn, bool) {
+	c := m.conns[key%uint32(len(m.conns))]
+	return c, c.begin(cl)
+}
+
 // Conns is the number of multiplexed connections.
 func (m *Mux) Conns() int { return len(m.conns) }
 
@@ -144,6 +155,9 @@ type muxConn struct {
 	cfg   config.Upstream
 	proto int
 	tls   *tls.Config // nil: plain TCP
+	// lost, when set (upstream.mode sentinel), is told of every failed
+	// connection: the primary may have changed.
+	lost func()
 
 	mu      sync.Mutex
 	nc      net.Conn
@@ -157,17 +171,47 @@ type muxConn struct {
 }
 
 func (c *muxConn) do(cl *Call) {
+	if c.beginLocked(cl) {
+		c.finishLocked(cl)
+	}
+}
+
+// begin queues cl and writes its commands (with whatever other calls
+// added meanwhile); false when cl is finished already (nothing to send,
+// or the connection could not be had). finish waits for its replies.
+func (c *muxConn) begin(cl *Call) bool {
+	if !c.beginLocked(cl) {
+		return false
+	}
+	c.mu.Unlock()
+	return true
+}
+
+func (c *muxConn) finish(cl *Call) {
+	c.mu.Lock()
+	c.finishLocked(cl)
+}
+
+// beginLocked is begin, returning with c.mu held when it returns true.
+func (c *muxConn) beginLocked(cl *Call) bool {
 	cl.Got, cl.Size, cl.Out, cl.Ends, cl.Err, cl.finished, cl.over = 0, 0, cl.Out[:0], cl.Ends[:0], nil, false, false
 	if cl.Want == 0 {
-		return
+		return false
 	}
 	c.mu.Lock()
 	if c.nc == nil {
+		if c.cfg.Addr == "" {
+			c.mu.Unlock()
+			cl.Err = errNoPrimary
+			c.lostConn()
+			return false
+		}
 		nc, br, _, err := dial(c.cfg, c.tls, c.proto, c.cfg.Username, c.cfg.Password)
 		if err != nil {
 			c.mu.Unlock()
 			cl.Err = err
-			return
+			c.lostConn()
+			return false
 		}
 		c.nc, c.br = nc, br
 	}
@@ -200,6 +244,13 @@ func (c *muxConn) do(cl *Call) {
 		}
 		c.writing = false
 	}
+	return true
+}
+
+// finishLocked waits, c.mu held, until cl has its replies, reading them
+// (and other calls') when it is cl's turn, and handing its Stream the
+// chunks ready; it returns with c.mu released.
+func (c *muxConn) finishLocked(cl *Call) {
 	for !cl.finished {
 		if cl.ready != nil {
 			c.stream(cl)
@@ -359,6 +410,9 @@ func (c *muxConn) failLocked(nc net.Conn, err error) {
 	if c.nc != nc {
 		return
 	}
+	if err != errSwitched {
+		c.lostConn()
+	}
 	nc.Close()
 	c.nc, c.br = nil, nil
 	c.wbuf = c.wbuf[:0]
@@ -369,6 +423,12 @@ func (c *muxConn) failLocked(nc net.Conn, err error) {
 	}
 	clear(c.queue)
 	c.queue, c.head = c.queue[:0], 0
+}
+
+func (c *muxConn) lostConn() {
+	if c.lost != nil {
+		c.lost()
+	}
 }
 
 func (m *Mux) close() {

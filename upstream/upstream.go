@@ -14,6 +14,7 @@ package upstream
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"runtime"
 	"strconv"
 	"strings"
@@ -24,6 +25,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/respite/respite/internal/config"
+	"github.com/respite/respite/resp"
 )
 
 // Upstream is the upstream Redis as the rest of Respite sees it.
@@ -43,19 +45,49 @@ type Upstream struct {
 
 	cache *Cache // the route layer's commands on the multiplexed connections
 
+	// cluster carries the shared path in upstream.mode cluster; nil
+	// otherwise.
+	cluster *Cluster
+	// sentinel follows the primary in upstream.mode sentinel; nil
+	// otherwise.
+	sentinel *sentinel
+
 	mu      sync.Mutex
 	version string // redis_version, asked once
+	// nodeLists are the free lists of pinned connections per cluster node
+	// (upstream.mode cluster), guarded by mu.
+	nodeLists map[string]*[2]chan *Conn
 }
 
 // New builds the upstream clients for cfg. Nothing is dialled yet: a Redis
 // that is down is reported per command, as one that goes down later.
 func New(cfg config.Upstream) (*Upstream, error) {
+	switch cfg.Mode {
+	case "", config.ModeStandalone:
+	case config.ModeCluster:
+		if len(cfg.Addrs) == 0 {
+			return nil, errors.New("upstream.mode cluster needs upstream.addrs")
+		}
+		// The shared multiplexer and go-redis reach the first seed: for
+		// what the proxy asks any node (INFO, the version).
+		cfg.Addr = cfg.Addrs[0]
+	case config.ModeSentinel:
+		if len(cfg.Addrs) == 0 || cfg.MasterName == "" {
+			return nil, errors.New("upstream.mode sentinel needs upstream.addrs and upstream.master_name")
+		}
+	default:
+		return nil, errors.New("upstream.mode " + cfg.Mode + " is unknown")
+	}
 	tc, err := clientTLS(cfg)
 	if err != nil {
 		return nil, err
 	}
 	u := &Upstream{cfg: cfg, tls: tc, timeout: time.Duration(cfg.Timeout)}
 	u.cache = &Cache{u: u}
+	if cfg.Mode == config.ModeSentinel {
+		u.sentinel = newSentinel(u, cfg)
+		cfg.Addr = u.sentinel.primary() // "" until a sentinel answers
+	}
 	muxConns := cfg.MuxConns
 	if muxConns == 0 {
 		// One per thread running Go code: with gomaxprocs 1 the single
@@ -65,6 +97,34 @@ func New(cfg config.Upstream) (*Upstream, error) {
 	for i, proto := range []int{2, 3} {
 		u.mux[i] = newMux(cfg, proto, muxConns, tc)
 		u.free[i] = make(chan *Conn, cfg.PoolSize)
+		if u.sentinel != nil {
+			for _, c := range u.mux[i].conns {
+				c.lost = u.sentinel.lost
+			}
+		}
+	}
+	if cfg.Mode == config.ModeCluster {
+		u.cluster = newCluster(u, cfg, muxConns)
+	}
+	if u.sentinel != nil {
+		u.redis = redis.NewFailoverClient(&redis.FailoverOptions{
+			MasterName:            cfg.MasterName,
+			SentinelAddrs:         cfg.Addrs,
+			Username:              cfg.Username,
+			Password:              cfg.Password,
+			DB:                    cfg.DB,
+			Protocol:              2,
+			DisableIdentity:       true,
+			MaxRetries:            -1,
+			PoolSize:              cfg.PoolSize,
+			DialTimeout:           time.Duration(cfg.DialTimeout),
+			ReadTimeout:           time.Duration(cfg.Timeout),
+			WriteTimeout:          time.Duration(cfg.Timeout),
+			ContextTimeoutEnabled: true,
+			TLSConfig:             tc,
+		})
+		go u.sentinel.run()
+		return u, nil
 	}
 	u.redis = redis.NewClient(&redis.Options{
 		Addr:                  cfg.Addr,
@@ -95,6 +155,19 @@ func index(proto int) int {
 // Shared returns the multiplexer for clients speaking proto.
 func (u *Upstream) Shared(proto int) *Mux { return u.mux[index(proto)] }
 
+// Cluster returns the cluster carrier in upstream.mode cluster, nil in
+// the other modes (whose shared path is Shared).
+func (u *Upstream) Cluster() *Cluster { return u.cluster }
+
+// SentinelSwitches is how many times Sentinel named a new primary since
+// start (upstream.mode sentinel; 0 in the other modes).
+func (u *Upstream) SentinelSwitches() int64 {
+	if u.sentinel == nil {
+		return 0
+	}
+	return u.sentinel.switches()
+}
+
 // Redis returns the go-redis client (RESP2) of the route layer.
 func (u *Upstream) Redis() *redis.Client { return u.redis }
 
@@ -121,15 +194,72 @@ func (u *Upstream) Take(proto int) (*Conn, error) {
 			continue
 		default:
 		}
-		nc, br, id, err := dial(u.cfg, u.tls, proto, u.cfg.Username, u.cfg.Password)
+		cfg := u.cfg
+		if u.sentinel != nil {
+			if cfg.Addr = u.sentinel.primary(); cfg.Addr == "" {
+				u.sentinel.lost()
+				return nil, errNoPrimary
+			}
+		}
+		nc, br, id, err := dial(cfg, u.tls, proto, u.cfg.Username, u.cfg.Password)
 		if err != nil {
+			if u.sentinel != nil {
+				u.sentinel.lost()
+			}
 			return nil, err
 		}
 		u.open.Add(1)
 		c := &Conn{nc: nc, br: br, proto: proto, u: u}
 		c.id.Store(id)
+		if u.sentinel != nil && !u.sentinel.track(c, cfg.Addr) {
+			c.Close() // the primary changed while dialling
+			return nil, errSwitched
+		}
 		return c, nil
 	}
+}
+
+// TakeSlot is Take for a session whose commands are about slot (AnySlot:
+// none yet): in upstream.mode cluster the connection is to that slot's
+// primary; in the other modes it is Take.
+func (u *Upstream) TakeSlot(proto, slot int) (*Conn, error) {
+	if u.cluster == nil {
+		return u.Take(proto)
+	}
+	addr, err := u.cluster.NodeAddr(slot)
+	if err != nil {
+		return nil, err
+	}
+	return u.TakeAt(proto, addr)
+}
+
+// TakeAt is a pinned connection to the cluster node at addr
+// (upstream.mode cluster): a reset one of that node's free list, or a new
+// one.
+func (u *Upstream) TakeAt(proto int, addr string) (*Conn, error) {
+	free := u.nodeFree(addr, proto)
+	for {
+		select {
+		case c := <-free:
+			if alive(c.nc) {
+				return c, nil
+			}
+			c.Close()
+			continue
+		default:
+		}
+		break
+	}
+	cfg := u.cfg
+	cfg.Addr = addr
+	nc, br, id, err := dial(cfg, u.tls, proto, u.cfg.Username, u.cfg.Password)
+	if err != nil {
+		return nil, err
+	}
+	u.open.Add(1)
+	c := &Conn{nc: nc, br: br, proto: proto, u: u, addr: addr}
+	c.id.Store(id)
+	return c, nil
 }
 
 // Put ends a session's use of c: in the background, c is reset (RESET,
@@ -139,6 +269,10 @@ func (u *Upstream) Take(proto int) (*Conn, error) {
 // connection (HELLO with AUTH, SELECT), and kept for the next session;
 // a connection that does not answer exactly so is closed instead.
 func (u *Upstream) Put(c *Conn) {
+	free := u.free[index(c.proto)]
+	if c.addr != "" {
+		free = u.nodeFree(c.addr, c.proto)
+	}
 	go func() {
 		if c.br.Buffered() > 0 {
 			c.Close() // replies nobody read: the stream cannot be trusted
@@ -152,7 +286,7 @@ func (u *Upstream) Put(c *Conn) {
 		}
 		c.id.Store(id) // RESET keeps the id; HELLO tells it
 		select {
-		case u.free[index(proto)] <- c:
+		case free <- c:
 		default:
 			c.Close()
 		}
@@ -182,10 +316,64 @@ func (u *Upstream) lookupID(addr string) int64 {
 	return 0
 }
 
+// nodeFree is the free list of reset pinned connections to the cluster
+// node at addr, speaking proto.
+func (u *Upstream) nodeFree(addr string, proto int) chan *Conn {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.nodeLists == nil {
+		u.nodeLists = map[string]*[2]chan *Conn{}
+	}
+	l := u.nodeLists[addr]
+	if l == nil {
+		l = &[2]chan *Conn{make(chan *Conn, u.cfg.PoolSize), make(chan *Conn, u.cfg.PoolSize)}
+		u.nodeLists[addr] = l
+	}
+	return l[index(proto)]
+}
+
+// lookupIDAt is lookupID on the cluster node at node, asked on a
+// connection of its own.
+func (u *Upstream) lookupIDAt(node, addr string) int64 {
+	cfg := u.cfg
+	cfg.Addr, cfg.DB = node, 0
+	nc, br, _, err := dial(cfg, u.tls, 2, u.cfg.Username, u.cfg.Password)
+	if err != nil {
+		return 0
+	}
+	defer nc.Close()
+	nc.SetDeadline(time.Now().Add(u.timeout))
+	if _, err := nc.Write(resp.AppendCommand(nil, strArgs("CLIENT", "LIST"))); err != nil {
+		return 0
+	}
+	reply, err := resp.AppendReply(nil, br)
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(scalar(reply), "\n") {
+		var id int64
+		for _, f := range strings.Fields(line) {
+			if v, ok := strings.CutPrefix(f, "id="); ok {
+				id, _ = strconv.ParseInt(v, 10, 64)
+			}
+			if f == "addr="+addr {
+				return id
+			}
+		}
+	}
+	return 0
+}
+
 // Pinned reports the pinned connections open and those idle in the free
-// list.
+// lists.
 func (u *Upstream) Pinned() (open, idle int64) {
-	return u.open.Load(), int64(len(u.free[0]) + len(u.free[1]))
+	idle = int64(len(u.free[0]) + len(u.free[1]))
+	u.mu.Lock()
+	for _, l := range u.nodeLists {
+		idle += int64(len(l[0]) + len(l[1]))
+	}
+	u.mu.Unlock()
+	return u.open.Load(), idle
 }
 
 // Version is the upstream's redis_version ("7.0.15"), asked once; "" while
@@ -209,16 +397,31 @@ func (u *Upstream) Version() string {
 
 // Close closes every connection.
 func (u *Upstream) Close() {
-	for i := range u.free {
-		for done := false; !done; {
+	drain := func(free chan *Conn) {
+		for {
 			select {
-			case c := <-u.free[i]:
+			case c := <-free:
 				c.Close()
 			default:
-				done = true
+				return
 			}
 		}
+	}
+	for i := range u.free {
+		drain(u.free[i])
 		u.mux[i].close()
+	}
+	u.mu.Lock()
+	for _, l := range u.nodeLists {
+		drain(l[0])
+		drain(l[1])
+	}
+	u.mu.Unlock()
+	if u.cluster != nil {
+		u.cluster.close()
+	}
+	if u.sentinel != nil {
+		u.sentinel.close()
 	}
 	u.redis.Close()
 }

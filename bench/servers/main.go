@@ -10,7 +10,8 @@
 // servers.env then holds REDIS_ADDR, REDIS_PORT, PG_DSN, PG_PORT and
 // PG_DIR, and is written (atomically) only once both servers answer.
 // With -postgres=false only Redis is started (and only its two lines are
-// written).
+// written). With -cluster a 3-primary Redis Cluster is started too, and
+// CLUSTER_ADDRS (its primaries, comma-separated) is written.
 package main
 
 import (
@@ -18,6 +19,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/respite/respite/internal/testenv"
@@ -26,6 +28,7 @@ import (
 func main() {
 	envPath := flag.String("env", "", "write the shell assignments here (default: stdout)")
 	withPG := flag.Bool("postgres", true, "start PostgreSQL too")
+	withCluster := flag.Bool("cluster", false, "start a 3-primary Redis Cluster too")
 	flag.Parse()
 	// Catch the signals before starting anything, so an early one still
 	// stops what was started.
@@ -50,6 +53,17 @@ func main() {
 		defer pg.Stop()
 		env += fmt.Sprintf("PG_DSN='%s'\nPG_PORT=%d\nPG_DIR=%s\n", pg.DSN, pg.Port, pg.Dir)
 		what += ", postgres " + pg.DSN
+	}
+	if *withCluster {
+		cl, err := testenv.StartCluster()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "servers:", err)
+			os.Exit(1)
+		}
+		defer cl.Stop()
+		addrs := strings.Join(cl.Addrs(), ",")
+		env += fmt.Sprintf("CLUSTER_ADDRS=%s\n", addrs)
+		what += ", cluster " + addrs
 	}
 	if *envPath == "" {
 		fmt.Print(env)

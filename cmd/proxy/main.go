@@ -155,7 +155,14 @@ func main() {
 		}
 		log.Info("shutdown complete: write-back queues flushed")
 	}()
-	log.Info("respite listening", "addr", l.Addr().String(), "upstream", cfg.Upstream.Addr, "admin", srv.AdminAddr(), "routes", len(cfg.Routes), "gomaxprocs", runtime.GOMAXPROCS(0), "gomaxprocs_reason", procsWhy, "version", version)
+	upstreamDesc := cfg.Upstream.Addr
+	switch cfg.Upstream.Mode {
+	case config.ModeCluster:
+		upstreamDesc = "cluster " + strings.Join(cfg.Upstream.Addrs, ",")
+	case config.ModeSentinel:
+		upstreamDesc = "sentinel " + cfg.Upstream.MasterName + "@" + strings.Join(cfg.Upstream.Addrs, ",")
+	}
+	log.Info("respite listening", "addr", l.Addr().String(), "upstream", upstreamDesc, "admin", srv.AdminAddr(), "routes", len(cfg.Routes), "gomaxprocs", runtime.GOMAXPROCS(0), "gomaxprocs_reason", procsWhy, "version", version)
 	if err := srv.Serve(l); err != nil && !isClosed(err) {
 		log.Error("serve", "err", err)
 		pprof.StopCPUProfile()

@@ -61,7 +61,8 @@ func newFake() *fakeSource {
 		Queues:      []admin.QueueStats{{Route: "pageviews", Length: 120, OldestAgeSeconds: 1.5, InFlight: 100, DeadLetters: 2, Lost: 1}},
 		WatchAborts: 4, WatchCommits: 40, GateWaits: 9,
 		RoutesDegraded: 1, Persistence: "aof-everysec", MaxMemoryPolicy: "noeviction", WritebackRefused: true,
-		Invalidation: admin.InvalidationStats{Leader: true, LagBytes: 4096, Transactions: 21, Flushes: 2, Skipped: 5, Errors: 1},
+		Invalidation:      admin.InvalidationStats{Leader: true, LagBytes: 4096, Transactions: 21, Flushes: 2, Skipped: 5, Errors: 1},
+		TopologyRefreshes: 3, Moved: 7, Asked: 11, TryAgain: 1,
 	}}
 }
 
@@ -172,6 +173,10 @@ func TestMetricsReportSnapshot(t *testing.T) {
 		{"respite_invalidation_route_flushes_total", nil, 2, dto.MetricType_COUNTER},
 		{"respite_invalidation_own_writes_skipped_total", nil, 5, dto.MetricType_COUNTER},
 		{"respite_invalidation_errors_total", nil, 1, dto.MetricType_COUNTER},
+		{"respite_cluster_topology_refreshes_total", nil, 3, dto.MetricType_COUNTER},
+		{"respite_cluster_redirects_total", []string{"kind", "moved"}, 7, dto.MetricType_COUNTER},
+		{"respite_cluster_redirects_total", []string{"kind", "ask"}, 11, dto.MetricType_COUNTER},
+		{"respite_cluster_redirects_total", []string{"kind", "tryagain"}, 1, dto.MetricType_COUNTER},
 	} {
 		got, ok := value(fams, tc.name, tc.labels...)
 		if !ok {
@@ -383,6 +388,8 @@ func TestMetricNames(t *testing.T) {
 		"respite_invalidation_slot_lag_bytes", "respite_invalidation_leader", "respite_invalidation_stale",
 		"respite_invalidation_transactions_total", "respite_invalidation_route_flushes_total",
 		"respite_invalidation_own_writes_skipped_total", "respite_invalidation_errors_total",
+		"respite_upstream_persistence", "respite_upstream_maxmemory_policy",
+		"respite_cluster_topology_refreshes_total", "respite_cluster_redirects_total",
 	}
 	slices.Sort(want)
 	if got := admin.MetricNames(); !slices.Equal(got, want) {

@@ -58,6 +58,11 @@ type Snapshot struct {
 	// query buffer (limits.max_query_bytes_total), and for being idle
 	// longer than limits.client_timeout.
 	ClosedOutputLimit, ClosedQueryLimit, ClosedIdle int64
+	// Cluster: the upstream is a Redis Cluster; TopologyRefreshes counts
+	// the slot maps read, Moved, Asked and TryAgain the -MOVED, -ASK and
+	// -TRYAGAIN replies the proxy followed for clients.
+	Cluster                                   bool
+	TopologyRefreshes, Moved, Asked, TryAgain int64
 	// Invalidation is the change capture's state (postgres.invalidation);
 	// zero when it is off.
 	Invalidation InvalidationStats
@@ -169,6 +174,8 @@ const (
 	MetricInvalidationFlushes  = "respite_invalidation_route_flushes_total"
 	MetricInvalidationSkipped  = "respite_invalidation_own_writes_skipped_total"
 	MetricInvalidationErrors   = "respite_invalidation_errors_total"
+	MetricTopologyRefreshes    = "respite_cluster_topology_refreshes_total"
+	MetricClusterRedirects     = "respite_cluster_redirects_total"
 )
 
 // MetricNames returns the name of every metric Respite exports (without
@@ -237,6 +244,8 @@ var descs = []desc{
 	{MetricInvalidationFlushes, "Whole-route flushes by change capture: TRUNCATE, a key the stream did not carry, a slot created or lost, a publication changed, a LISTEN (re)started.", prometheus.CounterValue, ""},
 	{MetricInvalidationSkipped, "Changes of the proxy's own write-through writes the capture skipped because the cache already held their result.", prometheus.CounterValue, ""},
 	{MetricInvalidationErrors, "Times the change consumer stopped on an error and started again.", prometheus.CounterValue, ""},
+	{MetricTopologyRefreshes, "upstream.mode cluster: slot maps read from the cluster (CLUSTER SHARDS), at start and after redirects or failures.", prometheus.CounterValue, ""},
+	{MetricClusterRedirects, "upstream.mode cluster: redirects the proxy followed for clients, by kind (moved, ask, tryagain); clients never see them.", prometheus.CounterValue, "kind"},
 }
 
 // Metrics is a prometheus.Collector over a Source plus the command latency
@@ -420,6 +429,11 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 		emit(float64(v))
 		next()
 	}
+	emit(float64(s.TopologyRefreshes)) // 0 unless upstream.mode cluster
+	next()
+	emit(float64(s.Moved), "moved")
+	emit(float64(s.Asked), "ask")
+	emit(float64(s.TryAgain), "tryagain")
 }
 
 func boolInt(b bool) int64 {

@@ -66,10 +66,25 @@ type Config struct {
 	// two or so cores with Redis or its clients (docs/BENCHMARKS.md). At
 	// most MaxGOMAXPROCS.
 	GOMAXPROCS int `yaml:"gomaxprocs"`
+	// ClusterAnswers makes the proxy answer as a one-node Redis Cluster,
+	// for clients that insist on cluster mode; off by default.
+	ClusterAnswers ClusterAnswers `yaml:"cluster_answers"`
 	// Routes put key prefixes under a caching policy backed by PostgreSQL.
 	// A key belongs to the route with the longest matching prefix; keys
 	// with no route pass through to the upstream unchanged.
 	Routes []Route `yaml:"routes"`
+}
+
+// ClusterAnswers: CLUSTER SLOTS, SHARDS, NODES, INFO, MYID and KEYSLOT
+// answered by the proxy as one node serving every slot at Advertise, and
+// ASKING, READONLY and READWRITE answered +OK, so that cluster-aware
+// clients (go-redis ClusterClient, redis-cli -c) can point at the proxy
+// and send everything to it; they never see a redirect.
+type ClusterAnswers struct {
+	Enabled bool `yaml:"enabled"`
+	// Advertise is the host:port clients are told to connect to (default:
+	// listen).
+	Advertise string `yaml:"advertise"`
 }
 
 // Transactions configures WATCH/MULTI/EXEC tracking.
@@ -299,7 +314,19 @@ func unquote(b []byte) string {
 
 // Upstream is the Redis server every unrouted key goes to.
 type Upstream struct {
-	// Addr is host:port of the upstream Redis (default 127.0.0.1:6379).
+	// Mode is how the upstream is found: "standalone" (the default: one
+	// Redis at Addr), "sentinel" (the primary Sentinel names MasterName,
+	// asked at the sentinels Addrs and followed on failover) or "cluster"
+	// (a Redis Cluster, its topology read from the seed nodes Addrs).
+	Mode string `yaml:"mode"`
+	// Addrs are host:port of the sentinels (mode sentinel) or of the
+	// cluster's seed nodes (mode cluster); only for those modes.
+	Addrs []string `yaml:"addrs"`
+	// MasterName is the name Sentinel monitors the primary by; required
+	// for mode sentinel, only for it.
+	MasterName string `yaml:"master_name"`
+	// Addr is host:port of the upstream Redis (default 127.0.0.1:6379);
+	// mode standalone only.
 	Addr     string `yaml:"addr"`
 	Username string `yaml:"username"`
 	Password string `yaml:"password"`
@@ -410,6 +437,7 @@ func Default() Config {
 		Transactions:    Transactions{TrackedKeys: 10000, Gate: Gate{Threshold: 0.25, MinAttempts: 10, MaxWait: Duration(time.Second)}},
 		ShutdownTimeout: Duration(30 * time.Second),
 		Upstream: Upstream{
+			Mode:        ModeStandalone,
 			Addr:        "127.0.0.1:6379",
 			PoolSize:    64,
 			Multiplexer: "builtin",
@@ -534,8 +562,13 @@ func (c *Config) validate() *fieldError {
 		e.near = given
 		return e
 	}
-	if c.Upstream.Addr == "" {
-		return bad("upstream.addr", "empty (host:port of the Redis, e.g. 127.0.0.1:6379)")
+	if e := c.validateMode(); e != nil {
+		return e
+	}
+	if a := c.ClusterAnswers.Advertise; a != "" {
+		if _, port, ok := strings.Cut(a, ":"); !ok || port == "" || strings.HasPrefix(a, ":") {
+			return bad("cluster_answers.advertise", "%q is not host:port (the address clients are told to connect to)", a)
+		}
 	}
 	if c.Upstream.DB < 0 {
 		return bad("upstream.db", "%d is negative (0 or more)", c.Upstream.DB)
@@ -578,6 +611,67 @@ func (c *Config) validate() *fieldError {
 		}
 	}
 	return c.validateRoutes()
+}
+
+// Upstream modes (upstream.mode).
+const (
+	ModeStandalone = "standalone"
+	ModeSentinel   = "sentinel"
+	ModeCluster    = "cluster"
+)
+
+// validateMode checks upstream.mode and the fields that go with it.
+func (c *Config) validateMode() *fieldError {
+	u := &c.Upstream
+	switch u.Mode {
+	case ModeStandalone:
+		if u.Addr == "" {
+			return bad("upstream.addr", "empty (host:port of the Redis, e.g. 127.0.0.1:6379)")
+		}
+		if len(u.Addrs) > 0 {
+			return bad("upstream.addrs", "only for mode sentinel or cluster (standalone uses upstream.addr)")
+		}
+		if u.MasterName != "" {
+			return bad("upstream.master_name", "only for mode sentinel")
+		}
+		return nil
+	case ModeSentinel, ModeCluster:
+	default:
+		return bad("upstream.mode", "%q is not a mode (standalone, sentinel or cluster)", u.Mode)
+	}
+	what := "the sentinels"
+	if u.Mode == ModeCluster {
+		what = "the cluster's seed nodes"
+	}
+	if len(u.Addrs) == 0 {
+		e := bad("upstream.addrs", "required for mode %s (%s, host:port each)", u.Mode, what)
+		e.near = "upstream.mode"
+		return e
+	}
+	for i, a := range u.Addrs {
+		if _, port, ok := strings.Cut(a, ":"); !ok || port == "" || strings.HasPrefix(a, ":") {
+			return bad(fmt.Sprintf("upstream.addrs[%d]", i), "%q is not host:port", a)
+		}
+	}
+	if u.Mode == ModeSentinel {
+		if u.MasterName == "" {
+			e := bad("upstream.master_name", "required for mode sentinel (the name Sentinel monitors the primary by)")
+			e.near = "upstream.mode"
+			return e
+		}
+		return nil
+	}
+	if u.MasterName != "" {
+		return bad("upstream.master_name", "only for mode sentinel")
+	}
+	if u.DB != 0 {
+		return bad("upstream.db", "%d: Redis Cluster has only database 0", u.DB)
+	}
+	if len(c.Routes) > 0 {
+		e := bad("routes", "not supported with upstream.mode cluster yet (run routes on a standalone or sentinel upstream)")
+		return e
+	}
+	return nil
 }
 
 // validateRoutes fills route defaults and checks every route; errors name

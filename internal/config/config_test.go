@@ -35,8 +35,8 @@ routes:
 func TestErrorsNameFileLineAndField(t *testing.T) {
 	for _, tc := range []struct{ yaml, want string }{
 		// unknown fields
-		{"listen: 127.0.0.1:1\nupstream:\n  adr: x\n", "bad.yaml:3: upstream.adr: unknown field; did you mean addr? (accepted: addr, username, password, db, pool_size, multiplexer, mux_conns, tls, dial_timeout, timeout)"},
-		{"log_levle: info\n", "bad.yaml:1: log_levle: unknown field; did you mean log_level? (accepted: listen, requirepass, log_level, log_format, admin, admin_password, admin_commands, tls, upstream, limits, postgres, transactions, write_back, shutdown_timeout, gomaxprocs, routes)"},
+		{"listen: 127.0.0.1:1\nupstream:\n  adr: x\n", "bad.yaml:3: upstream.adr: unknown field; did you mean addr? (accepted: mode, addrs, master_name, addr, username, password, db, pool_size, multiplexer, mux_conns, tls, dial_timeout, timeout)"},
+		{"log_levle: info\n", "bad.yaml:1: log_levle: unknown field; did you mean log_level? (accepted: listen, requirepass, log_level, log_format, admin, admin_password, admin_commands, tls, upstream, limits, postgres, transactions, write_back, shutdown_timeout, gomaxprocs, cluster_answers, routes)"},
 		{route + "    local_cache: {sise: 5}\n", "bad.yaml:10: routes[0].local_cache.sise: unknown field; did you mean size? (accepted: size, ttl)"},
 		{"transactions:\n  gate: {on: true}\n", "bad.yaml:2: transactions.gate.on: unknown field (accepted: enabled, threshold, min_attempts, max_wait)"},
 		// durations
@@ -73,11 +73,11 @@ func TestErrorsNameFileLineAndField(t *testing.T) {
 		{"listen: [a, b]\n", "bad.yaml:1: listen: a list is not a string (one value; quote it if it starts with [ or {)"},
 		{"upstream:\n  password: {a: b}\n", "bad.yaml:2: upstream.password: a section (key: value) is not a string (one value; quote it if it starts with [ or {)"},
 		// sections and lists
-		{"upstream: 5\n", "bad.yaml:1: upstream: 5 is not a section (its fields: addr, username, password, db, pool_size, multiplexer, mux_conns, tls, dial_timeout, timeout)"},
+		{"upstream: 5\n", "bad.yaml:1: upstream: 5 is not a section (its fields: mode, addrs, master_name, addr, username, password, db, pool_size, multiplexer, mux_conns, tls, dial_timeout, timeout)"},
 		{route + "    local_cache: 5\n", "bad.yaml:10: routes[0].local_cache: 5 is not a section (its fields: size, ttl)"},
 		{"routes: users\n", `bad.yaml:1: routes: users is not a list (one entry per line, each starting with "- ")`},
 		{route + "  - users\n", "bad.yaml:10: routes[1]: users is not a section (its fields: name, prefix, policy, table, key_column, key_columns, key_separator, format, value_column, cache_version, audit, ttl, ttl_jitter, negative_ttl, sliding, early_refresh, early_refresh_beta, distributed_lock, lock_ttl, contention_gate, local_cache, batch_size, flush_interval, max_retries, priority, track_changes)"},
-		{"- listen: x\n", "bad.yaml:1: a list is not a YAML mapping of settings (its fields: listen, requirepass, log_level, log_format, admin, admin_password, admin_commands, tls, upstream, limits, postgres, transactions, write_back, shutdown_timeout, gomaxprocs, routes)"},
+		{"- listen: x\n", "bad.yaml:1: a list is not a YAML mapping of settings (its fields: listen, requirepass, log_level, log_format, admin, admin_password, admin_commands, tls, upstream, limits, postgres, transactions, write_back, shutdown_timeout, gomaxprocs, cluster_answers, routes)"},
 		// the document itself
 		{"listen: a:1\nadmin: b:2\nlisten: c:3\n", "bad.yaml:3: listen: set twice (first on line 1; keep one)"},
 		{"listen: a:1\n---\nlisten: b:2\n", "bad.yaml:3: a second YAML document (after ---) is not read (keep the whole configuration in one document)"},
@@ -118,6 +118,18 @@ func TestErrorsNameFileLineAndField(t *testing.T) {
 		{route + "    early_refresh_beta: -2\n", "bad.yaml:10: routes[0].early_refresh_beta: -2 is negative (a positive number, default 1)"},
 		{"write_back:\n  allow_evicting_policy: allkeys-lru2\n" + route, `bad.yaml:2: write_back.allow_evicting_policy: "allkeys-lru2" is not accepted (a policy that evicts keys without TTL: allkeys-lru, allkeys-lfu, allkeys-random, or unverified)`},
 		{"write_back:\n  allow_evicting_policy: volatile-lru\n" + route, `bad.yaml:2: write_back.allow_evicting_policy: "volatile-lru" is not accepted (volatile-lru cannot evict the queues and needs no opt-in: remove the field)`},
+		{"cluster_answers:\n  advertise: nowhere\n", `bad.yaml:2: cluster_answers.advertise: "nowhere" is not host:port (the address clients are told to connect to)`},
+		// upstream.mode and its fields
+		{"upstream:\n  mode: replicated\n", `bad.yaml:2: upstream.mode: "replicated" is not a mode (standalone, sentinel or cluster)`},
+		{"upstream:\n  mode: cluster\n", "bad.yaml:2: upstream.addrs: required for mode cluster (the cluster's seed nodes, host:port each)"},
+		{"upstream:\n  mode: sentinel\n  master_name: m\n", "bad.yaml:2: upstream.addrs: required for mode sentinel (the sentinels, host:port each)"},
+		{"upstream:\n  mode: sentinel\n  addrs: [a:1]\n", "bad.yaml:2: upstream.master_name: required for mode sentinel (the name Sentinel monitors the primary by)"},
+		{"upstream:\n  mode: cluster\n  addrs: [a:1, b]\n", `bad.yaml:3: upstream.addrs[1]: "b" is not host:port`},
+		{"upstream:\n  mode: cluster\n  addrs: [a:1]\n  master_name: m\n", "bad.yaml:4: upstream.master_name: only for mode sentinel"},
+		{"upstream:\n  mode: cluster\n  addrs: [a:1]\n  db: 2\n", "bad.yaml:4: upstream.db: 2: Redis Cluster has only database 0"},
+		{"upstream:\n  addrs: [a:1]\n", "bad.yaml:2: upstream.addrs: only for mode sentinel or cluster (standalone uses upstream.addr)"},
+		{"upstream:\n  master_name: m\n", "bad.yaml:2: upstream.master_name: only for mode sentinel"},
+		{strings.Replace(route, "postgres:\n", "upstream: {mode: cluster, addrs: ['a:1']}\npostgres:\n", 1), "bad.yaml:4: routes: not supported with upstream.mode cluster yet (run routes on a standalone or sentinel upstream)"},
 		{"write_back:\n  require_aof: sure\n", "bad.yaml:2: write_back.require_aof: sure is not a boolean (true or false)"},
 	} {
 		_, err := Parse("bad.yaml", []byte(tc.yaml))
@@ -172,7 +184,7 @@ func TestOverrides(t *testing.T) {
 	}
 	for _, tc := range []struct{ set, want string }{
 		{"upstream.pool_size=abc", "-set upstream.pool_size=abc: upstream.pool_size: abc is not an integer (a whole number such as 10)"},
-		{"upstream.adr=x", "-set upstream.adr=x: upstream.adr: unknown field; did you mean addr? (accepted: addr, username, password, db, pool_size, multiplexer, mux_conns, tls, dial_timeout, timeout)"},
+		{"upstream.adr=x", "-set upstream.adr=x: upstream.adr: unknown field; did you mean addr? (accepted: mode, addrs, master_name, addr, username, password, db, pool_size, multiplexer, mux_conns, tls, dial_timeout, timeout)"},
 		{"upstream", "-set upstream: not field=value (a field of the file by its path, e.g. upstream.addr=127.0.0.1:6390)"},
 		{"routes[0].ttl=1s", "-set routes[0].ttl=1s: not field=value (a field of the file by its path, e.g. upstream.addr=127.0.0.1:6390)"},
 		{"upstream.addr=''", "-set upstream.addr='': upstream.addr: empty (host:port of the Redis, e.g. 127.0.0.1:6379)"},
@@ -242,5 +254,22 @@ func TestRoutes(t *testing.T) {
 	}
 	if _, err := Parse("r.yaml", []byte("routes:\n  - {name: a, prefix: 'a:', policy: cache-aside, table: t, key_column: k, format: json}\n")); err == nil || !strings.Contains(err.Error(), "postgres.dsn") {
 		t.Errorf("routes without dsn: %v", err)
+	}
+}
+
+// upstream.mode defaults to standalone; sentinel and cluster take their
+// addresses from upstream.addrs.
+func TestUpstreamModes(t *testing.T) {
+	cfg, err := Parse("ok.yaml", nil)
+	if err != nil || cfg.Upstream.Mode != ModeStandalone {
+		t.Fatalf("default mode: %q %v", cfg.Upstream.Mode, err)
+	}
+	cfg, err = Parse("ok.yaml", []byte("upstream:\n  mode: cluster\n  addrs:\n    - 10.0.0.1:7000\n    - 10.0.0.2:7000\n"))
+	if err != nil || cfg.Upstream.Mode != ModeCluster || len(cfg.Upstream.Addrs) != 2 || cfg.Upstream.Addrs[1] != "10.0.0.2:7000" {
+		t.Fatalf("cluster: %+v %v", cfg.Upstream, err)
+	}
+	cfg, err = Parse("ok.yaml", []byte("upstream:\n  mode: sentinel\n  master_name: mymaster\n  addrs: ['10.0.0.1:26379']\n"+route))
+	if err != nil || cfg.Upstream.Mode != ModeSentinel || cfg.Upstream.MasterName != "mymaster" {
+		t.Fatalf("sentinel: %+v %v", cfg.Upstream, err)
 	}
 }

@@ -1,0 +1,287 @@
+package upstream
+
+import (
+	"bufio"
+	"errors"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/respite/respite/internal/config"
+	"github.com/respite/respite/resp"
+)
+
+// sentinel follows the primary that Redis Sentinel names (upstream.mode
+// sentinel): it asks the sentinels for the address
+// (SENTINEL get-master-addr-by-name), stays subscribed to +switch-master
+// and +promoted-slave (the earlier of the two) on one of them, and asks again every pollEvery and whenever it loses
+// that subscription, so a missed message or a sentinel that went away
+// costs at most that long. On a new address the multiplexers drain (the
+// calls in flight fail, the next ones dial the new primary) and every
+// pinned connection to the old primary is closed, which ends its
+// session with the error its client sees when the proxy closes it.
+//
+// The route layer's go-redis client is a FailoverClient, which follows
+// Sentinel on its own.
+type sentinel struct {
+	u    *Upstream
+	cfg  config.Upstream
+	stop chan struct{}
+	done chan struct{}
+
+	asking atomic.Bool // lost is asking the sentinels
+
+	mu   sync.Mutex
+	addr string // the current primary, "" until known
+	// held is the primary a failover under way replaces: polls that still
+	// name it are ignored until holdUntil.
+	held      string
+	holdUntil time.Time
+	pins      map[*Conn]bool // pinned connections open to it
+	changes   int64          // switches seen
+}
+
+// pollEvery is how often the sentinels are asked even without a message.
+const pollEvery = 500 * time.Millisecond
+
+func newSentinel(u *Upstream, cfg config.Upstream) *sentinel {
+	s := &sentinel{u: u, cfg: cfg, stop: make(chan struct{}), done: make(chan struct{}), pins: map[*Conn]bool{}}
+	if addr, err := s.ask(); err == nil {
+		s.addr = addr
+	}
+	return s
+}
+
+// primary is the current primary's address ("" while unknown).
+func (s *sentinel) primary() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.addr
+}
+
+// errNoPrimary: no sentinel has named the primary yet.
+var errNoPrimary = errors.New("upstream sentinel: no sentinel named the primary yet")
+
+// errSwitched fails the calls in flight to a primary Sentinel replaced.
+var errSwitched = errors.New("upstream sentinel: the primary changed (failover); retry")
+
+// ask asks each sentinel in turn for the primary's address.
+func (s *sentinel) ask() (string, error) {
+	var lastErr error = errNoPrimary
+	for _, a := range s.cfg.Addrs {
+		nc, br, err := s.dialSentinel(a)
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		nc.SetDeadline(time.Now().Add(time.Duration(s.cfg.DialTimeout)))
+		_, err = nc.Write(resp.AppendCommand(nil, strArgs("SENTINEL", "GET-MASTER-ADDR-BY-NAME", s.cfg.MasterName)))
+		var reply []byte
+		if err == nil {
+			reply, err = resp.AppendReply(nil, br)
+		}
+		nc.Close()
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		parts, ok := resp.Elements(reply)
+		if !ok || len(parts) != 2 {
+			lastErr = errors.New("upstream sentinel: " + a + " does not know master " + s.cfg.MasterName + ": " + oneLine(reply))
+			continue
+		}
+		return net.JoinHostPort(scalar(parts[0]), scalar(parts[1])), nil
+	}
+	return "", lastErr
+}
+
+func (s *sentinel) dialSentinel(addr string) (net.Conn, *bufio.Reader, error) {
+	nc, err := net.DialTimeout("tcp", addr, time.Duration(s.cfg.DialTimeout))
+	if err != nil {
+		return nil, nil, err
+	}
+	return nc, bufio.NewReader(nc), nil
+}
+
+// run follows the primary until close.
+func (s *sentinel) run() {
+	defer close(s.done)
+	for i := 0; ; i++ {
+		select {
+		case <-s.stop:
+			return
+		default:
+		}
+		s.watch(s.cfg.Addrs[i%len(s.cfg.Addrs)])
+		select {
+		case <-s.stop:
+			return
+		case <-time.After(pollEvery):
+		}
+	}
+}
+
+// watch subscribes to +switch-master on the sentinel at addr and follows
+// what it says (and what polling the sentinels says) until the
+// subscription breaks.
+func (s *sentinel) watch(addr string) {
+	s.check()
+	nc, br, err := s.dialSentinel(addr)
+	if err != nil {
+		return
+	}
+	defer nc.Close()
+	quit := make(chan struct{})
+	defer close(quit)
+	go func() {
+		select {
+		case <-s.stop:
+			nc.Close()
+		case <-quit:
+		}
+	}()
+	nc.SetDeadline(time.Now().Add(time.Duration(s.cfg.DialTimeout)))
+	if _, err := nc.Write(resp.AppendCommand(nil, strArgs("SUBSCRIBE", "+switch-master", "+promoted-slave", "+failover-state-send-slaveof-noone"))); err != nil {
+		return
+	}
+	for range 3 {
+		if _, err := resp.AppendReply(nil, br); err != nil {
+			return
+		}
+	}
+	for {
+		nc.SetReadDeadline(time.Now().Add(pollEvery))
+		msg, err := resp.AppendReply(nil, br)
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() && br.Buffered() == 0 {
+				s.check()
+				continue
+			}
+			return
+		}
+		parts, ok := resp.Elements(msg)
+		if !ok || len(parts) != 3 || scalar(parts[0]) != "message" {
+			continue
+		}
+		f := strings.Fields(scalar(parts[2]))
+		switch scalar(parts[1]) {
+		case "+switch-master":
+			// "<name> <old-ip> <old-port> <new-ip> <new-port>": the
+			// failover is over.
+			if len(f) == 5 && f[0] == s.cfg.MasterName {
+				s.switchTo(net.JoinHostPort(f[3], f[4]))
+			}
+		case "+failover-state-send-slaveof-noone", "+promoted-slave":
+			// "slave <ip:port> <ip> <port> @ <name> <old-ip> <old-port>":
+			// the sentinel is about to promote the replica (REPLICAOF NO
+			// ONE), or sees it promoted. Writes go to it from now on, not
+			// to the old primary, whose writes after the promotion the
+			// new one never gets (asynchronous replication): a write the
+			// replica refuses for a few milliseconds (-READONLY) is not
+			// acknowledged, one the old primary took would be lost. The
+			// sentinels go on naming the old primary until the promotion
+			// is seen; polls do not switch back meanwhile.
+			if len(f) == 8 && f[0] == "slave" && f[5] == s.cfg.MasterName {
+				s.mu.Lock()
+				s.holdUntil = time.Now().Add(time.Duration(s.cfg.Timeout))
+				s.held = net.JoinHostPort(f[6], f[7])
+				s.mu.Unlock()
+				s.switchTo(net.JoinHostPort(f[2], f[3]))
+			}
+		}
+	}
+}
+
+// check asks the sentinels and switches if they name another primary
+// (unless they still name the one a failover under way replaces).
+func (s *sentinel) check() {
+	addr, err := s.ask()
+	if err != nil {
+		return
+	}
+	s.mu.Lock()
+	hold := addr == s.held && time.Now().Before(s.holdUntil)
+	s.mu.Unlock()
+	if !hold {
+		s.switchTo(addr)
+	}
+}
+
+// lost is called when a connection to the primary failed: the sentinels
+// are asked at once rather than at the next poll (one asking at a time).
+func (s *sentinel) lost() {
+	if s.asking.CompareAndSwap(false, true) {
+		go func() {
+			defer s.asking.Store(false)
+			s.check()
+		}()
+	}
+}
+
+// switchTo makes addr the primary: the multiplexers redial there, the
+// pinned connections to the old one are closed.
+func (s *sentinel) switchTo(addr string) {
+	s.mu.Lock()
+	if addr == s.addr {
+		s.mu.Unlock()
+		return
+	}
+	s.addr = addr
+	s.changes++
+	pins := s.pins
+	s.pins = map[*Conn]bool{}
+	s.mu.Unlock()
+	for i := range s.u.mux {
+		s.u.mux[i].retarget(addr)
+	}
+	for c := range pins {
+		c.Close()
+	}
+}
+
+// track notes a pinned connection to the current primary; false when
+// addr is no longer it (the caller closes the connection).
+func (s *sentinel) track(c *Conn, addr string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if addr != s.addr {
+		return false
+	}
+	s.pins[c] = true
+	return true
+}
+
+func (s *sentinel) forget(c *Conn) {
+	s.mu.Lock()
+	delete(s.pins, c)
+	s.mu.Unlock()
+}
+
+// Switches is how many times Sentinel's primary changed since start.
+func (s *sentinel) switches() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.changes
+}
+
+func (s *sentinel) close() {
+	close(s.stop)
+	<-s.done
+}
+
+// retarget points every connection of m at addr: each open one is closed
+// (its calls in flight fail with errSwitched) and the next call dials
+// addr.
+func (m *Mux) retarget(addr string) {
+	for _, c := range m.conns {
+		c.mu.Lock()
+		c.cfg.Addr = addr
+		if c.nc != nil {
+			c.failLocked(c.nc, errSwitched)
+		}
+		c.mu.Unlock()
+	}
+}
