@@ -48,7 +48,7 @@ type session struct {
 	onOverflow func()
 	onStream   func([]byte)
 	onQueued   func()
-	window     int // commands per round trip on the shared path (forwardShared)
+	window     int        // commands per round trip on the shared path (forwardShared)
 	gc         *resp.Conn // the guarded client connection (nil in some tests)
 	ticket     bool       // holds a ticket of the server's order
 
