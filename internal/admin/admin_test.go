@@ -388,7 +388,6 @@ func TestMetricNames(t *testing.T) {
 		"respite_invalidation_slot_lag_bytes", "respite_invalidation_leader", "respite_invalidation_stale",
 		"respite_invalidation_transactions_total", "respite_invalidation_route_flushes_total",
 		"respite_invalidation_own_writes_skipped_total", "respite_invalidation_errors_total",
-		"respite_upstream_persistence", "respite_upstream_maxmemory_policy",
 		"respite_cluster_topology_refreshes_total", "respite_cluster_redirects_total",
 	}
 	slices.Sort(want)
