@@ -239,6 +239,7 @@ func (c *muxConn) read(nc net.Conn, br *bufio.Reader, cl *Call) {
 			// The connection failed meanwhile (its calls are failed), or
 			// nobody waits: nothing more to read.
 			c.reading = false
+			c.wakeNextLocked()
 			c.mu.Unlock()
 			return
 		}
@@ -249,6 +250,7 @@ func (c *muxConn) read(nc net.Conn, br *bufio.Reader, cl *Call) {
 			c.mu.Lock()
 			c.reading = false
 			c.failLocked(nc, err)
+			c.wakeNextLocked()
 			c.mu.Unlock()
 			return
 		}
@@ -259,6 +261,14 @@ func (c *muxConn) read(nc net.Conn, br *bufio.Reader, cl *Call) {
 			continue
 		}
 		c.mu.Lock()
+		if c.nc != nc {
+			// The connection failed (or was retargeted) while the reply
+			// was read: failLocked has failed head and emptied the queue.
+			c.reading = false
+			c.wakeNextLocked()
+			c.mu.Unlock()
+			return
+		}
 		c.queue[c.head] = nil
 		c.head++
 		if c.head == len(c.queue) {
@@ -280,6 +290,16 @@ func (c *muxConn) read(nc net.Conn, br *bufio.Reader, cl *Call) {
 		}
 		c.mu.Unlock()
 		return
+	}
+}
+
+// wakeNextLocked hands the reading to the oldest call waiting on the
+// current connection, if any: a leader that stops because its connection
+// failed (or was replaced, Mux.retarget) leaves the calls already queued
+// on the next connection without a reader otherwise.
+func (c *muxConn) wakeNextLocked() {
+	if c.nc != nil && c.head < len(c.queue) {
+		c.queue[c.head].wake()
 	}
 }
 
