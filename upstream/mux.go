@@ -326,6 +326,7 @@ func (c *muxConn) read(nc net.Conn, br *bufio.Reader, cl *Call) {
 			// The connection failed meanwhile (its calls are failed), or
 			// nobody waits: nothing more to read.
 			c.reading = false
+			c.wakeNextLocked()
 			c.mu.Unlock()
 			return
 		}
@@ -337,6 +338,7 @@ func (c *muxConn) read(nc net.Conn, br *bufio.Reader, cl *Call) {
 			c.mu.Lock()
 			c.reading = false
 			c.failLocked(nc, err)
+			c.wakeNextLocked()
 			c.mu.Unlock()
 			return
 		}
@@ -367,6 +369,14 @@ func (c *muxConn) read(nc net.Conn, br *bufio.Reader, cl *Call) {
 			continue
 		}
 		c.mu.Lock()
+		if c.nc != nc {
+			// The connection failed (or was retargeted) while the reply
+			// was read: failLocked has failed head and emptied the queue.
+			c.reading = false
+			c.wakeNextLocked()
+			c.mu.Unlock()
+			return
+		}
 		if head.Limit > 0 {
 			c.took(head)
 		}
@@ -395,6 +405,16 @@ func (c *muxConn) read(nc net.Conn, br *bufio.Reader, cl *Call) {
 		}
 		c.mu.Unlock()
 		return
+	}
+}
+
+// wakeNextLocked hands the reading to the oldest call waiting on the
+// current connection, if any: a leader that stops because its connection
+// failed (or was replaced, Mux.retarget) leaves the calls already queued
+// on the next connection without a reader otherwise.
+func (c *muxConn) wakeNextLocked() {
+	if c.nc != nil && c.head < len(c.queue) {
+		c.queue[c.head].wake()
 	}
 }
 

@@ -2,6 +2,8 @@ package upstream
 
 import (
 	"bufio"
+	"context"
+	"crypto/tls"
 	"errors"
 	"net"
 	"strings"
@@ -23,8 +25,10 @@ import (
 // pinned connection to the old primary is closed, which ends its
 // session with the error its client sees when the proxy closes it.
 //
-// The route layer's go-redis client is a FailoverClient, which follows
-// Sentinel on its own.
+// The route layer's go-redis client dials through dialPrimary, so it
+// follows the same primary at the same moment (go-redis' FailoverClient
+// would follow +switch-master only, seconds after the promotion, and
+// write to the old primary meanwhile).
 type sentinel struct {
 	u    *Upstream
 	cfg  config.Upstream
@@ -36,18 +40,24 @@ type sentinel struct {
 	mu   sync.Mutex
 	addr string // the current primary, "" until known
 	// held is the primary a failover under way replaces: polls that still
-	// name it are ignored until holdUntil.
+	// name it are ignored until +switch-master or holdUntil.
 	held      string
 	holdUntil time.Time
-	pins      map[*Conn]bool // pinned connections open to it
-	changes   int64          // switches seen
+	pins      map[*Conn]bool        // pinned connections open to it
+	nets      map[*primaryConn]bool // go-redis' connections to it
+	changes   int64                 // switches seen
 }
+
+// failoverHold bounds how long polls naming the old primary are ignored
+// after a failover began (until +switch-master, normally a few seconds;
+// a failover that never completes lets the polls decide again).
+const failoverHold = 60 * time.Second
 
 // pollEvery is how often the sentinels are asked even without a message.
 const pollEvery = 500 * time.Millisecond
 
 func newSentinel(u *Upstream, cfg config.Upstream) *sentinel {
-	s := &sentinel{u: u, cfg: cfg, stop: make(chan struct{}), done: make(chan struct{}), pins: map[*Conn]bool{}}
+	s := &sentinel{u: u, cfg: cfg, stop: make(chan struct{}), done: make(chan struct{}), pins: map[*Conn]bool{}, nets: map[*primaryConn]bool{}}
 	if addr, err := s.ask(); err == nil {
 		s.addr = addr
 	}
@@ -172,6 +182,9 @@ func (s *sentinel) watch(addr string) {
 			// "<name> <old-ip> <old-port> <new-ip> <new-port>": the
 			// failover is over.
 			if len(f) == 5 && f[0] == s.cfg.MasterName {
+				s.mu.Lock()
+				s.held = "" // polls name the new primary from now on
+				s.mu.Unlock()
 				s.switchTo(net.JoinHostPort(f[3], f[4]))
 			}
 		case "+failover-state-send-slaveof-noone", "+promoted-slave":
@@ -186,7 +199,7 @@ func (s *sentinel) watch(addr string) {
 			// is seen; polls do not switch back meanwhile.
 			if len(f) == 8 && f[0] == "slave" && f[5] == s.cfg.MasterName {
 				s.mu.Lock()
-				s.holdUntil = time.Now().Add(time.Duration(s.cfg.Timeout))
+				s.holdUntil = time.Now().Add(failoverHold)
 				s.held = net.JoinHostPort(f[6], f[7])
 				s.mu.Unlock()
 				s.switchTo(net.JoinHostPort(f[2], f[3]))
@@ -231,9 +244,12 @@ func (s *sentinel) switchTo(addr string) {
 	}
 	s.addr = addr
 	s.changes++
-	pins := s.pins
-	s.pins = map[*Conn]bool{}
+	pins, nets := s.pins, s.nets
+	s.pins, s.nets = map[*Conn]bool{}, map[*primaryConn]bool{}
 	s.mu.Unlock()
+	for c := range nets {
+		c.Conn.Close() // go-redis finds it broken and dials the new primary
+	}
 	for i := range s.u.mux {
 		s.u.mux[i].retarget(addr)
 	}
@@ -258,6 +274,57 @@ func (s *sentinel) forget(c *Conn) {
 	s.mu.Lock()
 	delete(s.pins, c)
 	s.mu.Unlock()
+}
+
+// dialPrimary is the go-redis client's Dialer: a connection to the
+// current primary, closed when the primary changes (switchTo), so that
+// the route layer's fills, scripts and streams never write to a primary
+// Sentinel is replacing (writes it acknowledged after the promotion would
+// be lost with it).
+func (s *sentinel) dialPrimary(ctx context.Context, _, _ string) (net.Conn, error) {
+	s.mu.Lock()
+	addr, gen := s.addr, s.changes
+	s.mu.Unlock()
+	if addr == "" {
+		s.lost()
+		return nil, errNoPrimary
+	}
+	d := net.Dialer{Timeout: time.Duration(s.cfg.DialTimeout)}
+	nc, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		s.lost()
+		return nil, err
+	}
+	if s.u.tls != nil {
+		tc := tls.Client(nc, s.u.tls)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			nc.Close()
+			return nil, err
+		}
+		nc = tc
+	}
+	gc := &primaryConn{Conn: nc, s: s}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if gen != s.changes {
+		nc.Close()
+		return nil, errSwitched
+	}
+	s.nets[gc] = true
+	return gc, nil
+}
+
+// primaryConn is a go-redis connection to the primary (dialPrimary).
+type primaryConn struct {
+	net.Conn
+	s *sentinel
+}
+
+func (c *primaryConn) Close() error {
+	c.s.mu.Lock()
+	delete(c.s.nets, c)
+	c.s.mu.Unlock()
+	return c.Conn.Close()
 }
 
 // Switches is how many times Sentinel's primary changed since start.

@@ -107,9 +107,8 @@ func New(cfg config.Upstream) (*Upstream, error) {
 		u.cluster = newCluster(u, cfg, muxConns)
 	}
 	if u.sentinel != nil {
-		u.redis = redis.NewFailoverClient(&redis.FailoverOptions{
-			MasterName:            cfg.MasterName,
-			SentinelAddrs:         cfg.Addrs,
+		u.redis = redis.NewClient(&redis.Options{
+			Dialer:                u.sentinel.dialPrimary,
 			Username:              cfg.Username,
 			Password:              cfg.Password,
 			DB:                    cfg.DB,
