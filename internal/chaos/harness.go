@@ -510,7 +510,7 @@ func (e *env) pause(lo, hi time.Duration) {
 // with load before each, and a last stretch of load after the last cycle.
 func (e *env) faults() error {
 	perCycle := e.cfg.Duration / time.Duration(e.cfg.Cycles)
-	gap := max(time.Second, (perCycle-PostgresOutage)/4)
+	gap := max(time.Second, (perCycle-PostgresOutage)/3) // three gaps a cycle
 	for i := 0; i < e.cfg.Cycles; i++ {
 		steps := []func() error{
 			func() error { return e.restartProxy("") },
