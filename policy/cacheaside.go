@@ -22,17 +22,25 @@ func (p *cacheAside) Queue(ctx context.Context, o Op) (*Queued, error) {
 	return p.r.queueDeferred(ctx, o)
 }
 
-// Prepare runs the write's statements inside the EXEC transaction.
+// Prepare announces the write (its intent, as write-through's) and runs
+// its statements inside the EXEC transaction.
 func (p *cacheAside) Prepare(ctx context.Context, tx pgx.Tx, q *Queued) (resp.Reply, error) {
+	in, err := p.r.beginIntent(ctx, q.Key())
+	if err != nil {
+		return resp.Reply{}, err
+	}
+	q.intent = in
 	return p.r.dbWrite(ctx, tx, q.op)
 }
 
-// Finish invalidates the cached copy again, whatever the outcome: a read
-// between EXEC and the commit may have cached the old row.
+// Finish invalidates the cached copy again, whatever the outcome (a read
+// between EXEC and the commit may have cached the old row), and ends the
+// intent.
 func (p *cacheAside) Finish(ctx context.Context, q *Queued, _ []byte, _ bool) resp.Reply {
-	if err := p.r.invalidate(ctx, q.Key()); err != nil {
+	if err := p.r.finishWrite(ctx, q.Key(), q.intent, outcomeInvalidate); err != nil {
 		p.r.log.Warn("invalidating after a transaction failed", "err", err)
-		p.r.afterFailedStep(q.Key(), nil)
+		p.r.afterFailedStep(q.Key(), q.intent)
 	}
+	q.intent = nil
 	return q.reply
 }

@@ -26,29 +26,24 @@ import (
 // process (keyLocks).
 
 // writeDirect runs a write command on its key against PostgreSQL, then
-// brings the cache in line with it: cache-aside invalidates (afterWrite),
-// write-through stores the row (writethrough.go).
+// brings the cache in line with it: cache-aside deletes the cached copy,
+// write-through stores the row (writethrough.go); both with an intent.
 func (r *Route) writeDirect(ctx context.Context, o Op) resp.Reply {
 	key := o.key()
 	unlock := r.locks.lock(key)
 	defer unlock()
-	if r.cfg.Policy != config.WriteThrough {
-		reply, err := r.dbWrite(ctx, nil, o)
-		if err != nil {
-			return r.fail(err)
-		}
-		if err := r.afterWrite(ctx, key); err != nil {
-			r.log.Warn("cache update after write failed", "err", err)
-			r.afterFailedStep(key, nil)
-		}
-		return reply
-	}
-	// Write-through announces the write first (writethrough.go), which
-	// also refuses it while Redis is unreachable: the cache could not
-	// follow.
+	// The write announces itself first (writethrough.go), so that a
+	// proxy dying before its cache step leaves a record its restart (or
+	// another proxy's sweep) resolves. With Redis unreachable write-through
+	// refuses the write (the cache could not follow); cache-aside goes on
+	// without the record, and the invalidation is retried before the key
+	// is served from the cache again (unsettled.go).
 	in, err := r.beginIntent(ctx, key)
 	if err != nil {
-		return r.fail(err)
+		if r.cfg.Policy == config.WriteThrough {
+			return r.fail(err)
+		}
+		in = nil
 	}
 	pctx, cancel := context.WithTimeout(ctx, r.writePhase())
 	var reply resp.Reply
@@ -58,7 +53,10 @@ func (r *Route) writeDirect(ctx context.Context, o Op) resp.Reply {
 		reply, err = r.dbWrite(pctx, nil, o)
 	}
 	cancel()
-	out := outcomeCommitted
+	out := outcomeCommitted // write-through: store the row
+	if r.cfg.Policy != config.WriteThrough {
+		out = outcomeInvalidate // cache-aside: delete the cached copy
+	}
 	if err != nil {
 		out = outcomeInvalidate
 		if refusedForCertain(err) {

@@ -21,12 +21,12 @@ import (
 // read of it first retries that step (settle) and, while Redis still
 // refuses, is served from PostgreSQL without filling; the sweep
 // (Set.sweep) retries every intentSweep. A proxy that dies with unsettled
-// keys loses this list: its write-through intents are still in Redis and
-// are resolved by its restart or another proxy's sweep (writethrough.go);
-// cache-aside keys have no such record and keep the old copy until the
-// TTL (docs/OPERATIONS.md, "Write-through after a crash"). Other proxy
-// instances do not know the list either: they serve the old copy until
-// the key's write intent expires (write-through) or its TTL (cache-aside).
+// keys loses this list: the writes' intents are still in Redis and are
+// resolved by its restart or another proxy's sweep (writethrough.go),
+// except for a cache-aside write made while Redis was unreachable (it has
+// no intent), which keeps the old copy until the TTL (docs/OPERATIONS.md,
+// "Write-through after a crash"). Other proxy instances do not know the
+// list either: they serve the old copy until the write's intent expires.
 type unsettled struct {
 	n    atomic.Int64 // len(keys), read without the lock on every read
 	mu   sync.Mutex

@@ -104,3 +104,66 @@ routes:
 		waitFor(t, 10*time.Second, k+": no old copy in Redis", func() bool { return direct.Get(ctx, k).Val() != "old" })
 	}
 }
+
+// A proxy SIGKILLed while a cache-aside write waits in PostgreSQL (the row
+// locked): PostgreSQL runs the statement to its end after the proxy died,
+// so the row changes while the old copy stays cached. The restarted proxy
+// must not serve that copy. Made deterministic by the row lock, as above.
+func TestCacheAsideWriteOfAKilledProxy(t *testing.T) {
+	ca := uniqueName("killed_ca")
+	pgExec(t, nil, fmt.Sprintf("CREATE TABLE %s (k text PRIMARY KEY, v text NOT NULL)", ca))
+	rs, err := testenv.StartRedis()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(rs.Stop)
+	cfg := fmt.Sprintf(`upstream:
+  addr: %s
+postgres:
+  dsn: %s
+  statement_timeout: 2s
+write_back:
+  consumer: killed-ca-proxy
+routes:
+  - {name: ca, prefix: "ca:", policy: cache-aside, table: %s, key_column: k, format: value, value_column: v}
+`, rs.Addr, testPG.DSN, ca)
+	p := startProxy(t, cfg)
+	ctx := testCtx(t)
+	c := redis.NewClient(&redis.Options{Addr: p.addr, MaxRetries: -1, ReadTimeout: 30 * time.Second})
+	if err := c.Set(ctx, "ca:a", "old", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.Get(ctx, "ca:a").Val(); got != "old" {
+		t.Fatalf("GET = %q", got)
+	}
+	lock, err := pgx.Connect(ctx, testPG.DSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Close(context.Background())
+	tx, err := lock.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, fmt.Sprintf("SELECT 1 FROM %s WHERE k = 'a' FOR UPDATE", ca)); err != nil {
+		t.Fatal(err)
+	}
+	go c.Set(ctx, "ca:a", "new", 0)
+	waitFor(t, 10*time.Second, "the write waiting for the row lock", func() bool {
+		return pgQuery(t, nil, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'") == "1"
+	})
+	p.kill()
+	c.Close()
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the dead proxy's UPDATE committed", func() bool {
+		return pgQuery(t, nil, fmt.Sprintf("SELECT v FROM %s WHERE k = 'a'", ca)) == "new"
+	})
+	p = startProxy(t, cfg)
+	c = redis.NewClient(&redis.Options{Addr: p.addr, MaxRetries: -1})
+	defer c.Close()
+	if got, err := c.Get(ctx, "ca:a").Result(); got != "new" {
+		t.Fatalf("GET after the restart: %q %v, want PostgreSQL's \"new\"", got, err)
+	}
+}

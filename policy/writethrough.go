@@ -110,10 +110,16 @@ func (p *writeThrough) Finish(ctx context.Context, q *Queued, _ []byte, committe
 	return q.reply
 }
 
-// afterWrite brings the cache in line with PostgreSQL after a committed
-// write of a cache-aside route: it invalidates the cached copy.
-func (r *Route) afterWrite(ctx context.Context, key string) error {
-	return r.invalidate(ctx, key)
+// intents reports whether the route's writes announce themselves with
+// intents: write-through, and cache-aside, whose writes end by deleting
+// the cached copy instead of storing the row (a proxy killed between its
+// PostgreSQL write and that deletion would otherwise leave the old copy
+// cached for the TTL). Cache-aside reads keep their plain fill (one SET,
+// no generation check in Redis): a fill that lands while a dead proxy's
+// statement may still commit is deleted by the sweep's second resolution
+// of the fenced intent, intentMargin after the restart.
+func (r *Route) intents() bool {
+	return r.cfg.Policy == config.WriteThrough || r.cfg.Policy == config.CacheAside
 }
 
 // intentSweep is how often a proxy resolves intents past their lease.
@@ -439,7 +445,7 @@ func (r *Route) fillGuarded(ctx context.Context, key string, rw row, overwrite b
 // kept that long as live intents, fencing fills out, and resolved again
 // by the sweep). It returns how many keys it invalidated.
 func (r *Route) ResolveIntents(ctx context.Context, own bool) (int, error) {
-	if r.cfg.Policy != config.WriteThrough {
+	if !r.intents() {
 		return 0, nil
 	}
 	prefix, max := "", "("+strconv.FormatInt(time.Now().UnixMilli(), 10)

@@ -21,7 +21,7 @@ func (quiet) Printf(context.Context, string, ...any) {}
 // a minute. `make chaos` sets CHAOS_DURATION and CHAOS_CYCLES for a longer
 // one; CHAOS_SEED repeats a run's fault order and timing.
 const (
-	shortDuration = 36 * time.Second
+	shortDuration = 33 * time.Second
 	shortCycles   = 2
 )
 
