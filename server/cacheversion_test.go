@@ -47,6 +47,11 @@ func TestCacheVersionBumpMissesEveryRow(t *testing.T) {
 	if got := c.do("MGET", "user:32", "user:31"); !strings.Contains(got, `"age":41`) || !strings.Contains(got, `"age":31`) {
 		t.Fatalf("MGET after the bump: %q", got)
 	}
+	// VERIFY samples the current version's copies only (the stale version
+	// 0 copies are no longer served).
+	if got := c.do("RESPITE", "VERIFY", "users"); !strings.Contains(got, "$7\r\nchecked\r\n:2\r\n$9\r\ndivergent\r\n:0\r\n") {
+		t.Errorf("VERIFY users after the bump: %q", got)
+	}
 	// The new copy is under the tagged key; the old one still has its TTL.
 	if got := rds.do("EXISTS", "user:\x00v2\x0031"); got != ":1\r\n" {
 		t.Errorf("version 2 copy of user:31: %q", got)
