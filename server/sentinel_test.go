@@ -38,6 +38,11 @@ func TestSentinelFailoverUnderWrites(t *testing.T) {
 	if got := c.do("SET", "before", "1"); got != "+OK\r\n" {
 		t.Fatalf("SET through the proxy: %q", got)
 	}
+	// The replica has it before the failover starts (replication is
+	// asynchronous; losses of the writes during it are logged below).
+	if got := c.do("WAIT", "1", "5000"); got != ":1\r\n" {
+		t.Fatalf("WAIT for the replica: %q", got)
+	}
 	watcher := dialRaw(t, addr)
 	if got := watcher.do("WATCH", "before"); got != "+OK\r\n" {
 		t.Fatal(got)
