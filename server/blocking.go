@@ -25,7 +25,11 @@ func (c *session) blocking(cmd *router.Command) {
 	p := c.pin
 	// Written first: a command another client sends after this one must
 	// reach Redis after it, as it would have directly.
-	p.req = resp.AppendCommand(p.req[:0], cmd.Args)
+	p.req = p.req[:0]
+	if (cmd.ID == router.CmdWait || cmd.ID == router.CmdWaitaof) && c.s.up.Cluster() == nil {
+		p.req = append(p.req, waitMarkReq...)
+	}
+	p.req = resp.AppendCommand(p.req, cmd.Args)
 	c.s.conflicts.noteWrites([]router.Command{*cmd})
 	c.blocked = true
 	c.publish()
@@ -59,8 +63,9 @@ func (c *session) blocking(cmd *router.Command) {
 }
 
 // blockOnce writes req on the pinned connection and reads the blocking
-// command's reply into p.buf (after ASKING's +OK when req starts with
-// one); left reports that the client went away meanwhile.
+// command's reply into p.buf (after ASKING's +OK or waitMarkReq's reply
+// when req starts with one); left reports that the client went away
+// meanwhile.
 func (c *session) blockOnce(req []byte) (left bool, err error) {
 	p := c.pin
 	err = p.conn.Write(req)
@@ -78,7 +83,7 @@ func (c *session) blockOnce(req []byte) (left bool, err error) {
 			}
 		}()
 	}
-	if err == nil && bytes.HasPrefix(req, askingReq) {
+	if err == nil && (bytes.HasPrefix(req, askingReq) || bytes.HasPrefix(req, waitMarkReq)) {
 		p.buf, err = p.conn.ReadReply(p.buf[:0])
 	}
 	if err == nil {
@@ -91,3 +96,15 @@ func (c *session) blockOnce(req []byte) (left bool, err error) {
 
 // askingReq is ASKING as it starts a request.
 var askingReq = resp.AppendCommand(nil, [][]byte{[]byte("ASKING")})
+
+// waitMarkReq goes before a WAIT or WAITAOF on the pinned connection.
+// Redis counts the replicas (or fsyncs) that have the connection's own
+// last write, and the client's writes went on other connections (the
+// shared ones, a policy's, an earlier pin): a pinned connection that has
+// written nothing, or less recently, answers at once with replicas that
+// do not hold them. SPUBLISH is a write as WAIT counts them (Redis
+// propagates it to replicas outside a cluster) and changes no key; its
+// shard channel reaches only a client that SSUBSCRIBEs to this very
+// name, never a pattern. Its reply (or error, as on a Redis before 7.0
+// or for an upstream user without the channel) is read and dropped.
+var waitMarkReq = resp.AppendCommand(nil, [][]byte{[]byte("SPUBLISH"), []byte(router.ReservedPrefix + "wait"), nil})

@@ -20,6 +20,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -275,7 +276,7 @@ func (s *Server) handle(conn redcon.Conn, cmd redcon.Command) {
 	}
 	defer func() {
 		if r := recover(); r != nil {
-			s.log.Error("panic serving client; connection closed", "panic", r, "client", sess.id)
+			s.log.Error("panic serving client; connection closed", "panic", r, "client", sess.id, "stack", string(debug.Stack()))
 			sess.sendError("ERR internal error in proxy")
 			sess.w.Close()
 		}

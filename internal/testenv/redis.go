@@ -206,6 +206,19 @@ func (r *Redis) Stop() {
 	}
 }
 
+// Freeze stops the server's process (SIGSTOP) without closing its
+// connections, as a server stalled by its host would be: it reads, writes
+// and acknowledges nothing until the returned thaw (SIGCONT) runs. Freezing
+// a server that is not running does nothing.
+func (r *Redis) Freeze() (thaw func()) {
+	pid := r.pid()
+	if pid == 0 {
+		return func() {}
+	}
+	syscall.Kill(pid, syscall.SIGSTOP)
+	return func() { syscall.Kill(pid, syscall.SIGCONT) }
+}
+
 // pid is the process id of the running server, 0 while it is not running.
 func (r *Redis) pid() int {
 	r.mu.Lock()

@@ -1,19 +1,17 @@
+//go:build linux
+
 package resp
 
 import (
 	"net"
-	"runtime"
 	"testing"
 	"time"
 )
 
 // TestArrivalIsWhenBytesCameNotWhenRead: Arrival orders two connections by
 // when their bytes reached the socket, even when they are read the other
-// way round.
+// way round. Linux only: elsewhere Arrival is the read time.
 func TestArrivalIsWhenBytesCameNotWhenRead(t *testing.T) {
-	if runtime.GOOS != "linux" {
-		t.Skip("kernel receive stamps are Linux-only; elsewhere Arrival is the read time")
-	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
