@@ -3,6 +3,7 @@ package server
 import (
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -20,40 +21,58 @@ const orderWait = time.Millisecond
 // So each batch takes a ticket stamped with when its bytes reached the
 // proxy's socket (resp.Conn.Arrival: the kernel's receive stamp), yields
 // once so that goroutines woken for earlier bytes take theirs, and waits,
-// at most orderWait, until no batch that arrived before it still holds a
-// ticket. A batch gives its ticket back (session.sent) as soon as its
-// commands are queued for Redis, or when it needs Redis no more (answered
-// by the proxy, routed), so only batches that really go to Redis wait,
-// and only for each other.
+// at most orderWait, until no batch that arrived before it and that it
+// must follow still holds a ticket. A batch gives its ticket back
+// (session.sent) as soon as its commands are queued for Redis, or when it
+// needs Redis no more (answered by the proxy, routed), so only batches
+// that really go to Redis wait, and only for each other.
+//
+// Which batches a batch must follow: a batch for a pinned connection
+// (a transaction, a blocking command, a session on another database)
+// follows every earlier one; a batch for the shared connections follows
+// only earlier pinned ones. Two shared batches keep no order that waiting
+// could give them: they may go on different multiplexed connections,
+// which Redis reads in its own order. So traffic that never pins (most
+// applications, every benchmark) only registers and yields, and never
+// spins.
 type order struct {
 	mu      sync.Mutex
 	pending []ticket
+	pinned  atomic.Int32 // pending tickets of pinned batches
 }
 
 type ticket struct {
-	id int64 // session
-	at int64 // arrival, ns
+	id     int64 // session
+	at     int64 // arrival, ns
+	pinned bool  // the batch goes on a pinned connection
 }
 
 // take gives session id a ticket for a batch that arrived at at, then
 // waits for its turn.
-func (o *order) take(id, at int64) {
+func (o *order) take(id, at int64, pinned bool) {
 	o.mu.Lock()
-	o.pending = append(o.pending, ticket{id, at})
+	o.pending = append(o.pending, ticket{id, at, pinned})
 	o.mu.Unlock()
+	if pinned {
+		o.pinned.Add(1)
+	}
 	runtime.Gosched() // let goroutines woken for earlier bytes take theirs
+	if !pinned && o.pinned.Load() == 0 {
+		return
+	}
 	deadline := time.Now().Add(orderWait)
-	for !o.first(id, at) && time.Now().Before(deadline) {
+	for !o.first(id, at, pinned) && time.Now().Before(deadline) {
 		runtime.Gosched()
 	}
 }
 
-// first reports whether no batch that arrived before at holds a ticket.
-func (o *order) first(id, at int64) bool {
+// first reports whether no batch that arrived before at, and that a batch
+// (pinned or not) must follow, holds a ticket.
+func (o *order) first(id, at int64, pinned bool) bool {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	for _, t := range o.pending {
-		if t.at < at || (t.at == at && t.id < id) {
+		if (pinned || t.pinned) && (t.at < at || (t.at == at && t.id < id)) {
 			return false
 		}
 	}
@@ -65,6 +84,9 @@ func (o *order) done(id int64) {
 	o.mu.Lock()
 	for i, t := range o.pending {
 		if t.id == id {
+			if t.pinned {
+				o.pinned.Add(-1)
+			}
 			last := len(o.pending) - 1
 			o.pending[i] = o.pending[last]
 			o.pending = o.pending[:last]

@@ -28,7 +28,7 @@ func (c *session) serve(batch []redcon.Command) {
 	}
 	if c.gc != nil {
 		c.ticket = true
-		c.s.order.take(c.id, c.gc.Arrival().UnixNano())
+		c.s.order.take(c.id, c.gc.Arrival().UnixNano(), c.pinsFor(cmds))
 	}
 	defer c.sent()
 	if c.adoptRelay() && c.detach(cmds) {
@@ -50,6 +50,25 @@ func (c *session) serve(batch []redcon.Command) {
 	if c.toDetach != nil {
 		c.startDetached()
 	}
+}
+
+// pinsFor reports whether the batch cmds goes on a pinned connection,
+// wholly or in part: the session holds one, or a command's path is not
+// the shared connections or the proxy itself (order.go: which batches
+// wait for which).
+func (c *session) pinsFor(cmds []router.Command) bool {
+	if c.pin != nil || c.relayed() {
+		return true
+	}
+	st := c.state()
+	for i := range cmds {
+		switch router.Dispatch(st, &cmds[i]).Path {
+		case router.PathShared, router.PathLocal, router.PathRouted:
+		default:
+			return true
+		}
+	}
+	return false
 }
 
 // run carries cmds in order, each where router.Dispatch says. Runs of
