@@ -43,3 +43,39 @@ func TestArrivalOrderAcrossClients(t *testing.T) {
 		t.Fatalf("%d of 40 rounds reached Redis out of order", wrong)
 	}
 }
+
+// Which earlier batches a batch waits for: a pinned one for all, a shared
+// one only for pinned ones (order.go).
+func TestOrderWhoFollowsWhom(t *testing.T) {
+	var o order
+	o.take(1, 100, false)
+	if !o.first(2, 200, false) {
+		t.Fatal("a shared batch waits for an earlier shared one")
+	}
+	if o.first(2, 200, true) {
+		t.Fatal("a pinned batch does not wait for an earlier shared one")
+	}
+	o.take(3, 150, true)
+	if o.pinned.Load() != 1 {
+		t.Fatalf("pending pinned tickets: %d, want 1", o.pinned.Load())
+	}
+	if o.first(2, 200, false) {
+		t.Fatal("a shared batch does not wait for an earlier pinned one")
+	}
+	// A batch that arrived at 120: after the shared one (100), before the
+	// pinned one (150).
+	if !o.first(4, 120, false) {
+		t.Fatal("a shared batch waits for a later pinned one")
+	}
+	if o.first(4, 120, true) {
+		t.Fatal("a pinned batch does not wait for an earlier shared one")
+	}
+	o.done(3)
+	o.done(1)
+	if o.pinned.Load() != 0 || len(o.pending) != 0 {
+		t.Fatalf("after done: %d pinned, %d pending", o.pinned.Load(), len(o.pending))
+	}
+	if !o.first(2, 200, true) {
+		t.Fatal("a batch waits with no ticket pending")
+	}
+}
