@@ -49,6 +49,8 @@ type Change struct {
 
 // Txn is one committed transaction's changes to tracked tables.
 type Txn struct {
+	// Xid is the transaction's id (32 bits, as pgoutput sends it).
+	Xid uint32
 	// End is the position after the transaction's commit: acknowledging
 	// it (Replication.Ack) tells PostgreSQL never to send it again.
 	End     LSN
@@ -121,6 +123,41 @@ FROM pg_catalog.pg_replication_slots WHERE slot_name = $1`, slot).Scan(&lag)
 		return 0, wrapErr(err)
 	}
 	return *lag, nil
+}
+
+// WaitVisible waits until transaction xid (a commit received from the
+// slot) is visible to new snapshots. Logical decoding sends a commit
+// once its WAL is flushed, which is before the committing backend leaves
+// the proc array (and, with a synchronous standby, before the standby
+// confirmed it): a snapshot taken meanwhile still sees the old rows. The
+// first check usually says yes at once; then it polls, from 1 ms up to
+// 50 ms apart, until ctx ends.
+func (db *DB) WaitVisible(ctx context.Context, xid uint32) error {
+	// The 64-bit id: xid in the epoch of the snapshot's xmax, or the one
+	// before when xid's 32 bits are past xmax's (it wrapped since).
+	const q = `SELECT pg_catalog.pg_visible_in_snapshot(
+  (CASE WHEN (x.e << 32 | $1) > x.m THEN ((x.e - 1) << 32 | $1) ELSE (x.e << 32 | $1) END)::text::xid8, x.s)
+FROM (SELECT s, pg_catalog.pg_snapshot_xmax(s)::text::bigint AS m,
+             pg_catalog.pg_snapshot_xmax(s)::text::bigint >> 32 AS e
+      FROM pg_catalog.pg_current_snapshot() AS s) AS x`
+	wait := time.Millisecond
+	for {
+		var visible bool
+		if err := db.load.QueryRow(ctx, q, int64(xid)).Scan(&visible); err != nil {
+			return wrapErr(err)
+		}
+		if visible {
+			return nil
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+		wait = min(2*wait, 50*time.Millisecond)
+	}
 }
 
 // CreateSlot creates the persistent logical slot with pgoutput.
@@ -335,7 +372,7 @@ func (r *Replication) decode(data []byte) (*Txn, error) {
 	case *pglogrepl.RelationMessage:
 		r.rels[m.RelationID] = m
 	case *pglogrepl.BeginMessage:
-		r.cur = &Txn{}
+		r.cur = &Txn{Xid: m.Xid}
 	case *pglogrepl.CommitMessage:
 		t := r.cur
 		r.cur = nil

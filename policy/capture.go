@@ -269,6 +269,14 @@ func (c *capture) consume(ctx context.Context) error {
 		}
 		switch {
 		case ev.Txn != nil:
+			// Invalidated only once new snapshots see the commit: a fill
+			// that reads after the invalidation must read the new rows
+			// (one that read before it loses its lease to it, lease.go).
+			if len(ev.Txn.Changes) > 0 {
+				if err := c.db.WaitVisible(ctx, ev.Txn.Xid); err != nil {
+					return err
+				}
+			}
 			if err := c.apply(ctx, ev.Txn); err != nil {
 				return err
 			}

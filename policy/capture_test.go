@@ -189,6 +189,66 @@ func TestCaptureUpdateVisibleThroughTwoInstances(t *testing.T) {
 	}
 }
 
+// The capture invalidates a commit only once new snapshots see it.
+// Decoding sends a commit when its WAL is flushed; with a synchronous
+// standby the committer then waits for the standby before its commit
+// becomes visible. Here the standby named never comes ('ghost'), so the
+// UPDATE stays invisible until its wait is cancelled: reads meanwhile get
+// the old row, as they would straight from PostgreSQL, and once the
+// commit is visible the new one shows. Invalidated at decoding time, the
+// read in between re-cached the old row, served for the route's hour.
+func TestCaptureInvalidatesOnceTheCommitIsVisible(t *testing.T) {
+	pg, err := testenv.StartPostgres("wal_level=logical")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pg.Stop()
+	e := newCaptureEnv(t, pg, true)
+	ctx := testCtx(t)
+	w := e.writer(t)
+	mustExec(t, w, fmt.Sprintf("INSERT INTO %s VALUES (1, 'before')", e.table))
+	a := e.open(t)
+	waitLeader(t, a)
+	key := e.prefix + "1"
+	before, after := bulk(`{"id":1,"name":"before"}`), bulk(`{"id":1,"name":"after"}`)
+	if got := setDo(ctx, a, "GET", key); got != before {
+		t.Fatalf("GET %q, want %q", got, before)
+	}
+	pgExec(t, pg, "ALTER SYSTEM SET synchronous_standby_names = 'ghost'")
+	pgExec(t, pg, "SELECT pg_reload_conf()")
+	reset := func() {
+		pg.Exec("ALTER SYSTEM RESET synchronous_standby_names")
+		pg.Exec("SELECT pg_reload_conf()")
+	}
+	defer reset()
+	done := make(chan error, 1)
+	go func() {
+		_, err := w.Exec(context.Background(), fmt.Sprintf("UPDATE %s SET name = 'after' WHERE id = 1", e.table))
+		done <- err
+	}()
+	// The commit is in the WAL once its backend waits for the standby.
+	waitFor(t, 10*time.Second, "the UPDATE waiting for the synchronous standby", func() bool {
+		n, err := pg.Query("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'")
+		return err == nil && strings.TrimSpace(n) == "1"
+	})
+	// Time for the capture to receive it; reads meanwhile see the old row.
+	for range 10 {
+		if got := setDo(ctx, a, "GET", key); got != before {
+			t.Fatalf("GET while the commit is invisible: %q, want %q", got, before)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	pgExec(t, pg, "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE wait_event = 'SyncRep'")
+	select {
+	case <-done: // committed locally; the cancelled wait only warns
+	case <-time.After(10 * time.Second):
+		t.Fatal("the UPDATE still waits after pg_cancel_backend")
+	}
+	reset()
+	took := pollUntil(t, ctx, 3*time.Second, key, after, a)
+	t.Logf("the new row through the proxy %v after the commit became visible", took)
+}
+
 // An INSERT of a row whose absence is cached (negative marker), a DELETE
 // and a TRUNCATE are visible through both instances within 1 s.
 func TestCaptureInsertDeleteTruncate(t *testing.T) {

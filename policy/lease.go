@@ -17,8 +17,12 @@ import (
 // seen a commit (one the capture applied after the lease was taken) is
 // refused. Nothing compares WAL positions: a commit whose WAL record
 // precedes a position the fill could read may still be invisible to its
-// snapshot, but its invalidation is applied only after it committed, hence
-// after the lease was taken if the fill's snapshot missed it.
+// snapshot. The capture applies an invalidation only once new snapshots
+// see its commit (backend.WaitVisible: decoding sends a commit when its
+// WAL is flushed, before the committer leaves the proc array and, with a
+// synchronous standby, before the standby confirmed it), so a fill whose
+// snapshot missed the commit took its lease before the invalidation, and
+// a fill that takes its lease after it reads the new rows.
 
 func leaseKey(key string) string   { return "respite:lease:" + key }
 func epochKey(route string) string { return "respite:cdc:epoch:" + route }
