@@ -146,6 +146,26 @@ type Queue struct {
 	ReplicaTimeout Duration `yaml:"replica_timeout"`
 }
 
+// Replicas is write_back.min_replicas for upstream mode: the value set,
+// else its default (1 for sentinel, 0 for the others).
+func (q Queue) Replicas(mode string) int {
+	switch {
+	case q.MinReplicas != nil:
+		return *q.MinReplicas
+	case mode == ModeSentinel:
+		return 1
+	}
+	return 0
+}
+
+// WaitTimeout is write_back.replica_timeout, 1s when unset.
+func (q Queue) WaitTimeout() time.Duration {
+	if q.ReplicaTimeout == 0 {
+		return time.Second
+	}
+	return time.Duration(q.ReplicaTimeout)
+}
+
 // EvictingPolicies are the Redis maxmemory policies that may evict keys
 // without a TTL; write_back.allow_evicting_policy names one of them, or
 // "unverified".
@@ -709,18 +729,13 @@ func (c *Config) validateRoutes() *fieldError {
 		return bad("write_back.allow_evicting_policy", "%q is not accepted (%s)", p, hint)
 	}
 	if c.WriteBack.MinReplicas == nil {
-		n := 0
-		if c.Upstream.Mode == ModeSentinel {
-			n = 1
-		}
+		n := c.WriteBack.Replicas(c.Upstream.Mode)
 		c.WriteBack.MinReplicas = &n
 	}
 	if n := *c.WriteBack.MinReplicas; n < 0 {
 		return bad("write_back.min_replicas", "%d is negative (0 turns it off; default 1 with upstream.mode sentinel, else 0)", n)
 	}
-	if c.WriteBack.ReplicaTimeout == 0 {
-		c.WriteBack.ReplicaTimeout = Duration(time.Second)
-	}
+	c.WriteBack.ReplicaTimeout = Duration(c.WriteBack.WaitTimeout())
 	if rt, ut := c.WriteBack.ReplicaTimeout, c.Upstream.Timeout; *c.WriteBack.MinReplicas > 0 && ut > 0 && rt >= ut {
 		return bad("write_back.replica_timeout", "%v is not below upstream.timeout (%v), within which the WAIT's reply is read", time.Duration(rt), time.Duration(ut))
 	}
