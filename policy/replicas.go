@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/respite/respite/internal/config"
 )
 
 // Write-back writes that wait for replicas (write_back.min_replicas).
@@ -32,9 +34,11 @@ import (
 // route's NoReplicas (respite_route_noreplicas_total); a burst of them
 // logs one WARN line when it starts and one when it is over.
 //
-// Transactions (the script queued inside MULTI, Queue) do not wait: EXEC
-// runs on the client's pinned connection, where the client may send WAIT
-// itself.
+// Transactions: a write-back write inside MULTI queues its script (Queue),
+// and EXEC runs on the client's pinned connection; the session sends the
+// same WAIT on that connection after EXEC (Txn.ReplicaWait, a second
+// round trip) and answers -NOREPLICAS instead of EXEC's reply when too
+// few replicas acknowledged it (Txn.NoReplicas).
 
 // replicaWait is write_back.min_replicas (n, 0: off) and
 // write_back.replica_timeout.
@@ -82,21 +86,57 @@ func (w *writeBack) eval(ctx context.Context, s *redis.Script, keys []string, ar
 // but was not confirmed by write_back.min_replicas replicas, and is the
 // error its client gets.
 func (w *writeBack) noReplicas(got int64, werr error) error {
-	r, rw := w.r, &w.r.sh.replicas
+	return redisErr(w.r.noReplicas("the write", got, werr))
+}
+
+// noReplicas counts one NOREPLICAS answer of route r (NoReplicas), logs
+// it with the burst log, and returns its text; what is "the write" or
+// "the transaction".
+func (r *Route) noReplicas(what string, got int64, werr error) string {
+	rw := &r.sh.replicas
 	r.Stats.NoReplicas.Add(1)
-	var text string
 	if werr != nil {
-		text = fmt.Sprintf("NOREPLICAS route '%s': the write ran on the primary but its replication could not be confirmed (WAIT: %s); "+
-			"it is queued there and may still apply, or be lost if the primary fails over", r.cfg.Name, oneLine(werr.Error()))
 		rw.log.event("write-back writes refused with NOREPLICAS: their replication could not be confirmed (write_back.min_replicas)",
 			"route", r.cfg.Name, "min_replicas", rw.n, "err", oneLine(werr.Error()))
-	} else {
-		text = fmt.Sprintf("NOREPLICAS route '%s': %d of %d replicas acknowledged the write within %v (write_back.min_replicas); "+
-			"it is queued on the primary and may still apply, or be lost if the primary fails over", r.cfg.Name, got, rw.n, rw.timeout)
-		rw.log.event("write-back writes refused with NOREPLICAS: too few replicas acknowledged them within write_back.replica_timeout",
-			"route", r.cfg.Name, "replicas", got, "min_replicas", rw.n, "replica_timeout", rw.timeout)
+		return fmt.Sprintf("NOREPLICAS route '%s': %s ran on the primary but its replication could not be confirmed (WAIT: %s); "+
+			"it is queued there and may still apply, or be lost if the primary fails over", r.cfg.Name, what, oneLine(werr.Error()))
 	}
-	return redisErr(text)
+	rw.log.event("write-back writes refused with NOREPLICAS: too few replicas acknowledged them within write_back.replica_timeout",
+		"route", r.cfg.Name, "replicas", got, "min_replicas", rw.n, "replica_timeout", rw.timeout)
+	return fmt.Sprintf("NOREPLICAS route '%s': %d of %d replicas acknowledged %s within %v (write_back.min_replicas); "+
+		"it is queued on the primary and may still apply, or be lost if the primary fails over", r.cfg.Name, got, rw.n, what, rw.timeout)
+}
+
+// ReplicaWait is the WAIT the session sends after EXEC of t, on the same
+// pinned connection, before it answers: write_back.min_replicas and
+// replica_timeout when t queued a write-back write and replicas are
+// required, else n is 0.
+func (t *Txn) ReplicaWait() (n int, timeout time.Duration) {
+	for _, op := range t.ops {
+		if !op.read && op.r != nil && op.r.cfg.Policy == config.WriteBack && op.r.sh.replicas.n > 0 {
+			return op.r.sh.replicas.n, op.r.sh.replicas.timeout
+		}
+	}
+	return 0, 0
+}
+
+// NoReplicas is the error the client of t gets instead of EXEC's reply
+// when the WAIT after it answered got, fewer than ReplicaWait's n, or
+// failed (werr): counted once for each write-back route t wrote, and
+// logged.
+func (t *Txn) NoReplicas(got int64, werr error) string {
+	var text string
+	seen := map[*Route]bool{}
+	for _, op := range t.ops {
+		if op.read || op.r == nil || op.r.cfg.Policy != config.WriteBack || seen[op.r] {
+			continue
+		}
+		seen[op.r] = true
+		if s := op.r.noReplicas("the transaction", got, werr); text == "" {
+			text = s
+		}
+	}
+	return text
 }
 
 // burstQuiet is how long a burst of refusals must be over before the

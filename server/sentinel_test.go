@@ -248,8 +248,9 @@ func ifSet(prefix, s string) string {
 // A write-back write on a Sentinel upstream whose replica is frozen
 // (SIGSTOP: connected, acknowledging nothing) waits write_back.replica_timeout
 // for WAIT 1 and gets -NOREPLICAS, counted in respite_route_noreplicas_total;
-// the entry is in the primary's queue, so after the thaw the next write
-// succeeds and PostgreSQL gets both.
+// so does EXEC of a MULTI with one. The entries are in the primary's
+// queue, so after the thaw the next writes succeed and PostgreSQL gets
+// them all.
 func TestSentinelWriteBackNoReplicas(t *testing.T) {
 	p := sharedPostgres(t)
 	p.Exec("DELETE FROM page_views WHERE page_id = 'norep'; INSERT INTO page_views (page_id, views) VALUES ('norep', 10)")
@@ -279,10 +280,10 @@ func TestSentinelWriteBackNoReplicas(t *testing.T) {
 		t.Fatal(err)
 	}
 	thaw := replica.Freeze()
+	defer thaw()
 	start := time.Now()
 	got := c.do("INCR", "pv:norep")
 	took := time.Since(start)
-	thaw()
 	want := "-NOREPLICAS route 'pv': 0 of 1 replicas acknowledged the write within 1s (write_back.min_replicas); it is queued on the primary and may still apply, or be lost if the primary fails over\r\n"
 	if got != want {
 		t.Fatalf("INCR with the replica frozen:\n got  %q\n want %q", got, want)
@@ -290,30 +291,47 @@ func TestSentinelWriteBackNoReplicas(t *testing.T) {
 	if took < 900*time.Millisecond || took > 1900*time.Millisecond {
 		t.Errorf("the refused INCR took %v, want about write_back.replica_timeout (1s)", took)
 	}
-	_, metrics := scrape(t, lastAdminAddr(t), "/metrics")
-	if v := metricValue(metrics, `respite_route_noreplicas_total{route="pv"}`); v != "1" {
-		t.Errorf("respite_route_noreplicas_total{route=\"pv\"} = %q, want 1", v)
+	// Inside MULTI the script is queued; EXEC runs it on the pinned
+	// connection, and WAIT follows there.
+	for _, cmd := range [][]string{{"MULTI"}, {"INCR", "pv:norep"}} {
+		if got := c.do(cmd...); got != "+OK\r\n" && got != "+QUEUED\r\n" {
+			t.Fatalf("%v: %q", cmd, got)
+		}
 	}
-	// Thawed, the replica catches up; the refused write was applied on the
-	// primary (it was queued), so the next INCR counts it.
+	wantTx := "-NOREPLICAS route 'pv': 0 of 1 replicas acknowledged the transaction within 1s (write_back.min_replicas); it is queued on the primary and may still apply, or be lost if the primary fails over\r\n"
+	if got := c.do("EXEC"); got != wantTx {
+		t.Fatalf("EXEC with the replica frozen:\n got  %q\n want %q", got, wantTx)
+	}
+	_, metrics := scrape(t, lastAdminAddr(t), "/metrics")
+	if v := metricValue(metrics, `respite_route_noreplicas_total{route="pv"}`); v != "2" {
+		t.Errorf("respite_route_noreplicas_total{route=\"pv\"} = %q, want 2", v)
+	}
+	thaw()
+	// Thawed, the replica catches up; the refused writes were applied on
+	// the primary (they were queued), so the next INCR counts them.
 	var after string
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
 		if after = c.do("INCR", "pv:norep"); strings.HasPrefix(after, ":") {
 			break
 		}
 	}
-	if after != ":13\r\n" {
-		t.Fatalf("INCR after the thaw: %q, want :13 (the refused write applied on the primary)", after)
+	if after != ":14\r\n" {
+		t.Fatalf("INCR after the thaw: %q, want :14 (the refused writes applied on the primary)", after)
+	}
+	c.do("MULTI")
+	c.do("INCR", "pv:norep")
+	if got := c.do("EXEC"); got != "*1\r\n:15\r\n" {
+		t.Fatalf("EXEC after the thaw: %q", got)
 	}
 	if got := c.do("RESPITE", "FLUSH"); got != "+OK\r\n" {
 		t.Fatalf("RESPITE FLUSH: %q", got)
 	}
 	out, _ := p.Query("SELECT views FROM page_views WHERE page_id = 'norep'")
-	if v := strings.TrimSpace(out); v != "13" {
-		t.Errorf("PostgreSQL has views %s, want 13", v)
+	if v := strings.TrimSpace(out); v != "15" {
+		t.Errorf("PostgreSQL has views %s, want 15", v)
 	}
 	_, metrics = scrape(t, lastAdminAddr(t), "/metrics")
-	if v := metricValue(metrics, `respite_route_noreplicas_total{route="pv"}`); v != "1" {
-		t.Errorf("after the thaw respite_route_noreplicas_total{route=\"pv\"} = %q, want 1", v)
+	if v := metricValue(metrics, `respite_route_noreplicas_total{route="pv"}`); v != "2" {
+		t.Errorf("after the thaw respite_route_noreplicas_total{route=\"pv\"} = %q, want 2", v)
 	}
 }
