@@ -71,12 +71,14 @@ func (w *writeBack) eval(ctx context.Context, s *redis.Script, keys []string, ar
 		if err != nil && attempt == 0 && redis.HasErrorPrefix(err, "NOSCRIPT") {
 			continue // the script's source, as Script.Run does
 		}
-		if err != nil {
+		if err != nil && err != redis.Nil {
 			return v, err // nothing written (or a Redis error the command itself would give)
 		}
+		// redis.Nil is a script that wrote and returned nil (GETSET of a
+		// key without a value): it waits like the others.
 		got, werr := wait.Int64()
 		if werr == nil && got >= int64(rw.n) {
-			return v, nil
+			return v, err
 		}
 		return nil, w.noReplicas(got, werr)
 	}
