@@ -61,6 +61,9 @@ type shared struct {
 	// is in place (nil otherwise).
 	tracked atomic.Bool
 	trackOn atomic.Pointer[func() bool]
+	// replicas: write-back writes wait for write_back.min_replicas
+	// replicas to hold their queue entry (replicas.go); zero: they don't.
+	replicas replicaWait
 }
 
 func newShared(instance string) *shared {

@@ -96,6 +96,7 @@ type Stats struct {
 	FillsRefused                                   atomic.Int64 // fills refused because an invalidation took their lease (lease.go)
 	Invalidations                                  atomic.Int64 // keys invalidated by change capture (capture.go)
 	LocalPurges                                    atomic.Int64 // in-process tier emptied (lost connection, flush, FLUSHALL)
+	NoReplicas                                     atomic.Int64 // write-back writes answered NOREPLICAS (replicas.go)
 }
 
 // New builds a route over a described table, on its own (tests, tools):

@@ -66,6 +66,9 @@ func Open(cfg config.Config, cache Cache, rdb *redis.Client, log *slog.Logger) (
 		}
 	}
 	sh := newShared(cfg.WriteBack.Consumer)
+	if n := cfg.WriteBack.Replicas(cfg.Upstream.Mode); n > 0 {
+		sh.replicas = replicaWait{n: n, timeout: cfg.WriteBack.WaitTimeout(), log: newBurstLog(log)}
+	}
 	sh.guard = newGuard(rdb, cfg.WriteBack, len(wbRoutes) > 0, log)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	d := sh.guard.check(ctx, true)

@@ -126,7 +126,8 @@ var (
 )
 
 // Write carries one write command: the cache write and the queue append,
-// atomically, in one script.
+// atomically, in one script (followed by WAIT with
+// write_back.min_replicas, replicas.go).
 func (w *writeBack) Write(ctx context.Context, o Op) resp.Reply {
 	r := w.r
 	key, args := o.key(), o.Args
@@ -161,7 +162,7 @@ func (w *writeBack) Write(ctx context.Context, o Op) resp.Reply {
 			s, _ := v.(string)
 			return resp.Bulk(s)
 		}
-		if err := wbSet.Run(ctx, r.rdb, keys, value).Err(); err != nil {
+		if _, err := w.eval(ctx, wbSet, keys, value); err != nil {
 			return r.fail(err)
 		}
 		return resp.OK()
@@ -338,7 +339,7 @@ func (w *writeBack) Finish(_ context.Context, q *Queued, elem []byte, _ bool) re
 func (w *writeBack) run(ctx context.Context, o Op, s *redis.Script, keys []string, args ...any) (any, error) {
 	key := o.key()
 	for attempt := 0; ; attempt++ {
-		v, err := s.Run(ctx, w.r.rdb, keys, args...).Result()
+		v, err := w.eval(ctx, s, keys, args...)
 		if err == nil || !strings.Contains(err.Error(), loadNeeded) || attempt == 3 {
 			if err != nil && (strings.HasPrefix(err.Error(), "ERR") || strings.HasPrefix(err.Error(), "WRONGTYPE")) {
 				return nil, redisErr(scriptError(err.Error()))

@@ -66,6 +66,7 @@ func (s *Server) Snapshot() admin.Snapshot {
 			Writes: st.Writes.Load(), Errors: st.Errors.Load(),
 			VerifyChecked: st.VerifyChecked.Load(), VerifyDivergent: st.VerifyDivergent.Load(), VerifyRepaired: st.VerifyRepaired.Load(),
 			FillsRefused: st.FillsRefused.Load(), Invalidations: st.Invalidations.Load(), LocalPurges: st.LocalPurges.Load(),
+			NoReplicas: st.NoReplicas.Load(),
 		})
 	}
 	if c := set.Capture(); c != nil {

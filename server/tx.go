@@ -2,6 +2,8 @@ package server
 
 import (
 	"context"
+	"errors"
+	"strconv"
 	"strings"
 
 	"github.com/respite/respite/policy"
@@ -151,6 +153,31 @@ func (c *session) exec(set *policy.Set, cmd *router.Command) {
 			return
 		}
 		reply = out
+		if n, timeout := txn.ReplicaWait(); n > 0 {
+			// Write-back writes ran in this EXEC: acknowledged only once
+			// write_back.min_replicas replicas hold their queue entries
+			// (policy/replicas.go). WAIT on the EXEC's own connection
+			// counts them.
+			got, err := c.roundTrip([][]byte{[]byte("WAIT"), []byte(strconv.Itoa(n)), []byte(strconv.FormatInt(timeout.Milliseconds(), 10))})
+			if err != nil {
+				txn.NoReplicas(0, err) // counted; the client's connection is closed
+				c.pinLost(err)
+				return
+			}
+			k, perr := strconv.ParseInt(strings.TrimSuffix(strings.TrimPrefix(string(got), ":"), "\r\n"), 10, 64)
+			isInt := len(got) > 0 && got[0] == ':' && perr == nil
+			if !isInt || k < int64(n) {
+				var werr error
+				if !isInt {
+					werr = errors.New(strings.TrimSpace(strings.TrimPrefix(string(got), "-")))
+				}
+				c.record(aborted, reply)
+				c.follow(cmd, reply)
+				c.maybeUnpin()
+				c.sendError(txn.NoReplicas(k, werr))
+				return
+			}
+		}
 	}
 	out := c.record(aborted, reply)
 	c.tx.detach = p.detachAfterExec && !aborted && reply[0] != '-'

@@ -385,6 +385,7 @@ func TestMetricNames(t *testing.T) {
 		"respite_upstream_persistence", "respite_upstream_maxmemory_policy", "respite_clients_closed_total",
 		"respite_route_verify_checked_total", "respite_route_verify_divergences_total", "respite_route_verify_repaired_total",
 		"respite_route_fills_refused_total", "respite_route_invalidations_total", "respite_route_local_purges_total",
+		"respite_route_noreplicas_total",
 		"respite_invalidation_slot_lag_bytes", "respite_invalidation_leader", "respite_invalidation_stale",
 		"respite_invalidation_transactions_total", "respite_invalidation_route_flushes_total",
 		"respite_invalidation_own_writes_skipped_total", "respite_invalidation_errors_total",

@@ -93,6 +93,9 @@ type RouteStats struct {
 	// differ, deleted by REPAIR.
 	VerifyChecked, VerifyDivergent, VerifyRepaired int64
 	FillsRefused, Invalidations, LocalPurges       int64
+	// NoReplicas counts write-back writes answered -NOREPLICAS
+	// (write_back.min_replicas not reached within replica_timeout).
+	NoReplicas int64
 }
 
 // QueueStats describe one write-back route's durable queue
@@ -148,6 +151,7 @@ const (
 	MetricRouteFillsRefused    = "respite_route_fills_refused_total"
 	MetricRouteInvalidations   = "respite_route_invalidations_total"
 	MetricRouteLocalPurges     = "respite_route_local_purges_total"
+	MetricRouteNoReplicas      = "respite_route_noreplicas_total"
 	MetricWritebackQueueLength = "respite_writeback_queue_length"
 	MetricWritebackOldest      = "respite_writeback_oldest_pending_seconds"
 	MetricWritebackInFlight    = "respite_writeback_in_flight"
@@ -219,6 +223,7 @@ var descs = []desc{
 	{MetricRouteFillsRefused, "Cache fills refused because an invalidation from PostgreSQL's change stream took their lease after their read began (postgres.invalidation).", prometheus.CounterValue, "route"},
 	{MetricRouteInvalidations, "Keys invalidated by change capture (writes that bypassed the proxy), counted by the instance that applied them.", prometheus.CounterValue, "route"},
 	{MetricRouteLocalPurges, "Times the route's in-process tier was emptied (tracking connection lost or back, FLUSHALL/FLUSHDB, a route flush).", prometheus.CounterValue, "route"},
+	{MetricRouteNoReplicas, "Write-back writes answered -NOREPLICAS: fewer than write_back.min_replicas replicas acknowledged their queue entry within write_back.replica_timeout (or WAIT failed). Not acknowledged, but queued on the primary: they may still apply.", prometheus.CounterValue, "route"},
 	{MetricWritebackQueueLength, "Entries in the write-back route's durable queue.", prometheus.GaugeValue, "route"},
 	{MetricWritebackOldest, "Age in seconds of the oldest entry in the write-back queue (how far PostgreSQL is behind); 0 when empty.", prometheus.GaugeValue, "route"},
 	{MetricWritebackInFlight, "Write-back entries read by a flusher and not yet committed and acknowledged.", prometheus.GaugeValue, "route"},
@@ -354,6 +359,7 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 		func(r RouteStats) int64 { return r.FillsRefused },
 		func(r RouteStats) int64 { return r.Invalidations },
 		func(r RouteStats) int64 { return r.LocalPurges },
+		func(r RouteStats) int64 { return r.NoReplicas },
 	}
 	routes := dedupe(s.Routes, func(r RouteStats) string { return r.Name })
 	for _, f := range routeFields {

@@ -134,6 +134,36 @@ type Queue struct {
 	// RequireAOF refuses write-back routes unless the upstream Redis has
 	// AOF on (appendonly yes).
 	RequireAOF bool `yaml:"require_aof"`
+	// MinReplicas is how many replicas must hold a write-back write's
+	// queue entry before the client gets its reply: the script is followed
+	// by WAIT MinReplicas ReplicaTimeout on its connection, and a write
+	// fewer replicas acknowledged in time gets -NOREPLICAS instead of a
+	// success (default 1 with upstream.mode sentinel, 0 otherwise: reply
+	// once the primary ran the script). 0 turns it off.
+	MinReplicas *int `yaml:"min_replicas"`
+	// ReplicaTimeout bounds that WAIT (default 1s); below
+	// upstream.timeout, within which its reply is read.
+	ReplicaTimeout Duration `yaml:"replica_timeout"`
+}
+
+// Replicas is write_back.min_replicas for upstream mode: the value set,
+// else its default (1 for sentinel, 0 for the others).
+func (q Queue) Replicas(mode string) int {
+	switch {
+	case q.MinReplicas != nil:
+		return *q.MinReplicas
+	case mode == ModeSentinel:
+		return 1
+	}
+	return 0
+}
+
+// WaitTimeout is write_back.replica_timeout, 1s when unset.
+func (q Queue) WaitTimeout() time.Duration {
+	if q.ReplicaTimeout == 0 {
+		return time.Second
+	}
+	return time.Duration(q.ReplicaTimeout)
 }
 
 // EvictingPolicies are the Redis maxmemory policies that may evict keys
@@ -697,6 +727,20 @@ func (c *Config) validateRoutes() *fieldError {
 			hint = p + " cannot evict the queues and needs no opt-in: remove the field"
 		}
 		return bad("write_back.allow_evicting_policy", "%q is not accepted (%s)", p, hint)
+	}
+	if c.WriteBack.MinReplicas == nil {
+		n := c.WriteBack.Replicas(c.Upstream.Mode)
+		c.WriteBack.MinReplicas = &n
+	}
+	if n := *c.WriteBack.MinReplicas; n < 0 {
+		return bad("write_back.min_replicas", "%d is negative (0 turns it off; default 1 with upstream.mode sentinel, else 0)", n)
+	}
+	c.WriteBack.ReplicaTimeout = Duration(c.WriteBack.WaitTimeout())
+	if rt, ut := c.WriteBack.ReplicaTimeout, c.Upstream.Timeout; *c.WriteBack.MinReplicas > 0 && ut > 0 && rt >= ut {
+		return bad("write_back.replica_timeout", "%v is not below upstream.timeout (%v), within which the WAIT's reply is read", time.Duration(rt), time.Duration(ut))
+	}
+	if rt := c.WriteBack.ReplicaTimeout; rt < Duration(time.Millisecond) {
+		return bad("write_back.replica_timeout", "%v is below 1ms (WAIT counts milliseconds; default 1s)", time.Duration(rt))
 	}
 	if c.Postgres.MaxConns == 0 {
 		c.Postgres.MaxConns = 8

@@ -131,6 +131,9 @@ func TestErrorsNameFileLineAndField(t *testing.T) {
 		{"upstream:\n  master_name: m\n", "bad.yaml:2: upstream.master_name: only for mode sentinel"},
 		{strings.Replace(route, "postgres:\n", "upstream: {mode: cluster, addrs: ['a:1']}\npostgres:\n", 1), "bad.yaml:4: routes: not supported with upstream.mode cluster yet (run routes on a standalone or sentinel upstream)"},
 		{"write_back:\n  require_aof: sure\n", "bad.yaml:2: write_back.require_aof: sure is not a boolean (true or false)"},
+		{"write_back:\n  min_replicas: -1\n" + route, "bad.yaml:2: write_back.min_replicas: -1 is negative (0 turns it off; default 1 with upstream.mode sentinel, else 0)"},
+		{"write_back:\n  min_replicas: 1\n  replica_timeout: 10s\n" + route, "bad.yaml:3: write_back.replica_timeout: 10s is not below upstream.timeout (10s), within which the WAIT's reply is read"},
+		{"write_back:\n  replica_timeout: 1us\n" + route, "bad.yaml:2: write_back.replica_timeout: 1µs is below 1ms (WAIT counts milliseconds; default 1s)"},
 	} {
 		_, err := Parse("bad.yaml", []byte(tc.yaml))
 		if err == nil || err.Error() != tc.want {
@@ -142,6 +145,24 @@ func TestErrorsNameFileLineAndField(t *testing.T) {
 		cfg, err := Parse("ok.yaml", []byte("write_back:\n  allow_evicting_policy: "+p+"\n  require_aof: true\n"+route))
 		if err != nil || cfg.WriteBack.AllowEvictingPolicy != p || !cfg.WriteBack.RequireAOF {
 			t.Errorf("allow_evicting_policy %s: %+v %v", p, cfg.WriteBack, err)
+		}
+	}
+	// write_back.min_replicas: 1 on a Sentinel upstream, 0 otherwise,
+	// unless set (0 included); replica_timeout 1s.
+	sentinel := strings.Replace(route, "postgres:\n", "upstream: {mode: sentinel, addrs: ['a:1'], master_name: m}\npostgres:\n", 1)
+	for _, tc := range []struct {
+		yaml string
+		want int
+		wait Duration
+	}{
+		{route, 0, Duration(time.Second)},
+		{sentinel, 1, Duration(time.Second)},
+		{"write_back: {min_replicas: 0}\n" + sentinel, 0, Duration(time.Second)},
+		{"write_back: {min_replicas: 2, replica_timeout: 250ms}\n" + route, 2, Duration(250 * time.Millisecond)},
+	} {
+		cfg, err := Parse("ok.yaml", []byte(tc.yaml))
+		if err != nil || cfg.WriteBack.MinReplicas == nil || *cfg.WriteBack.MinReplicas != tc.want || cfg.WriteBack.ReplicaTimeout != tc.wait {
+			t.Errorf("%q: min_replicas %v, replica_timeout %v, %v; want %d, %v", tc.yaml, cfg.WriteBack.MinReplicas, cfg.WriteBack.ReplicaTimeout, err, tc.want, tc.wait)
 		}
 	}
 	// Whole numbers, durations, percentages and <<: merges still decode.

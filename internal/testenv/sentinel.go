@@ -156,6 +156,22 @@ func (s *Sentinel) PrimaryAddr() (string, error) {
 	return net.JoinHostPort(host, port), nil
 }
 
+// Replica is the server the sentinel does not name as the primary (the
+// replica; the roles swap at each Failover), e.g. to Freeze it.
+func (s *Sentinel) Replica() (*Redis, error) {
+	primary, err := s.PrimaryAddr()
+	if err != nil {
+		return nil, err
+	}
+	switch primary {
+	case s.servers[0].Addr:
+		return s.servers[1], nil
+	case s.servers[1].Addr:
+		return s.servers[0], nil
+	}
+	return nil, fmt.Errorf("testenv: the sentinel names %s, not one of the two servers", primary)
+}
+
 // Failover makes the sentinel fail over (SENTINEL FAILOVER, retried while
 // the sentinel answers -INPROG or -NOGOODSLAVE) and waits until it names
 // the other server, which reports role:master, and the failover is over.
