@@ -241,6 +241,26 @@ func (c *session) helloAuth(user, pass []byte) bool {
 	return true
 }
 
+// noteAuth runs after a batch that may have changed what Redis asks of a
+// new connection (CONFIG SET, ACL SETUSER, DELUSER, LOAD): a connection
+// set up as the proxy sets up its own is asked PING. -NOAUTH means Redis' default
+// user has a password the proxy does not hold: the proxy's connections,
+// logged in before, must not answer for clients that connect from now on,
+// who get Redis' NOAUTH until they log in to Redis themselves, as on
+// Redis.
+func (c *session) noteAuth(cmds []router.Command) {
+	for i := range cmds {
+		switch cmds[i].ID {
+		case router.CmdConfigSet, router.CmdAclSetuser, router.CmdAclDeluser, router.CmdAclLoad:
+			if needs, ok := c.s.up.NeedsAuth(); ok && needs != c.s.upNoAuth.Load() {
+				c.s.upNoAuth.Store(needs)
+				c.s.log.Info("Redis' default user now needs a password the proxy does not hold: new clients must AUTH to Redis", "needs_auth", needs)
+			}
+			return
+		}
+	}
+}
+
 // noteUser records the upstream user a successful AUTH logged in as.
 func (c *session) noteUser(cmd *router.Command) {
 	if c.sameUser(cmd) {
@@ -271,7 +291,7 @@ func (c *session) reset() {
 	c.db = c.s.cfg.Upstream.DB
 	c.client.name, c.client.user, c.client.upstreamAuthed = "", "", false
 	c.reply = replyOn
-	c.authed = c.s.cfg.RequirePass == ""
+	c.authed = c.s.cfg.RequirePass == "" && !c.s.upNoAuth.Load()
 	c.admin.ok, c.admin.attributes = false, false
 	c.tx.idle.lost = lostNone
 }

@@ -36,6 +36,7 @@ func (c *session) serve(batch []redcon.Command) {
 	} else {
 		c.run(set, cmds)
 	}
+	c.noteAuth(cmds)
 	if idle {
 		c.armIdle()
 	}

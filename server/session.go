@@ -165,7 +165,7 @@ func newSession(s *Server, conn redcon.Conn) *session {
 		w:      newOutput(conn),
 		id:     s.nextID.Add(1),
 		proto:  2,
-		authed: s.cfg.RequirePass == "",
+		authed: s.cfg.RequirePass == "" && !s.upNoAuth.Load(),
 		db:     s.cfg.Upstream.DB,
 	}
 	now := time.Now()
@@ -193,10 +193,13 @@ func (c *session) state() router.State {
 	st := router.State{
 		ProxyAuth: c.s.cfg.RequirePass != "",
 		Authed:    c.authed,
-		Proto:     c.proto,
-		OtherDB:   c.db != c.s.cfg.Upstream.DB,
-		DefaultDB: c.s.defaultDB,
-		ReplyOff:  c.reply != replyOn,
+		// Without requirepass, a client is not authenticated only when
+		// Redis asks for a password the proxy does not hold.
+		UpstreamNoAuth: c.s.cfg.RequirePass == "" && !c.authed,
+		Proto:          c.proto,
+		OtherDB:        c.db != c.s.cfg.Upstream.DB,
+		DefaultDB:      c.s.defaultDB,
+		ReplyOff:       c.reply != replyOn,
 		// A client never uses credentials the proxy holds for more than
 		// data: administration needs rights of its own.
 		AdminDenied:    c.s.up.HasCredentials() && !c.admin.ok && !c.client.upstreamAuthed,
