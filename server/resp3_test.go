@@ -45,8 +45,9 @@ var debugProtocolTypes = []string{"string", "integer", "double", "bignum", "null
 // Every RESP3 reply type (map, set, double, big number, verbatim string,
 // attribute, push, null, booleans) and its RESP2 form reaches the client
 // byte for byte as Redis sends it, on a plain (shared) session and on
-// pinned ones: after SELECT 9, while WATCHing, and inside MULTI/EXEC
-// (where Redis writes a push in the middle of EXEC's array). HELLO comes
+// pinned ones: after SELECT 9, while WATCHing, subscribed (RESP3), and
+// inside MULTI/EXEC (where Redis writes a push in the middle of EXEC's
+// array). HELLO comes
 // first in one case and after SELECT in another, so a pinned connection
 // switched to RESP3 midway is covered. Each case ends with the session
 // back on a plain command, so a reply read short or long would show as a
@@ -86,6 +87,8 @@ func TestResp3ReplyTypesByteForByte(t *testing.T) {
 			session{name: "WATCH", proto: proto, setup: [][]string{{"HELLO"}, {"WATCH", "resp3:w"}}, tail: [][]string{{"UNWATCH"}}},
 		)
 	}
+	// Subscribed (the relayed session), where RESP3 takes any command.
+	cases = append(cases, session{name: "SUBSCRIBE", proto: "3", setup: [][]string{{"HELLO"}, {"SUBSCRIBE", "resp3:c"}}, tail: [][]string{{"UNSUBSCRIBE"}}})
 	for _, tc := range cases {
 		name := tc.name + " RESP" + tc.proto
 		var conns [2]*rawConn
