@@ -431,36 +431,49 @@ func cpuTime(t *testing.T) time.Duration {
 	return time.Duration(utime+stime) * time.Second / ticks
 }
 
-// Defect 6. A PUBLISH sent right after the SUBSCRIBE's confirmation arrived
-// reaches the subscriber, 200 times out of 200; after UNSUBSCRIBE without
+// Defect 6. A PUBLISH sent right after the SUBSCRIBE's first confirmation
+// arrived reaches the subscriber, 200 times out of 200 (channels,
+// patterns and shard channels, RESP2 and RESP3); after UNSUBSCRIBE without
 // arguments, a PUBLISH counts no receiver.
 func TestPublishRightAfterSubscribeIsDelivered(t *testing.T) {
 	proxy := startProxy(t, nil)
 	pub := dialRaw(t, proxy)
+	bulk := func(s string) string { return "$" + strconv.Itoa(len(s)) + "\r\n" + s + "\r\n" }
 	for i := 0; i < 200; i++ {
 		sub := dialRaw(t, proxy)
+		head := "*"
+		if i%2 == 1 {
+			sub.do("HELLO", "3")
+			head = ">"
+		}
 		ch := "fid6:" + strconv.Itoa(i)
-		if got := sub.do("SUBSCRIBE", ch, ch+":b"); !strings.HasPrefix(got, "*3\r\n$9\r\nsubscribe\r\n") {
-			t.Fatalf("SUBSCRIBE %d: %q", i, got)
+		subscribe, publish, channel, want := "SUBSCRIBE", "PUBLISH", ch, head+"3\r\n"+bulk("message")+bulk(ch)+bulk("m")
+		switch i % 3 {
+		case 1:
+			subscribe, channel, want = "PSUBSCRIBE", ch+"*", head+"4\r\n"+bulk("pmessage")+bulk(ch+"*")+bulk(ch)+bulk("m")
+		case 2:
+			subscribe, publish, want = "SSUBSCRIBE", "SPUBLISH", head+"3\r\n"+bulk("smessage")+bulk(ch)+bulk("m")
 		}
-		if got := pub.do("PUBLISH", ch, "m"); got != ":1\r\n" {
-			t.Fatalf("PUBLISH %d right after the first confirmation: %q receivers", i, got)
+		if got := sub.do(subscribe, channel, channel+"b"); !strings.HasPrefix(got, head+"3\r\n"+bulk(strings.ToLower(subscribe))) {
+			t.Fatalf("%s %d: %q", subscribe, i, got)
 		}
-		sub.read() // the second channel's confirmation
-		if got, want := sub.read(), fmt.Sprintf("*3\r\n$7\r\nmessage\r\n$%d\r\n%s\r\n$1\r\nm\r\n", len(ch), ch); got != want {
+		if got := pub.do(publish, ch, "m"); got != ":1\r\n" {
+			t.Fatalf("%s %d right after the first confirmation of %s: %q receivers", publish, i, subscribe, got)
+		}
+		sub.read() // the second confirmation
+		if got := sub.read(); got != want {
 			t.Fatalf("message %d: %q, want %q", i, got, want)
 		}
-		if i%20 == 0 {
+		if i%3 == 0 && i%20 < 3 {
 			sub.send(encode("UNSUBSCRIBE"))
 			sub.read()
 			if got := sub.read(); !strings.HasSuffix(got, ":0\r\n") {
 				t.Fatalf("last unsubscribe confirmation: %q", got)
 			}
-			if got := pub.do("PUBLISH", ch, "m"); got != ":0\r\n" {
-				t.Fatalf("PUBLISH after UNSUBSCRIBE without arguments: %q receivers", got)
-			}
-			if got := pub.do("PUBLISH", ch+":b", "m"); got != ":0\r\n" {
-				t.Fatalf("PUBLISH after UNSUBSCRIBE without arguments: %q receivers", got)
+			for _, c := range []string{ch, ch + "b"} {
+				if got := pub.do("PUBLISH", c, "m"); got != ":0\r\n" {
+					t.Fatalf("PUBLISH %s after UNSUBSCRIBE without arguments: %q receivers", c, got)
+				}
 			}
 		}
 		sub.c.Close()

@@ -2,6 +2,7 @@ package server
 
 import (
 	"bytes"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -23,7 +24,7 @@ func (r *rawConn) exchange(cmds ...[]string) string {
 		req = append(req, encode(cmd...)...)
 	}
 	r.send(append(req, encode("ECHO", marker)...))
-	end := []byte("$" + "23" + "\r\n" + marker + "\r\n")
+	end := []byte("$" + strconv.Itoa(len(marker)) + "\r\n" + marker + "\r\n")
 	var got []byte
 	buf := make([]byte, 64<<10)
 	r.c.SetReadDeadline(time.Now().Add(10 * time.Second))
