@@ -365,6 +365,25 @@ func TestAclUsersAndRequirepassAsRedis(t *testing.T) {
 			t.Fatalf("transaction %d after AUTH with the new password: %q", i, got)
 		}
 	}
+	// The password removed, new clients need none; set again inside
+	// MULTI/EXEC, they do again.
+	if got := c.do("CONFIG", "SET", "requirepass", ""); got != "+OK\r\n" {
+		t.Fatalf("CONFIG SET requirepass '': %q", got)
+	}
+	if got := dialRaw(t, proxy).do("PING"); got != "+PONG\r\n" {
+		t.Fatalf("PING of a new client once the password is removed: %q", got)
+	}
+	c.do("MULTI")
+	c.do("CONFIG", "SET", "requirepass", "y")
+	if got := c.do("EXEC"); got != "*1\r\n+OK\r\n" {
+		t.Fatalf("CONFIG SET requirepass y in MULTI: %q", got)
+	}
+	n := dialRaw(t, proxy)
+	for _, step := range [][2]string{{"PING", "-NOAUTH Authentication required.\r\n"}, {"AUTH y", "+OK\r\n"}, {"PING", "+PONG\r\n"}} {
+		if got := n.do(strings.Fields(step[0])...); got != step[1] {
+			t.Fatalf("new client after CONFIG SET requirepass y in MULTI: %s = %q, want %q", step[0], got, step[1])
+		}
+	}
 }
 
 // Defect 5. MONITOR works after HELLO 3 and in RESP2; after 200 MONITOR

@@ -242,23 +242,35 @@ func (c *session) helloAuth(user, pass []byte) bool {
 }
 
 // noteAuth runs after a batch that may have changed what Redis asks of a
-// new connection (CONFIG SET, ACL SETUSER, DELUSER, LOAD): a connection
-// set up as the proxy sets up its own is asked PING. -NOAUTH means Redis' default
-// user has a password the proxy does not hold: the proxy's connections,
-// logged in before, must not answer for clients that connect from now on,
-// who get Redis' NOAUTH until they log in to Redis themselves, as on
-// Redis.
+// new connection (CONFIG SET, ACL SETUSER, DELUSER, LOAD; queued in a
+// MULTI, once the transaction ended): a connection set up as the proxy
+// sets up its own is asked PING. -NOAUTH means Redis' default user has a
+// password the proxy does not hold: the proxy's connections, logged in
+// before, must not answer for clients that connect from now on, who get
+// Redis' NOAUTH until they log in to Redis themselves, as on Redis.
 func (c *session) noteAuth(cmds []router.Command) {
-	for i := range cmds {
-		switch cmds[i].ID {
-		case router.CmdConfigSet, router.CmdAclSetuser, router.CmdAclDeluser, router.CmdAclLoad:
-			if needs, ok := c.s.up.NeedsAuth(); ok && needs != c.s.upNoAuth.Load() {
-				c.s.upNoAuth.Store(needs)
-				c.s.log.Info("Redis' default user now needs a password the proxy does not hold: new clients must AUTH to Redis", "needs_auth", needs)
-			}
-			return
-		}
+	ask := c.authQueued && (c.pin == nil || !c.pin.multi)
+	for i := 0; i < len(cmds) && !ask; i++ {
+		ask = changesAuth(cmds[i].ID) && (c.pin == nil || !c.pin.multi)
 	}
+	if !ask {
+		return
+	}
+	c.authQueued = false
+	if needs, ok := c.s.up.NeedsAuth(); ok && needs != c.s.upNoAuth.Load() {
+		c.s.upNoAuth.Store(needs)
+		c.s.log.Info("whether Redis' default user needs a password the proxy does not hold (then new clients must AUTH to Redis) changed", "needs_auth", needs)
+	}
+}
+
+// changesAuth reports whether a command may change what Redis asks of a
+// new connection.
+func changesAuth(id router.ID) bool {
+	switch id {
+	case router.CmdConfigSet, router.CmdAclSetuser, router.CmdAclDeluser, router.CmdAclLoad:
+		return true
+	}
+	return false
 }
 
 // noteUser records the upstream user a successful AUTH logged in as.

@@ -79,6 +79,9 @@ type session struct {
 	}
 
 	blocked bool // inside a blocking command
+	// authQueued: the MULTI queued a command that may change what Redis
+	// asks of a new connection (noteAuth runs once the MULTI ends).
+	authQueued bool
 
 	// toDetach holds the commands left of the batch that detached the
 	// session, for its own loop to run first.
