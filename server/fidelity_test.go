@@ -384,6 +384,20 @@ func TestAclUsersAndRequirepassAsRedis(t *testing.T) {
 			t.Fatalf("new client after CONFIG SET requirepass y in MULTI: %s = %q, want %q", step[0], got, step[1])
 		}
 	}
+	// Clients that connected while the password was set, once it is
+	// removed: Redis runs their commands (the default user needs no
+	// password) but refuses HELLO (they never authenticated).
+	direct, proxied := dialRaw(t, r.Addr), dialRaw(t, proxy)
+	direct.do("PING")
+	proxied.do("PING")
+	if got := c.do("CONFIG", "SET", "requirepass", ""); got != "+OK\r\n" {
+		t.Fatalf("CONFIG SET requirepass '': %q", got)
+	}
+	for _, cmd := range [][]string{{"PING"}, {"GET", "k1"}, {"HELLO", "3"}, {"HELLO", "2"}} {
+		if want, got := direct.do(cmd...), proxied.do(cmd...); got != want {
+			t.Errorf("a client of the password's time, once it is removed: %v: Redis %q, proxy %q", cmd, want, got)
+		}
+	}
 }
 
 // Defect 5. MONITOR works after HELLO 3 and in RESP2; after 200 MONITOR

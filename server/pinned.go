@@ -251,7 +251,7 @@ func (c *session) follow(cmd *router.Command, reply []byte) {
 			if cmd.ID == router.CmdAuth {
 				p.sticky = true
 			}
-			c.authQueued = c.authQueued || changesAuth(cmd.ID)
+			c.authQueued = c.authQueued || c.changesAuth(cmd)
 		}
 		return
 	}

@@ -196,9 +196,11 @@ func (c *session) state() router.State {
 	st := router.State{
 		ProxyAuth: c.s.cfg.RequirePass != "",
 		Authed:    c.authed,
-		// Without requirepass, a client is not authenticated only when
-		// Redis asks for a password the proxy does not hold.
-		UpstreamNoAuth: c.s.cfg.RequirePass == "" && !c.authed,
+		// Without requirepass, as Redis decides it (authRequired): the
+		// client connected while Redis' default user needed a password
+		// (the proxy does not hold) and has not logged in since, and the
+		// default user still needs one.
+		UpstreamNoAuth: c.s.cfg.RequirePass == "" && !c.authed && c.s.upNoAuth.Load(),
 		Proto:          c.proto,
 		OtherDB:        c.db != c.s.cfg.Upstream.DB,
 		DefaultDB:      c.s.defaultDB,
