@@ -73,12 +73,32 @@ func appendReply(dst []byte, br *bufio.Reader, depth int) ([]byte, error) {
 				return dst, err
 			}
 		}
-		if kind == '|' {
+		if kind == '|' || kind == '>' && depth > 0 {
+			// An attribute annotates the reply after it; a push inside an
+			// aggregate is out of band (Redis writes it where it is
+			// produced, as DEBUG PROTOCOL push or a tracking invalidation
+			// inside EXEC's array) and is no element of it: the element
+			// still follows.
 			return appendReply(dst, br, depth+1)
 		}
 		return dst, nil
 	}
 	return dst, ErrReply
+}
+
+// AppendReplyAfterPushes is AppendReply for a connection that never
+// subscribes (the shared connections): pushes Redis sends before a reply
+// (DEBUG PROTOCOL push, in RESP3) are read with it, their bytes first, so
+// that they reach the client that caused them, just before its reply, and
+// are not taken for the reply itself.
+func AppendReplyAfterPushes(dst []byte, br *bufio.Reader) ([]byte, error) {
+	for {
+		start := len(dst)
+		var err error
+		if dst, err = AppendReply(dst, br); err != nil || dst[start] != '>' {
+			return dst, err
+		}
+	}
 }
 
 // grow extends b by n bytes, reusing capacity when it can.

@@ -30,6 +30,27 @@ func TestAppendReplyKeepsExactBytes(t *testing.T) {
 	}
 }
 
+// A push inside an aggregate is out of band (Redis writes DEBUG PROTOCOL
+// push inside EXEC's array where it runs): the aggregate's element still
+// follows it. On a shared connection a push before a reply is read with
+// that reply.
+func TestAppendReplyPushes(t *testing.T) {
+	push := ">2\r\n$4\r\nname\r\n:42\r\n"
+	exec := "*2\r\n" + push + "$4\r\nreal\r\n|1\r\n+a\r\n:1\r\n$5\r\nreal2\r\n"
+	br := bufio.NewReader(strings.NewReader(exec + "+OK\r\n"))
+	if got, err := AppendReply(nil, br); err != nil || string(got) != exec {
+		t.Fatalf("EXEC with a push inside: %q, %v", got, err)
+	}
+	br = bufio.NewReader(strings.NewReader(push + "+OK\r\n" + push))
+	if got, err := AppendReply(nil, br); err != nil || string(got) != push {
+		t.Fatalf("a push alone: %q, %v", got, err)
+	}
+	br = bufio.NewReader(strings.NewReader(push + push + "$4\r\nreal\r\n:1\r\n"))
+	if got, err := AppendReplyAfterPushes(nil, br); err != nil || string(got) != push+push+"$4\r\nreal\r\n" {
+		t.Fatalf("AppendReplyAfterPushes: %q, %v", got, err)
+	}
+}
+
 func TestAppendReplyRejectsGarbage(t *testing.T) {
 	for _, in := range []string{"?x\r\n", "$abc\r\n", "*1\n", "x\r\n", strings.Repeat("*1\r\n", maxDepth+2) + ":1\r\n"} {
 		if _, err := AppendReply(nil, bufio.NewReader(strings.NewReader(in))); err == nil {

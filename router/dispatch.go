@@ -11,6 +11,13 @@ type State struct {
 	ProxyAuth bool
 	// Authed: with ProxyAuth, the client has authenticated.
 	Authed bool
+	// UpstreamNoAuth: Redis' default user now needs a password the proxy
+	// does not hold (a client's CONFIG SET requirepass), and the client
+	// has not logged in to Redis since: the proxy's own connections,
+	// logged in before, must not answer for it, so it gets Redis' NOAUTH
+	// for everything but the commands Redis allows before AUTH (AUTH
+	// itself goes to Redis on the client's own connection).
+	UpstreamNoAuth bool
 	// Proto is the RESP version the client chose with HELLO (2 or 3).
 	Proto int
 	// Pinned: the session holds an upstream connection of its own.
@@ -117,7 +124,7 @@ func Dispatch(st State, cmd *Command) Decision {
 		// let it say so, on the connection that keeps the reply in order.
 		return upstream(st)
 	}
-	if st.ProxyAuth && !st.Authed && cmd.Flags&FlagNoAuth == 0 {
+	if (st.ProxyAuth && !st.Authed || st.UpstreamNoAuth) && cmd.Flags&FlagNoAuth == 0 {
 		return Decision{Path: PathRefused, Err: ErrNoAuth}
 	}
 	// Then permissions, as Redis' ACL check comes next: the proxy's own

@@ -290,3 +290,29 @@ func TestDispatchPermissions(t *testing.T) {
 		}
 	}
 }
+
+// TestDispatchUpstreamNoAuth: once Redis' default user needs a password the
+// proxy does not hold, a client that has not logged in gets Redis' NOAUTH
+// for everything but what Redis allows before AUTH; AUTH goes to Redis on
+// the client's own connection, HELLO is the proxy's (it refuses HELLO
+// without AUTH itself), and an unknown command is still Redis' to refuse.
+func TestDispatchUpstreamNoAuth(t *testing.T) {
+	st := State{UpstreamNoAuth: true, Proto: 2}
+	for _, tc := range []struct{ cmd, want string }{
+		{"PING", na}, {"GET k", na}, {"SET k v", na}, {"SELECT 1", na}, {"SUBSCRIBE c", na}, {"MULTI", na},
+		{"CLIENT ID", na}, {"ECHO x", na},
+		{"AUTH pw", pi}, {"AUTH user pw", pi}, {"HELLO 3 AUTH user pw", lo}, {"HELLO 3", lo},
+		{"QUIT", lo}, {"RESET", lo}, {"NOSUCHCMD", sh},
+	} {
+		var cmd Command
+		Classify(&cmd, split(tc.cmd), nil)
+		d := Dispatch(st, &cmd)
+		got := d.Path.String()
+		if d.Path == PathRefused {
+			got = "refused:" + d.Err
+		}
+		if !strings.HasPrefix(got, tc.want) {
+			t.Errorf("%s: %s, want %s", tc.cmd, got, tc.want)
+		}
+	}
+}

@@ -241,6 +241,56 @@ func (c *session) helloAuth(user, pass []byte) bool {
 	return true
 }
 
+// noteAuth runs after a batch that may have changed what Redis asks of a
+// new connection (changesAuth; queued in a MULTI, once the transaction
+// ended): a connection set up as the proxy sets up its own is asked PING.
+// -NOAUTH means Redis' default user has a password the proxy does not
+// hold: the proxy's connections, logged in before, must not answer for
+// clients that connect from now on, who get Redis' NOAUTH until they log
+// in to Redis themselves, as on Redis.
+func (c *session) noteAuth(cmds []router.Command) {
+	ask := c.authQueued && (c.pin == nil || !c.pin.multi)
+	for i := 0; i < len(cmds) && !ask; i++ {
+		ask = c.changesAuth(&cmds[i]) && (c.pin == nil || !c.pin.multi)
+	}
+	if !ask {
+		return
+	}
+	c.authQueued = false
+	if needs, ok := c.s.up.NeedsAuth(); ok && needs != c.s.upNoAuth.Load() {
+		c.s.upNoAuth.Store(needs)
+		c.s.log.Info("whether Redis' default user needs a password the proxy does not hold (then new clients must AUTH to Redis) changed", "needs_auth", needs)
+	}
+}
+
+// changesAuth reports whether cmd may change what Redis asks of a new
+// connection: CONFIG SET of requirepass, ACL SETUSER or DELUSER of the
+// default user (or the one the proxy logs in as), ACL LOAD.
+func (c *session) changesAuth(cmd *router.Command) bool {
+	args := cmd.Args
+	switch cmd.ID {
+	case router.CmdConfigSet:
+		for i := 2; i < len(args); i += 2 {
+			if router.IsOption(args[i], "requirepass") {
+				return true
+			}
+		}
+	case router.CmdAclSetuser, router.CmdAclDeluser:
+		users := args[2:]
+		if cmd.ID == router.CmdAclSetuser {
+			users = args[2:min(3, len(args))]
+		}
+		for _, u := range users {
+			if string(u) == "default" || c.s.cfg.Upstream.Username != "" && string(u) == c.s.cfg.Upstream.Username {
+				return true
+			}
+		}
+	case router.CmdAclLoad:
+		return true
+	}
+	return false
+}
+
 // noteUser records the upstream user a successful AUTH logged in as.
 func (c *session) noteUser(cmd *router.Command) {
 	if c.sameUser(cmd) {
@@ -271,7 +321,7 @@ func (c *session) reset() {
 	c.db = c.s.cfg.Upstream.DB
 	c.client.name, c.client.user, c.client.upstreamAuthed = "", "", false
 	c.reply = replyOn
-	c.authed = c.s.cfg.RequirePass == ""
+	c.authed = c.s.cfg.RequirePass == "" && !c.s.upNoAuth.Load()
 	c.admin.ok, c.admin.attributes = false, false
 	c.tx.idle.lost = lostNone
 }

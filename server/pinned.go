@@ -251,6 +251,7 @@ func (c *session) follow(cmd *router.Command, reply []byte) {
 			if cmd.ID == router.CmdAuth {
 				p.sticky = true
 			}
+			c.authQueued = c.authQueued || c.changesAuth(cmd)
 		}
 		return
 	}
@@ -283,9 +284,11 @@ func (c *session) follow(cmd *router.Command, reply []byte) {
 		}
 	case router.CmdAuth:
 		if ok {
-			c.client.upstreamAuthed = true
-			if !c.sameUser(cmd) {
-				p.sticky = true // the connection runs as another user now
+			c.client.upstreamAuthed, c.authed = true, true
+			if !c.sameUser(cmd) || c.s.upNoAuth.Load() {
+				// The connection runs as another user now, or is logged
+				// in with a password the proxy's own connections lack.
+				p.sticky = true
 			}
 		}
 	case router.CmdClientTracking:

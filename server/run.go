@@ -11,8 +11,18 @@ import (
 
 // serve runs one batch of commands read from the client: each is
 // classified once against the current route snapshot (router.Classify),
-// then run in order.
+// then run in order. A batch that detached the session starts its own
+// loop last, once the batch gave its ticket back: from then on that loop
+// takes the tickets.
 func (c *session) serve(batch []redcon.Command) {
+	c.serveBatch(batch)
+	if c.toDetach != nil {
+		c.startDetached()
+	}
+}
+
+// serveBatch is serve but for starting the detached loop.
+func (c *session) serveBatch(batch []redcon.Command) {
 	set := c.s.routes.Load()
 	if cap(c.cmds) < len(batch) {
 		c.cmds = append(c.cmds[:cap(c.cmds)], make([]router.Command, len(batch)-cap(c.cmds))...)
@@ -36,6 +46,7 @@ func (c *session) serve(batch []redcon.Command) {
 	} else {
 		c.run(set, cmds)
 	}
+	c.noteAuth(cmds)
 	if idle {
 		c.armIdle()
 	}
@@ -46,9 +57,6 @@ func (c *session) serve(batch []redcon.Command) {
 	c.publish()
 	for i := range cmds {
 		cmds[i].Args = nil // do not keep redcon's buffer alive
-	}
-	if c.toDetach != nil {
-		c.startDetached()
 	}
 }
 

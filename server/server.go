@@ -75,6 +75,10 @@ type Server struct {
 	adminSrv  *http.Server
 	adminAddr string
 	nextID    atomic.Int64 // CLIENT ID / HELLO id of the next client
+	// upNoAuth: Redis' default user needs a password the proxy does not
+	// hold (learnt after a client's CONFIG SET or ACL change, noteAuth):
+	// clients that connect from now on must log in to Redis themselves.
+	upNoAuth atomic.Bool
 
 	mu       sync.Mutex
 	sessions map[int64]*session // by id

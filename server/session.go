@@ -79,6 +79,9 @@ type session struct {
 	}
 
 	blocked bool // inside a blocking command
+	// authQueued: the MULTI queued a command that may change what Redis
+	// asks of a new connection (noteAuth runs once the MULTI ends).
+	authQueued bool
 
 	// toDetach holds the commands left of the batch that detached the
 	// session, for its own loop to run first.
@@ -165,7 +168,7 @@ func newSession(s *Server, conn redcon.Conn) *session {
 		w:      newOutput(conn),
 		id:     s.nextID.Add(1),
 		proto:  2,
-		authed: s.cfg.RequirePass == "",
+		authed: s.cfg.RequirePass == "" && !s.upNoAuth.Load(),
 		db:     s.cfg.Upstream.DB,
 	}
 	now := time.Now()
@@ -193,10 +196,15 @@ func (c *session) state() router.State {
 	st := router.State{
 		ProxyAuth: c.s.cfg.RequirePass != "",
 		Authed:    c.authed,
-		Proto:     c.proto,
-		OtherDB:   c.db != c.s.cfg.Upstream.DB,
-		DefaultDB: c.s.defaultDB,
-		ReplyOff:  c.reply != replyOn,
+		// Without requirepass, as Redis decides it (authRequired): the
+		// client connected while Redis' default user needed a password
+		// (the proxy does not hold) and has not logged in since, and the
+		// default user still needs one.
+		UpstreamNoAuth: c.s.cfg.RequirePass == "" && !c.authed && c.s.upNoAuth.Load(),
+		Proto:          c.proto,
+		OtherDB:        c.db != c.s.cfg.Upstream.DB,
+		DefaultDB:      c.s.defaultDB,
+		ReplyOff:       c.reply != replyOn,
 		// A client never uses credentials the proxy holds for more than
 		// data: administration needs rights of its own.
 		AdminDenied:    c.s.up.HasCredentials() && !c.admin.ok && !c.client.upstreamAuthed,

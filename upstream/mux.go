@@ -333,7 +333,7 @@ func (c *muxConn) read(nc net.Conn, br *bufio.Reader, cl *Call) {
 		head := c.queue[c.head]
 		c.mu.Unlock()
 		n := len(head.Out)
-		out, err := resp.AppendReply(head.Out, br)
+		out, err := resp.AppendReplyAfterPushes(head.Out, br)
 		if err != nil {
 			c.mu.Lock()
 			c.reading = false

@@ -331,6 +331,34 @@ func (u *Upstream) nodeFree(addr string, proto int) chan *Conn {
 	return l[index(proto)]
 }
 
+// NeedsAuth reports whether Redis answers -NOAUTH on a new connection set
+// up as the proxy sets up its own (with upstream.password, if any): its
+// default user has a password the proxy does not hold (a client's CONFIG
+// SET requirepass). ok is false when Redis could not be asked.
+func (u *Upstream) NeedsAuth() (needs, ok bool) {
+	cfg := u.cfg
+	cfg.DB = 0
+	if u.sentinel != nil {
+		if cfg.Addr = u.sentinel.primary(); cfg.Addr == "" {
+			return false, false
+		}
+	}
+	nc, br, _, err := dial(cfg, u.tls, 2, u.cfg.Username, u.cfg.Password)
+	if err != nil {
+		return false, false
+	}
+	defer nc.Close()
+	nc.SetDeadline(time.Now().Add(u.timeout))
+	if _, err := nc.Write(resp.AppendCommand(nil, strArgs("PING"))); err != nil {
+		return false, false
+	}
+	reply, err := resp.AppendReply(nil, br)
+	if err != nil {
+		return false, false
+	}
+	return strings.HasPrefix(string(reply), "-NOAUTH"), true
+}
+
 // lookupIDAt is lookupID on the cluster node at node, asked on a
 // connection of its own.
 func (u *Upstream) lookupIDAt(node, addr string) int64 {
