@@ -671,3 +671,25 @@ func TestUpstreamKillClosesSubscriberAndBlockedClient(t *testing.T) {
 		t.Fatalf("the proxy after: %q", got)
 	}
 }
+
+// HELLO's server version is the upstream's, also for a client that logs
+// in with HELLO AUTH after another set a password on Redis (the proxy,
+// without that password, can no longer ask Redis then).
+func TestHelloVersionAfterRequirepass(t *testing.T) {
+	r, addr := throwawayProxy(t)
+	c := dialRaw(t, addr)
+	if got := c.do("CONFIG", "SET", "requirepass", "x"); got != "+OK\r\n" {
+		t.Fatal(got)
+	}
+	d := dialRaw(t, r.Addr)
+	d.do("AUTH", "x")
+	defer d.do("CONFIG", "SET", "requirepass", "")
+	info := d.do("INFO", "server")
+	_, after, _ := strings.Cut(info, "redis_version:")
+	version, _, _ := strings.Cut(after, "\r\n")
+	n := dialRaw(t, addr)
+	hello := n.do("HELLO", "2", "AUTH", "default", "x")
+	if want := "$7\r\nversion\r\n$" + strconv.Itoa(len(version)) + "\r\n" + version + "\r\n"; !strings.Contains(hello, want) {
+		t.Fatalf("HELLO AUTH after requirepass: %q, want the upstream's version %s", hello, version)
+	}
+}

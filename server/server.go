@@ -152,6 +152,9 @@ func (s *Server) Serve(l net.Listener) error {
 		s.log.Warn("upstream.multiplexer: go-redis was removed; the builtin multiplexer carries the shared path (remove the setting)")
 	}
 	resp.StampListener(l) // commands are ordered by arrival (order.go)
+	// HELLO tells the upstream's version (local.go); asked now, before a
+	// password a client may set on Redis keeps the proxy from asking.
+	go s.up.Version()
 	addr := l.Addr().String()
 	s.listenAddr.Store(&addr)
 	if s.tls != nil {
