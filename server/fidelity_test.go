@@ -693,3 +693,71 @@ func TestHelloVersionAfterRequirepass(t *testing.T) {
 		t.Fatalf("HELLO AUTH after requirepass: %q, want the upstream's version %s", hello, version)
 	}
 }
+
+// CLIENT LIST and CLIENT INFO as Redis fills them: cmd= is the command
+// running (the caller's own CLIENT LIST/INFO, a blocked client's BLPOP),
+// sub=/flags=P count a subscription as soon as it is confirmed, so CLIENT
+// LIST TYPE pubsub and CLIENT KILL TYPE pubsub find the subscriber, and
+// user= is the user a RESP2 AUTH logged in as, so CLIENT KILL USER finds
+// it. Each is checked directly on Redis first, then through the proxy.
+func TestClientListFieldsAsRedis(t *testing.T) {
+	r, addr := throwawayProxy(t)
+	admin := dialRaw(t, r.Addr)
+	if got := admin.do("ACL", "SETUSER", "lister", "on", ">pw", "~*", "&*", "+@all"); got != "+OK\r\n" {
+		t.Fatal(got)
+	}
+	defer admin.do("ACL", "DELUSER", "lister")
+	field := func(line, name string) string {
+		for _, f := range strings.Fields(line) {
+			if v, ok := strings.CutPrefix(f, name+"="); ok {
+				return v
+			}
+		}
+		return "(none)"
+	}
+	for _, target := range []struct{ name, addr string }{{"redis", r.Addr}, {"proxy", addr}} {
+		c := dialRaw(t, target.addr)
+		if got := field(textOf(t, c.do("CLIENT", "INFO")), "cmd"); got != "client|info" {
+			t.Fatalf("%s: own CLIENT INFO cmd=%s, want client|info", target.name, got)
+		}
+		// A blocked client shows the command it blocks in.
+		b := dialRaw(t, target.addr)
+		bid := intReply(t, b.do("CLIENT", "ID"))
+		b.send(encode("BLPOP", "fields:list", "0"))
+		waitUntil(t, target.name+": the client blocked", func() bool {
+			return field(clientLine(textOf(t, c.do("CLIENT", "LIST")), bid), "flags") == "b"
+		})
+		if got := field(clientLine(textOf(t, c.do("CLIENT", "LIST")), bid), "cmd"); got != "blpop" {
+			t.Fatalf("%s: blocked client's cmd=%s, want blpop", target.name, got)
+		}
+		if got := c.do("CLIENT", "UNBLOCK", strconv.FormatInt(bid, 10)); got != ":1\r\n" {
+			t.Fatalf("%s: CLIENT UNBLOCK: %q", target.name, got)
+		}
+		b.read()
+		// A subscriber counts as soon as its confirmation arrived.
+		s := dialRaw(t, target.addr)
+		sid := intReply(t, s.do("CLIENT", "ID"))
+		s.send(encode("SUBSCRIBE", "fields:ch"))
+		s.read()
+		line := clientLine(textOf(t, c.do("CLIENT", "LIST", "TYPE", "pubsub")), sid)
+		if field(line, "sub") != "1" || field(line, "flags") != "P" {
+			t.Fatalf("%s: CLIENT LIST TYPE pubsub right after the confirmation: %q, want the subscriber with sub=1 flags=P", target.name, line)
+		}
+		if got := c.do("CLIENT", "KILL", "TYPE", "pubsub"); got != ":1\r\n" {
+			t.Fatalf("%s: CLIENT KILL TYPE pubsub: %q, want :1", target.name, got)
+		}
+		s.expectClosed()
+		// user= after a RESP2 AUTH user password.
+		u := dialRaw(t, target.addr)
+		if got := u.do("AUTH", "lister", "pw"); got != "+OK\r\n" {
+			t.Fatalf("%s: AUTH: %q", target.name, got)
+		}
+		if got := field(textOf(t, u.do("CLIENT", "INFO")), "user"); got != "lister" {
+			t.Fatalf("%s: CLIENT INFO after AUTH lister: user=%s", target.name, got)
+		}
+		if got := c.do("CLIENT", "KILL", "USER", "lister"); got != ":1\r\n" {
+			t.Fatalf("%s: CLIENT KILL USER lister: %q, want :1", target.name, got)
+		}
+		u.expectClosed()
+	}
+}

@@ -297,7 +297,10 @@ func (c *session) noteUser(cmd *router.Command) {
 		c.client.user = ""
 		return
 	}
-	c.client.user = string(cmd.Args[1])
+	c.client.user = "default" // AUTH password
+	if len(cmd.Args) == 3 {
+		c.client.user = string(cmd.Args[1])
+	}
 }
 
 // validName follows Redis' rule for client names: printable ASCII, no

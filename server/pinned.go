@@ -285,6 +285,7 @@ func (c *session) follow(cmd *router.Command, reply []byte) {
 	case router.CmdAuth:
 		if ok {
 			c.client.upstreamAuthed, c.authed = true, true
+			c.noteUser(cmd)
 			if !c.sameUser(cmd) || c.s.upNoAuth.Load() {
 				// The connection runs as another user now, or is logged
 				// in with a password the proxy's own connections lack.

@@ -91,6 +91,7 @@ func (c *session) run(set *policy.Set, cmds []router.Command) {
 			i++
 			continue
 		}
+		c.client.lastCmd = cmds[i].ID // CLIENT LIST's cmd=: the latest one started
 		st := c.state()
 		d := router.Dispatch(st, &cmds[i])
 		if c.relayed() && d.Path != router.PathPinned && d.Path != router.PathDetach {

@@ -129,6 +129,7 @@ type view struct {
 	redirect            int64 // CLIENT TRACKING REDIRECT, as a proxy client id
 	blocked             bool
 	upConn              *upstream.Conn // the pinned connection, nil without one
+	relay               *relay         // its relay, whose counts view reads live
 }
 
 // publish copies the session's state into its view.
@@ -145,9 +146,7 @@ func (c *session) publish() {
 			v.multi = p.queued
 		}
 		v.tracking, v.redirect = p.tracking, p.redirect
-		if p.relay != nil {
-			v.sub, v.psub, v.ssub = p.relay.counts()
-		}
+		v.relay = p.relay
 	}
 	c.pubMu.Lock()
 	c.pub = v
@@ -157,8 +156,14 @@ func (c *session) publish() {
 // view returns the state the session last published.
 func (c *session) view() view {
 	c.pubMu.Lock()
-	defer c.pubMu.Unlock()
-	return c.pub
+	v := c.pub
+	c.pubMu.Unlock()
+	if v.relay != nil {
+		// The relay counts a (un)subscription when Redis confirms it,
+		// which may be after the session last published.
+		v.sub, v.psub, v.ssub = v.relay.counts()
+	}
+	return v
 }
 
 func newSession(s *Server, conn redcon.Conn) *session {
