@@ -38,7 +38,8 @@ const orderWait = time.Millisecond
 type order struct {
 	mu      sync.Mutex
 	pending []ticket
-	pinned  atomic.Int32 // pending tickets of pinned batches
+	wake    chan struct{} // closed by done when a batch waits, nil otherwise
+	pinned  atomic.Int32  // pending tickets of pinned batches
 }
 
 type ticket struct {
@@ -60,9 +61,33 @@ func (o *order) take(id, at int64, pinned bool) {
 	if !pinned && o.pinned.Load() == 0 {
 		return
 	}
-	deadline := time.Now().Add(orderWait)
-	for !o.first(id, at, pinned) && time.Now().Before(deadline) {
-		runtime.Gosched()
+	// Wait parked, not spinning: the batch waited for may itself wait on
+	// the network (a pinned connection being dialled), which a spinning
+	// goroutine would keep the scheduler from polling.
+	var timer *time.Timer
+	for {
+		o.mu.Lock()
+		if o.firstLocked(id, at, pinned) {
+			o.mu.Unlock()
+			break
+		}
+		if o.wake == nil {
+			o.wake = make(chan struct{})
+		}
+		wake := o.wake
+		o.mu.Unlock()
+		if timer == nil {
+			timer = time.NewTimer(orderWait)
+		}
+		select {
+		case <-wake:
+			continue
+		case <-timer.C:
+		}
+		break
+	}
+	if timer != nil {
+		timer.Stop()
 	}
 }
 
@@ -71,6 +96,10 @@ func (o *order) take(id, at int64, pinned bool) {
 func (o *order) first(id, at int64, pinned bool) bool {
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	return o.firstLocked(id, at, pinned)
+}
+
+func (o *order) firstLocked(id, at int64, pinned bool) bool {
 	for _, t := range o.pending {
 		if (pinned || t.pinned) && (t.at < at || (t.at == at && t.id < id)) {
 			return false
@@ -92,6 +121,10 @@ func (o *order) done(id int64) {
 			o.pending = o.pending[:last]
 			break
 		}
+	}
+	if o.wake != nil {
+		close(o.wake)
+		o.wake = nil
 	}
 	o.mu.Unlock()
 }

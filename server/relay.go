@@ -129,6 +129,7 @@ func (c *session) startDetached() {
 func (c *session) detachedLoop(dc redcon.DetachedConn, pending [][][]byte) {
 	defer func() {
 		c.mu.Lock()
+		c.sent() // the ticket serve handed over, if no command took it back
 		dc.Close()
 		c.mu.Unlock()
 		c.s.drop(c)
@@ -139,6 +140,9 @@ func (c *session) detachedLoop(dc redcon.DetachedConn, pending [][][]byte) {
 			return
 		}
 	}
+	c.mu.Lock()
+	c.sent()
+	c.mu.Unlock()
 	for !c.quit {
 		cmd, err := dc.ReadCommand()
 		if err != nil {

@@ -12,8 +12,10 @@ import (
 // serve runs one batch of commands read from the client: each is
 // classified once against the current route snapshot (router.Classify),
 // then run in order. A batch that detached the session starts its own
-// loop last, once the batch gave its ticket back: from then on that loop
-// takes the tickets.
+// loop last and hands it its ticket: the loop runs the rest of the batch
+// (the SUBSCRIBE, MONITOR, ...) and gives the ticket back once that is
+// written to Redis, so a PUBLISH another client sent after the SUBSCRIBE
+// reaches Redis after it; from then on the loop takes the tickets.
 func (c *session) serve(batch []redcon.Command) {
 	c.serveBatch(batch)
 	if c.toDetach != nil {
@@ -36,11 +38,15 @@ func (c *session) serveBatch(batch []redcon.Command) {
 	if idle {
 		c.checkIdle()
 	}
-	if c.gc != nil {
+	if c.gc != nil && !c.ticket { // held: handed over by the batch that detached
 		c.ticket = true
 		c.s.order.take(c.id, c.gc.Arrival().UnixNano(), c.pinsFor(cmds))
 	}
-	defer c.sent()
+	defer func() {
+		if c.toDetach == nil {
+			c.sent()
+		}
+	}()
 	if c.adoptRelay() && c.detach(cmds) {
 		// Relayed from now on: the detached loop runs the batch.
 	} else {
