@@ -249,9 +249,12 @@ func (c *session) helloAuth(user, pass []byte) bool {
 // clients that connect from now on, who get Redis' NOAUTH until they log
 // in to Redis themselves, as on Redis.
 func (c *session) noteAuth(cmds []router.Command) {
-	ask := c.authQueued && (c.pin == nil || !c.pin.multi)
+	if c.pin != nil && c.pin.multi {
+		return // queued: asked once the transaction ended (authQueued)
+	}
+	ask := c.authQueued
 	for i := 0; i < len(cmds) && !ask; i++ {
-		ask = c.changesAuth(&cmds[i]) && (c.pin == nil || !c.pin.multi)
+		ask = c.changesAuth(&cmds[i])
 	}
 	if !ask {
 		return

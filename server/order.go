@@ -91,14 +91,8 @@ func (o *order) take(id, at int64, pinned bool) {
 	}
 }
 
-// first reports whether no batch that arrived before at, and that a batch
-// (pinned or not) must follow, holds a ticket.
-func (o *order) first(id, at int64, pinned bool) bool {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.firstLocked(id, at, pinned)
-}
-
+// firstLocked reports whether no batch that arrived before at, and that
+// a batch (pinned or not) must follow, holds a ticket. o.mu is held.
 func (o *order) firstLocked(id, at int64, pinned bool) bool {
 	for _, t := range o.pending {
 		if (pinned || t.pinned) && (t.at < at || (t.at == at && t.id < id)) {

@@ -79,3 +79,10 @@ func TestOrderWhoFollowsWhom(t *testing.T) {
 		t.Fatal("a batch waits with no ticket pending")
 	}
 }
+
+// first is firstLocked with o.mu taken.
+func (o *order) first(id, at int64, pinned bool) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.firstLocked(id, at, pinned)
+}

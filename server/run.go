@@ -66,23 +66,23 @@ func (c *session) serveBatch(batch []redcon.Command) {
 	}
 }
 
-// pinsFor reports whether the batch cmds goes on a pinned connection,
-// wholly or in part: the session holds one, or a command's path is not
-// the shared connections or the proxy itself (order.go: which batches
-// wait for which).
+// pinsFor reports whether the batch cmds starts on a pinned connection:
+// the session holds one, or its first command's path is not the shared
+// connections or the proxy itself (order.go: which batches wait for
+// which). Only the first run of the batch counts: the ticket is given
+// back once that run is queued for Redis (or answered by the proxy).
 func (c *session) pinsFor(cmds []router.Command) bool {
 	if c.pin != nil || c.relayed() {
 		return true
 	}
-	st := c.state()
-	for i := range cmds {
-		switch router.Dispatch(st, &cmds[i]).Path {
-		case router.PathShared, router.PathLocal, router.PathRouted:
-		default:
-			return true
-		}
+	if len(cmds) == 0 {
+		return false
 	}
-	return false
+	switch router.Dispatch(c.state(), &cmds[0]).Path {
+	case router.PathShared, router.PathLocal, router.PathRouted:
+		return false
+	}
+	return true
 }
 
 // run carries cmds in order, each where router.Dispatch says. Runs of

@@ -13,6 +13,15 @@ import (
 	"github.com/respite/respite/internal/testenv"
 )
 
+// sentinelUpstream points cfg at the Sentinel setup s, with a 2 s
+// upstream timeout.
+func sentinelUpstream(cfg *config.Config, s *testenv.Sentinel) {
+	cfg.Upstream.Mode = config.ModeSentinel
+	cfg.Upstream.Addrs = []string{s.SentinelAddr()}
+	cfg.Upstream.MasterName = s.MasterName()
+	cfg.Upstream.Timeout = config.Duration(2 * time.Second)
+}
+
 // upstream.mode sentinel under write load: SENTINEL FAILOVER moves the
 // primary, the proxy follows it (+switch-master, or the sentinels asked
 // again when a connection fails), and writes succeed again within
@@ -25,10 +34,7 @@ func TestSentinelFailoverUnderWrites(t *testing.T) {
 	}
 	defer s.Stop()
 	addr := startProxy(t, func(cfg *config.Config) {
-		cfg.Upstream.Mode = config.ModeSentinel
-		cfg.Upstream.Addrs = []string{s.SentinelAddr()}
-		cfg.Upstream.MasterName = s.MasterName()
-		cfg.Upstream.Timeout = config.Duration(2 * time.Second)
+		sentinelUpstream(cfg, s)
 	})
 	first, err := s.PrimaryAddr()
 	if err != nil {
@@ -149,10 +155,7 @@ func TestSentinelFailoverRoutedWrites(t *testing.T) {
 	}
 	defer s.Stop()
 	proxy := startProxy(t, func(c *config.Config) {
-		c.Upstream.Mode = config.ModeSentinel
-		c.Upstream.Addrs = []string{s.SentinelAddr()}
-		c.Upstream.MasterName = s.MasterName()
-		c.Upstream.Timeout = config.Duration(2 * time.Second)
+		sentinelUpstream(c, s)
 		c.Postgres.DSN = p.DSN
 		c.Routes = testRoutes()
 		if err := fillDefaults(c); err != nil {
@@ -260,10 +263,7 @@ func TestSentinelWriteBackNoReplicas(t *testing.T) {
 	}
 	defer s.Stop()
 	proxy := startProxy(t, func(c *config.Config) {
-		c.Upstream.Mode = config.ModeSentinel
-		c.Upstream.Addrs = []string{s.SentinelAddr()}
-		c.Upstream.MasterName = s.MasterName()
-		c.Upstream.Timeout = config.Duration(2 * time.Second)
+		sentinelUpstream(c, s)
 		c.Admin = "127.0.0.1:0"
 		c.Postgres.DSN = p.DSN
 		c.Routes = testRoutes()

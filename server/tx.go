@@ -164,12 +164,11 @@ func (c *session) exec(set *policy.Set, cmd *router.Command) {
 				c.pinLost(err)
 				return
 			}
-			k, perr := strconv.ParseInt(strings.TrimSuffix(strings.TrimPrefix(string(got), ":"), "\r\n"), 10, 64)
-			isInt := len(got) > 0 && got[0] == ':' && perr == nil
+			k, isInt := resp.Raw(got).AsInt()
 			if !isInt || k < int64(n) {
 				var werr error
 				if !isInt {
-					werr = errors.New(strings.TrimSpace(strings.TrimPrefix(string(got), "-")))
+					werr = errors.New(resp.Raw(got).ErrorText())
 				}
 				c.record(aborted, reply)
 				c.follow(cmd, reply)

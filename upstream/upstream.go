@@ -193,12 +193,10 @@ func (u *Upstream) Take(proto int) (*Conn, error) {
 			continue
 		default:
 		}
-		cfg := u.cfg
-		if u.sentinel != nil {
-			if cfg.Addr = u.sentinel.primary(); cfg.Addr == "" {
-				u.sentinel.lost()
-				return nil, errNoPrimary
-			}
+		cfg, ok := u.primaryConfig()
+		if !ok {
+			u.sentinel.lost()
+			return nil, errNoPrimary
 		}
 		nc, br, id, err := dial(cfg, u.tls, proto, u.cfg.Username, u.cfg.Password)
 		if err != nil {
@@ -216,6 +214,17 @@ func (u *Upstream) Take(proto int) (*Conn, error) {
 		}
 		return c, nil
 	}
+}
+
+// primaryConfig is the configuration a new connection to the primary is
+// dialled with: upstream.addr, or in upstream.mode sentinel the primary
+// the sentinel names (ok false while it names none).
+func (u *Upstream) primaryConfig() (cfg config.Upstream, ok bool) {
+	cfg = u.cfg
+	if u.sentinel != nil {
+		cfg.Addr = u.sentinel.primary()
+	}
+	return cfg, cfg.Addr != ""
 }
 
 // TakeSlot is Take for a session whose commands are about slot (AnySlot:
@@ -336,13 +345,11 @@ func (u *Upstream) nodeFree(addr string, proto int) chan *Conn {
 // default user has a password the proxy does not hold (a client's CONFIG
 // SET requirepass). ok is false when Redis could not be asked.
 func (u *Upstream) NeedsAuth() (needs, ok bool) {
-	cfg := u.cfg
-	cfg.DB = 0
-	if u.sentinel != nil {
-		if cfg.Addr = u.sentinel.primary(); cfg.Addr == "" {
-			return false, false
-		}
+	cfg, ok := u.primaryConfig()
+	if !ok {
+		return false, false
 	}
+	cfg.DB = 0
 	nc, br, _, err := dial(cfg, u.tls, 2, u.cfg.Username, u.cfg.Password)
 	if err != nil {
 		return false, false
