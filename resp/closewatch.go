@@ -119,7 +119,7 @@ func (c *Conn) watch(done chan struct{}) {
 	defer close(done)
 	buf := make([]byte, 4096)
 	for len(c.pbuf)-c.pend < maxWatchBuffer {
-		n, err := c.readConn(buf)
+		n, err := c.readConn(buf, nil) // not the reader: ReadState stays
 		if n > 0 {
 			c.pbuf = append(c.pbuf, buf[:n]...)
 		}

@@ -91,6 +91,8 @@ type Conn struct {
 
 	stamps  *stamper  // kernel receive stamps (stamp_linux.go); nil: none
 	arrival time.Time // when the bytes of the last read arrived
+
+	claim claimState // ReadState and claims (claim.go)
 }
 
 // NewConn wraps c with limits lim (zero fields mean the defaults). Read then
@@ -100,7 +102,11 @@ func NewConn(c net.Conn, lim Limits) *Conn {
 }
 
 func newConn(c net.Conn, lim Limits) *Conn {
-	return &Conn{Conn: c, lim: lim, closedCh: make(chan struct{}), stamps: newStamper(c)}
+	g := &Conn{Conn: c, lim: lim, closedCh: make(chan struct{}), stamps: newStamper(c)}
+	if g.tracked() {
+		g.claim.state.Store(int32(ReadWaiting)) // nothing read yet
+	}
+	return g
 }
 
 // Underlying returns the wrapped net.Conn.
@@ -162,7 +168,28 @@ func (c *Conn) Underlying() net.Conn { return c.Conn }
 // Read never returns 0, nil for len(p) > 0. Errors of the wrapped conn are
 // returned after the valid bytes read before them; timeouts are not sticky,
 // so a Read after a deadline is extended resumes the stream.
+//
+// With Limits.Arriving set, Read keeps the Conn's ReadState (claim.go).
 func (c *Conn) Read(p []byte) (int, error) {
+	if !c.tracked() {
+		return c.readStream(p)
+	}
+	if c.atBoundary() {
+		c.setReadState(ReadWaiting)
+	} else {
+		c.setReadState(ReadReceiving) // bytes read before are on their way
+	}
+	n, err := c.readStream(p)
+	if n > 0 {
+		c.setReadState(ReadUnclaimed)
+	} else {
+		c.setReadState(ReadBusy)
+	}
+	return n, err
+}
+
+// readStream is Read.
+func (c *Conn) readStream(p []byte) (int, error) {
 	c.reads++
 	if len(c.out) > 0 {
 		n := copy(p, c.out)
@@ -208,7 +235,7 @@ func (c *Conn) read(p []byte) (int, error) {
 			if c.lim.Idle > 0 {
 				c.armIdle(w)
 			}
-			n, err = c.readConn(p[w:])
+			n, err = c.readConn(p[w:], c)
 			if err != nil && isTimeout(err) && c.idleArmed && !time.Now().Before(c.idleFrom.Add(c.lim.Idle)) {
 				err = ErrIdle
 			}
@@ -377,6 +404,7 @@ func (c *Conn) account() *ProtocolError {
 // Close closes the wrapped conn and gives back what the Conn counted in
 // Limits.Total.
 func (c *Conn) Close() error {
+	c.setReadState(ReadBusy)
 	if c.lim.Total != nil {
 		c.wmu.Lock()
 		if n := c.counted; n != 0 {
@@ -411,8 +439,9 @@ func (c *Conn) armIdle(w int) {
 	c.Conn.SetReadDeadline(c.idleFrom.Add(c.lim.Idle))
 }
 
-// readConn reads the wrapped conn, noting when the bytes arrived.
-func (c *Conn) readConn(p []byte) (int, error) {
+// readConn reads the wrapped conn, noting when the bytes arrived; st, if
+// not nil, keeps its ReadState while it does (stamper.read).
+func (c *Conn) readConn(p []byte, st *Conn) (int, error) {
 	if c.stamps == nil {
 		n, err := c.Conn.Read(p)
 		if n > 0 {
@@ -420,7 +449,7 @@ func (c *Conn) readConn(p []byte) (int, error) {
 		}
 		return n, err
 	}
-	n, at, err := c.stamps.read(p)
+	n, at, err := c.stamps.read(p, st)
 	if n > 0 {
 		if at.IsZero() {
 			at = time.Now()

@@ -63,6 +63,11 @@ type Limits struct {
 	// long (ErrIdle), unless SetIdleExempt: Redis' timeout. The bytes of
 	// a command that never completes do not count as activity.
 	Idle time.Duration
+	// Arriving, when set, makes the Conn keep its ReadState (claim.go)
+	// and counts the Conns sharing it that are reading the socket or
+	// hold bytes the caller has not claimed: a server that orders
+	// clients by arrival need look for those only while it is not zero.
+	Arriving *atomic.Int64
 }
 
 // totalStep is the granularity of Limits.Total accounting.

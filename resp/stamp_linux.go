@@ -41,13 +41,24 @@ func newStamper(nc net.Conn) *stamper {
 }
 
 // read reads into p like net.Conn.Read (deadlines included) and returns the
-// receive time of the bytes (zero when the kernel gave none).
-func (s *stamper) read(p []byte) (int, time.Time, error) {
+// receive time of the bytes (zero when the kernel gave none). While it
+// reads the socket, st (if not nil) is ReadReceiving; while it waits for
+// bytes, ReadWaiting.
+func (s *stamper) read(p []byte, st *Conn) (int, time.Time, error) {
 	var n, oobn int
 	var rerr error
 	err := s.raw.Read(func(fd uintptr) bool {
+		if st != nil {
+			st.setReadState(ReadReceiving)
+		}
 		n, oobn, _, _, rerr = syscall.Recvmsg(int(fd), p, s.oob[:], 0)
-		return rerr != syscall.EAGAIN
+		if rerr == syscall.EAGAIN {
+			if st != nil {
+				st.setReadState(ReadWaiting)
+			}
+			return false
+		}
+		return true
 	})
 	if err != nil {
 		return 0, time.Time{}, err

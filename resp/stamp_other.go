@@ -12,7 +12,7 @@ type stamper struct{}
 
 func newStamper(net.Conn) *stamper { return nil }
 
-func (*stamper) read([]byte) (int, time.Time, error) { panic("unreachable") }
+func (*stamper) read([]byte, *Conn) (int, time.Time, error) { panic("unreachable") }
 
 // StampListener does nothing without kernel receive stamps.
 func StampListener(net.Listener) {}

@@ -167,6 +167,10 @@ func (c *Command) ArityOK() bool {
 	return c.ID != CmdUnknown && arityOK(specs[c.ID].keys.arity, len(c.Args))
 }
 
+// Publishes reports whether the command publishes a message (PUBLISH,
+// SPUBLISH): it must reach Redis after a SUBSCRIBE sent before it.
+func (c *Command) Publishes() bool { return c.ID == CmdPublish || c.ID == CmdSpublish }
+
 // AllRouted reports whether every key of the command is routed.
 func (c *Command) AllRouted() bool { return c.Routed > 0 && c.Routed == len(c.Keys) }
 

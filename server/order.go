@@ -5,6 +5,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/respite/respite/resp"
 )
 
 // orderWait bounds how long a batch waits for batches that reached the
@@ -38,8 +40,10 @@ const orderWait = time.Millisecond
 type order struct {
 	mu      sync.Mutex
 	pending []ticket
-	wake    chan struct{} // closed by done when a batch waits, nil otherwise
+	wake    chan struct{} // closed by done and take when a batch waits, nil otherwise
 	pinned  atomic.Int32  // pending tickets of pinned batches
+
+	unread *unread // clients whose bytes may be on their way (nil: none looked for)
 }
 
 type ticket struct {
@@ -49,16 +53,30 @@ type ticket struct {
 }
 
 // take gives session id a ticket for a batch that arrived at at, then
-// waits for its turn.
-func (o *order) take(id, at int64, pinned bool) {
+// waits for its turn. gc, the client's connection (nil in tests), is
+// claimed (resp.Conn.Claim) with the ticket. A pinned batch, or one that
+// follows pinned ones (a PUBLISH, which must reach Redis after a
+// SUBSCRIBE sent before it), also waits for the clients whose commands
+// may have arrived before it but hold no ticket yet (unread.go): their
+// bytes unread in the socket, or read and not yet claimed.
+func (o *order) take(id, at int64, pinned, follows bool, gc *resp.Conn) {
 	o.mu.Lock()
 	o.pending = append(o.pending, ticket{id, at, pinned})
+	o.claimLocked(gc)
 	o.mu.Unlock()
 	if pinned {
 		o.pinned.Add(1)
 	}
 	runtime.Gosched() // let goroutines woken for earlier bytes take theirs
-	if !pinned && o.pinned.Load() == 0 {
+	if !pinned && !follows && o.pinned.Load() == 0 {
+		return
+	}
+	var buf [8]arriving
+	var exp []arriving
+	if o.unread != nil {
+		exp = o.unread.of(id, buf[:0])
+	}
+	if !pinned && len(exp) == 0 && o.pinned.Load() == 0 {
 		return
 	}
 	// Wait parked, not spinning: the batch waited for may itself wait on
@@ -67,7 +85,7 @@ func (o *order) take(id, at int64, pinned bool) {
 	var timer *time.Timer
 	for {
 		o.mu.Lock()
-		if o.firstLocked(id, at, pinned) {
+		if settled(exp) && o.firstLocked(id, at, pinned) {
 			o.mu.Unlock()
 			break
 		}
@@ -88,6 +106,27 @@ func (o *order) take(id, at int64, pinned bool) {
 	}
 	if timer != nil {
 		timer.Stop()
+	}
+}
+
+// claim claims gc for a batch that runs on a ticket it already holds
+// (handed over by the batch that detached the session).
+func (o *order) claim(gc *resp.Conn) {
+	o.mu.Lock()
+	o.claimLocked(gc)
+	o.mu.Unlock()
+}
+
+// claimLocked claims gc and wakes the batches waiting for it. o.mu is
+// held, so a waiter sees the claim and the ticket together.
+func (o *order) claimLocked(gc *resp.Conn) {
+	if gc == nil {
+		return
+	}
+	gc.Claim()
+	if o.wake != nil {
+		close(o.wake)
+		o.wake = nil
 	}
 }
 

@@ -48,14 +48,14 @@ func TestArrivalOrderAcrossClients(t *testing.T) {
 // one only for pinned ones (order.go).
 func TestOrderWhoFollowsWhom(t *testing.T) {
 	var o order
-	o.take(1, 100, false)
+	o.take(1, 100, false, false, nil)
 	if !o.first(2, 200, false) {
 		t.Fatal("a shared batch waits for an earlier shared one")
 	}
 	if o.first(2, 200, true) {
 		t.Fatal("a pinned batch does not wait for an earlier shared one")
 	}
-	o.take(3, 150, true)
+	o.take(3, 150, true, false, nil)
 	if o.pinned.Load() != 1 {
 		t.Fatalf("pending pinned tickets: %d, want 1", o.pinned.Load())
 	}

@@ -168,6 +168,9 @@ func (c *session) serveOne(dc redcon.DetachedConn, args [][]byte) (ok bool) {
 		return false
 	}
 	c.serve([]redcon.Command{{Args: args}})
+	if c.gc != nil {
+		c.gc.Answered()
+	}
 	return dc.Flush() == nil
 }
 

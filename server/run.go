@@ -38,9 +38,14 @@ func (c *session) serveBatch(batch []redcon.Command) {
 	if idle {
 		c.checkIdle()
 	}
-	if c.gc != nil && !c.ticket { // held: handed over by the batch that detached
+	switch {
+	case c.gc == nil:
+	case c.ticket: // held: handed over by the batch that detached
+		c.s.order.claim(c.gc)
+	default:
 		c.ticket = true
-		c.s.order.take(c.id, c.gc.Arrival().UnixNano(), c.pinsFor(cmds))
+		follows := len(cmds) > 0 && cmds[0].Publishes()
+		c.s.order.take(c.id, c.gc.Arrival().UnixNano(), c.pinsFor(cmds), follows, c.gc)
 	}
 	defer func() {
 		if c.toDetach == nil {

@@ -106,6 +106,7 @@ func New(cfg config.Config, log *slog.Logger) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, defaultDB: strconv.Itoa(cfg.Upstream.DB), log: log, up: up, sessions: map[int64]*session{}}
+	s.order.unread = newUnread()
 	s.live.Store(&cfg)
 	for _, name := range cfg.AdminCommands {
 		cmd, sub, _ := strings.Cut(strings.ToLower(name), "|")
@@ -185,6 +186,7 @@ func (s *Server) Close() error {
 	}
 	s.routes.Load().Close()
 	s.up.Close()
+	s.order.unread.poll.close()
 	return err
 }
 
@@ -238,6 +240,7 @@ func (s *Server) accept(conn redcon.Conn) bool {
 	s.mu.Lock()
 	s.sessions[sess.id] = sess
 	s.mu.Unlock()
+	s.order.unread.add(sess.id, sess.gc, sess.client.fd)
 	return true
 }
 
@@ -269,6 +272,7 @@ func (s *Server) drop(sess *session) {
 	_, ok := s.sessions[sess.id]
 	delete(s.sessions, sess.id)
 	s.mu.Unlock()
+	s.order.unread.remove(sess.id)
 	if ok {
 		s.counts.clients.Add(-1)
 	}
@@ -291,6 +295,9 @@ func (s *Server) handle(conn redcon.Conn, cmd redcon.Command) {
 	cmds := append(sess.batch[:0], cmd)
 	cmds = append(cmds, conn.ReadPipeline()...)
 	sess.serve(cmds)
+	if sess.gc != nil {
+		sess.gc.Answered() // bytes that arrive from now on wait in the socket
+	}
 	sess.flush()
 	clear(cmds)
 	sess.batch = cmds[:0]
@@ -312,6 +319,7 @@ func (l guardedListener) Accept() (net.Conn, error) {
 	return resp.NewConn(c, resp.Limits{
 		MaxBulk: lim.MaxBulkBytes, MaxArgs: lim.MaxArgs, MaxInline: lim.MaxInlineBytes,
 		Total: &l.s.queryBytes, MaxTotal: lim.MaxQueryBytesTotal, Idle: time.Duration(lim.ClientTimeout),
+		Arriving: &l.s.order.unread.arriving,
 	}), nil
 }
 
