@@ -221,6 +221,7 @@ func TestCaptureInvalidatesOnceTheCommitIsVisible(t *testing.T) {
 		pg.Exec("SELECT pg_reload_conf()")
 	}
 	defer reset()
+	waitSyncRep(t, pg, e.writer(t))
 	done := make(chan error, 1)
 	go func() {
 		_, err := w.Exec(context.Background(), fmt.Sprintf("UPDATE %s SET name = 'after' WHERE id = 1", e.table))
@@ -247,6 +248,46 @@ func TestCaptureInvalidatesOnceTheCommitIsVisible(t *testing.T) {
 	reset()
 	took := pollUntil(t, ctx, 3*time.Second, key, after, a)
 	t.Logf("the new row through the proxy %v after the commit became visible", took)
+}
+
+// waitSyncRep waits until commits wait for the synchronous standby:
+// pg_reload_conf only signals, and the checkpointer turns synchronous
+// replication on once it has read the file, later under load. A probe
+// commit on conn (an xid assigned, so a commit record) that waits for the
+// standby shows it; the probe's wait is then cancelled.
+func waitSyncRep(t *testing.T, pg *testenv.Postgres, conn *pgx.Conn) {
+	t.Helper()
+	waiting := func() bool {
+		n, err := pg.Query("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'")
+		return err == nil && strings.TrimSpace(n) == "1"
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for try := 1; ; try++ {
+		res := make(chan error, 1)
+		go func() {
+			_, err := conn.Exec(context.Background(), "SELECT pg_current_xact_id()")
+			res <- err
+		}()
+		for {
+			select {
+			case err := <-res:
+				if err != nil {
+					t.Fatalf("probe commit: %v", err)
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("synchronous_standby_names not in effect after %d probe commits", try)
+				}
+			case <-time.After(10 * time.Millisecond):
+				if !waiting() {
+					continue
+				}
+				pgExec(t, pg, "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE wait_event = 'SyncRep'")
+				<-res
+				return
+			}
+			break
+		}
+	}
 }
 
 // An INSERT of a row whose absence is cached (negative marker), a DELETE

@@ -29,6 +29,15 @@ const orderWait = time.Millisecond
 // needs Redis no more (answered by the proxy, routed), so only batches
 // that really go to Redis wait, and only for each other.
 //
+// A yield is not enough to see every earlier batch: a goroutine woken for
+// earlier bytes may still be parked in Go's netpoller (a yielding
+// goroutine goes on the global run queue, which the scheduler serves
+// before it polls the network), and under load a reader's thread may be
+// descheduled inside recvmsg or its reply write. So a pinned batch (and a
+// PUBLISH) also waits for the clients whose commands may have arrived but
+// hold no ticket yet (unread.go): bytes unread in their socket, or read
+// and not yet claimed.
+//
 // Which batches a batch must follow: a batch for a pinned connection
 // (a transaction, a blocking command, a session on another database)
 // follows every earlier one; a batch for the shared connections follows
