@@ -2,6 +2,7 @@ package resp
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"io"
 	"strconv"
@@ -73,17 +74,42 @@ func appendReply(dst []byte, br *bufio.Reader, depth int) ([]byte, error) {
 				return dst, err
 			}
 		}
-		if kind == '|' || kind == '>' && depth > 0 {
+		if kind == '|' || kind == '>' && depth > 0 && !confirmsSubscription(dst[start:]) {
 			// An attribute annotates the reply after it; a push inside an
 			// aggregate is out of band (Redis writes it where it is
 			// produced, as DEBUG PROTOCOL push or a tracking invalidation
 			// inside EXEC's array) and is no element of it: the element
-			// still follows.
+			// still follows. A (un)subscribe confirmation is the element:
+			// it is SUBSCRIBE's reply in RESP3, inside EXEC's array too.
 			return appendReply(dst, br, depth+1)
 		}
 		return dst, nil
 	}
 	return dst, ErrReply
+}
+
+// confirmsSubscription reports whether the push b (its exact bytes) is
+// the confirmation of a SUBSCRIBE, UNSUBSCRIBE or one of their pattern and
+// shard forms: its first element names it.
+func confirmsSubscription(b []byte) bool {
+	i := bytes.IndexByte(b, '\n')
+	if i < 0 || i+1 >= len(b) || b[i+1] != '$' {
+		return false
+	}
+	b = b[i+2:]
+	j := bytes.IndexByte(b, '\r')
+	if j < 0 {
+		return false
+	}
+	n, err := strconv.Atoi(string(b[:j]))
+	if err != nil || n < 0 || j+2+n > len(b) {
+		return false
+	}
+	switch string(b[j+2 : j+2+n]) {
+	case "subscribe", "psubscribe", "ssubscribe", "unsubscribe", "punsubscribe", "sunsubscribe":
+		return true
+	}
+	return false
 }
 
 // AppendReplyAfterPushes is AppendReply for a connection that never

@@ -41,6 +41,13 @@ func TestAppendReplyPushes(t *testing.T) {
 	if got, err := AppendReply(nil, br); err != nil || string(got) != exec {
 		t.Fatalf("EXEC with a push inside: %q, %v", got, err)
 	}
+	// SUBSCRIBE in MULTI: in RESP3 its confirmation, a push, is EXEC's
+	// element.
+	sub := ">3\r\n$9\r\nsubscribe\r\n$1\r\nx\r\n:1\r\n"
+	br = bufio.NewReader(strings.NewReader("*1\r\n" + sub + "+PONG\r\n"))
+	if got, err := AppendReply(nil, br); err != nil || string(got) != "*1\r\n"+sub {
+		t.Fatalf("EXEC of a SUBSCRIBE: %q, %v", got, err)
+	}
 	br = bufio.NewReader(strings.NewReader(push + "+OK\r\n" + push))
 	if got, err := AppendReply(nil, br); err != nil || string(got) != push {
 		t.Fatalf("a push alone: %q, %v", got, err)

@@ -761,3 +761,62 @@ func TestClientListFieldsAsRedis(t *testing.T) {
 		u.expectClosed()
 	}
 }
+
+// TestDetachInsideMultiMatchesRedis: SUBSCRIBE and CLIENT TRACKING ON
+// queued in MULTI take effect at EXEC (MONITOR is refused there), the last command of its
+// batch (a client that does not pipeline). The proxy detached the
+// session with nothing left of the batch, and crashed on it: the client
+// got "-ERR internal error in proxy" and a closed connection.
+func TestDetachInsideMultiMatchesRedis(t *testing.T) {
+	r, proxy := throwawayProxy(t)
+	ctl := dialRaw(t, r.Addr)
+	for _, proto := range []string{"2", "3"} {
+		ch, key := "fiddm:ch:"+proto, "fiddm:k:"+proto
+		var got [2][]string
+		for i, addr := range []string{r.Addr, proxy} {
+			a, b := dialRaw(t, addr), dialRaw(t, addr)
+			if proto == "3" {
+				a.do("HELLO", "3")
+			}
+			step := func(c *rawConn, args ...string) { got[i] = append(got[i], c.do(args...)) }
+			step(a, "MULTI")
+			step(a, "SUBSCRIBE", ch)
+			step(a, "EXEC")
+			step(b, "PUBLISH", ch, "m")
+			got[i] = append(got[i], a.read()) // the message
+			step(a, "PING")
+			a.c.Close()
+			waitUntil(t, "the subscriber gone", func() bool {
+				return ctl.do("PUBSUB", "NUMSUB", ch) == "*2\r\n$"+strconv.Itoa(len(ch))+"\r\n"+ch+"\r\n:0\r\n"
+			})
+			if proto == "3" {
+				ctl.do("DEL", key)
+				c := dialRaw(t, addr)
+				c.do("HELLO", "3")
+				step(c, "MULTI")
+				step(c, "CLIENT", "TRACKING", "ON")
+				step(c, "EXEC")
+				step(c, "GET", key)
+				step(b, "SET", key, "v")
+				got[i] = append(got[i], c.read()) // the invalidation
+				step(c, "PING")
+				c.c.Close()
+			}
+			m := dialRaw(t, addr)
+			step(m, "MULTI")
+			step(m, "MONITOR")
+			step(m, "EXEC") // refused inside the transaction: a client denied blocking
+			step(m, "PING")
+			m.c.Close()
+			b.c.Close()
+		}
+		if len(got[0]) != len(got[1]) {
+			t.Fatalf("RESP%s: Redis %q, proxy %q", proto, got[0], got[1])
+		}
+		for j := range got[0] {
+			if got[0][j] != got[1][j] {
+				t.Errorf("RESP%s step %d: Redis %q, proxy %q", proto, j, got[0][j], got[1][j])
+			}
+		}
+	}
+}

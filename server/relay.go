@@ -83,7 +83,11 @@ var errRelayStopped = errors.New("relay stopped")
 // goroutines start when the current batch is done (startDetached), so
 // that nothing else touches the session meanwhile.
 func (c *session) detach(cmds []router.Command) bool {
-	if !c.pinUpAt(1, c.clusterSlot(&cmds[0])) {
+	slot := upstream.AnySlot // the rest of a batch that ended with EXEC may be empty
+	if len(cmds) > 0 {
+		slot = c.clusterSlot(&cmds[0])
+	}
+	if !c.pinUpAt(1, slot) {
 		return false
 	}
 	if dc, ok := c.w.(redcon.DetachedConn); ok {
