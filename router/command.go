@@ -32,7 +32,8 @@ type Command struct {
 	// proxy's own keyspace (ReservedPrefix).
 	Reserved bool
 	// Guarded: FLUSHALL or FLUSHDB while write-back routes queue entries
-	// in the keyspace they would empty; the route layer guards it.
+	// in the keyspace they would empty (the route layer guards it), or
+	// SWAPDB while routes keep rows and bookkeeping in Redis.
 	Guarded bool
 }
 
@@ -85,6 +86,8 @@ func Classify(cmd *Command, args [][]byte, rs *Routes) {
 		cmd.Reserved = len(args) > 1 && reserved(args[1])
 	case CmdFlushall, CmdFlushdb:
 		cmd.Guarded = rs != nil && rs.writeBack
+	case CmdSwapdb:
+		cmd.Guarded = rs.Len() > 0
 	}
 	if rs.Len() == 0 || len(cmd.Keys) == 0 {
 		return

@@ -105,6 +105,7 @@ type Decision struct {
 const (
 	ErrNoAuth          = "NOAUTH Authentication required."
 	ErrNoPermKey       = "NOPERM this user has no permissions to access one of the keys used as arguments"
+	ErrSwapDefaultDB   = "ERR SWAPDB of the proxy's database is not supported while routes keep rows and write queues in it"
 	ErrNoPermChannel   = "NOPERM this user has no permissions to access one of the channels used as arguments"
 	errNoPermRunPrefix = "NOPERM this user has no permissions to run the '"
 )
@@ -129,7 +130,7 @@ func Dispatch(st State, cmd *Command) Decision {
 	}
 	// Then permissions, as Redis' ACL check comes next: the proxy's own
 	// keyspace, and administration for clients without the rights.
-	if cmd.Reserved && !st.OtherDB {
+	if cmd.Reserved && (!st.OtherDB || intoDefaultDB(st, cmd)) {
 		if cmd.Kind == KindSubscribe || cmd.Kind == KindUnsubscribe || cmd.ID == CmdPublish || cmd.ID == CmdSpublish {
 			return Decision{Path: PathRefused, Err: ErrNoPermChannel}
 		}
@@ -141,6 +142,12 @@ func Dispatch(st State, cmd *Command) Decision {
 	if st.ClusterAnswers && !st.Multi && IsClusterAnswer(cmd.ID) {
 		return Decision{Path: PathLocal}
 	}
+	if cmd.ID == CmdSwapdb && cmd.Guarded && len(cmd.Args) == 3 &&
+		(string(cmd.Args[1]) == st.DefaultDB || string(cmd.Args[2]) == st.DefaultDB) {
+		return Decision{Path: PathRefused, Err: ErrSwapDefaultDB}
+	}
+	// FLUSHALL empties the proxy's database from any database.
+	guarded := cmd.Guarded && cmd.ID != CmdSwapdb && (!st.OtherDB || cmd.ID == CmdFlushall)
 	routed := cmd.Routed > 0 && !st.OtherDB
 	if st.Subscribed && st.Proto == 2 && !allowedSubscribed(cmd) {
 		// RESP2 pub/sub context: Redis refuses the command; the proxy says
@@ -152,12 +159,12 @@ func Dispatch(st State, cmd *Command) Decision {
 		return Decision{Path: PathPinned}
 	}
 	if st.Multi {
-		if cmd.Guarded && !st.OtherDB {
+		if guarded {
 			return Decision{Path: PathRefused, Err: "ERR " + strings.ToUpper(cmd.Name()) + " inside MULTI is not supported while write-back routes queue writes in Redis: run it outside the transaction"}
 		}
 		return inMulti(st, cmd, routed)
 	}
-	if cmd.Guarded && !st.OtherDB {
+	if guarded {
 		return Decision{Path: PathRouted} // the route layer checks the write-back queues first
 	}
 	switch cmd.Kind {
@@ -273,4 +280,20 @@ func (st State) Next(cmd *Command) State {
 		st.Multi = false
 	}
 	return st
+}
+
+// intoDefaultDB reports whether cmd, run in another database, writes its
+// key into the proxy's database: MOVE key db, COPY src dst DB db.
+func intoDefaultDB(st State, cmd *Command) bool {
+	switch cmd.ID {
+	case CmdMove:
+		return len(cmd.Args) == 3 && string(cmd.Args[2]) == st.DefaultDB
+	case CmdCopy:
+		for i := 3; i+1 < len(cmd.Args); i++ {
+			if cmd.Arg(i, "db") {
+				return string(cmd.Args[i+1]) == st.DefaultDB
+			}
+		}
+	}
+	return false
 }

@@ -135,8 +135,9 @@ func TestAdminCommandsNeedRights(t *testing.T) {
 }
 
 // FLUSHALL while write-back routes queue writes: refused while a queue
-// holds entries not yet in PostgreSQL, else the keyspace is flushed and
-// the queues go on (their stream and consumer group are recreated).
+// holds entries not yet in PostgreSQL (sent from any database), else the
+// keyspace is flushed and the queues go on (their stream and consumer
+// group are recreated).
 func TestFlushallKeepsWriteBackQueue(t *testing.T) {
 	pg := sharedPostgres(t)
 	r, err := testenv.StartRedis()
@@ -162,6 +163,37 @@ func TestFlushallKeepsWriteBackQueue(t *testing.T) {
 	}
 	if got := dialRaw(t, r.Addr).do("EXISTS", "plain"); got != ":1\r\n" {
 		t.Fatalf("the refused FLUSHALL flushed: %q", got)
+	}
+	// From another database FLUSHALL empties the proxy's too: refused
+	// alike. MOVE and COPY into the proxy's keys from there are refused,
+	// and SWAPDB of its database.
+	o := dialRaw(t, proxy)
+	o.do("SELECT", "3")
+	if got := o.do("FLUSHALL"); !strings.HasPrefix(got, "-ERR FLUSHALL refused: write-back queue respite:wb:fpv holds 1 entries") {
+		t.Fatalf("FLUSHALL from database 3 with a queued write: %q", got)
+	}
+	if got := dialRaw(t, r.Addr).do("XLEN", "respite:wb:fpv"); got != ":1\r\n" {
+		t.Fatalf("FLUSHALL from database 3 dropped the queued write: XLEN %q", got)
+	}
+	o.do("SET", "respite:neg:fpv:9", "1")
+	for _, cmd := range [][]string{{"MOVE", "respite:neg:fpv:9", "0"}, {"COPY", "respite:neg:fpv:9", "respite:neg:fpv:8", "DB", "0"}} {
+		if got := o.do(cmd...); !strings.HasPrefix(got, "-NOPERM") {
+			t.Errorf("%v from database 3: %q, want NOPERM", cmd, got)
+		}
+	}
+	if got := dialRaw(t, r.Addr).do("EXISTS", "respite:neg:fpv:9", "respite:neg:fpv:8"); got != ":0\r\n" {
+		t.Errorf("a client wrote the proxy's keys from database 3: EXISTS %q", got)
+	}
+	for _, c := range [][]string{{"SWAPDB", "3", "0"}} {
+		if got := o.do(c...); !strings.HasPrefix(got, "-ERR SWAPDB of the proxy's database") {
+			t.Errorf("%v: %q", c, got)
+		}
+	}
+	if got := c.do("SWAPDB", "0", "3"); !strings.HasPrefix(got, "-ERR SWAPDB of the proxy's database") {
+		t.Errorf("SWAPDB 0 3: %q", got)
+	}
+	if got := c.do("SWAPDB", "3", "4"); got != "+OK\r\n" {
+		t.Errorf("SWAPDB 3 4: %q", got)
 	}
 	if got := c.do("RESPITE", "FLUSH"); got != "+OK\r\n" {
 		t.Fatalf("RESPITE FLUSH: %q", got)
