@@ -2,6 +2,7 @@ package resp
 
 import (
 	"net"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -93,5 +94,24 @@ func TestAnsweredMidCommandKeepsState(t *testing.T) {
 	c.Answered()
 	if st, _ := c.ReadState(); st != ReadBusy {
 		t.Fatalf("state %d with half a command held, want ReadBusy", st)
+	}
+}
+
+// TestPartialCommandIsNotUnclaimed: a Read that returns part of a command
+// larger than p leaves the Conn busy, not holding unclaimed commands: the
+// command's arrival is that of a later read, so nobody waits for it yet.
+func TestPartialCommandIsNotUnclaimed(t *testing.T) {
+	var arriving atomic.Int64
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	c := NewConn(a, Limits{Arriving: &arriving})
+	go b.Write([]byte("*2\r\n$3\r\nSET\r\n$200\r\n" + strings.Repeat("x", 150)))
+	buf := make([]byte, 128)
+	if n, err := c.Read(buf); n != 128 || err != nil {
+		t.Fatalf("Read: %d, %v", n, err)
+	}
+	if st, _ := c.ReadState(); st != ReadBusy || arriving.Load() != 0 {
+		t.Fatalf("part of a command read: state %d, Arriving %d; want ReadBusy, 0", st, arriving.Load())
 	}
 }

@@ -180,9 +180,11 @@ func (c *Conn) Read(p []byte) (int, error) {
 		c.setReadState(ReadReceiving) // bytes read before are on their way
 	}
 	n, err := c.readStream(p)
-	if n > 0 {
-		c.setReadState(ReadUnclaimed)
+	if n > 0 && (c.st == stStart || c.st == stInline || c.st == stNul) {
+		c.setReadState(ReadUnclaimed) // whole commands (more may be held)
 	} else {
+		// Closed, or part of a command: its arrival is that of a read
+		// still to come, so nobody waits for it now.
 		c.setReadState(ReadBusy)
 	}
 	return n, err

@@ -464,6 +464,46 @@ func cpuTime(t *testing.T) time.Duration {
 	return time.Duration(utime+stime) * time.Second / ticks
 }
 
+// Defect 6, without waiting: a PUBLISH sent right after another client
+// sent SUBSCRIBE, before its confirmation, reaches the subscriber, as on
+// Redis (which reads the SUBSCRIBE first). Through the proxy the SUBSCRIBE
+// may first dial the session's own upstream connection, and goes on
+// another connection than the PUBLISH: order.go makes the PUBLISH wait
+// for it (its bytes unread, its ticket, its confirmation). Patterns and
+// shard channels, RESP2 and RESP3.
+func TestPublishRightAfterSubscribeSentIsDelivered(t *testing.T) {
+	r, proxy := throwawayProxy(t)
+	for _, addr := range []string{r.Addr, proxy} {
+		pub := dialRaw(t, addr)
+		lost := 0
+		for i := range 100 {
+			sub := dialRaw(t, addr)
+			if i%2 == 1 {
+				sub.do("HELLO", "3")
+			} else {
+				sub.do("PING")
+			}
+			ch := "fid6s:" + strconv.Itoa(i)
+			subscribe, channel, publish := "SUBSCRIBE", ch, "PUBLISH"
+			switch i % 3 {
+			case 1:
+				subscribe, channel = "PSUBSCRIBE", ch+"*"
+			case 2:
+				subscribe, publish = "SSUBSCRIBE", "SPUBLISH"
+			}
+			sub.send(encode(subscribe, channel))
+			if got := pub.do(publish, ch, "m"); got != ":1\r\n" {
+				lost++
+				t.Logf("%s %d right after %s was sent: %q receivers", publish, i, subscribe, got)
+			}
+			sub.c.Close()
+		}
+		if lost > 0 {
+			t.Errorf("%s: %d of 100 messages published right after a SUBSCRIBE was sent found no subscriber (Redis: 0)", addr, lost)
+		}
+	}
+}
+
 // Defect 6. A PUBLISH sent right after the SUBSCRIBE's first confirmation
 // arrived reaches the subscriber, 200 times out of 200 (channels,
 // patterns and shard channels, RESP2 and RESP3); after UNSUBSCRIBE without

@@ -10,8 +10,13 @@ import (
 )
 
 // orderWait bounds how long a batch waits for batches that reached the
-// proxy before it.
-const orderWait = time.Millisecond
+// proxy before it; subscribeWait how long a PUBLISH waits for a SUBSCRIBE
+// sent before it, whose session may first dial its own connection to
+// Redis (a dial that fails gives the ticket back at once).
+const (
+	orderWait     = time.Millisecond
+	subscribeWait = 50 * time.Millisecond
+)
 
 // order keeps clients' commands in the order they reached the proxy when
 // they go on to Redis. Redis runs commands in the order it reads them, and
@@ -45,7 +50,10 @@ const orderWait = time.Millisecond
 // could give them: they may go on different multiplexed connections,
 // which Redis reads in its own order. So traffic that never pins (most
 // applications, every benchmark) only registers and yields, and never
-// spins.
+// spins. A PUBLISH follows earlier pinned batches too, and an earlier
+// SUBSCRIBE for up to subscribeWait: Redis delivers a message to a
+// subscriber whose SUBSCRIBE it read before the PUBLISH, and through the
+// proxy that SUBSCRIBE may first wait for a new upstream connection.
 type order struct {
 	mu      sync.Mutex
 	pending []ticket
@@ -56,9 +64,16 @@ type order struct {
 }
 
 type ticket struct {
-	id     int64 // session
-	at     int64 // arrival, ns
-	pinned bool  // the batch goes on a pinned connection
+	id int64 // session
+	at int64 // arrival, ns
+	turn
+}
+
+// turn is what a batch is to the order: whom it follows, who follows it.
+type turn struct {
+	pinned     bool // goes on a pinned connection: follows every earlier batch
+	publishes  bool // PUBLISH, SPUBLISH: follows earlier pinned batches and unread clients
+	subscribes bool // SUBSCRIBE and its forms: a PUBLISH after it waits subscribeWait
 }
 
 // take gives session id a ticket for a batch that arrived at at, then
@@ -68,16 +83,17 @@ type ticket struct {
 // SUBSCRIBE sent before it), also waits for the clients whose commands
 // may have arrived before it but hold no ticket yet (unread.go): their
 // bytes unread in the socket, or read and not yet claimed.
-func (o *order) take(id, at int64, pinned, follows bool, gc *resp.Conn) {
+func (o *order) take(id, at int64, tn turn, gc *resp.Conn) {
 	o.mu.Lock()
-	o.pending = append(o.pending, ticket{id, at, pinned})
+	o.pending = append(o.pending, ticket{id, at, tn})
 	o.claimLocked(gc)
 	o.mu.Unlock()
+	pinned := tn.pinned
 	if pinned {
 		o.pinned.Add(1)
 	}
 	runtime.Gosched() // let goroutines woken for earlier bytes take theirs
-	if !pinned && !follows && o.pinned.Load() == 0 {
+	if !pinned && !tn.publishes && o.pinned.Load() == 0 {
 		return
 	}
 	var buf [8]arriving
@@ -92,9 +108,12 @@ func (o *order) take(id, at int64, pinned, follows bool, gc *resp.Conn) {
 	// the network (a pinned connection being dialled), which a spinning
 	// goroutine would keep the scheduler from polling.
 	var timer *time.Timer
+	start := time.Now()
 	for {
 		o.mu.Lock()
-		if settled(exp) && o.firstLocked(id, at, pinned) {
+		first, behindSub := o.firstLocked(id, at, tn)
+		done := settled(exp)
+		if first && done {
 			o.mu.Unlock()
 			break
 		}
@@ -103,8 +122,20 @@ func (o *order) take(id, at int64, pinned, follows bool, gc *resp.Conn) {
 		}
 		wake := o.wake
 		o.mu.Unlock()
+		// A PUBLISH waits longer for a SUBSCRIBE, and for clients that
+		// may have sent one.
+		limit := orderWait
+		if tn.publishes && (behindSub || !done) {
+			limit = subscribeWait
+		}
+		left := limit - time.Since(start)
+		if left <= 0 {
+			break
+		}
 		if timer == nil {
-			timer = time.NewTimer(orderWait)
+			timer = time.NewTimer(left)
+		} else {
+			timer.Reset(left)
 		}
 		select {
 		case <-wake:
@@ -140,14 +171,17 @@ func (o *order) claimLocked(gc *resp.Conn) {
 }
 
 // firstLocked reports whether no batch that arrived before at, and that
-// a batch (pinned or not) must follow, holds a ticket. o.mu is held.
-func (o *order) firstLocked(id, at int64, pinned bool) bool {
+// a batch of turn tn must follow, holds a ticket, and whether one that
+// does is a SUBSCRIBE that tn publishes after. o.mu is held.
+func (o *order) firstLocked(id, at int64, tn turn) (first, behindSub bool) {
+	first = true
 	for _, t := range o.pending {
-		if (pinned || t.pinned) && (t.at < at || (t.at == at && t.id < id)) {
-			return false
+		if (tn.pinned || t.pinned) && (t.at < at || (t.at == at && t.id < id)) {
+			first = false
+			behindSub = behindSub || tn.publishes && t.subscribes
 		}
 	}
-	return true
+	return first, behindSub
 }
 
 // done gives session id's ticket back.

@@ -48,14 +48,14 @@ func TestArrivalOrderAcrossClients(t *testing.T) {
 // one only for pinned ones (order.go).
 func TestOrderWhoFollowsWhom(t *testing.T) {
 	var o order
-	o.take(1, 100, false, false, nil)
+	o.take(1, 100, turn{}, nil)
 	if !o.first(2, 200, false) {
 		t.Fatal("a shared batch waits for an earlier shared one")
 	}
 	if o.first(2, 200, true) {
 		t.Fatal("a pinned batch does not wait for an earlier shared one")
 	}
-	o.take(3, 150, true, false, nil)
+	o.take(3, 150, turn{pinned: true}, nil)
 	if o.pinned.Load() != 1 {
 		t.Fatalf("pending pinned tickets: %d, want 1", o.pinned.Load())
 	}
@@ -70,6 +70,17 @@ func TestOrderWhoFollowsWhom(t *testing.T) {
 	if o.first(4, 120, true) {
 		t.Fatal("a pinned batch does not wait for an earlier shared one")
 	}
+	// A PUBLISH behind an earlier SUBSCRIBE waits longer (subscribeWait).
+	o.take(5, 110, turn{pinned: true, subscribes: true}, nil)
+	o.mu.Lock()
+	first, behindSub := o.firstLocked(6, 300, turn{publishes: true})
+	_, plainBehind := o.firstLocked(6, 300, turn{})
+	_, earlier := o.firstLocked(6, 100, turn{publishes: true})
+	o.mu.Unlock()
+	if first || !behindSub || plainBehind || earlier {
+		t.Fatalf("PUBLISH after a SUBSCRIBE: first %v, behind it %v; a shared batch behind it %v; a PUBLISH before it behind it %v", first, behindSub, plainBehind, earlier)
+	}
+	o.done(5)
 	o.done(3)
 	o.done(1)
 	if o.pinned.Load() != 0 || len(o.pending) != 0 {
@@ -84,5 +95,6 @@ func TestOrderWhoFollowsWhom(t *testing.T) {
 func (o *order) first(id, at int64, pinned bool) bool {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	return o.firstLocked(id, at, pinned)
+	first, _ := o.firstLocked(id, at, turn{pinned: pinned})
+	return first
 }

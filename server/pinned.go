@@ -162,6 +162,13 @@ func (c *session) forwardPinnedRun(cmds []router.Command) {
 	}
 	if p.relay != nil {
 		p.relay.send(cmds, p.req)
+		if c.ticket && cmds[0].Kind == router.KindSubscribe {
+			// A PUBLISH sent after the SUBSCRIBE waits for this ticket
+			// (order.go). Written is not enough: the PUBLISH goes on
+			// another connection, which Redis may read first. Confirmed
+			// is.
+			p.relay.waitIdle()
+		}
 		c.sent()
 		return
 	}

@@ -44,8 +44,7 @@ func (c *session) serveBatch(batch []redcon.Command) {
 		c.s.order.claim(c.gc)
 	default:
 		c.ticket = true
-		follows := len(cmds) > 0 && cmds[0].Publishes()
-		c.s.order.take(c.id, c.gc.Arrival().UnixNano(), c.pinsFor(cmds), follows, c.gc)
+		c.s.order.take(c.id, c.gc.Arrival().UnixNano(), c.turnOf(cmds), c.gc)
 	}
 	defer func() {
 		if c.toDetach == nil {
@@ -69,6 +68,17 @@ func (c *session) serveBatch(batch []redcon.Command) {
 	for i := range cmds {
 		cmds[i].Args = nil // do not keep redcon's buffer alive
 	}
+}
+
+// turnOf is what the batch cmds is to the order (order.go): whether it
+// starts on a pinned connection, publishes, or subscribes.
+func (c *session) turnOf(cmds []router.Command) turn {
+	t := turn{pinned: c.pinsFor(cmds)}
+	if len(cmds) > 0 {
+		t.publishes = cmds[0].Publishes()
+		t.subscribes = cmds[0].Kind == router.KindSubscribe
+	}
+	return t
 }
 
 // pinsFor reports whether the batch cmds starts on a pinned connection:
