@@ -43,7 +43,9 @@ type Change struct {
 	Keys []string
 	// Unknown is set when a key could not be read from the stream (no
 	// REPLICA IDENTITY covering the key column, an unchanged TOASTed
-	// key): the table's cached copies must all be dropped.
+	// key): the table's cached copies must all be dropped. Without a
+	// replica identity covering the key column every UPDATE and DELETE
+	// is Unknown: pgoutput does not send the old key.
 	Unknown bool
 }
 
@@ -435,8 +437,22 @@ func (r *Replication) add(rel uint32, kind ChangeKind, old, new *pglogrepl.Tuple
 	if kind == ChangeDelete && old == nil {
 		c.Unknown = true
 	}
+	if kind == ChangeUpdate && old == nil && !r.inIdentity(rel, at) {
+		// pgoutput sends the old tuple only when a replica identity
+		// column changed (or with REPLICA IDENTITY FULL): the key column
+		// is not one, so it may have changed and the old key is unknown.
+		c.Unknown = true
+	}
 	if len(c.Keys) == 0 {
 		c.Unknown = true
 	}
 	r.cur.Changes = append(r.cur.Changes, c)
+}
+
+// inIdentity reports whether column at of table rel is part of its
+// replica identity (the relation message's flag 1; every column with
+// REPLICA IDENTITY FULL).
+func (r *Replication) inIdentity(rel uint32, at int) bool {
+	rm := r.rels[rel]
+	return rm != nil && at >= 0 && at < len(rm.Columns) && rm.Columns[at].Flags&1 != 0
 }

@@ -46,8 +46,10 @@ type capture struct {
 	tracked []*Route
 	sh      *shared
 	token   string // this instance's leader token
-	hooks   captureHooks
-	Stats   CaptureStats
+	// warned holds the tables whose key-less changes were logged once.
+	warned map[uint32]bool
+	hooks  captureHooks
+	Stats  CaptureStats
 }
 
 // captureHooks let tests stop the consumer at chosen points.
@@ -308,6 +310,14 @@ func (c *capture) apply(ctx context.Context, txn *backend.Txn) error {
 				continue
 			}
 			if ch.Kind == backend.ChangeTruncate || ch.Unknown {
+				if ch.Unknown && !c.warned[ch.Table] {
+					if c.warned == nil {
+						c.warned = map[uint32]bool{}
+					}
+					c.warned[ch.Table] = true
+					c.log.Warn("a change whose key the stream did not carry flushed the route (logged once per table): when the key column is not in the table's replica identity every UPDATE and DELETE flushes the route; give the table one that covers it (ALTER TABLE ... REPLICA IDENTITY FULL, or USING INDEX on the key column's unique index)",
+						"table", r.table.Name(), "route", r.cfg.Name, "key_column", r.table.KeyColumn())
+				}
 				flush[r] = true
 				continue
 			}
