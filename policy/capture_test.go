@@ -421,6 +421,54 @@ func TestCapturePrimaryKeyChange(t *testing.T) {
 	}
 }
 
+// A route with a composite key (key_columns) tracks changes: the stream's
+// key is every key column joined by the route's separator, as the route
+// names the row. An UPDATE, a change of one key column and a DELETE are
+// each visible within 1 s, without flushing the route. Before, the
+// stream carried the first column alone, which names no row of the
+// route, and nothing was invalidated.
+func TestCaptureCompositeKey(t *testing.T) {
+	e := newCaptureEnv(t, nil, true, "key_separator: '|'")
+	pgExec(t, nil, fmt.Sprintf("DROP TABLE %[1]s; CREATE TABLE %[1]s (tenant integer, id integer, name text, PRIMARY KEY (tenant, id))", e.table))
+	e.text = strings.Replace(e.text, "key_column: id", "key_columns: [tenant, id]", 1)
+	ctx := testCtx(t)
+	w := e.writer(t)
+	mustExec(t, w, fmt.Sprintf("INSERT INTO %s VALUES (1, 1, 'v0'), (2, 1, 'other')", e.table))
+	a, b := e.open(t), e.open(t)
+	waitLeader(t, a, b)
+	flushes := a.Capture().Flushes.Load() + b.Capture().Flushes.Load()
+	row := func(tenant, id int, name string) string {
+		return bulk(fmt.Sprintf(`{"tenant":%d,"id":%d,"name":%q}`, tenant, id, name))
+	}
+	get := func(key, want string) {
+		t.Helper()
+		for _, s := range []*Set{a, b} {
+			if got := setDo(ctx, s, "GET", e.prefix+key); got != want {
+				t.Fatalf("GET %s: %q, want %q", key, got, want)
+			}
+		}
+	}
+	get("2|1", row(2, 1, "other"))
+	for i := 1; i <= 5; i++ {
+		get("1|1", row(1, 1, fmt.Sprintf("v%d", i-1)))
+		mustExec(t, w, fmt.Sprintf("UPDATE %s SET name = $1 WHERE tenant = 1 AND id = 1", e.table), fmt.Sprintf("v%d", i))
+		pollUntil(t, ctx, time.Second, e.prefix+"1|1", row(1, 1, fmt.Sprintf("v%d", i)), a, b)
+	}
+	// A change of the second key column: the old key goes, the new one is served.
+	get("1|2", "$-1\r\n")
+	mustExec(t, w, fmt.Sprintf("UPDATE %s SET id = 2 WHERE tenant = 1 AND id = 1", e.table))
+	pollUntil(t, ctx, time.Second, e.prefix+"1|1", "$-1\r\n", a, b)
+	pollUntil(t, ctx, time.Second, e.prefix+"1|2", row(1, 2, "v5"), a, b)
+	mustExec(t, w, fmt.Sprintf("DELETE FROM %s WHERE tenant = 1 AND id = 2", e.table))
+	pollUntil(t, ctx, time.Second, e.prefix+"1|2", "$-1\r\n", a, b)
+	if n := a.Capture().Flushes.Load() + b.Capture().Flushes.Load(); n != flushes {
+		t.Fatalf("%d flushes: the composite key was not read from the stream", n-flushes)
+	}
+	if n := testRedisClient(t).Exists(ctx, e.prefix+"2|1").Val(); n != 1 {
+		t.Fatal("the other row's copy was dropped")
+	}
+}
+
 // testRedisClient is a plain client of the shared Redis.
 func testRedisClient(t testing.TB) *redis.Client { return newRedisClient(t, testRedis.Addr, 2) }
 
