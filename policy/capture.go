@@ -50,8 +50,10 @@ type capture struct {
 	token   string // this instance's leader token
 	// warned holds the tables whose key-less changes were logged once.
 	warned map[uint32]bool
-	hooks  captureHooks
-	Stats  CaptureStats
+	// unnamed holds the routes a change's key could not name, logged once.
+	unnamed map[*Route]bool
+	hooks   captureHooks
+	Stats   CaptureStats
 }
 
 // captureHooks let tests stop the consumer at chosen points.
@@ -337,7 +339,17 @@ func (c *capture) apply(ctx context.Context, txn *backend.Txn) error {
 				canon, err := r.table.CanonicalForm(ctx, k)
 				var ke *backend.KeyError
 				if errors.As(err, &ke) {
-					continue // no key of the route can name it
+					// No key of the route can name it (a part holding the
+					// separator, or a trigger that sends another key).
+					if !c.unnamed[r] {
+						if c.unnamed == nil {
+							c.unnamed = map[*Route]bool{}
+						}
+						c.unnamed[r] = true
+						c.log.Warn("a changed row's key names no key of the route: skipped (logged once per route); in notify mode, check that the trigger passes every key column (docs/OPERATIONS.md)",
+							"route", r.cfg.Name)
+					}
+					continue
 				}
 				if err != nil {
 					return err

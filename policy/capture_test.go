@@ -816,7 +816,7 @@ func TestNotifyMode(t *testing.T) {
 	ctx := testCtx(t)
 	w := e.writer(t)
 	mustExec(t, w, backend.NotifyFunctionSQL)
-	mustExec(t, w, backend.NotifyTriggerSQL(e.table, e.slot, "id"))
+	mustExec(t, w, backend.NotifyTriggerSQL(e.table, e.slot, backend.Key{Columns: []string{"id"}}))
 	mustExec(t, w, fmt.Sprintf("INSERT INTO %s VALUES (1, 'v0')", e.table))
 	a, b := e.open(t), e.open(t)
 	waitLeader(t, a, b)
@@ -848,6 +848,41 @@ func TestNotifyMode(t *testing.T) {
 	pollUntil(t, ctx, 5*time.Second, key, bulk(`{"id":1,"name":"during"}`), a, b)
 	if a.Capture().Flushes.Load()+b.Capture().Flushes.Load() == flushes {
 		t.Fatal("no flush after the reconnect")
+	}
+}
+
+// Notify mode with a composite key: the trigger joins the key columns
+// with the route's separator (its further arguments), and an UPDATE, a
+// change of one key column and a DELETE are each visible within 1 s.
+func TestNotifyModeCompositeKey(t *testing.T) {
+	e := newCaptureEnv(t, nil, true, "key_separator: '|'")
+	pgExec(t, nil, fmt.Sprintf("DROP TABLE %[1]s; CREATE TABLE %[1]s (tenant integer, id integer, name text, PRIMARY KEY (tenant, id))", e.table))
+	e.text = strings.Replace(e.text, "key_column: id", "key_columns: [tenant, id]", 1)
+	e.text = strings.Replace(e.text, "mode: logical", "mode: notify\n    channel: "+e.slot, 1)
+	ctx := testCtx(t)
+	w := e.writer(t)
+	mustExec(t, w, backend.NotifyFunctionSQL)
+	mustExec(t, w, backend.NotifyTriggerSQL(e.table, e.slot, backend.Key{Columns: []string{"tenant", "id"}, Separator: "|"}))
+	mustExec(t, w, fmt.Sprintf("INSERT INTO %s VALUES (1, 1, 'v0')", e.table))
+	a, b := e.open(t), e.open(t)
+	waitLeader(t, a, b)
+	flushes := a.Capture().Flushes.Load() + b.Capture().Flushes.Load()
+	row := func(tenant, id int, name string) string {
+		return bulk(fmt.Sprintf(`{"tenant":%d,"id":%d,"name":%q}`, tenant, id, name))
+	}
+	for i := 1; i <= 5; i++ {
+		pollUntil(t, ctx, time.Second, e.prefix+"1|1", row(1, 1, fmt.Sprintf("v%d", i-1)), a, b)
+		mustExec(t, w, fmt.Sprintf("UPDATE %s SET name = $1 WHERE tenant = 1 AND id = 1", e.table), fmt.Sprintf("v%d", i))
+		pollUntil(t, ctx, time.Second, e.prefix+"1|1", row(1, 1, fmt.Sprintf("v%d", i)), a, b)
+	}
+	pollUntil(t, ctx, time.Second, e.prefix+"1|2", "$-1\r\n", a, b)
+	mustExec(t, w, fmt.Sprintf("UPDATE %s SET id = 2 WHERE tenant = 1 AND id = 1", e.table))
+	pollUntil(t, ctx, time.Second, e.prefix+"1|1", "$-1\r\n", a, b)
+	pollUntil(t, ctx, time.Second, e.prefix+"1|2", row(1, 2, "v5"), a, b)
+	mustExec(t, w, fmt.Sprintf("DELETE FROM %s WHERE tenant = 1 AND id = 2", e.table))
+	pollUntil(t, ctx, time.Second, e.prefix+"1|2", "$-1\r\n", a, b)
+	if n := a.Capture().Flushes.Load() + b.Capture().Flushes.Load(); n != flushes {
+		t.Fatalf("%d flushes during the test: the changes were not applied key by key", n-flushes)
 	}
 }
 
