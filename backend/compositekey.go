@@ -195,5 +195,9 @@ func (t *Table) KeyColumns() []string {
 	return out
 }
 
+// Key is the table's key as its route names rows: the key columns and,
+// for several, the separator.
+func (t *Table) Key() Key { return Key{Columns: t.KeyColumns(), Separator: t.sep} }
+
 // KeySeparator is the separator between the parts of a composite key.
 func (t *Table) KeySeparator() string { return t.sep }

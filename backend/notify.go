@@ -18,26 +18,40 @@ import (
 // "<table oid>\t<key>" (the key as to_jsonb gives it: ISO dates and
 // timestamps whatever the writer's DateStyle) for the old and the new
 // row, and "<table oid>" for a TRUNCATE. TG_ARGV: the channel, the key
-// column.
+// column, and for a composite key the separator and the further key
+// columns (the key is then the columns' texts joined by the separator,
+// as the route names the row).
 const NotifyFunctionSQL = `CREATE OR REPLACE FUNCTION respite_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+  r jsonb;
+  k text;
 BEGIN
   IF TG_OP = 'TRUNCATE' THEN
     PERFORM pg_notify(TG_ARGV[0], TG_RELID::text);
     RETURN NULL;
   END IF;
-  IF TG_OP IN ('UPDATE', 'DELETE') THEN
-    PERFORM pg_notify(TG_ARGV[0], TG_RELID::text || E'\t' || (to_jsonb(OLD) ->> TG_ARGV[1]));
-  END IF;
-  IF TG_OP IN ('INSERT', 'UPDATE') THEN
-    PERFORM pg_notify(TG_ARGV[0], TG_RELID::text || E'\t' || (to_jsonb(NEW) ->> TG_ARGV[1]));
-  END IF;
+  FOREACH r IN ARRAY CASE TG_OP WHEN 'UPDATE' THEN ARRAY[to_jsonb(OLD), to_jsonb(NEW)]
+                                WHEN 'DELETE' THEN ARRAY[to_jsonb(OLD)] ELSE ARRAY[to_jsonb(NEW)] END LOOP
+    k := r ->> TG_ARGV[1];
+    FOR i IN 3 .. TG_NARGS - 1 LOOP
+      k := k || TG_ARGV[2] || (r ->> TG_ARGV[i]);
+    END LOOP;
+    PERFORM pg_notify(TG_ARGV[0], TG_RELID::text || E'\t' || k);
+  END LOOP;
   RETURN NULL;
 END $$`
 
 // NotifyTriggerSQL creates the two triggers (rows, TRUNCATE) on table
-// (a quoted identifier, as Table.Ident) for channel and keyColumn.
-func NotifyTriggerSQL(table, channel, keyColumn string) string {
-	args := quoteLiteral(channel) + ", " + quoteLiteral(keyColumn)
+// (a quoted identifier, as Table.Ident) for channel and key (Table.Key;
+// the separator is passed only for a composite key).
+func NotifyTriggerSQL(table, channel string, key Key) string {
+	args := quoteLiteral(channel) + ", " + quoteLiteral(key.Columns[0])
+	if len(key.Columns) > 1 {
+		args += ", " + quoteLiteral(key.Separator)
+		for _, c := range key.Columns[1:] {
+			args += ", " + quoteLiteral(c)
+		}
+	}
 	return "CREATE TRIGGER respite_notify AFTER INSERT OR UPDATE OR DELETE ON " + table +
 		" FOR EACH ROW EXECUTE FUNCTION respite_notify(" + args + ");\n" +
 		"CREATE TRIGGER respite_notify_truncate AFTER TRUNCATE ON " + table +

@@ -37,13 +37,16 @@ const (
 type Change struct {
 	Table uint32 // the table's oid (Table.OID)
 	Kind  ChangeKind
-	// Keys are the key column's texts (PostgreSQL's output, DateStyle ISO
-	// and TimeZone UTC) of the row before and after the change, once each:
-	// two for an UPDATE that changed the key.
+	// Keys are the key's texts (PostgreSQL's output, DateStyle ISO and
+	// TimeZone UTC; a composite key's columns joined by its separator, as
+	// a route names the row) of the row before and after the change, once
+	// each: two for an UPDATE that changed the key.
 	Keys []string
 	// Unknown is set when a key could not be read from the stream (no
 	// REPLICA IDENTITY covering the key column, an unchanged TOASTed
-	// key): the table's cached copies must all be dropped.
+	// key): the table's cached copies must all be dropped. Without a
+	// replica identity covering the key column every UPDATE and DELETE
+	// is Unknown: pgoutput does not send the old key.
 	Unknown bool
 }
 
@@ -234,7 +237,7 @@ func (db *DB) CanTag(ctx context.Context) (bool, error) {
 // concurrent use.
 type Replication struct {
 	conn *pgconn.PgConn
-	keys map[uint32]string // tracked table oid → key column name
+	keys map[uint32]Key // tracked table oid → its key
 	rels map[uint32]*pglogrepl.RelationMessage
 	cur  *Txn // the transaction being received
 	// acked is the last position acknowledged; lastEnd the end of the
@@ -244,10 +247,10 @@ type Replication struct {
 
 // StartReplication connects to dsn as a replication connection and
 // streams slot from its confirmed position, with publication; keys maps
-// the tracked tables' oids to their key column. The session runs with
+// the tracked tables' oids to their key (Table.Key). The session runs with
 // DateStyle ISO and TimeZone UTC, so key texts are canonical as the
 // routes' (keys.go).
-func StartReplication(ctx context.Context, dsn, slot, publication string, keys map[uint32]string) (*Replication, error) {
+func StartReplication(ctx context.Context, dsn, slot, publication string, keys map[uint32]Key) (*Replication, error) {
 	cfg, err := pgconn.ParseConfig(dsn)
 	if err != nil {
 		return nil, wrapErr(err)
@@ -401,33 +404,46 @@ func (r *Replication) decode(data []byte) (*Txn, error) {
 	return nil, nil
 }
 
-// add records a row change of table rel: the key column's text in the old
-// tuple (sent for a key change, or with REPLICA IDENTITY FULL) and the new
-// one.
+// add records a row change of table rel: the key's text in the old tuple
+// (sent for a key change, or with REPLICA IDENTITY FULL) and the new one.
 func (r *Replication) add(rel uint32, kind ChangeKind, old, new *pglogrepl.TupleData) {
-	keyCol, ok := r.keys[rel]
+	key, ok := r.keys[rel]
 	if !ok || r.cur == nil {
 		return
 	}
 	c := Change{Table: rel, Kind: kind}
-	at := -1
-	if rm := r.rels[rel]; rm != nil {
-		for i, col := range rm.Columns {
-			if col.Name == keyCol {
-				at = i
+	// at: each key column's position in the relation, -1 if missing.
+	at := make([]int, len(key.Columns))
+	rm := r.rels[rel]
+	for j, name := range key.Columns {
+		at[j] = -1
+		if rm != nil {
+			for i, col := range rm.Columns {
+				if col.Name == name {
+					at[j] = i
+				}
 			}
 		}
 	}
+	parts := make([]string, len(at))
 	for _, tup := range []*pglogrepl.TupleData{old, new} {
 		if tup == nil {
 			continue
 		}
-		if at < 0 || at >= len(tup.Columns) || tup.Columns[at].DataType != pglogrepl.TupleDataTypeText {
-			// NULL (no REPLICA IDENTITY covers the key), unchanged TOAST.
+		known := true
+		for j, i := range at {
+			if i < 0 || i >= len(tup.Columns) || tup.Columns[i].DataType != pglogrepl.TupleDataTypeText {
+				// NULL (no REPLICA IDENTITY covers the key), unchanged TOAST.
+				known = false
+				break
+			}
+			parts[j] = string(tup.Columns[i].Data)
+		}
+		if !known {
 			c.Unknown = true
 			continue
 		}
-		k := string(tup.Columns[at].Data)
+		k := strings.Join(parts, key.Separator)
 		if len(c.Keys) == 0 || c.Keys[0] != k {
 			c.Keys = append(c.Keys, k)
 		}
@@ -435,8 +451,30 @@ func (r *Replication) add(rel uint32, kind ChangeKind, old, new *pglogrepl.Tuple
 	if kind == ChangeDelete && old == nil {
 		c.Unknown = true
 	}
+	if kind == ChangeUpdate && old == nil && !r.inIdentity(rel, at) {
+		// pgoutput sends the old tuple only when a replica identity
+		// column changed (or with REPLICA IDENTITY FULL): a key column is
+		// not one, so it may have changed and the old key is unknown.
+		c.Unknown = true
+	}
 	if len(c.Keys) == 0 {
 		c.Unknown = true
 	}
 	r.cur.Changes = append(r.cur.Changes, c)
+}
+
+// inIdentity reports whether every column at of table rel is part of
+// its replica identity (the relation message's flag 1; every column with
+// REPLICA IDENTITY FULL).
+func (r *Replication) inIdentity(rel uint32, at []int) bool {
+	rm := r.rels[rel]
+	if rm == nil {
+		return false
+	}
+	for _, i := range at {
+		if i < 0 || i >= len(rm.Columns) || rm.Columns[i].Flags&1 == 0 {
+			return false
+		}
+	}
+	return true
 }

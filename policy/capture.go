@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -46,6 +48,10 @@ type capture struct {
 	tracked []*Route
 	sh      *shared
 	token   string // this instance's leader token
+	// warned holds the tables whose key-less changes were logged once.
+	warned map[uint32]bool
+	// unnamed holds the routes a change's key could not name, logged once.
+	unnamed map[*Route]bool
 	hooks   captureHooks
 	Stats   CaptureStats
 }
@@ -187,13 +193,14 @@ func (c *capture) renew(ctx context.Context, stop context.CancelFunc) {
 // until ctx ends or an error.
 func (c *capture) consume(ctx context.Context) error {
 	var tables []*backend.Table
-	keys := map[uint32]string{}
+	keys := map[uint32]backend.Key{}
 	for _, r := range c.tracked {
-		if k, ok := keys[r.table.OID()]; ok && k != r.table.KeyColumn() {
-			return fmt.Errorf("routes on table %s track changes with two key columns (%s, %s): not supported", r.table.Name(), k, r.table.KeyColumn())
+		key := r.table.Key()
+		if k, ok := keys[r.table.OID()]; ok && !slices.Equal(k.Columns, key.Columns) || ok && len(key.Columns) > 1 && k.Separator != key.Separator {
+			return fmt.Errorf("routes on table %s track changes with two keys (%s, %s): not supported", r.table.Name(), keyDesc(k), keyDesc(key))
 		}
 		tables = append(tables, r.table)
-		keys[r.table.OID()] = r.table.KeyColumn()
+		keys[r.table.OID()] = key
 	}
 	flush := ""
 	changed, err := c.db.EnsurePublication(ctx, c.cfg.Publication, tables)
@@ -297,6 +304,15 @@ func (c *capture) consume(ctx context.Context) error {
 	}
 }
 
+// keyDesc names a key in an error: its column, or its columns and
+// separator.
+func keyDesc(k backend.Key) string {
+	if len(k.Columns) == 1 {
+		return k.Columns[0]
+	}
+	return strings.Join(k.Columns, "+") + " joined by " + strconv.Quote(k.Separator)
+}
+
 // apply invalidates what txn changed, everywhere, before it is acked.
 func (c *capture) apply(ctx context.Context, txn *backend.Txn) error {
 	byRoute := map[*Route][]string{}
@@ -308,6 +324,14 @@ func (c *capture) apply(ctx context.Context, txn *backend.Txn) error {
 				continue
 			}
 			if ch.Kind == backend.ChangeTruncate || ch.Unknown {
+				if ch.Unknown && !c.warned[ch.Table] {
+					if c.warned == nil {
+						c.warned = map[uint32]bool{}
+					}
+					c.warned[ch.Table] = true
+					c.log.Warn("a change whose key the stream did not carry flushed the route (logged once per table): when the key column is not in the table's replica identity every UPDATE and DELETE flushes the route; give the table one that covers it (ALTER TABLE ... REPLICA IDENTITY FULL, or USING INDEX on the key column's unique index)",
+						"table", r.table.Name(), "route", r.cfg.Name, "key", strings.Join(r.table.KeyColumns(), ", "))
+				}
 				flush[r] = true
 				continue
 			}
@@ -315,7 +339,17 @@ func (c *capture) apply(ctx context.Context, txn *backend.Txn) error {
 				canon, err := r.table.CanonicalForm(ctx, k)
 				var ke *backend.KeyError
 				if errors.As(err, &ke) {
-					continue // no key of the route can name it
+					// No key of the route can name it (a part holding the
+					// separator, or a trigger that sends another key).
+					if !c.unnamed[r] {
+						if c.unnamed == nil {
+							c.unnamed = map[*Route]bool{}
+						}
+						c.unnamed[r] = true
+						c.log.Warn("a changed row's key names no key of the route: skipped (logged once per route); in notify mode, check that the trigger passes every key column (docs/OPERATIONS.md)",
+							"route", r.cfg.Name)
+					}
+					continue
 				}
 				if err != nil {
 					return err

@@ -335,6 +335,140 @@ func TestCaptureInsertDeleteTruncate(t *testing.T) {
 	t.Logf("INSERT/DELETE/TRUNCATE visible through both instances: p50 %v, p99 %v, max %v over %d changes", percentile(lat, 0.5), percentile(lat, 0.99), slices.Max(lat), len(lat))
 }
 
+// A route keyed by a unique column that is not the primary key (the
+// table's default replica identity): pgoutput sends no old tuple for an
+// UPDATE that leaves the primary key alone, so a change of the key
+// column cannot name the old key. The route is flushed: the old key is
+// no longer served within 1 s, the new one is. Before, only the new key
+// was invalidated and the old one served the row for the route's hour.
+func TestCaptureUniqueKeyNotInReplicaIdentity(t *testing.T) {
+	e := newCaptureEnv(t, nil, true)
+	pgExec(t, nil, fmt.Sprintf("ALTER TABLE %s ADD COLUMN email text UNIQUE", e.table))
+	e.text = strings.Replace(e.text, "key_column: id", "key_column: email", 1)
+	ctx := testCtx(t)
+	w := e.writer(t)
+	mustExec(t, w, fmt.Sprintf("INSERT INTO %s VALUES (1, 'n', 'a@x'), (2, 'other', 'c@x')", e.table))
+	a, b := e.open(t), e.open(t)
+	waitLeader(t, a, b)
+	row := func(id int, name, email string) string {
+		return bulk(fmt.Sprintf(`{"id":%d,"name":%q,"email":%q}`, id, name, email))
+	}
+	for round := 0; round < 5; round++ {
+		from, to := fmt.Sprintf("a%d@x", round), fmt.Sprintf("a%d@x", round+1)
+		if round == 0 {
+			from = "a@x"
+		}
+		for _, s := range []*Set{a, b} {
+			if got := setDo(ctx, s, "GET", e.prefix+from); got != row(1, "n", from) {
+				t.Fatalf("round %d: GET %s: %q", round, from, got)
+			}
+			if got := setDo(ctx, s, "GET", e.prefix+to); got != "$-1\r\n" {
+				t.Fatalf("round %d: GET %s before the UPDATE: %q", round, to, got)
+			}
+		}
+		mustExec(t, w, fmt.Sprintf("UPDATE %s SET email = $1 WHERE id = 1", e.table), to)
+		pollUntil(t, ctx, time.Second, e.prefix+from, "$-1\r\n", a, b)
+		pollUntil(t, ctx, time.Second, e.prefix+to, row(1, "n", to), a, b)
+	}
+	// A key column in the replica identity (here FULL) needs no flush:
+	// the old key is in the stream, and the other row stays cached.
+	pgExec(t, nil, fmt.Sprintf("ALTER TABLE %s REPLICA IDENTITY FULL", e.table))
+	flushes := a.Capture().Flushes.Load() + b.Capture().Flushes.Load()
+	from, to := "a5@x", "z@x"
+	if got := setDo(ctx, a, "GET", e.prefix+"c@x"); got != row(2, "other", "c@x") {
+		t.Fatalf("GET c@x: %q", got)
+	}
+	if got := setDo(ctx, a, "GET", e.prefix+from); got != row(1, "n", from) {
+		t.Fatalf("GET %s: %q", from, got)
+	}
+	mustExec(t, w, fmt.Sprintf("UPDATE %s SET email = $1 WHERE id = 1", e.table), to)
+	pollUntil(t, ctx, time.Second, e.prefix+from, "$-1\r\n", a, b)
+	pollUntil(t, ctx, time.Second, e.prefix+to, row(1, "n", to), a, b)
+	if n := a.Capture().Flushes.Load() + b.Capture().Flushes.Load(); n != flushes {
+		t.Fatalf("%d flushes with REPLICA IDENTITY FULL, want none", n-flushes)
+	}
+	if n := testRedisClient(t).Exists(ctx, e.prefix+"c@x").Val(); n != 1 {
+		t.Fatal("the other row's copy was dropped with REPLICA IDENTITY FULL")
+	}
+}
+
+// An UPDATE of the primary key (the key column) carries the old key:
+// the old key is not served within 1 s, the new one is.
+func TestCapturePrimaryKeyChange(t *testing.T) {
+	e := newCaptureEnv(t, nil, true)
+	ctx := testCtx(t)
+	w := e.writer(t)
+	mustExec(t, w, fmt.Sprintf("INSERT INTO %s VALUES (1, 'n')", e.table))
+	a, b := e.open(t), e.open(t)
+	waitLeader(t, a, b)
+	flushes := a.Capture().Flushes.Load() + b.Capture().Flushes.Load()
+	for i := 1; i <= 5; i++ {
+		from, to := e.prefix+fmt.Sprint(i), e.prefix+fmt.Sprint(i+1)
+		for _, s := range []*Set{a, b} {
+			if got := setDo(ctx, s, "GET", from); got != bulk(fmt.Sprintf(`{"id":%d,"name":"n"}`, i)) {
+				t.Fatalf("GET %s: %q", from, got)
+			}
+			if got := setDo(ctx, s, "GET", to); got != "$-1\r\n" {
+				t.Fatalf("GET %s before the UPDATE: %q", to, got)
+			}
+		}
+		mustExec(t, w, fmt.Sprintf("UPDATE %s SET id = id + 1 WHERE id = $1", e.table), i)
+		pollUntil(t, ctx, time.Second, from, "$-1\r\n", a, b)
+		pollUntil(t, ctx, time.Second, to, bulk(fmt.Sprintf(`{"id":%d,"name":"n"}`, i+1)), a, b)
+	}
+	if n := a.Capture().Flushes.Load() + b.Capture().Flushes.Load(); n != flushes {
+		t.Fatalf("%d flushes: a change of the primary key flushed the route", n-flushes)
+	}
+}
+
+// A route with a composite key (key_columns) tracks changes: the stream's
+// key is every key column joined by the route's separator, as the route
+// names the row. An UPDATE, a change of one key column and a DELETE are
+// each visible within 1 s, without flushing the route. Before, the
+// stream carried the first column alone, which names no row of the
+// route, and nothing was invalidated.
+func TestCaptureCompositeKey(t *testing.T) {
+	e := newCaptureEnv(t, nil, true, "key_separator: '|'")
+	pgExec(t, nil, fmt.Sprintf("DROP TABLE %[1]s; CREATE TABLE %[1]s (tenant integer, id integer, name text, PRIMARY KEY (tenant, id))", e.table))
+	e.text = strings.Replace(e.text, "key_column: id", "key_columns: [tenant, id]", 1)
+	ctx := testCtx(t)
+	w := e.writer(t)
+	mustExec(t, w, fmt.Sprintf("INSERT INTO %s VALUES (1, 1, 'v0'), (2, 1, 'other')", e.table))
+	a, b := e.open(t), e.open(t)
+	waitLeader(t, a, b)
+	flushes := a.Capture().Flushes.Load() + b.Capture().Flushes.Load()
+	row := func(tenant, id int, name string) string {
+		return bulk(fmt.Sprintf(`{"tenant":%d,"id":%d,"name":%q}`, tenant, id, name))
+	}
+	get := func(key, want string) {
+		t.Helper()
+		for _, s := range []*Set{a, b} {
+			if got := setDo(ctx, s, "GET", e.prefix+key); got != want {
+				t.Fatalf("GET %s: %q, want %q", key, got, want)
+			}
+		}
+	}
+	get("2|1", row(2, 1, "other"))
+	for i := 1; i <= 5; i++ {
+		get("1|1", row(1, 1, fmt.Sprintf("v%d", i-1)))
+		mustExec(t, w, fmt.Sprintf("UPDATE %s SET name = $1 WHERE tenant = 1 AND id = 1", e.table), fmt.Sprintf("v%d", i))
+		pollUntil(t, ctx, time.Second, e.prefix+"1|1", row(1, 1, fmt.Sprintf("v%d", i)), a, b)
+	}
+	// A change of the second key column: the old key goes, the new one is served.
+	get("1|2", "$-1\r\n")
+	mustExec(t, w, fmt.Sprintf("UPDATE %s SET id = 2 WHERE tenant = 1 AND id = 1", e.table))
+	pollUntil(t, ctx, time.Second, e.prefix+"1|1", "$-1\r\n", a, b)
+	pollUntil(t, ctx, time.Second, e.prefix+"1|2", row(1, 2, "v5"), a, b)
+	mustExec(t, w, fmt.Sprintf("DELETE FROM %s WHERE tenant = 1 AND id = 2", e.table))
+	pollUntil(t, ctx, time.Second, e.prefix+"1|2", "$-1\r\n", a, b)
+	if n := a.Capture().Flushes.Load() + b.Capture().Flushes.Load(); n != flushes {
+		t.Fatalf("%d flushes: the composite key was not read from the stream", n-flushes)
+	}
+	if n := testRedisClient(t).Exists(ctx, e.prefix+"2|1").Val(); n != 1 {
+		t.Fatal("the other row's copy was dropped")
+	}
+}
+
 // testRedisClient is a plain client of the shared Redis.
 func testRedisClient(t testing.TB) *redis.Client { return newRedisClient(t, testRedis.Addr, 2) }
 
@@ -682,7 +816,7 @@ func TestNotifyMode(t *testing.T) {
 	ctx := testCtx(t)
 	w := e.writer(t)
 	mustExec(t, w, backend.NotifyFunctionSQL)
-	mustExec(t, w, backend.NotifyTriggerSQL(e.table, e.slot, "id"))
+	mustExec(t, w, backend.NotifyTriggerSQL(e.table, e.slot, backend.Key{Columns: []string{"id"}}))
 	mustExec(t, w, fmt.Sprintf("INSERT INTO %s VALUES (1, 'v0')", e.table))
 	a, b := e.open(t), e.open(t)
 	waitLeader(t, a, b)
@@ -714,6 +848,41 @@ func TestNotifyMode(t *testing.T) {
 	pollUntil(t, ctx, 5*time.Second, key, bulk(`{"id":1,"name":"during"}`), a, b)
 	if a.Capture().Flushes.Load()+b.Capture().Flushes.Load() == flushes {
 		t.Fatal("no flush after the reconnect")
+	}
+}
+
+// Notify mode with a composite key: the trigger joins the key columns
+// with the route's separator (its further arguments), and an UPDATE, a
+// change of one key column and a DELETE are each visible within 1 s.
+func TestNotifyModeCompositeKey(t *testing.T) {
+	e := newCaptureEnv(t, nil, true, "key_separator: '|'")
+	pgExec(t, nil, fmt.Sprintf("DROP TABLE %[1]s; CREATE TABLE %[1]s (tenant integer, id integer, name text, PRIMARY KEY (tenant, id))", e.table))
+	e.text = strings.Replace(e.text, "key_column: id", "key_columns: [tenant, id]", 1)
+	e.text = strings.Replace(e.text, "mode: logical", "mode: notify\n    channel: "+e.slot, 1)
+	ctx := testCtx(t)
+	w := e.writer(t)
+	mustExec(t, w, backend.NotifyFunctionSQL)
+	mustExec(t, w, backend.NotifyTriggerSQL(e.table, e.slot, backend.Key{Columns: []string{"tenant", "id"}, Separator: "|"}))
+	mustExec(t, w, fmt.Sprintf("INSERT INTO %s VALUES (1, 1, 'v0')", e.table))
+	a, b := e.open(t), e.open(t)
+	waitLeader(t, a, b)
+	flushes := a.Capture().Flushes.Load() + b.Capture().Flushes.Load()
+	row := func(tenant, id int, name string) string {
+		return bulk(fmt.Sprintf(`{"tenant":%d,"id":%d,"name":%q}`, tenant, id, name))
+	}
+	for i := 1; i <= 5; i++ {
+		pollUntil(t, ctx, time.Second, e.prefix+"1|1", row(1, 1, fmt.Sprintf("v%d", i-1)), a, b)
+		mustExec(t, w, fmt.Sprintf("UPDATE %s SET name = $1 WHERE tenant = 1 AND id = 1", e.table), fmt.Sprintf("v%d", i))
+		pollUntil(t, ctx, time.Second, e.prefix+"1|1", row(1, 1, fmt.Sprintf("v%d", i)), a, b)
+	}
+	pollUntil(t, ctx, time.Second, e.prefix+"1|2", "$-1\r\n", a, b)
+	mustExec(t, w, fmt.Sprintf("UPDATE %s SET id = 2 WHERE tenant = 1 AND id = 1", e.table))
+	pollUntil(t, ctx, time.Second, e.prefix+"1|1", "$-1\r\n", a, b)
+	pollUntil(t, ctx, time.Second, e.prefix+"1|2", row(1, 2, "v5"), a, b)
+	mustExec(t, w, fmt.Sprintf("DELETE FROM %s WHERE tenant = 1 AND id = 2", e.table))
+	pollUntil(t, ctx, time.Second, e.prefix+"1|2", "$-1\r\n", a, b)
+	if n := a.Capture().Flushes.Load() + b.Capture().Flushes.Load(); n != flushes {
+		t.Fatalf("%d flushes during the test: the changes were not applied key by key", n-flushes)
 	}
 }
 

@@ -45,6 +45,7 @@ type sentinel struct {
 	holdUntil time.Time
 	pins      map[*Conn]bool        // pinned connections open to it
 	nets      map[*primaryConn]bool // go-redis' connections to it
+	tracks    map[net.Conn]bool     // tracking connections to it (Track)
 	changes   int64                 // switches seen
 }
 
@@ -57,7 +58,7 @@ const failoverHold = 60 * time.Second
 const pollEvery = 500 * time.Millisecond
 
 func newSentinel(u *Upstream, cfg config.Upstream) *sentinel {
-	s := &sentinel{u: u, cfg: cfg, stop: make(chan struct{}), done: make(chan struct{}), pins: map[*Conn]bool{}, nets: map[*primaryConn]bool{}}
+	s := &sentinel{u: u, cfg: cfg, stop: make(chan struct{}), done: make(chan struct{}), pins: map[*Conn]bool{}, nets: map[*primaryConn]bool{}, tracks: map[net.Conn]bool{}}
 	if addr, err := s.ask(); err == nil {
 		s.addr = addr
 	}
@@ -244,11 +245,14 @@ func (s *sentinel) switchTo(addr string) {
 	}
 	s.addr = addr
 	s.changes++
-	pins, nets := s.pins, s.nets
-	s.pins, s.nets = map[*Conn]bool{}, map[*primaryConn]bool{}
+	pins, nets, tracks := s.pins, s.nets, s.tracks
+	s.pins, s.nets, s.tracks = map[*Conn]bool{}, map[*primaryConn]bool{}, map[net.Conn]bool{}
 	s.mu.Unlock()
 	for c := range nets {
 		c.Conn.Close() // go-redis finds it broken and dials the new primary
+	}
+	for nc := range tracks {
+		nc.Close() // Track purges the tiers and tracks on the new primary
 	}
 	for i := range s.u.mux {
 		s.u.mux[i].retarget(addr)
@@ -268,6 +272,25 @@ func (s *sentinel) track(c *Conn, addr string) bool {
 	}
 	s.pins[c] = true
 	return true
+}
+
+// follow notes the tracking connection nc to addr, closed when the
+// primary changes (the old one no longer sees the writes); false when
+// addr is no longer the primary (the caller closes nc).
+func (s *sentinel) follow(nc net.Conn, addr string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if addr != s.addr {
+		return false
+	}
+	s.tracks[nc] = true
+	return true
+}
+
+func (s *sentinel) unfollow(nc net.Conn) {
+	s.mu.Lock()
+	delete(s.tracks, nc)
+	s.mu.Unlock()
 }
 
 func (s *sentinel) forget(c *Conn) {

@@ -42,7 +42,9 @@ type Invalidations interface {
 // without waiting: Redis closes a killed connection (CLIENT KILL) before
 // it answers the killer, and writes a push before it answers the writer,
 // so a local copy served while quiet says yes is not older than any
-// write the client saw acknowledged.
+// write the client saw acknowledged. In upstream.mode sentinel the
+// connection is to the primary the sentinels name, and a failover
+// closes it (a loss as above) so that tracking moves to the new primary.
 func (u *Upstream) Track(ctx context.Context, prefixes []string, h Invalidations) {
 	prefixes = disjointPrefixes(prefixes)
 	if len(prefixes) == 0 {
@@ -72,11 +74,29 @@ const TrackingClientName = "respite-tracking"
 // track runs one tracking connection until it fails or ctx ends; on
 // says whether tracking was in place.
 func (u *Upstream) track(ctx context.Context, prefixes []string, h Invalidations) (on bool, err error) {
-	nc, hbr, _, err := dial(u.cfg, u.tls, 3, u.cfg.Username, u.cfg.Password)
+	// The primary, as every other connection dials it: in mode sentinel
+	// the one the sentinels name (upstream.addr is not used there).
+	cfg, ok := u.primaryConfig()
+	if !ok {
+		u.sentinel.lost()
+		return false, errNoPrimary
+	}
+	nc, hbr, _, err := dial(cfg, u.tls, 3, u.cfg.Username, u.cfg.Password)
 	if err != nil {
+		if u.sentinel != nil {
+			u.sentinel.lost()
+		}
 		return on, err
 	}
 	defer nc.Close()
+	if u.sentinel != nil {
+		// Closed when Sentinel names another primary: writes go there
+		// from then on, and this connection would never hear of them.
+		if !u.sentinel.follow(nc, cfg.Addr) {
+			return false, errSwitched
+		}
+		defer u.sentinel.unfollow(nc)
+	}
 	if hbr.Buffered() > 0 {
 		return false, errors.New("upstream handshake: unexpected bytes after HELLO")
 	}
