@@ -28,7 +28,7 @@ func (r *Route) getMany(ctx context.Context, proto int, keys [][]byte) []resp.Re
 	filled := make([]uint64, len(keys))
 	for i, k := range keys {
 		key := string(k)
-		if !r.table.CanonicalKey(r.id(key)) {
+		if !r.canonical(key) {
 			out[i] = resp.Null()
 			continue
 		}
@@ -98,7 +98,7 @@ func (r *Route) existsMany(ctx context.Context, keys [][]byte) (int64, error) {
 		// The cache may be stale (capture.go): each key from PostgreSQL.
 		var n int64
 		for _, k := range keys {
-			if !r.table.CanonicalKey(r.id(string(k))) {
+			if !r.canonical(string(k)) {
 				continue
 			}
 			reply := r.bypass(ctx, Op{ID: router.CmdExists, Args: [][]byte{cmdExists, k}, Proto: 2})
@@ -117,7 +117,7 @@ func (r *Route) existsMany(ctx context.Context, keys [][]byte) (int64, error) {
 	filled := make([]uint64, len(keys))
 	for i, k := range keys {
 		key := string(k)
-		if !r.table.CanonicalKey(r.id(key)) {
+		if !r.canonical(key) {
 			continue
 		}
 		if r.unsettledKey(key) && !r.settle(ctx, key) {

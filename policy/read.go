@@ -319,7 +319,7 @@ func (r *Route) Ensure(ctx context.Context, key string) error {
 	if err := r.Unready(); err != nil {
 		return fmt.Errorf("route '%s' %w", r.cfg.Name, err)
 	}
-	if !r.table.CanonicalKey(r.id(key)) {
+	if !r.canonical(key) {
 		return nil
 	}
 	_, err := r.ensure(ctx, key)

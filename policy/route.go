@@ -125,7 +125,13 @@ func (r *Route) DB() *backend.DB { return r.db }
 // id is the key column's value for a Redis key: the part after the
 // route's prefix (a routed key is a row: docs/MIGRATION.md).
 // A cache version's tag (cacheversion.go) is not part of it.
-func (r *Route) id(key string) string { return untag(key[len(r.cfg.Prefix):]) }
+func (r *Route) id(key string) string {
+	rest := key[len(r.cfg.Prefix):]
+	if r.cfg.CacheVersion > 0 {
+		return untag(rest) // the tag versioned put in
+	}
+	return rest
+}
 
 // Redis keys the policies keep beside a routed key; the "respite:" prefix
 // is reserved.
@@ -162,7 +168,7 @@ func (r *Route) Do(ctx context.Context, o Op) (reply resp.Reply) {
 		defer func() { r.auditReply(o, reply, start, false) }()
 	}
 	key := o.key()
-	if !r.table.CanonicalKey(r.id(key)) {
+	if !r.canonical(key) {
 		// "user:01" would be a second cached copy of row 1.
 		if IsRead(o.ID) {
 			return absent(o)
@@ -194,7 +200,11 @@ func (r *Route) Do(ctx context.Context, o Op) (reply resp.Reply) {
 // form: it names the canonical key, or says why key is no value of the
 // key column's type (a *backend.KeyError).
 func (r *Route) nonCanonical(ctx context.Context, key string) error {
-	canonical, err := r.table.CanonicalForm(ctx, r.id(key))
+	id := clientUntag(r.id(key))
+	if strings.HasPrefix(id, versionMark) {
+		return fmt.Errorf("key %q is not in canonical form (\\x00v after the prefix starts the proxy's cache version tag)", r.cfg.Prefix+r.id(key))
+	}
+	canonical, err := r.table.CanonicalForm(ctx, id)
 	if err != nil {
 		return err
 	}
@@ -213,7 +223,7 @@ func (r *Route) checkSet(ctx context.Context, key string, value []byte) error {
 	if err := r.Unready(); err != nil {
 		return err
 	}
-	if !r.table.CanonicalKey(r.id(key)) {
+	if !r.canonical(key) {
 		return r.nonCanonical(ctx, key)
 	}
 	if err := r.table.CheckKey(ctx, r.id(key)); err != nil {

@@ -610,7 +610,7 @@ func (s *Set) Queue(ctx context.Context, cmd *router.Command) (*Queued, error) {
 					return nil, redisErr(r.errorText(err))
 				}
 				r.Ensure(ctx, string(cmd.Args[k]))
-				if len(cmd.Keys) == 1 && k == 1 && r.table.CanonicalKey(r.id(string(cmd.Args[1]))) {
+				if len(cmd.Keys) == 1 && k == 1 && r.canonical(string(cmd.Args[1])) {
 					q.r, q.op = r, Op{ID: cmd.ID, Args: cloneArgs(cmd.Args), Proto: 2}
 				}
 			}
@@ -627,7 +627,7 @@ func (s *Set) Queue(ctx context.Context, cmd *router.Command) (*Queued, error) {
 	if err := r.Unready(); err != nil {
 		return nil, redisErr(r.errorText(err))
 	}
-	if len(cmd.Args) > 1 && !r.table.CanonicalKey(r.id(string(cmd.Args[1]))) {
+	if len(cmd.Args) > 1 && !r.canonical(string(cmd.Args[1])) {
 		return nil, redisErr(r.errorText(r.nonCanonical(ctx, string(cmd.Args[1]))))
 	}
 	q, err := r.policy.Queue(ctx, Op{ID: cmd.ID, Args: cmd.Args, Proto: 2})

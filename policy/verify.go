@@ -149,7 +149,7 @@ func (s *Set) sample(ctx context.Context, ri, count int) ([]string, error) {
 			if r.cfg.CacheVersion == 0 && strings.HasPrefix(rest, versionMark) {
 				continue // an older version's copy
 			}
-			if s.routes.MatchString(k) != ri || !r.table.CanonicalKey(r.id(k)) {
+			if s.routes.MatchString(k) != ri || !r.canonical(k) {
 				continue
 			}
 			out = append(out, k)

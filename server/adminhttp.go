@@ -11,18 +11,21 @@ import (
 	"github.com/respite/respite/policy"
 )
 
-// startAdmin serves /metrics, /healthz and /readyz on cfg.Admin.
-func (s *Server) startAdmin() error {
+// startAdmin serves /metrics, /healthz and /readyz on l, New's listener
+// on cfg.Admin.
+func (s *Server) startAdmin(l net.Listener) {
 	s.metrics = admin.NewMetrics(s)
-	l, err := net.Listen("tcp", s.cfg.Admin)
-	if err != nil {
-		return err
-	}
 	s.adminSrv = &http.Server{Handler: admin.Handler(s.metrics, s), ReadHeaderTimeout: 5 * time.Second}
 	s.adminAddr = l.Addr().String()
 	go s.adminSrv.Serve(l)
-	return nil
 }
+
+// AdminListenError is New's error when the admin listener (cfg.Admin)
+// did not open: Err is net.Listen's.
+type AdminListenError struct{ Err error }
+
+func (e *AdminListenError) Error() string { return "admin listener: " + e.Err.Error() }
+func (e *AdminListenError) Unwrap() error { return e.Err }
 
 // AdminAddr is the admin listener's address ("" when it is off).
 func (s *Server) AdminAddr() string { return s.adminAddr }

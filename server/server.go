@@ -100,7 +100,20 @@ type counts struct {
 // a Redis that is down at start-up is reported per command, like one that
 // goes down later. With routes, it connects to PostgreSQL and checks every
 // route's table and columns; the error names the route, table and column.
-func New(cfg config.Config, log *slog.Logger) (*Server, error) {
+func New(cfg config.Config, log *slog.Logger) (_ *Server, err error) {
+	// The admin listener first, as main opens listen first: a busy port is
+	// reported before PostgreSQL is contacted or anything is logged.
+	var adminL net.Listener
+	if cfg.Admin != "" {
+		if adminL, err = net.Listen("tcp", cfg.Admin); err != nil {
+			return nil, &AdminListenError{Err: err}
+		}
+		defer func() {
+			if err != nil {
+				adminL.Close()
+			}
+		}()
+	}
 	up, err := upstream.New(cfg.Upstream)
 	if err != nil {
 		return nil, err
@@ -134,12 +147,8 @@ func New(cfg config.Config, log *slog.Logger) (*Server, error) {
 	}
 	s.track(set)
 	s.routes.Store(set)
-	if cfg.Admin != "" {
-		if err := s.startAdmin(); err != nil {
-			set.Close()
-			up.Close()
-			return nil, fmt.Errorf("admin listener: %w", err)
-		}
+	if adminL != nil {
+		s.startAdmin(adminL)
 	}
 	s.rs = redcon.NewServerNetwork("tcp", cfg.Listen, s.handle, s.accept, s.closed)
 	return s, nil

@@ -107,11 +107,17 @@ func main() {
 	// anything else starts, and "listening" is logged only once it is true.
 	l, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
-		cause, fix := listenError(err, *path)
+		cause, fix := listenError(err, "listen", *path)
 		log.Error("cannot listen", "addr", cfg.Listen, "err", cause, "fix", fix)
 		os.Exit(1)
 	}
 	srv, err := server.New(cfg, log)
+	var adminErr *server.AdminListenError
+	if errors.As(err, &adminErr) {
+		cause, fix := listenError(adminErr.Err, "admin", *path)
+		log.Error("cannot listen", "admin", cfg.Admin, "err", cause, "fix", fix)
+		os.Exit(1)
+	}
 	if err != nil {
 		log.Error("cannot start", "err", err)
 		os.Exit(1)
@@ -171,9 +177,10 @@ func main() {
 	<-done
 }
 
-// listenError is why the listener did not open (the system's words,
-// without Go's "listen tcp" prefix) and what to change.
-func listenError(err error, file string) (cause, fix string) {
+// listenError is why a listener did not open (the system's words,
+// without Go's "listen tcp" prefix) and what to change: field is its
+// setting in file (listen, admin).
+func listenError(err error, field, file string) (cause, fix string) {
 	cause = err.Error()
 	var op *net.OpError
 	if errors.As(err, &op) && op.Err != nil {
@@ -182,14 +189,17 @@ func listenError(err error, file string) (cause, fix string) {
 	var addr *net.AddrError
 	switch {
 	case errors.Is(err, syscall.EADDRINUSE):
-		return cause, "another process is listening on that port: stop it, or change listen in " + file
+		return cause, "another process is listening on that port: stop it, or change " + field + " in " + file
 	case errors.Is(err, syscall.EACCES):
-		return cause, "ports below 1024 need privileges: change listen in " + file
+		return cause, "ports below 1024 need privileges: change " + field + " in " + file
 	case errors.As(err, &addr):
-		return cause, "listen is host:port, e.g. 127.0.0.1:6380: change it in " + file
+		return cause, field + " is host:port, e.g. " + example[field] + ": change it in " + file
 	}
-	return cause, "change listen in " + file
+	return cause, "change " + field + " in " + file
 }
+
+// example is an address for each listener's setting.
+var example = map[string]string{"listen": "127.0.0.1:6380", "admin": "127.0.0.1:9121"}
 
 // redisLog sends go-redis' own log lines (dial failures, pool warnings)
 // to the proxy's logger, so that a log_format: json stream stays JSON.

@@ -358,27 +358,50 @@ func TestListenFailures(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer busy.Close()
-	for _, tc := range []struct{ listen, format, want string }{
-		{busy.Addr().String(), "text", `err="bind: address already in use" fix="another process is listening on that port: stop it, or change listen in `},
-		{"notaport", "text", `err="address notaport: missing port in address" fix="listen is host:port, e.g. 127.0.0.1:6380: change it in `},
-		{busy.Addr().String(), "json", `"err":"bind: address already in use"`},
+	free, err := testenv.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	freeAddr := fmt.Sprintf("127.0.0.1:%d", free)
+	for _, tc := range []struct{ listen, admin, format, want string }{
+		{busy.Addr().String(), "", "text", `err="bind: address already in use" fix="another process is listening on that port: stop it, or change listen in `},
+		{"notaport", "", "text", `err="address notaport: missing port in address" fix="listen is host:port, e.g. 127.0.0.1:6380: change it in `},
+		{busy.Addr().String(), "", "json", `"err":"bind: address already in use"`},
+		// The admin listener's port busy: the same line, naming admin.
+		{freeAddr, busy.Addr().String(), "text", `err="bind: address already in use" fix="another process is listening on that port: stop it, or change admin in `},
+		{freeAddr, busy.Addr().String(), "json", `"err":"bind: address already in use","fix":"another process is listening on that port: stop it, or change admin in `},
 	} {
-		path := writeConfig(t, fmt.Sprintf("listen: %s\nlog_format: %s\nupstream: {addr: %s}\n", tc.listen, tc.format, rds.Addr))
+		text := fmt.Sprintf("listen: %s\nlog_format: %s\nupstream: {addr: %s}\n", tc.listen, tc.format, rds.Addr)
+		addr := tc.listen
+		if tc.admin != "" {
+			text += "admin: " + tc.admin + "\n"
+			addr = tc.admin
+		}
+		path := writeConfig(t, text)
 		var stdout, stderr strings.Builder
 		cmd := exec.Command(bin, "-config", path)
 		cmd.Stdout, cmd.Stderr = &stdout, &stderr
 		err := cmd.Run()
 		var exit *exec.ExitError
 		if !errors.As(err, &exit) || exit.ExitCode() != 1 {
-			t.Errorf("listen %s: %v, want exit status 1", tc.listen, err)
+			t.Errorf("listen %s admin %s: %v, want exit status 1", tc.listen, tc.admin, err)
 		}
 		out := stderr.String()
-		if strings.Count(out, "\n") != 1 || !strings.Contains(out, tc.want) || !strings.Contains(out, tc.listen) || stdout.Len() != 0 {
-			t.Errorf("listen %s: stderr %q, want one line with the address and %q", tc.listen, out, tc.want)
+		if strings.Count(out, "\n") != 1 || !strings.Contains(out, tc.want) || !strings.Contains(out, addr) || !strings.Contains(out, "cannot listen") || stdout.Len() != 0 {
+			t.Errorf("listen %s admin %s: stderr %q, want one line with the address and %q", tc.listen, tc.admin, out, tc.want)
 		}
 		if strings.Contains(out, "respite listening") {
 			t.Errorf("listen %s: %q says it is listening", tc.listen, out)
 		}
+	}
+	// An admin that is no address is the configuration's error, file and
+	// line, before anything binds (it used to pass and fail at bind).
+	path := writeConfig(t, fmt.Sprintf("listen: %s\nadmin: nonsense\nupstream: {addr: %s}\n", freeAddr, rds.Addr))
+	out, err := exec.Command(bin, "-config", path).CombinedOutput()
+	var exit *exec.ExitError
+	want := "respite: " + path + `:2: admin: "nonsense" is not host:port (an address such as 127.0.0.1:9121, or leave it out to turn the admin listener off)` + "\n"
+	if !errors.As(err, &exit) || exit.ExitCode() != 2 || string(out) != want {
+		t.Errorf("admin: nonsense: %v %q, want exit status 2 and %q", err, out, want)
 	}
 }
 

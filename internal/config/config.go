@@ -9,8 +9,10 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -583,6 +585,9 @@ func (c *Config) validate() *fieldError {
 	if c.Listen == "" {
 		return bad("listen", "empty (an address such as 127.0.0.1:6380)")
 	}
+	if c.Admin != "" && !hostPort(c.Admin) {
+		return bad("admin", "%q is not host:port (an address such as 127.0.0.1:9121, or leave it out to turn the admin listener off)", c.Admin)
+	}
 	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
 		missing, given := "tls.key_file", "tls.cert_file"
 		if c.TLS.CertFile == "" {
@@ -889,4 +894,16 @@ func (r *Route) validate(at string, i int, names, prefixes map[string]int) *fiel
 		return fail("priority", "%q is not a priority (high or low)", r.Priority)
 	}
 	return nil
+}
+
+// hostPort reports whether a is an address a TCP listener takes: host:port
+// (the host may be empty for every interface, [::1] for IPv6) with a port
+// number from 0 to 65535.
+func hostPort(a string) bool {
+	_, port, err := net.SplitHostPort(a)
+	if err != nil {
+		return false
+	}
+	n, err := strconv.Atoi(port)
+	return err == nil && n >= 0 && n <= 65535 && port == strconv.Itoa(n)
 }

@@ -118,6 +118,10 @@ func TestErrorsNameFileLineAndField(t *testing.T) {
 		{route + "    early_refresh_beta: -2\n", "bad.yaml:10: routes[0].early_refresh_beta: -2 is negative (a positive number, default 1)"},
 		{"write_back:\n  allow_evicting_policy: allkeys-lru2\n" + route, `bad.yaml:2: write_back.allow_evicting_policy: "allkeys-lru2" is not accepted (a policy that evicts keys without TTL: allkeys-lru, allkeys-lfu, allkeys-random, or unverified)`},
 		{"write_back:\n  allow_evicting_policy: volatile-lru\n" + route, `bad.yaml:2: write_back.allow_evicting_policy: "volatile-lru" is not accepted (volatile-lru cannot evict the queues and needs no opt-in: remove the field)`},
+		{"log_level: info\nadmin: nonsense\n", `bad.yaml:2: admin: "nonsense" is not host:port (an address such as 127.0.0.1:9121, or leave it out to turn the admin listener off)`},
+		{"admin: 127.0.0.1:http\n", `bad.yaml:1: admin: "127.0.0.1:http" is not host:port (an address such as 127.0.0.1:9121, or leave it out to turn the admin listener off)`},
+		{"admin: 127.0.0.1:65536\n", `bad.yaml:1: admin: "127.0.0.1:65536" is not host:port (an address such as 127.0.0.1:9121, or leave it out to turn the admin listener off)`},
+		{"admin: ::1:9121\n", `bad.yaml:1: admin: "::1:9121" is not host:port (an address such as 127.0.0.1:9121, or leave it out to turn the admin listener off)`},
 		{"cluster_answers:\n  advertise: nowhere\n", `bad.yaml:2: cluster_answers.advertise: "nowhere" is not host:port (the address clients are told to connect to)`},
 		// upstream.mode and its fields
 		{"upstream:\n  mode: replicated\n", `bad.yaml:2: upstream.mode: "replicated" is not a mode (standalone, sentinel or cluster)`},
@@ -172,6 +176,12 @@ func TestErrorsNameFileLineAndField(t *testing.T) {
 	}
 	if cfg.Upstream.PoolSize != 64 || cfg.Upstream.DialTimeout != Duration(5*time.Second) {
 		t.Errorf("a section with some fields keeps the defaults of the others: %+v", cfg.Upstream)
+	}
+	// admin takes what a TCP listener takes: any interface, IPv6, port 0.
+	for _, a := range []string{"127.0.0.1:9121", ":9121", "0.0.0.0:0", "'[::1]:9121'", "localhost:9121"} {
+		if cfg, err := Parse("ok.yaml", []byte("admin: "+a+"\n")); err != nil || cfg.Admin != strings.Trim(a, "'") {
+			t.Errorf("admin: %s: %v", a, err)
+		}
 	}
 	cfg, err = Parse("ok.yaml", []byte(route+"    ttl: 0\n    ttl_jitter: 5\n  - <<: *base\n    name: b\n    prefix: 'b:'\n"))
 	if err == nil {
