@@ -17,7 +17,7 @@ demo:
 	$(GO) build -o bin/demo ./internal/demo
 	bin/demo -config config.yaml
 
-# vet, all tests, then fuzz the RESP request reader. Output is streamed
+# vet, all tests, then fuzz the RESP request reader and the dispatch path. Output is streamed
 # through internal/testsum, which ends with "N passed, N failed, N skipped";
 # the target fails if vet, any test, any package build or the fuzz run fails.
 # The fuzz run is skipped when the tests already failed. Then Redis' own
@@ -32,8 +32,8 @@ test:
 	  $(GO) test -json -count=1 -timeout 20m ./... || status=$$?; \
 	  if [ $$status -ne 0 ]; then \
 	    echo "fuzz run skipped: tests failed"; \
-	  elif ! grep -qs 'func FuzzRequestStream' resp/*_test.go; then \
-	    echo "FAIL: resp: fuzz target FuzzRequestStream not found"; status=1; \
+	  elif ! grep -qs 'func FuzzRequestStream' resp/*_test.go || ! grep -qs 'func FuzzDispatch' router/*_test.go; then \
+	    echo "FAIL: fuzz target FuzzRequestStream (resp) or FuzzDispatch (router) not found"; status=1; \
 	  else \
 	    FUZZTIME=$(FUZZTIME) bash scripts/fuzz.sh || status=$$?; \
 	  fi; \

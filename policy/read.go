@@ -106,6 +106,7 @@ func (r *Route) get(ctx context.Context, o Op) resp.Reply {
 	var cmds [3][][]byte
 	n := 0
 	negAt := -1
+	paired := false // cmds[0] is MGET key marker
 	switch {
 	case r.cfg.Sliding:
 		cmds[n] = [][]byte{cmdGetEx, o.Args[1], cmdPX, itob(r.ttl())}
@@ -115,7 +116,7 @@ func (r *Route) get(ctx context.Context, o Op) resp.Reply {
 			n++
 		}
 	case r.negative():
-		cmds[n] = [][]byte{cmdMGet, o.Args[1], []byte(negKey(key))}
+		cmds[n], paired = [][]byte{cmdMGet, o.Args[1], []byte(negKey(key))}, true
 		n++
 	default:
 		cmds[n] = [][]byte{cmdGet, o.Args[1]}
@@ -134,7 +135,7 @@ func (r *Route) get(ctx context.Context, o Op) resp.Reply {
 	if value[0] == '-' {
 		return resp.Raw(value) // WRONGTYPE and the like: Redis' own answer
 	}
-	if string(cmds[0][0]) == "MGET" {
+	if paired {
 		elems, ok := resp.Elements(value)
 		if !ok || len(elems) != 2 {
 			return resp.Raw(value)

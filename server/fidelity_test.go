@@ -860,3 +860,44 @@ func TestDetachInsideMultiMatchesRedis(t *testing.T) {
 		}
 	}
 }
+
+// TestReplyOffInMultiAndBareClientMatchRedis: CLIENT REPLY OFF queued in
+// MULTI (it once left the connection silent: MULTI's +OK lost, CLIENT
+// REPLY ON unanswered), and a bare CLIENT (it once panicked the proxy),
+// answered byte for byte as Redis answers them, the connection alive
+// after, in RESP2 and RESP3.
+func TestReplyOffInMultiAndBareClientMatchRedis(t *testing.T) {
+	r, proxy := throwawayProxy(t)
+	scripts := [][][]string{
+		{{"MULTI"}, {"CLIENT", "REPLY", "OFF"}, {"SET", "fidro:k", "v"}, {"EXEC"}, {"CLIENT", "REPLY", "ON"}, {"GET", "fidro:k"}, {"PING"}},
+		{{"CLIENT"}, {"PING"}},
+		{{"MULTI"}, {"CLIENT"}, {"EXEC"}, {"PING"}},
+	}
+	for _, proto := range []string{"2", "3"} {
+		for _, script := range scripts {
+			var got [2]string
+			for i, addr := range []string{r.Addr, proxy} {
+				c := dialRaw(t, addr)
+				if proto == "3" {
+					c.do("HELLO", "3")
+				}
+				for _, cmd := range script {
+					c.send(encode(cmd...))
+				}
+				// Replies up to PING's: the last command, answered in
+				// every script.
+				for {
+					s := c.read()
+					got[i] += s
+					if s == "+PONG\r\n" {
+						break
+					}
+				}
+				c.c.Close()
+			}
+			if got[0] != got[1] {
+				t.Errorf("RESP%s %v:\nRedis %q\nproxy %q", proto, script, got[0], got[1])
+			}
+		}
+	}
+}

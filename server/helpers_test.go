@@ -56,7 +56,12 @@ func startProxy(t testing.TB, edit func(*config.Config)) string {
 	}
 	go srv.Serve(l)
 	lastServer = srv
-	t.Cleanup(func() { srv.Close() })
+	t.Cleanup(func() {
+		srv.Close()
+		if n := srv.counts.panics.Load(); n > 0 {
+			t.Errorf("the proxy recovered %d panics serving clients (run with -v for the stack)", n)
+		}
+	})
 	return l.Addr().String()
 }
 

@@ -3,6 +3,7 @@ package server
 import (
 	"bytes"
 	"errors"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 
@@ -164,7 +165,8 @@ func (c *session) serveOne(dc redcon.DetachedConn, args [][]byte) (ok bool) {
 	defer c.mu.Unlock()
 	defer func() {
 		if r := recover(); r != nil {
-			c.s.log.Error("panic serving client; connection closed", "panic", r, "client", c.id)
+			c.s.counts.panics.Add(1)
+			c.s.log.Error("panic serving client; connection closed", "panic", r, "client", c.id, "stack", string(debug.Stack()))
 			ok = false
 		}
 	}()

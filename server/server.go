@@ -94,6 +94,8 @@ type counts struct {
 	upErrors atomic.Int64 // commands answered "upstream unavailable"
 	// clients closed for passing a limit
 	outputLimit, queryLimit, idleClosed atomic.Int64
+	// panics recovered serving a client (tests fail on any)
+	panics atomic.Int64
 }
 
 // New builds a server for cfg. It does not contact the upstream Redis yet:
@@ -296,6 +298,7 @@ func (s *Server) handle(conn redcon.Conn, cmd redcon.Command) {
 	}
 	defer func() {
 		if r := recover(); r != nil {
+			s.counts.panics.Add(1)
 			s.log.Error("panic serving client; connection closed", "panic", r, "client", sess.id, "stack", string(debug.Stack()))
 			sess.sendError("ERR internal error in proxy")
 			sess.w.Close()

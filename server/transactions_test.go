@@ -5,8 +5,8 @@ import (
 	"testing"
 )
 
-// txCases are the reference cases of shared/cases/transactions.md (from
-// Redis' tests/unit/multi.tcl and the MULTI/EXEC/WATCH docs). Each step is
+// txCases are reference cases of MULTI/EXEC/WATCH, from Redis'
+// tests/unit/multi.tcl and the MULTI/EXEC/WATCH docs. Each step is
 // "CLIENT: COMMAND ARGS [=> expected reply]", with the reply in wire
 // notation and \r\n written as a space. Every case runs against Redis
 // directly and through the proxy: the replies must be identical byte for
