@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/respite/respite/internal/admin"
@@ -110,7 +111,14 @@ func (s *Server) Ready(ctx context.Context) error {
 	if len(set.Degraded()) > 0 {
 		errs = append(errs, set.Ready(ctx)) // names each degraded route and why
 	} else if err := set.Ready(ctx); err != nil {
-		errs = append(errs, errors.New("postgres: "+err.Error()))
+		msg := err.Error()
+		if errors.Is(err, context.DeadlineExceeded) {
+			msg = "no answer within the readiness check's deadline (PostgreSQL hung or overloaded)"
+		}
+		if !strings.HasPrefix(msg, "postgres:") {
+			msg = "postgres: " + msg
+		}
+		errs = append(errs, errors.New(msg))
 	}
 	return errors.Join(errs...)
 }

@@ -585,6 +585,9 @@ func (c *Config) validate() *fieldError {
 	if c.Listen == "" {
 		return bad("listen", "empty (an address such as 127.0.0.1:6380)")
 	}
+	if _, port, err := net.SplitHostPort(c.Admin); c.Admin != "" && err == nil && !hostPort(c.Admin) {
+		return bad("admin", "%q: port %q is not a number from 0 to 65535", c.Admin, port)
+	}
 	if c.Admin != "" && !hostPort(c.Admin) {
 		return bad("admin", "%q is not host:port (an address such as 127.0.0.1:9121, or leave it out to turn the admin listener off)", c.Admin)
 	}

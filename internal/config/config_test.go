@@ -119,8 +119,8 @@ func TestErrorsNameFileLineAndField(t *testing.T) {
 		{"write_back:\n  allow_evicting_policy: allkeys-lru2\n" + route, `bad.yaml:2: write_back.allow_evicting_policy: "allkeys-lru2" is not accepted (a policy that evicts keys without TTL: allkeys-lru, allkeys-lfu, allkeys-random, or unverified)`},
 		{"write_back:\n  allow_evicting_policy: volatile-lru\n" + route, `bad.yaml:2: write_back.allow_evicting_policy: "volatile-lru" is not accepted (volatile-lru cannot evict the queues and needs no opt-in: remove the field)`},
 		{"log_level: info\nadmin: nonsense\n", `bad.yaml:2: admin: "nonsense" is not host:port (an address such as 127.0.0.1:9121, or leave it out to turn the admin listener off)`},
-		{"admin: 127.0.0.1:http\n", `bad.yaml:1: admin: "127.0.0.1:http" is not host:port (an address such as 127.0.0.1:9121, or leave it out to turn the admin listener off)`},
-		{"admin: 127.0.0.1:65536\n", `bad.yaml:1: admin: "127.0.0.1:65536" is not host:port (an address such as 127.0.0.1:9121, or leave it out to turn the admin listener off)`},
+		{"admin: 127.0.0.1:http\n", `bad.yaml:1: admin: "127.0.0.1:http": port "http" is not a number from 0 to 65535`},
+		{"admin: 127.0.0.1:65536\n", `bad.yaml:1: admin: "127.0.0.1:65536": port "65536" is not a number from 0 to 65535`},
 		{"admin: ::1:9121\n", `bad.yaml:1: admin: "::1:9121" is not host:port (an address such as 127.0.0.1:9121, or leave it out to turn the admin listener off)`},
 		{"cluster_answers:\n  advertise: nowhere\n", `bad.yaml:2: cluster_answers.advertise: "nowhere" is not host:port (the address clients are told to connect to)`},
 		// upstream.mode and its fields
