@@ -25,8 +25,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -282,13 +284,19 @@ func (r *Route) fail(err error) resp.Reply {
 }
 
 // errorText is err as the route reports it: Redis' own errors as they
-// are, anything else naming the route.
+// are, anything else naming the route, and which server failed (the
+// backend's errors say postgres: themselves).
 func (r *Route) errorText(err error) string {
 	var re redisErr
 	if errors.As(err, &re) {
 		return string(re)
 	}
-	return fmt.Sprintf("ERR route '%s': %s", r.cfg.Name, oneLine(err.Error()))
+	msg := oneLine(err.Error())
+	var ne net.Error
+	if !strings.HasPrefix(msg, "postgres:") && (errors.As(err, &ne) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)) {
+		msg = "upstream redis unavailable: " + msg
+	}
+	return fmt.Sprintf("ERR route '%s': %s", r.cfg.Name, msg)
 }
 
 // redisErr is an error whose text is already a Redis error reply.

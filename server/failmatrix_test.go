@@ -30,8 +30,8 @@ func TestRedisDownWithRoutes(t *testing.T) {
 	if got := c.do("GET", "user:11"); !strings.Contains(got, "Leslie") {
 		t.Fatalf("cache-aside read with Redis down: %q", got)
 	}
-	if got := c.do("SET", "stock:fig", "6"); !strings.HasPrefix(got, "-ERR") {
-		t.Fatalf("write-through write with Redis down: %q", got)
+	if got := c.do("SET", "stock:fig", "6"); !strings.HasPrefix(got, "-ERR route 'stock': upstream redis unavailable: ") {
+		t.Fatalf("write-through write with Redis down: %q, want the route and the server that failed", got)
 	}
 	if got, _ := p.Query("SELECT stock FROM products WHERE sku = 'fig'"); got != "7" {
 		t.Fatalf("a refused write-through write reached PostgreSQL: %q", got)
