@@ -312,6 +312,15 @@ func TestLostQueueIsReported(t *testing.T) {
 		t.Fatal(got)
 	}
 	waitFor(t, 10*time.Second, "writes after the loss to flush", func() bool { return pgQuery(t, nil, "SELECT count(*) FROM "+name) == "2" })
+	// The consumer group alone destroyed (the stream stays): reported alike.
+	if err := rc.XGroupDestroy(ctx, StreamKey(name), ConsumerGroup).Err(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the lost group to be counted", func() bool { return lostCount(s, name) == 2 })
+	if got := setDo(ctx, s, "SET", name+":c", "3"); got != "+OK\r\n" {
+		t.Fatal(got)
+	}
+	waitFor(t, 10*time.Second, "writes after the lost group to flush", func() bool { return pgQuery(t, nil, "SELECT count(*) FROM "+name) == "3" })
 	s.Close()
 	// Missing at start-up, for a route that flushed before.
 	rc.Del(ctx, StreamKey(name))

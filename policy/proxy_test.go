@@ -10,6 +10,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -313,8 +314,21 @@ routes:
 	if err == nil || !strings.HasPrefix(err.Error(), "ERR route 'users': not ready: PostgreSQL is unreachable (postgres: cannot connect: connection refused)") {
 		t.Fatalf("routed GET with PostgreSQL down: %v", err)
 	}
-	if code, body := p.get(t, "/readyz"); code != 503 || !strings.Contains(body, "route 'users' not ready: PostgreSQL is unreachable") {
+	code, body := p.get(t, "/readyz")
+	if code != 503 || !strings.Contains(body, "route 'users' not ready: PostgreSQL is unreachable") {
 		t.Fatalf("/readyz: %d %q", code, body)
+	}
+	// Neither a client nor the unauthenticated /readyz learns the DSN.
+	u, perr := url.Parse(pg.DSN)
+	if perr != nil {
+		t.Fatal(perr)
+	}
+	for _, secret := range []string{u.User.Username() + "@", "user=", "password", "dbname=", "database=", u.Host, ":" + u.Port()} {
+		for where, text := range map[string]string{"the client's error": err.Error(), "/readyz": body} {
+			if strings.Contains(text, secret) {
+				t.Errorf("%s reveals %q of the DSN: %q", where, secret, text)
+			}
+		}
 	}
 	if info := c.Info(ctx, "respite").Val(); !strings.Contains(info, "respite_routes_degraded:1\r\n") {
 		t.Fatalf("INFO respite:\n%s", info)

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/respite/respite/internal/testenv"
@@ -438,5 +439,36 @@ func TestSetOverridesTheFile(t *testing.T) {
 	out, err := exec.Command(bin, "-config", path, "-set", "upstream.pool_size=lots").CombinedOutput()
 	if want := "respite: -set upstream.pool_size=lots: upstream.pool_size: lots is not an integer (a whole number such as 10)\n"; err == nil || string(out) != want {
 		t.Errorf("bad -set: %v %q, want %q", err, out, want)
+	}
+}
+
+// -setup-db creates respite_versions in postgres.dsn's database and exits
+// 0 (again on a second run); without a DSN it says where to set one.
+func TestSetupDB(t *testing.T) {
+	db := fmt.Sprintf("setupdb%d", time.Now().UnixNano()%1e9)
+	if err := pg.Exec("CREATE DATABASE " + db); err != nil {
+		t.Fatal(err)
+	}
+	dsn := strings.Replace(pg.DSN, "/respite?", "/"+db+"?", 1)
+	path := writeConfig(t, fmt.Sprintf("upstream: {addr: %s}\npostgres: {dsn: %q}\n", rds.Addr, dsn))
+	for run := 1; run <= 2; run++ {
+		out, err := exec.Command(bin, "-config", path, "-setup-db").CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "respite_versions is ready") {
+			t.Fatalf("-setup-db, run %d: %v\n%s", run, err, out)
+		}
+	}
+	conn, err := pgx.Connect(context.Background(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	var made bool
+	if err := conn.QueryRow(context.Background(), "SELECT to_regclass('respite_versions') IS NOT NULL").Scan(&made); err != nil || !made {
+		t.Fatalf("respite_versions in %s after -setup-db: %v, %v", db, made, err)
+	}
+	out, err := exec.Command(bin, "-config", writeConfig(t, fmt.Sprintf("upstream: {addr: %s}\n", rds.Addr)), "-setup-db").CombinedOutput()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 2 || !strings.Contains(string(out), "postgres.dsn is empty") {
+		t.Fatalf("-setup-db without a DSN: %v\n%s", err, out)
 	}
 }
