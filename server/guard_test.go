@@ -105,6 +105,22 @@ func TestAdminCommandsNeedRights(t *testing.T) {
 			t.Errorf("%v: %q, want %q", tc.cmd, got, want)
 		}
 	}
+	// The rest of Redis' administration, each as Redis names it in NOPERM.
+	for _, tc := range []struct {
+		name string
+		cmd  []string
+	}{
+		{"debug", []string{"DEBUG", "SLEEP", "0"}}, {"module|list", []string{"MODULE", "LIST"}},
+		{"replicaof", []string{"REPLICAOF", "NO", "ONE"}}, {"slaveof", []string{"SLAVEOF", "NO", "ONE"}},
+		{"failover", []string{"FAILOVER"}}, {"save", []string{"SAVE"}}, {"bgsave", []string{"BGSAVE"}},
+		{"bgrewriteaof", []string{"BGREWRITEAOF"}}, {"client|pause", []string{"CLIENT", "PAUSE", "1"}},
+		{"acl|setuser", []string{"ACL", "SETUSER", "x", "on", ">p", "~*", "+@all"}},
+	} {
+		want := "-NOPERM this user has no permissions to run the '" + tc.name + "' command\r\n"
+		if got := c.do(tc.cmd...); got != want {
+			t.Errorf("%v: %q, want %q", tc.cmd, got, want)
+		}
+	}
 	for _, cmd := range [][]string{{"CONFIG", "RESETSTAT"}, {"SLOWLOG", "LEN"}, {"ACL", "WHOAMI"}} {
 		if got := c.do(cmd...); strings.HasPrefix(got, "-") {
 			t.Errorf("%v (allowed): %q", cmd, got)
