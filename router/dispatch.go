@@ -142,12 +142,19 @@ func Dispatch(st State, cmd *Command) Decision {
 	if st.ClusterAnswers && !st.Multi && IsClusterAnswer(cmd.ID) {
 		return Decision{Path: PathLocal}
 	}
-	if cmd.ID == CmdSwapdb && cmd.Guarded && len(cmd.Args) == 3 &&
-		(string(cmd.Args[1]) == st.DefaultDB || string(cmd.Args[2]) == st.DefaultDB) {
-		return Decision{Path: PathRefused, Err: ErrSwapDefaultDB}
+	guarded := false // the route layer checks the write-back queues first
+	if cmd.Guarded {
+		switch cmd.ID {
+		case CmdSwapdb:
+			if len(cmd.Args) == 3 && (string(cmd.Args[1]) == st.DefaultDB || string(cmd.Args[2]) == st.DefaultDB) {
+				return Decision{Path: PathRefused, Err: ErrSwapDefaultDB}
+			}
+		case CmdFlushall:
+			guarded = true // it empties the proxy's database from any database
+		default:
+			guarded = !st.OtherDB
+		}
 	}
-	// FLUSHALL empties the proxy's database from any database.
-	guarded := cmd.Guarded && cmd.ID != CmdSwapdb && (!st.OtherDB || cmd.ID == CmdFlushall)
 	routed := cmd.Routed > 0 && !st.OtherDB
 	if st.Subscribed && st.Proto == 2 && !allowedSubscribed(cmd) {
 		// RESP2 pub/sub context: Redis refuses the command; the proxy says

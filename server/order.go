@@ -88,12 +88,11 @@ func (o *order) take(id, at int64, tn turn, gc *resp.Conn) {
 	o.pending = append(o.pending, ticket{id, at, tn})
 	o.claimLocked(gc)
 	o.mu.Unlock()
-	pinned := tn.pinned
-	if pinned {
+	if tn.pinned {
 		o.pinned.Add(1)
 	}
 	runtime.Gosched() // let goroutines woken for earlier bytes take theirs
-	if !pinned && !tn.publishes && o.pinned.Load() == 0 {
+	if !tn.pinned && !tn.publishes && o.pinned.Load() == 0 {
 		return
 	}
 	var buf [8]arriving
@@ -101,8 +100,8 @@ func (o *order) take(id, at int64, tn turn, gc *resp.Conn) {
 	if o.unread != nil {
 		exp = o.unread.of(id, buf[:0])
 	}
-	if !pinned && len(exp) == 0 && o.pinned.Load() == 0 {
-		return
+	if !tn.pinned && len(exp) == 0 && o.pinned.Load() == 0 {
+		return // a PUBLISH with nobody to wait for
 	}
 	// Wait parked, not spinning: the batch waited for may itself wait on
 	// the network (a pinned connection being dialled), which a spinning

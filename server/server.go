@@ -197,7 +197,7 @@ func (s *Server) Close() error {
 	}
 	s.routes.Load().Close()
 	s.up.Close()
-	s.order.unread.poll.close()
+	s.order.unread.close()
 	return err
 }
 

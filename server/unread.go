@@ -36,6 +36,9 @@ func newUnread() *unread {
 	return &unread{poll: newPoller(), conns: make(map[int64]*resp.Conn)}
 }
 
+// close releases the epoll set.
+func (u *unread) close() { u.poll.close() }
+
 // add watches session id's connection gc, whose socket is fd (0: none).
 func (u *unread) add(id int64, gc *resp.Conn, fd int) {
 	if gc == nil {

@@ -16,7 +16,7 @@ import (
 // a client with nothing sent is never waited for.
 func TestUnreadFindsClientsWithoutTicket(t *testing.T) {
 	u := newUnread()
-	defer u.poll.close()
+	defer u.close()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
