@@ -355,7 +355,7 @@ func (c *capture) apply(ctx context.Context, txn *backend.Txn) error {
 					return err
 				}
 				key := r.cfg.Prefix + canon
-				if toks := own[r.cfg.Name+"\x00"+key]; toks != nil && r.cfg.Policy == config.WriteThrough {
+				if toks := own[r.cfg.Name+"\x00"+key]; toks != nil && r.stores {
 					done, err := c.ownFinished(ctx, key, toks)
 					if err != nil {
 						return err

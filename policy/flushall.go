@@ -6,7 +6,6 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/respite/respite/internal/config"
 	"github.com/respite/respite/resp"
 	"github.com/respite/respite/router"
 )
@@ -43,7 +42,7 @@ return 'OK'`)
 func (s *Set) flush(ctx context.Context, cmd *router.Command) resp.Reply {
 	var streams []string
 	for _, r := range s.list {
-		if r.cfg.Policy == config.WriteBack {
+		if r.queued {
 			streams = append(streams, StreamKey(r.cfg.Name))
 		}
 	}

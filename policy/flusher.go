@@ -12,8 +12,6 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
-
-	"github.com/respite/respite/internal/config"
 )
 
 // The write-back flusher: it moves the writes that writeback.go queued in
@@ -215,10 +213,10 @@ func NewFlusher(routes []*Route, rdb *redis.Client, consumer string, log *slog.L
 	}
 	now := time.Now()
 	for _, r := range routes {
-		cfg := r.Config()
-		if cfg.Policy != config.WriteBack {
+		if !r.queued {
 			continue
 		}
+		cfg := r.Config()
 		f.routes = append(f.routes, &wbRoute{
 			r:          r,
 			name:       cfg.Name,

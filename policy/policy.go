@@ -50,15 +50,30 @@ type Policy interface {
 	Finish(ctx context.Context, q *Queued, elem []byte, committed bool) resp.Reply
 }
 
-// newPolicy builds route r's policy.
-func newPolicy(r *Route) Policy {
+// traits are what a route's policy decides for the code every policy
+// shares (the fill, the write's steps, transactions, flushes), decided
+// once, with the policy, by newPolicy: nothing else looks at the
+// configured policy's name.
+type traits struct {
+	// queued: a write is acknowledged once it is in the route's durable
+	// queue and reaches PostgreSQL later, from the flusher (write-back).
+	queued bool
+	// stores: a write stores the written row in the cache, and a fill is
+	// guarded by the key's write generation so that it never replaces a
+	// newer write (write-through). Without it a write deletes the cached
+	// copy (cache-aside).
+	stores bool
+}
+
+// newPolicy builds route r's policy and its traits.
+func newPolicy(r *Route) (Policy, traits) {
 	switch r.cfg.Policy {
 	case config.WriteThrough:
-		return &writeThrough{reader{r}}
+		return &writeThrough{reader{r}}, traits{stores: true}
 	case config.WriteBack:
-		return newWriteBack(r)
+		return newWriteBack(r), traits{queued: true}
 	default:
-		return &cacheAside{reader{r}}
+		return &cacheAside{reader{r}}, traits{}
 	}
 }
 

@@ -9,8 +9,6 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
-
-	"github.com/respite/respite/internal/config"
 )
 
 // Write-back writes that wait for replicas (write_back.min_replicas).
@@ -115,7 +113,7 @@ func (r *Route) noReplicas(what string, got int64, werr error) string {
 // required, else n is 0.
 func (t *Txn) ReplicaWait() (n int, timeout time.Duration) {
 	for _, op := range t.ops {
-		if !op.read && op.r != nil && op.r.cfg.Policy == config.WriteBack && op.r.sh.replicas.n > 0 {
+		if !op.read && op.r != nil && op.r.queued && op.r.sh.replicas.n > 0 {
 			return op.r.sh.replicas.n, op.r.sh.replicas.timeout
 		}
 	}
@@ -130,7 +128,7 @@ func (t *Txn) NoReplicas(got int64, werr error) string {
 	var text string
 	seen := map[*Route]bool{}
 	for _, op := range t.ops {
-		if op.read || op.r == nil || op.r.cfg.Policy != config.WriteBack || seen[op.r] {
+		if op.read || op.r == nil || !op.r.queued || seen[op.r] {
 			continue
 		}
 		seen[op.r] = true

@@ -58,6 +58,7 @@ type Route struct {
 	rdb    *redis.Client // go-redis (RESP2), for fills, scripts and locks
 	log    *slog.Logger
 	policy Policy
+	traits // what the policy decides for shared code (policy.go)
 
 	loads   loader
 	locks   keyLocks
@@ -114,7 +115,7 @@ func newRoute(cfg config.Route, db *backend.DB, table *backend.Table, cache Cach
 	if lc := cfg.LocalCache; lc != nil && cfg.Format != config.FormatHash {
 		r.local = newLocalTier(lc.Size, time.Duration(lc.TTL))
 	}
-	r.policy = newPolicy(r)
+	r.policy, r.traits = newPolicy(r)
 	return r
 }
 
@@ -231,7 +232,7 @@ func (r *Route) checkSet(ctx context.Context, key string, value []byte) error {
 	if err := r.table.CheckKey(ctx, r.id(key)); err != nil {
 		return err
 	}
-	if r.cfg.Policy == config.WriteBack {
+	if r.queued {
 		if err := r.sh.guard.writeErr(); err != nil {
 			return err
 		}

@@ -141,7 +141,7 @@ func (s *Set) connect(ctx context.Context) error {
 		if r.Unready() == nil {
 			continue
 		}
-		if rc.Policy == config.WriteBack && !s.meta {
+		if r.queued && !s.meta {
 			// The version side table: created here when the role may
 			// (a single-role deployment), else set up once with
 			// respite -setup-db; the error says which.
@@ -157,7 +157,7 @@ func (s *Set) connect(ctx context.Context) error {
 		// Every policy writes (cache-aside takes writes too): the role
 		// needs what the route's writes and flushes do.
 		if err := t.CheckAccess(ctx, backend.Access{Route: rc.Name, ValueOnly: rc.Format == config.FormatValue,
-			Write: true, WriteBack: rc.Policy == config.WriteBack}); err != nil {
+			Write: true, WriteBack: r.queued}); err != nil {
 			return err
 		}
 		r.table = t

@@ -172,12 +172,14 @@ func TestWriteThroughIntents(t *testing.T) {
 	if n, err := r.ResolveIntents(ctx, false); err != nil || n != 0 {
 		t.Fatalf("the sweep resolved a live intent: %d %v", n, err)
 	}
+	// The fence's PX starts inside ResolveIntents: measured from before
+	// the call, the fence cannot end sooner than intentMargin after it.
+	resolved := time.Now()
 	if n, err := r.ResolveIntents(ctx, true); err != nil || n != 1 {
 		t.Fatalf("start-up resolution: %d %v", n, err)
 	}
 	// Invalidated at once; fenced for intentMargin (the dead writer's
 	// last statement may still commit): reads go to PostgreSQL.
-	resolved := time.Now()
 	if got := setDo(ctx, s, "GET", dead); got != "$1\r\n9\r\n" || rc.Exists(ctx, dead).Val() != 0 {
 		t.Fatalf("after resolving: GET %q, cached %q", got, rc.Get(ctx, dead).Val())
 	}

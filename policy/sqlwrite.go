@@ -40,7 +40,7 @@ func (r *Route) writeDirect(ctx context.Context, o Op) resp.Reply {
 	// is served from the cache again (unsettled.go).
 	in, err := r.beginIntent(ctx, key)
 	if err != nil {
-		if r.cfg.Policy == config.WriteThrough {
+		if r.stores {
 			return r.fail(err)
 		}
 		in = nil
@@ -54,7 +54,7 @@ func (r *Route) writeDirect(ctx context.Context, o Op) resp.Reply {
 	}
 	cancel()
 	out := outcomeCommitted // write-through: store the row
-	if r.cfg.Policy != config.WriteThrough {
+	if !r.stores {
 		out = outcomeInvalidate // cache-aside: delete the cached copy
 	}
 	if err != nil {

@@ -175,7 +175,7 @@ func (r *Route) loadAndFill(ctx context.Context, key string) (row, error) {
 // write-through route the key's write generation (observe). fillable is
 // false when it could not be read: the load's result is then not cached.
 func (r *Route) beforeLoad(ctx context.Context, key string) (guard string, fillable bool) {
-	if r.cfg.Policy != config.WriteThrough {
+	if !r.stores {
 		return "", true
 	}
 	g, err := r.observe(ctx, key)
@@ -186,7 +186,7 @@ func (r *Route) beforeLoad(ctx context.Context, key string) (guard string, filla
 // after ls was taken, on a route that tracks changes), and reports
 // whether it did.
 func (r *Route) fillAfterLoad(ctx context.Context, key string, rw row, overwrite bool, guard string, ls *fillLease) (bool, error) {
-	if r.cfg.Policy == config.WriteThrough {
+	if r.stores {
 		return r.fillGuarded(ctx, key, rw, overwrite, guard, ls)
 	}
 	return r.fill(ctx, key, rw, overwrite, ls)

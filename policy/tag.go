@@ -9,7 +9,6 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/respite/respite/backend"
-	"github.com/respite/respite/internal/config"
 	"github.com/respite/respite/resp"
 )
 
@@ -46,7 +45,7 @@ func tagsOf(txn *backend.Txn) map[string][]string {
 // tagged reports whether the write of o on a tracked write-through route
 // tags its transaction.
 func (r *Route) tagged() bool {
-	return r.cfg.TrackChanges && r.cfg.Policy == config.WriteThrough && r.sh.tag.Load()
+	return r.cfg.TrackChanges && r.stores && r.sh.tag.Load()
 }
 
 // dbWriteTagged is dbWrite in a transaction of its own that carries the

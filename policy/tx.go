@@ -51,7 +51,7 @@ func (q *Queued) Tracked() bool { return !q.read || q.r != nil }
 func (q *Queued) Key() string { return q.op.key() }
 
 // needsDB reports whether the write runs in PostgreSQL at EXEC.
-func (q *Queued) needsDB() bool { return !q.read && q.r.cfg.Policy != config.WriteBack }
+func (q *Queued) needsDB() bool { return !q.read && !q.r.queued }
 
 // queueDeferred queues a cache-aside or write-through write: its
 // arguments are checked now (a key or value PostgreSQL would refuse makes

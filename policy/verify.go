@@ -73,7 +73,7 @@ func (s *Set) Verify(ctx context.Context, name string, count int, repair bool) (
 	}
 	rep := VerifyReport{Route: name}
 	var stream []string
-	if r.cfg.Policy == config.WriteBack {
+	if r.queued {
 		stream = []string{StreamKey(name)}
 		n, err := r.rdb.XLen(ctx, stream[0]).Result()
 		if err != nil {

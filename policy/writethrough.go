@@ -119,7 +119,7 @@ func (p *writeThrough) Finish(ctx context.Context, q *Queued, _ []byte, committe
 // statement may still commit is deleted by the sweep's second resolution
 // of the fenced intent, intentMargin after the restart.
 func (r *Route) intents() bool {
-	return r.cfg.Policy == config.WriteThrough || r.cfg.Policy == config.CacheAside
+	return !r.queued
 }
 
 // intentSweep is how often a proxy resolves intents past their lease.

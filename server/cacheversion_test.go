@@ -32,7 +32,7 @@ func TestCacheVersionBumpMissesEveryRow(t *testing.T) {
 		t.Fatalf("GET user:31 before the bump: %q (want the cached, stale age 30)", got)
 	}
 	cfg := srv.live.Load()
-	next := *cfg
+	next := srv.cfg.With(*cfg)
 	next.Routes = append([]config.Route(nil), cfg.Routes...)
 	for i := range next.Routes {
 		if next.Routes[i].Name == "users" {

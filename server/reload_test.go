@@ -90,21 +90,3 @@ func TestReloadAddsRouteWithoutDroppingClients(t *testing.T) {
 	}
 }
 
-// A reload names each restart-only setting that changed by its path in the
-// file; reloadable ones (log_level, limits) are not listed.
-func TestRestartChangesNameFields(t *testing.T) {
-	old := config.Default()
-	cfg := config.Default()
-	cfg.Upstream.MuxConns = 1
-	cfg.TLS.CertFile = "cert.pem"
-	cfg.GOMAXPROCS = 1
-	cfg.LogLevel = "debug"
-	cfg.Limits.MaxClients = 5
-	got := strings.Join(restartChanges(old, cfg), " ")
-	if got != "tls.cert_file upstream.mux_conns gomaxprocs" {
-		t.Fatalf("restart-only changes: %q", got)
-	}
-	if got := restartChanges(old, old); len(got) != 0 {
-		t.Fatalf("no change: %q", got)
-	}
-}

@@ -57,8 +57,8 @@ type Server struct {
 	log          *slog.Logger
 	up           *upstream.Upstream
 	rs           *redcon.Server
-	routes       atomic.Pointer[policy.Set]    // nil without routes; swapped by Reload
-	live         atomic.Pointer[config.Config] // the settings Reload can change
+	routes       policy.Live                       // serves no routes without any; replaced by Reload
+	live         atomic.Pointer[config.Reloadable] // the settings Reload can change
 
 	conflicts *conflicts // optimistic-transaction metadata
 	gate      *gate      // contention gate
@@ -122,7 +122,8 @@ func New(cfg config.Config, log *slog.Logger) (_ *Server, err error) {
 	}
 	s := &Server{cfg: cfg, defaultDB: strconv.Itoa(cfg.Upstream.DB), log: log, up: up, sessions: map[int64]*session{}}
 	s.order.unread = newUnread()
-	s.live.Store(&cfg)
+	live := cfg.Reloadable()
+	s.live.Store(&live)
 	for _, name := range cfg.AdminCommands {
 		cmd, sub, _ := strings.Cut(strings.ToLower(name), "|")
 		args := [][]byte{[]byte(cmd)}
@@ -148,7 +149,7 @@ func New(cfg config.Config, log *slog.Logger) (_ *Server, err error) {
 		return nil, err
 	}
 	s.track(set)
-	s.routes.Store(set)
+	s.routes.Replace(set, 0)
 	if adminL != nil {
 		s.startAdmin(adminL)
 	}

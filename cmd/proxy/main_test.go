@@ -12,6 +12,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -68,7 +69,26 @@ type proxy struct {
 	t    *testing.T
 	cmd  *exec.Cmd
 	addr string
-	log  *strings.Builder
+	log  *output
+}
+
+// output collects what a running child process writes, read while it
+// runs (exec copies the child's output from a goroutine of its own).
+type output struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (o *output) Write(p []byte) (int, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.b.Write(p)
+}
+
+func (o *output) String() string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.b.String()
 }
 
 // start runs the binary with a write-back route whose flush interval is
@@ -105,7 +125,7 @@ routes:
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	p := &proxy{t: t, addr: addr, log: &strings.Builder{}}
+	p := &proxy{t: t, addr: addr, log: &output{}}
 	p.cmd = exec.Command(bin, "-config", path)
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
 	if err := p.cmd.Start(); err != nil {
@@ -307,7 +327,7 @@ func TestJSONLogStaysJSON(t *testing.T) {
 	}
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	path := writeConfig(t, fmt.Sprintf("listen: %s\nlog_format: json\nupstream:\n  addr: 127.0.0.1:%d\n  multiplexer: go-redis\n  dial_timeout: 200ms\n", addr, down))
-	var stderr strings.Builder
+	var stderr output
 	cmd := exec.Command(bin, "-config", path)
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
@@ -415,7 +435,7 @@ func TestSetOverridesTheFile(t *testing.T) {
 	}
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	path := writeConfig(t, fmt.Sprintf("listen: %s\nupstream:\n  addr: 127.0.0.1:1\n", addr))
-	var stderr strings.Builder
+	var stderr output
 	cmd := exec.Command(bin, "-config", path, "-set", "upstream.addr="+rds.Addr)
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
