@@ -41,7 +41,7 @@ func (c *session) blocking(cmd *router.Command) {
 		c.blocked = false
 		if left {
 			c.discardPin()
-			c.quit = true
+			c.quit.Store(true)
 			c.w.Close()
 			return
 		}

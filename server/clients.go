@@ -267,7 +267,7 @@ func (c *session) clientKill(cmd *router.Command) {
 		c.sendInt(int64(killed))
 	}
 	if self {
-		c.quit = true
+		c.quit.Store(true)
 		c.w.Close()
 	}
 }

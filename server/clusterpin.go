@@ -104,7 +104,7 @@ func (c *session) pinAction(cl *upstream.Cluster, cmd *router.Command) (pinActio
 // are carried one by one as pinAction says.
 func (c *session) forwardPinnedCluster(cl *upstream.Cluster, cmds []router.Command) {
 	for i := 0; i < len(cmds); {
-		if c.quit {
+		if c.quit.Load() {
 			return
 		}
 		if c.pin == nil {

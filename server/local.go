@@ -39,7 +39,7 @@ func (c *session) local(set *policy.Set, cmd *router.Command) {
 	switch cmd.ID {
 	case router.CmdQuit:
 		c.sendStatus("OK")
-		c.quit = true
+		c.quit.Store(true)
 		c.w.Close()
 	case router.CmdReset:
 		c.reset()

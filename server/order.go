@@ -86,11 +86,13 @@ type turn struct {
 func (o *order) take(id, at int64, tn turn, gc *resp.Conn) {
 	o.mu.Lock()
 	o.pending = append(o.pending, ticket{id, at, tn})
-	o.claimLocked(gc)
-	o.mu.Unlock()
 	if tn.pinned {
+		// Counted before the claim: a batch that finds gc claimed
+		// (ReadBusy) must find its pinned ticket counted too.
 		o.pinned.Add(1)
 	}
+	o.claimLocked(gc)
+	o.mu.Unlock()
 	runtime.Gosched() // let goroutines woken for earlier bytes take theirs
 	if !tn.pinned && !tn.publishes && o.pinned.Load() == 0 {
 		return

@@ -115,7 +115,7 @@ func (c *session) dropPin(reuse bool) {
 func (c *session) pinLost(err error) {
 	c.s.log.Debug("pinned upstream connection lost; closing the client", "client", c.id, "err", err)
 	c.discardPin()
-	c.quit = true
+	c.quit.Store(true)
 	c.w.Close()
 }
 

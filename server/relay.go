@@ -141,14 +141,14 @@ func (c *session) detachedLoop(dc redcon.DetachedConn, pending [][][]byte) {
 		c.s.counts.detached.Add(-1)
 	}()
 	for _, args := range pending {
-		if c.quit || !c.serveOne(dc, args) {
+		if c.quit.Load() || !c.serveOne(dc, args) {
 			return
 		}
 	}
 	c.mu.Lock()
 	c.sent()
 	c.mu.Unlock()
-	for !c.quit {
+	for !c.quit.Load() {
 		cmd, err := dc.ReadCommand()
 		if err != nil {
 			return
@@ -174,9 +174,6 @@ func (c *session) serveOne(dc redcon.DetachedConn, args [][]byte) (ok bool) {
 		return false
 	}
 	c.serve([]redcon.Command{{Args: args}})
-	if c.gc != nil {
-		c.gc.Answered()
-	}
 	return dc.Flush() == nil
 }
 
@@ -323,7 +320,7 @@ func (r *relay) read() {
 			if !r.stopped {
 				// Redis closed the connection (CLIENT KILL, restart): the
 				// client's connection ends too, as it would on Redis.
-				c.quit = true
+				c.quit.Store(true)
 				r.dc.Close()
 			}
 			c.mu.Unlock()

@@ -18,6 +18,12 @@ import (
 // reaches Redis after it; from then on the loop takes the tickets.
 func (c *session) serve(batch []redcon.Command) {
 	c.serveBatch(batch)
+	if c.gc != nil {
+		// Bytes that arrive from now on wait in the socket. Called here,
+		// on the goroutine that reads gc, before a detached loop takes
+		// over the reading.
+		c.gc.Answered()
+	}
 	if c.toDetach != nil {
 		c.startDetached()
 	}
@@ -105,7 +111,7 @@ func (c *session) pinsFor(cmds []router.Command) bool {
 // multiplexed connections, or on the pinned connection.
 func (c *session) run(set *policy.Set, cmds []router.Command) {
 	for i := 0; i < len(cmds); {
-		if c.quit {
+		if c.quit.Load() {
 			return
 		}
 		if c.tx.idle.lost != lostNone && c.idleRefusal(&cmds[i]) {

@@ -308,9 +308,6 @@ func (s *Server) handle(conn redcon.Conn, cmd redcon.Command) {
 	cmds := append(sess.batch[:0], cmd)
 	cmds = append(cmds, conn.ReadPipeline()...)
 	sess.serve(cmds)
-	if sess.gc != nil {
-		sess.gc.Answered() // bytes that arrive from now on wait in the socket
-	}
 	sess.flush()
 	clear(cmds)
 	sess.batch = cmds[:0]

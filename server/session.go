@@ -63,7 +63,7 @@ type session struct {
 	authed bool
 	reply  replyMode
 	db     int // database selected with SELECT
-	quit   bool
+	quit   atomic.Bool // the client's connection ends after this command (set by the relay's reader too)
 
 	// pin is the session's own upstream connection and the state it holds;
 	// nil on the shared path.

@@ -27,7 +27,7 @@ func (c *session) forwardShared(cmds []router.Command) {
 	if c.window == 0 {
 		c.window = windowStart
 	}
-	for len(cmds) > 0 && !c.quit {
+	for len(cmds) > 0 && !c.quit.Load() {
 		n := min(len(cmds), c.window)
 		c.forwardWindow(cmds[:n])
 		cmds = cmds[n:]
@@ -97,7 +97,7 @@ func (c *session) outputLimit() {
 	c.s.counts.outputLimit.Add(1)
 	c.s.log.Warn("client closed for overcoming of output buffer limits (limits.max_output_bytes)",
 		"client", c.id, "addr", c.client.addr, "limit", c.s.live.Load().Limits.MaxOutputBytes)
-	c.quit = true
+	c.quit.Store(true)
 	c.w.Close()
 }
 

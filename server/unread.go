@@ -69,21 +69,36 @@ func (u *unread) of(self int64, into []arriving) []arriving {
 	}
 	u.mu.Lock()
 	defer u.mu.Unlock()
+	// A ready socket's reader may have started to read it since the
+	// epoll set answered and since arriving was loaded (its bytes are now
+	// on their way, and scan may be false): every state but ReadBusy
+	// counts. ReadBusy: the client serves a batch it claimed, and bytes
+	// that arrived since wait for its next read, whose ticket comes after.
+	found := len(into)
 	for _, id := range ready {
 		if gc := u.conns[id]; gc != nil && id != self {
-			if st, n := gc.ReadState(); st == resp.ReadWaiting {
+			if st, n := gc.ReadState(); st != resp.ReadBusy {
 				into = append(into, arriving{id, gc, st, n})
 			}
 		}
 	}
 	if scan {
 		for id, gc := range u.conns {
-			if st, n := gc.ReadState(); id != self && st >= resp.ReadReceiving {
+			if st, n := gc.ReadState(); id != self && st >= resp.ReadReceiving && !listed(into[found:], id) {
 				into = append(into, arriving{id, gc, st, n})
 			}
 		}
 	}
 	return into
+}
+
+func listed(list []arriving, id int64) bool {
+	for _, a := range list {
+		if a.id == id {
+			return true
+		}
+	}
+	return false
 }
 
 // settled reports whether every client in exp has claimed what it read
