@@ -901,3 +901,31 @@ func TestReplyOffInMultiAndBareClientMatchRedis(t *testing.T) {
 		}
 	}
 }
+
+// SUBSCRIBE of two channels inside MULTI: Redis' EXEC says one element
+// but sends both confirmations, and the client is in the pub/sub context
+// from then on (RESP2: only the pub/sub commands, PING, QUIT, RESET; a
+// local answer such as CLIENT ID is refused too); UNSUBSCRIBE without
+// channels then confirms each channel. Byte for byte as on Redis, in
+// RESP2 and RESP3.
+func TestSubscribeInsideMultiEntersPubSubContext(t *testing.T) {
+	r, proxy := throwawayProxy(t)
+	for _, proto := range []string{"2", "3"} {
+		a, b := "fidsm:a:"+proto, "fidsm:b:"+proto
+		cmds := [][]string{{"MULTI"}, {"SUBSCRIBE", a}, {"SUBSCRIBE", b}, {"EXEC"}, {"GET", "fidsm:k"}, {"PING"}}
+		if proto == "2" {
+			cmds = append(cmds, []string{"CLIENT", "ID"}, []string{"CLIENT", "INFO"})
+		}
+		cmds = append(cmds, []string{"UNSUBSCRIBE"})
+		var got [2]string
+		for i, addr := range []string{r.Addr, proxy} {
+			c := dialRaw(t, addr)
+			c.do("HELLO", proto)
+			got[i] = c.exchange(cmds...)
+			c.c.Close()
+		}
+		if got[0] != got[1] {
+			t.Errorf("RESP%s:\nRedis %q\nproxy %q", proto, got[0], got[1])
+		}
+	}
+}

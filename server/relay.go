@@ -490,6 +490,24 @@ func firstBulk2(b []byte) (string, []byte, bool) {
 }
 
 // track follows the subscription sets from a confirmation.
+// confirmsIn returns the subscription confirmations among the elements
+// of EXEC's reply.
+func confirmsIn(execReply []byte) [][]byte {
+	elems, ok := resp.Elements(execReply)
+	if !ok {
+		return nil
+	}
+	var out [][]byte
+	for _, e := range elems {
+		if len(e) > 0 {
+			if kind, _ := frameKind(e, false); kind == frameConfirm {
+				out = append(out, append([]byte(nil), e...))
+			}
+		}
+	}
+	return out
+}
+
 func (r *relay) track(frame []byte) {
 	kind, rest, _ := firstBulk(frame)
 	channel, _, _ := firstBulk2(rest)

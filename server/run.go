@@ -189,7 +189,14 @@ func (c *session) run(set *policy.Set, cmds []router.Command) {
 				// The transaction subscribed or turned tracking on: Redis
 				// may send at any time from now on.
 				c.tx.detach = false
-				if !c.relayed() && c.pin != nil && c.detach(cmds[i:]) {
+				detached := !c.relayed() && c.pin != nil && c.detach(cmds[i:])
+				if c.pin != nil && c.pin.relay != nil {
+					for _, f := range c.tx.confirms {
+						c.pin.relay.track(f)
+					}
+				}
+				c.tx.confirms = nil
+				if detached {
 					return
 				}
 			}

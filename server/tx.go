@@ -29,6 +29,10 @@ type txState struct {
 	idle      idleState  // transactions.idle_timeout
 	inTx      bool       // counted in counts.pinnedTx
 	detach    bool       // the EXEC just run subscribed or turned tracking on
+	// confirms are the subscription confirmations among that EXEC's
+	// elements, for the relay's counts (the relay reads only what comes
+	// after EXEC's reply).
+	confirms [][]byte
 }
 
 // queuedLocal is a command the proxy answers itself, queued inside MULTI:
@@ -180,6 +184,9 @@ func (c *session) exec(set *policy.Set, cmd *router.Command) {
 	}
 	out := c.record(aborted, reply)
 	c.tx.detach = p.detachAfterExec && !aborted && reply[0] != '-'
+	if c.tx.detach {
+		c.tx.confirms = confirmsIn(reply)
+	}
 	c.follow(cmd, reply)
 	if len(locals) > 0 && !aborted && reply[0] == '*' {
 		if c.answerLocals(set, out, locals) {
