@@ -18,7 +18,12 @@
 // (RESPITE VERIFY), audit.go (the audit log of routed writes),
 // capture.go and notify.go (invalidation from PostgreSQL's change stream
 // or NOTIFY), lease.go (fill leases), tag.go (the proxy's own commits in
-// the stream), tracking.go (in-process tiers following Redis).
+// the stream), tracking.go (in-process tiers following Redis),
+// flushall.go (FLUSHALL/FLUSHDB that cannot drop a write-back queue),
+// replicas.go (write-back writes acknowledged once replicas hold them),
+// unsettled.go (keys whose cache step failed after a committed write),
+// batch.go (reads over many keys of one route), live.go (the route set
+// that serves, replaced whole on reload).
 package policy
 
 import (

@@ -10,7 +10,9 @@
 // and split rules the proxy adds, and lookup by name), keys.go (key
 // positions, with the rules for movable-key commands), command.go (the
 // Command record, filled once per command by Classify), routes.go (the
-// prefix set and route snapshot), dispatch.go (State, Path and Dispatch).
+// prefix set and route snapshot), dispatch.go (State, Path and Dispatch),
+// cluster.go (how a command spreads over a cluster's primaries, the
+// positions that choose its slot).
 //
 // Only this package compares command names; every other package works with
 // the ids (CmdGet, CmdClientKill, ...) and kinds a Command carries.

@@ -8,7 +8,11 @@
 // pinned connections), mux.go (the twemproxy-style multiplexer), conn.go
 // (a pinned connection and the handshake every connection starts with),
 // alive_*.go (the liveness check of an idle pinned connection), tls.go,
-// tracking.go (the client-side-caching connection of the in-process tiers).
+// tracking.go (the client-side-caching connection of the in-process
+// tiers), cache.go (the route layer's Cache over the multiplexer),
+// slots.go (hash slots, CLUSTER SHARDS/SLOTS, MOVED and ASK), cluster.go
+// (Cluster: the slot map, a multiplexer pair per primary, the redirect
+// loop), sentinel.go (following Sentinel's primary).
 package upstream
 
 import (
