@@ -46,6 +46,12 @@ type State struct {
 	// MYID/KEYSLOT, ASKING, READONLY and READWRITE itself, as a one-node
 	// cluster (config cluster_answers).
 	ClusterAnswers bool
+	// LocalWhoami: ACL WHOAMI is answered by the proxy (the operator's user):
+	// the session's upstream connection is logged in as the restricted
+	// user the proxy gives clients while routes are configured (so that
+	// Lua scripts cannot reach its keys), where Redis would name the
+	// operator's user.
+	LocalWhoami bool
 	// Watching (WATCH armed) and ReplyOff (CLIENT REPLY OFF or SKIP) are
 	// part of a session's state but choose no path: a WATCHing session is
 	// pinned, and replies that are not sent are still produced where they
@@ -174,6 +180,9 @@ func Dispatch(st State, cmd *Command) Decision {
 	if guarded {
 		return Decision{Path: PathRouted} // the route layer checks the write-back queues first
 	}
+	if cmd.ID == CmdAclWhoami && st.LocalWhoami {
+		return Decision{Path: PathLocal}
+	}
 	switch cmd.Kind {
 	case KindLocal:
 		if cmd.ID == CmdAuth && !st.ProxyAuth {
@@ -242,6 +251,10 @@ func inMulti(st State, cmd *Command, routed bool) Decision {
 		return Decision{Path: PathQueueLocal}
 	case CmdAuth:
 		if st.ProxyAuth {
+			return Decision{Path: PathQueueLocal}
+		}
+	case CmdAclWhoami:
+		if st.LocalWhoami {
 			return Decision{Path: PathQueueLocal}
 		}
 	}

@@ -271,6 +271,13 @@ func TestDispatchPermissions(t *testing.T) {
 		{"SHUTDOWN", plain, denied, "refused:NOPERM this user has no permissions to run the 'shutdown' command"},
 		{"SLOWLOG GET", plain, denied, "shared"},
 		{"ACL WHOAMI", plain, denied, "shared"},
+		// Clients' connections log in as the restricted user: the proxy
+		// names the operator's, as Redis would; refused where Redis is.
+		{"ACL WHOAMI", plain, State{Proto: 2, LocalWhoami: true}, "local"},
+		{"ACL WHOAMI", plain, State{Proto: 2, Pinned: true, LocalWhoami: true}, "local"},
+		{"ACL WHOAMI", plain, State{Proto: 2, Pinned: true, Multi: true, LocalWhoami: true}, "queue-local"},
+		{"ACL WHOAMI", plain, State{Proto: 2, Pinned: true, Subscribed: true, LocalWhoami: true}, "pinned"},
+		{"ACL WHOAMI x", plain, State{Proto: 2, LocalWhoami: true}, "shared"},
 		{"ACL LIST", plain, denied, "refused:NOPERM this user has no permissions to run the 'acl|list' command"},
 		{"FLUSHALL", wb, State{Proto: 2}, "routed"},
 		{"FLUSHDB", wb, State{Proto: 2, Pinned: true}, "routed"},
