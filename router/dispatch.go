@@ -46,12 +46,14 @@ type State struct {
 	// MYID/KEYSLOT, ASKING, READONLY and READWRITE itself, as a one-node
 	// cluster (config cluster_answers).
 	ClusterAnswers bool
-	// LocalWhoami: ACL WHOAMI is answered by the proxy (the operator's user):
-	// the session's upstream connection is logged in as the restricted
-	// user the proxy gives clients while routes are configured (so that
-	// Lua scripts cannot reach its keys), where Redis would name the
-	// operator's user.
-	LocalWhoami bool
+	// Restricted: the session's upstream connections are logged in as the
+	// restricted user the proxy gives clients while routes are configured
+	// (every key but its own, so that Lua scripts cannot reach them). ACL
+	// WHOAMI is then answered by the proxy (Redis would name the operator's
+	// user), and a SORT with BY or GET patterns, which Redis allows only a
+	// user with every key, runs on the proxy's own connections if no
+	// pattern can name a key of the proxy's (PathOwn; refused otherwise).
+	Restricted bool
 	// Watching (WATCH armed) and ReplyOff (CLIENT REPLY OFF or SKIP) are
 	// part of a session's state but choose no path: a WATCHing session is
 	// pinned, and replies that are not sent are still produced where they
@@ -95,9 +97,13 @@ const (
 	PathExec
 	// PathRefused: answered with Decision.Err.
 	PathRefused
+	// PathOwn: a stateless command Redis allows only a user with every
+	// key, checked by the proxy: on the route layer's connections, logged
+	// in as the operator's user (State.Restricted).
+	PathOwn
 )
 
-var pathNames = [...]string{"shared", "pinned", "blocking", "watch", "detach", "local", "routed", "queue", "queue-local", "exec", "refused"}
+var pathNames = [...]string{"shared", "pinned", "blocking", "watch", "detach", "local", "routed", "queue", "queue-local", "exec", "refused", "own"}
 
 func (p Path) String() string { return pathNames[p] }
 
@@ -180,8 +186,17 @@ func Dispatch(st State, cmd *Command) Decision {
 	if guarded {
 		return Decision{Path: PathRouted} // the route layer checks the write-back queues first
 	}
-	if cmd.ID == CmdAclWhoami && st.LocalWhoami {
-		return Decision{Path: PathLocal}
+	if st.Restricted {
+		switch cmd.ID {
+		case CmdAclWhoami:
+			return Decision{Path: PathLocal}
+		case CmdSort, CmdSortRo:
+			if fullKeys, reserved := sortPatterns(cmd); reserved {
+				return Decision{Path: PathRefused, Err: ErrNoPermKey}
+			} else if fullKeys && !st.Pinned && !routed {
+				return Decision{Path: PathOwn}
+			}
+		}
 	}
 	switch cmd.Kind {
 	case KindLocal:
@@ -254,7 +269,7 @@ func inMulti(st State, cmd *Command, routed bool) Decision {
 			return Decision{Path: PathQueueLocal}
 		}
 	case CmdAclWhoami:
-		if st.LocalWhoami {
+		if st.Restricted {
 			return Decision{Path: PathQueueLocal}
 		}
 	}
@@ -316,4 +331,33 @@ func intoDefaultDB(st State, cmd *Command) bool {
 		}
 	}
 	return false
+}
+
+// sortPatterns looks at SORT's BY and GET options: fullKeys when one has
+// a pattern (BY with a '*', any GET but "#"), which Redis runs only for a
+// user with every key; reserved when a pattern may name a key of the
+// proxy's: the key part before the '*' is a prefix of ReservedPrefix (so
+// an element may complete it; "*" alone too) or starts with it.
+func sortPatterns(cmd *Command) (fullKeys, reserved bool) {
+	for i := 2; i+1 < len(cmd.Args); i++ {
+		by, get := cmd.Arg(i, "by"), cmd.Arg(i, "get")
+		if !by && !get {
+			continue
+		}
+		i++
+		pat := string(cmd.Args[i])
+		star := strings.IndexByte(pat, '*')
+		if get && pat == "#" || star < 0 && by {
+			continue // the element itself; BY without '*' does not sort
+		}
+		fullKeys = true
+		if star < 0 {
+			continue // GET of a pattern without '*' reads no key
+		}
+		prefix := pat[:star]
+		if strings.HasPrefix(prefix, ReservedPrefix) || strings.HasPrefix(ReservedPrefix, prefix) {
+			reserved = true
+		}
+	}
+	return fullKeys, reserved
 }

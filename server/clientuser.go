@@ -5,6 +5,7 @@ import (
 	"errors"
 
 	"github.com/respite/respite/internal/config"
+	"github.com/respite/respite/router"
 	"github.com/respite/respite/upstream"
 )
 
@@ -41,4 +42,21 @@ func (s *Server) restrictClients(cfg config.Config) {
 	default:
 		s.log.Warn(risk+": upstream.username may not create the user "+upstream.ClientUserName+" (ACL SETUSER), so clients' connections log in as upstream.username; give it that right, or create a user and set upstream.client_user (docs/OPERATIONS.md)", "err", err)
 	}
+}
+
+// forwardFullKeys carries a command Redis allows only a user with every key,
+// which the router checked names none of the proxy's (PathOwn: SORT with
+// BY or GET patterns): on the route layer's connections, logged in as the
+// operator's user; the reply is Redis' as it is.
+func (c *session) forwardFullKeys(cmd *router.Command) {
+	ctx, cancel := context.WithTimeout(context.Background(), c.s.up.Timeout())
+	defer cancel()
+	replies, err := c.s.up.Cache().Do(ctx, c.proto, cmd.Args)
+	c.sent()
+	if err != nil {
+		c.s.counts.upErrors.Add(1)
+		c.sendError(upstreamError(err))
+		return
+	}
+	c.send(replies[0])
 }

@@ -342,3 +342,30 @@ func patternsForTest() []string {
 	return []string{"~[^r]*", "~r[^e]*", "~re[^s]*", "~res[^p]*", "~resp[^i]*", "~respi[^t]*", "~respit[^e]*", "~respite[^:]*",
 		"~", "~r", "~re", "~res", "~resp", "~respi", "~respit", "~respite"}
 }
+
+// SORT's BY and GET patterns, which Redis allows only a user with every
+// key: through the proxy they work as before on plain keys (on the
+// proxy's own connections), and a pattern that may name a key of the
+// proxy's is refused.
+func TestSortPatternsWithRestrictedUser(t *testing.T) {
+	proxy, d, _ := startGuarded(t, nil)
+	d.do("RPUSH", "sl", "2", "1", "3")
+	d.do("MSET", "w_1", "30", "w_2", "20", "w_3", "10", "o:1", "one", "o:2", "two", "o:3", "three")
+	d.do("SET", "respite:neg:1", "leak")
+	c := dialRaw(t, proxy)
+	want := d.do("SORT", "sl", "BY", "w_*", "GET", "o:*", "GET", "#")
+	if got := c.do("SORT", "sl", "BY", "w_*", "GET", "o:*", "GET", "#"); got != want {
+		t.Errorf("SORT BY GET: %q, want Redis' %q", got, want)
+	}
+	if got := c.do("SORT_RO", "sl", "BY", "w_*"); got != d.do("SORT_RO", "sl", "BY", "w_*") {
+		t.Errorf("SORT_RO BY: %q", got)
+	}
+	for _, pat := range []string{"*", "respite:neg:*", "resp*"} {
+		if got := c.do("SORT", "sl", "GET", pat); !strings.HasPrefix(got, "-NOPERM") {
+			t.Errorf("SORT GET %s: %q, want NOPERM", pat, got)
+		}
+	}
+	if got := c.do("SORT", "sl", "BY", "w_*", "STORE", "respite:neg:2"); !strings.HasPrefix(got, "-NOPERM") {
+		t.Errorf("SORT STORE respite:neg:2: %q", got)
+	}
+}

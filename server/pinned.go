@@ -35,9 +35,7 @@ type pinned struct {
 	queued          int              // commands queued since MULTI: the next one's place in EXEC's array
 	ops             []*policy.Queued // routed writes queued in this MULTI
 	locals          []queuedLocal    // commands the proxy answers itself, queued in this MULTI
-	// hidden are the places in EXEC's array of the AUTHs the proxy queued
-	// around its own steps in this MULTI (tx.go: queueOwn), ascending.
-	hidden []int
+	hidden          []int            // places in EXEC's array of the AUTHs queueOwn (tx.go) queued in this MULTI, ascending
 	detachAfterExec bool             // the MULTI queued SUBSCRIBE, MONITOR or CLIENT TRACKING ON
 	watched         []string         // keys WATCHed (retry metadata)
 	watchedAt       time.Time        // when the first WATCH was armed
