@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"strconv"
 	"strings"
 	"testing"
@@ -367,5 +368,67 @@ func TestSortPatternsWithRestrictedUser(t *testing.T) {
 	}
 	if got := c.do("SORT", "sl", "BY", "w_*", "STORE", "respite:neg:2"); !strings.HasPrefix(got, "-NOPERM") {
 		t.Errorf("SORT STORE respite:neg:2: %q", got)
+	}
+}
+
+// On a Sentinel upstream the restricted user follows the primary: ACL
+// users are not replicated, so after SENTINEL FAILOVER the proxy creates
+// it on the new primary when a client's connection finds it missing, and
+// scripts are refused there too.
+func TestClientUserFollowsFailover(t *testing.T) {
+	p := sharedPostgres(t)
+	s, err := testenv.StartSentinel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Stop()
+	proxy := startProxy(t, func(c *config.Config) {
+		sentinelUpstream(c, s)
+		c.Postgres.DSN = p.DSN
+		c.Routes = testRoutes()
+		if err := fillDefaults(c); err != nil {
+			t.Fatal(err)
+		}
+	})
+	c := dialRaw(t, proxy)
+	if got := c.do("EVAL", poisonNeg, "0"); !strings.HasPrefix(got, scriptDenied) {
+		t.Errorf("EVAL before the failover: %q", got)
+	}
+	replica, err := s.Replica()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := dialRaw(t, replica.Addr).do("ACL", "GETUSER", "respite-client"); got != "$-1\r\n" && got != "*-1\r\n" {
+		t.Fatalf("the replica knows respite-client before the failover: %q", got)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := s.Failover(ctx); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got := c.do("SET", "plain:fo", "1")
+		if got == "+OK\r\n" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("SET after the failover: %q", got)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if got := c.do("EVAL", poisonNeg, "0"); !strings.HasPrefix(got, scriptDenied) {
+		t.Errorf("EVAL after the failover: %q", got)
+	}
+	primary, err := s.PrimaryAddr()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := dialRaw(t, primary)
+	if got := d.do("EXISTS", "respite:neg:user:2"); got != ":0\r\n" {
+		t.Errorf("a script wrote respite:neg:user:2 on the new primary: %q", got)
+	}
+	if got := d.do("ACL", "DRYRUN", "respite-client", "SET", "user:1", "1"); got != "+OK\r\n" {
+		t.Errorf("respite-client on the new primary: %q", got)
 	}
 }
