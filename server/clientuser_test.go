@@ -241,16 +241,8 @@ func TestClientUserCreatedAgain(t *testing.T) {
 	if got := d.do("ACL", "DELUSER", "respite-client"); got != ":1\r\n" {
 		t.Fatalf("ACL DELUSER: %q", got)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		got := c.do("GET", "plain:h")
-		if got == "$1\r\n1\r\n" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("GET after ACL DELUSER: %q", got)
-		}
-		time.Sleep(50 * time.Millisecond)
+	if got := doUntil(c, "$1\r\n1\r\n", 5*time.Second, "GET", "plain:h"); got != "$1\r\n1\r\n" {
+		t.Fatalf("GET after ACL DELUSER: %q", got)
 	}
 	if got := c.do("EVAL", poisonNeg, "0"); !strings.HasPrefix(got, scriptDenied) {
 		t.Errorf("EVAL after the user was created again: %q", got)
@@ -382,14 +374,7 @@ func TestClientUserFollowsFailover(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Stop()
-	proxy := startProxy(t, func(c *config.Config) {
-		sentinelUpstream(c, s)
-		c.Postgres.DSN = p.DSN
-		c.Routes = testRoutes()
-		if err := fillDefaults(c); err != nil {
-			t.Fatal(err)
-		}
-	})
+	proxy := startRouted(t, p, func(c *config.Config) { sentinelUpstream(c, s) })
 	c := dialRaw(t, proxy)
 	if got := c.do("EVAL", poisonNeg, "0"); !strings.HasPrefix(got, scriptDenied) {
 		t.Errorf("EVAL before the failover: %q", got)
@@ -406,16 +391,8 @@ func TestClientUserFollowsFailover(t *testing.T) {
 	if err := s.Failover(ctx); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		got := c.do("SET", "plain:fo", "1")
-		if got == "+OK\r\n" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("SET after the failover: %q", got)
-		}
-		time.Sleep(100 * time.Millisecond)
+	if got := doUntil(c, "+OK\r\n", 10*time.Second, "SET", "plain:fo", "1"); got != "+OK\r\n" {
+		t.Fatalf("SET after the failover: %q", got)
 	}
 	if got := c.do("EVAL", poisonNeg, "0"); !strings.HasPrefix(got, scriptDenied) {
 		t.Errorf("EVAL after the failover: %q", got)
@@ -430,5 +407,19 @@ func TestClientUserFollowsFailover(t *testing.T) {
 	}
 	if got := d.do("ACL", "DRYRUN", "respite-client", "SET", "user:1", "1"); got != "+OK\r\n" {
 		t.Errorf("respite-client on the new primary: %q", got)
+	}
+}
+
+// doUntil sends args until the reply is want, for at most d, and returns
+// the last reply.
+func doUntil(c *rawConn, want string, d time.Duration, args ...string) string {
+	c.t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		got := c.do(args...)
+		if got == want || time.Now().After(deadline) {
+			return got
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
