@@ -25,6 +25,12 @@ import (
 type Queued struct {
 	// Cmd is what the session queues on its pinned connection.
 	Cmd [][]byte
+	// Own, when set, is Cmd spelled for a connection logged in as the
+	// restricted user of clients (upstream/clientuser.go): it declares
+	// only the client's key, so Redis queues it, and it writes the
+	// proxy's keys, so the session queues it between an AUTH as the
+	// operator's user and one back (server/tx.go).
+	Own [][]byte
 	// Pos is the command's place in EXEC's reply, set by the session.
 	Pos int
 

@@ -117,6 +117,11 @@ redis.call('XADD', KEYS[3], '*', 'k', KEYS[1], 'v', cjson.encode(obj))
 return res`
 )
 
+// wbOwnPrelude makes a script taking KEYS = {key, marker, stream} take
+// KEYS = {key} and ARGV = {marker, stream, args...} instead (Queued.Own):
+// Redis checks only the declared key when the restricted user queues it.
+const wbOwnPrelude = "local KEYS = {KEYS[1], ARGV[1], ARGV[2]} local ARGV = {unpack(ARGV, 3)}"
+
 var (
 	wbSet    = redis.NewScript(wbSetSrc)
 	wbGetSet = redis.NewScript(wbGetSetSrc)
@@ -293,8 +298,13 @@ func (w *writeBack) Queue(ctx context.Context, o Op) (*Queued, error) {
 	for _, k := range keys {
 		q.Cmd = append(q.Cmd, []byte(k))
 	}
+	q.Own = [][]byte{[]byte("EVAL"), []byte(wbOwnPrelude + src), []byte("1")}
+	for _, k := range keys {
+		q.Own = append(q.Own, []byte(k))
+	}
 	for _, a := range sargs {
 		q.Cmd = append(q.Cmd, []byte(a))
+		q.Own = append(q.Own, []byte(a))
 	}
 	r.invalidated(key)
 	return q, nil

@@ -46,6 +46,14 @@ type State struct {
 	// MYID/KEYSLOT, ASKING, READONLY and READWRITE itself, as a one-node
 	// cluster (config cluster_answers).
 	ClusterAnswers bool
+	// Restricted: the session's upstream connections are logged in as the
+	// restricted user the proxy gives clients while routes are configured
+	// (every key but its own, so that Lua scripts cannot reach them). ACL
+	// WHOAMI is then answered by the proxy (Redis would name the operator's
+	// user), and a SORT with BY or GET patterns, which Redis allows only a
+	// user with every key, runs on the proxy's own connections if no
+	// pattern can name a key of the proxy's (PathOwn; refused otherwise).
+	Restricted bool
 	// Watching (WATCH armed) and ReplyOff (CLIENT REPLY OFF or SKIP) are
 	// part of a session's state but choose no path: a WATCHing session is
 	// pinned, and replies that are not sent are still produced where they
@@ -89,9 +97,13 @@ const (
 	PathExec
 	// PathRefused: answered with Decision.Err.
 	PathRefused
+	// PathOwn: a stateless command Redis allows only a user with every
+	// key, checked by the proxy: on the route layer's connections, logged
+	// in as the operator's user (State.Restricted).
+	PathOwn
 )
 
-var pathNames = [...]string{"shared", "pinned", "blocking", "watch", "detach", "local", "routed", "queue", "queue-local", "exec", "refused"}
+var pathNames = [...]string{"shared", "pinned", "blocking", "watch", "detach", "local", "routed", "queue", "queue-local", "exec", "refused", "own"}
 
 func (p Path) String() string { return pathNames[p] }
 
@@ -174,6 +186,18 @@ func Dispatch(st State, cmd *Command) Decision {
 	if guarded {
 		return Decision{Path: PathRouted} // the route layer checks the write-back queues first
 	}
+	if st.Restricted {
+		switch cmd.ID {
+		case CmdAclWhoami:
+			return Decision{Path: PathLocal}
+		case CmdSort, CmdSortRo:
+			if fullKeys, reserved := sortPatterns(cmd); reserved {
+				return Decision{Path: PathRefused, Err: ErrNoPermKey}
+			} else if fullKeys && !st.Pinned && !routed {
+				return Decision{Path: PathOwn}
+			}
+		}
+	}
 	switch cmd.Kind {
 	case KindLocal:
 		if cmd.ID == CmdAuth && !st.ProxyAuth {
@@ -244,6 +268,10 @@ func inMulti(st State, cmd *Command, routed bool) Decision {
 		if st.ProxyAuth {
 			return Decision{Path: PathQueueLocal}
 		}
+	case CmdAclWhoami:
+		if st.Restricted {
+			return Decision{Path: PathQueueLocal}
+		}
 	}
 	if IsRespite(cmd.ID) {
 		return Decision{Path: PathQueueLocal}
@@ -303,4 +331,33 @@ func intoDefaultDB(st State, cmd *Command) bool {
 		}
 	}
 	return false
+}
+
+// sortPatterns looks at SORT's BY and GET options: fullKeys when one has
+// a pattern (BY with a '*', any GET but "#"), which Redis runs only for a
+// user with every key; reserved when a pattern may name a key of the
+// proxy's: the key part before the '*' is a prefix of ReservedPrefix (so
+// an element may complete it; "*" alone too) or starts with it.
+func sortPatterns(cmd *Command) (fullKeys, reserved bool) {
+	for i := 2; i+1 < len(cmd.Args); i++ {
+		by, get := cmd.Arg(i, "by"), cmd.Arg(i, "get")
+		if !by && !get {
+			continue
+		}
+		i++
+		pat := string(cmd.Args[i])
+		star := strings.IndexByte(pat, '*')
+		if get && pat == "#" || star < 0 && by {
+			continue // the element itself; BY without '*' does not sort
+		}
+		fullKeys = true
+		if star < 0 {
+			continue // GET of a pattern without '*' reads no key
+		}
+		prefix := pat[:star]
+		if strings.HasPrefix(prefix, ReservedPrefix) || strings.HasPrefix(ReservedPrefix, prefix) {
+			reserved = true
+		}
+	}
+	return fullKeys, reserved
 }

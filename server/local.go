@@ -77,6 +77,14 @@ func (c *session) local(set *policy.Set, cmd *router.Command) {
 		c.clientKill(cmd)
 	case router.CmdClientUnblock:
 		c.clientUnblock(cmd)
+	case router.CmdAclWhoami:
+		// The session's connection is logged in as the restricted user
+		// (clientuser.go); Redis would name the operator's.
+		user := c.s.cfg.Upstream.Username
+		if user == "" {
+			user = "default"
+		}
+		c.send(resp.AppendBulk(c.out[:0], user))
 	}
 }
 

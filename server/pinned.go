@@ -35,6 +35,7 @@ type pinned struct {
 	queued          int              // commands queued since MULTI: the next one's place in EXEC's array
 	ops             []*policy.Queued // routed writes queued in this MULTI
 	locals          []queuedLocal    // commands the proxy answers itself, queued in this MULTI
+	hidden          []int            // places in EXEC's array of the AUTHs queueOwn (tx.go) queued in this MULTI, ascending
 	detachAfterExec bool             // the MULTI queued SUBSCRIBE, MONITOR or CLIENT TRACKING ON
 	watched         []string         // keys WATCHed (retry metadata)
 	watchedAt       time.Time        // when the first WATCH was armed
@@ -236,7 +237,7 @@ func (c *session) follow(cmd *router.Command, reply []byte) {
 				return // refused, and the transaction flagged
 			}
 			p.multi, p.watch = false, false
-			p.ops, p.locals, p.detachAfterExec = nil, nil, false
+			p.ops, p.locals, p.hidden, p.detachAfterExec = nil, nil, nil, false
 			c.endWatch()
 			return
 		case router.CmdMulti, router.CmdWatch:
@@ -265,7 +266,7 @@ func (c *session) follow(cmd *router.Command, reply []byte) {
 	switch cmd.ID {
 	case router.CmdMulti:
 		if ok {
-			p.multi, p.queued, p.ops, p.locals = true, 0, nil, nil
+			p.multi, p.queued, p.ops, p.locals, p.hidden = true, 0, nil, nil, nil
 		}
 	case router.CmdWatch:
 		if ok {
@@ -314,6 +315,9 @@ func (c *session) follow(cmd *router.Command, reply []byte) {
 // sameUser reports whether a successful AUTH logged in as the user the
 // proxy's own connections use, so the shared path has the same rights.
 func (c *session) sameUser(cmd *router.Command) bool {
+	if c.s.up.Restricted() {
+		return false // the shared path logs in as the restricted user
+	}
 	user := "default"
 	if len(cmd.Args) == 3 {
 		user = string(cmd.Args[1])

@@ -100,7 +100,7 @@ func (c *session) pinsFor(cmds []router.Command) bool {
 		return false
 	}
 	switch router.Dispatch(c.state(), &cmds[0]).Path {
-	case router.PathShared, router.PathLocal, router.PathRouted:
+	case router.PathShared, router.PathLocal, router.PathRouted, router.PathOwn:
 		return false
 	}
 	return true
@@ -175,6 +175,9 @@ func (c *session) run(set *policy.Set, cmds []router.Command) {
 		case router.PathRouted:
 			c.sent()
 			c.routed(set, &cmds[i])
+			i++
+		case router.PathOwn:
+			c.forwardFullKeys(&cmds[i])
 			i++
 		case router.PathQueue:
 			c.queueRouted(set, &cmds[i])

@@ -98,9 +98,10 @@ type counts struct {
 	panics atomic.Int64
 }
 
-// New builds a server for cfg. It does not contact the upstream Redis yet:
-// a Redis that is down at start-up is reported per command, like one that
-// goes down later. With routes, it connects to PostgreSQL and checks every
+// New builds a server for cfg. Without routes it does not contact the
+// upstream Redis yet: a Redis that is down at start-up is reported per
+// command, like one that goes down later (with routes it sets up the
+// clients' restricted user, clientuser.go, within upstream.timeout). With routes, it connects to PostgreSQL and checks every
 // route's table and columns; the error names the route, table and column.
 func New(cfg config.Config, log *slog.Logger) (_ *Server, err error) {
 	// The admin listener first, as main opens listen first: a busy port is
@@ -143,6 +144,7 @@ func New(cfg config.Config, log *slog.Logger) (_ *Server, err error) {
 	}
 	s.conflicts = newConflicts(cfg.Transactions.TrackedKeys)
 	s.gate = &gate{s: s, t: s.conflicts}
+	s.restrictClients(cfg)
 	set, err := policy.Open(cfg, up.Cache(), up.Redis(), log)
 	if err != nil {
 		up.Close()

@@ -215,6 +215,7 @@ func (c *session) state() router.State {
 		AdminDenied:    c.s.up.HasCredentials() && !c.admin.ok && !c.client.upstreamAuthed,
 		AdminAllowed:   c.s.adminAllowed,
 		ClusterAnswers: c.s.cfg.ClusterAnswers.Enabled,
+		Restricted:     c.client.user == "" && c.s.up.Restricted(),
 	}
 	if p := c.pin; p != nil {
 		st.Pinned, st.Multi, st.Watching = true, p.multi, p.watch

@@ -76,7 +76,12 @@ func (c *session) queueRouted(set *policy.Set, cmd *router.Command) {
 		c.abortQueue(policy.ErrorText(err))
 		return
 	}
-	reply, err := c.roundTrip(q.Cmd)
+	var reply []byte
+	if q.Own != nil && c.ownStepNeeded() {
+		reply, err = c.queueOwn(q.Own)
+	} else {
+		reply, err = c.roundTrip(q.Cmd)
+	}
 	if err != nil {
 		c.pinLost(err)
 		return
@@ -91,6 +96,73 @@ func (c *session) queueRouted(set *policy.Set, cmd *router.Command) {
 	}
 	c.pin.queued++
 	c.sendStatus("QUEUED")
+}
+
+// ownStepNeeded reports whether the session's connection is logged in as
+// the restricted user of clients, so that a routed write queued in its
+// MULTI must run as the operator's user.
+func (c *session) ownStepNeeded() bool {
+	if c.client.user != "" {
+		return false // logged in as the client's own user: its rights apply
+	}
+	user, _ := c.s.up.ClientUser()
+	return user != ""
+}
+
+// queueOwn queues cmd, a step of the proxy's that writes its own keys,
+// inside the client's MULTI on a connection logged in as the restricted
+// user: AUTH as the operator's user before it, AUTH as the restricted user
+// after it, both run at EXEC, and their replies are taken out of EXEC's
+// before the client sees it (pinned.hidden). The reply is cmd's.
+func (c *session) queueOwn(cmd [][]byte) ([]byte, error) {
+	p := c.pin
+	user, pass := c.s.up.ClientUser()
+	steps := [][][]byte{c.s.up.OwnLogin(), cmd, {[]byte("AUTH"), []byte(user), []byte(pass)}}
+	base := p.queued + len(p.hidden) // the first AUTH's place in EXEC's array
+	var reply []byte
+	for i, step := range steps {
+		got, err := c.roundTrip(step)
+		if err != nil {
+			return nil, err
+		}
+		if i == 1 {
+			reply = got
+			continue
+		}
+		if string(got) != "+QUEUED\r\n" {
+			// Refused while queueing: Redis flags the transaction, and
+			// EXEC runs none of it.
+			if reply == nil {
+				reply = got
+			}
+			continue
+		}
+		p.hidden = append(p.hidden, base+i)
+	}
+	return reply, nil
+}
+
+// dropHidden takes the elements at the positions hidden (the replies of
+// the AUTHs queueOwn added, ascending) out of EXEC's reply; ok is false
+// when one of them is not +OK.
+func dropHidden(reply []byte, hidden []int) ([]byte, bool) {
+	elems, ok := resp.Elements(reply)
+	if !ok {
+		return reply, true
+	}
+	out := resp.AppendArray(nil, len(elems)-len(hidden))
+	h := 0
+	for i, e := range elems {
+		if h < len(hidden) && hidden[h] == i {
+			h++
+			if string(e) != "+OK\r\n" {
+				ok = false
+			}
+			continue
+		}
+		out = append(out, e...)
+	}
+	return out, ok
 }
 
 // queueLocal queues a command the proxy answers itself (CLIENT ID, CLIENT
@@ -140,11 +212,22 @@ func (c *session) exec(set *policy.Set, cmd *router.Command) {
 		txn = t
 		defer txn.Rollback()
 	}
-	locals := p.locals
+	locals, hidden := p.locals, p.hidden
 	reply, err := c.roundTrip(cmd.Args)
 	if err != nil {
 		c.pinLost(err)
 		return
+	}
+	if len(hidden) > 0 && reply[0] == '*' {
+		var ok bool
+		if reply, ok = dropHidden(reply, hidden); !ok {
+			// An AUTH of the proxy's own steps failed: the connection may
+			// be left logged in as the operator's user. It is not kept.
+			c.s.log.Warn("a client's transaction queued write-back writes, and an AUTH the proxy queued around them failed; closing the client", "client", c.id)
+			c.send(reply)
+			c.pinLost(errors.New("AUTH around the proxy's own steps failed"))
+			return
+		}
 	}
 	aborted := resp.IsNull(reply)
 	if txn != nil && !aborted && reply[0] != '-' {

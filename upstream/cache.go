@@ -8,6 +8,9 @@ import (
 
 // Cache runs the route layer's commands on the shared multiplexed
 // connections: a cache hit costs what a plain GET through the proxy costs.
+// While clients' connections log in as the restricted user
+// (clientuser.go), they run on multiplexed connections of their own,
+// logged in as the operator's user, as they write the proxy's keys.
 // It satisfies policy.Cache.
 type Cache struct {
 	u     *Upstream
@@ -31,7 +34,7 @@ func (c *Cache) Do(_ context.Context, proto int, cmds ...[][]byte) ([][]byte, er
 	for _, cmd := range cmds {
 		cl.Add(cmd)
 	}
-	c.u.Shared(proto).Do(cl, c.pick.Add(1))
+	c.u.ownShared(proto).Do(cl, c.pick.Add(1))
 	if cl.Err != nil {
 		return nil, cl.Err
 	}

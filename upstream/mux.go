@@ -158,6 +158,11 @@ type muxConn struct {
 	// lost, when set (upstream.mode sentinel), is told of every failed
 	// connection: the primary may have changed.
 	lost func()
+	// login, when set, says whom to log in as (the clients' user,
+	// clientuser.go); heal is told of a failed dial and reports whether
+	// to dial again once.
+	login func() (user, password string)
+	heal  func(error) bool
 
 	mu      sync.Mutex
 	nc      net.Conn
@@ -206,7 +211,15 @@ func (c *muxConn) beginLocked(cl *Call) bool {
 			c.lostConn()
 			return false
 		}
-		nc, br, _, err := dial(c.cfg, c.tls, c.proto, c.cfg.Username, c.cfg.Password)
+		user, pass := c.cfg.Username, c.cfg.Password
+		if c.login != nil {
+			user, pass = c.login()
+		}
+		nc, br, _, err := dial(c.cfg, c.tls, c.proto, user, pass)
+		if err != nil && c.heal != nil && c.heal(err) {
+			user, pass = c.login()
+			nc, br, _, err = dial(c.cfg, c.tls, c.proto, user, pass)
+		}
 		if err != nil {
 			c.mu.Unlock()
 			cl.Err = err

@@ -256,6 +256,7 @@ func (s *sentinel) switchTo(addr string) {
 	}
 	for i := range s.u.mux {
 		s.u.mux[i].retarget(addr)
+		s.u.own[i].retarget(addr)
 	}
 	for c := range pins {
 		c.Close()

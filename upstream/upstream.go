@@ -39,6 +39,22 @@ type Upstream struct {
 	timeout time.Duration
 
 	mux [2]*Mux // shared multiplexed connections, RESP2 and RESP3
+	// own are the route layer's multiplexed connections (Cache), logged in
+	// with the operator's credentials; they are used instead of mux only
+	// while clients' connections log in as a restricted user
+	// (clientuser.go), and are not dialled otherwise.
+	own [2]*Mux
+	// client is the user the connections carrying clients' commands (mux,
+	// pinned) log in as; nil: the operator's (upstream.username).
+	client atomic.Pointer[login]
+	// restricted: RestrictClients ran; the route layer's commands use own
+	// from then on (also after a fall back to the operator's user, as
+	// connections of mux may still be logged in as the restricted one).
+	restricted atomic.Bool
+	healMu     sync.Mutex
+	healAt     time.Time // the last attempt to create the restricted user again
+	healOK     bool      // and whether it succeeded
+	onFallback func(error)
 	// free holds reset pinned connections for reuse, per RESP version.
 	free [2]chan *Conn
 	open atomic.Int64 // pinned connections open
@@ -100,10 +116,16 @@ func New(cfg config.Upstream) (*Upstream, error) {
 	}
 	for i, proto := range []int{2, 3} {
 		u.mux[i] = newMux(cfg, proto, muxConns, tc)
+		u.own[i] = newMux(cfg, proto, muxConns, tc)
+		for _, c := range u.mux[i].conns {
+			c.login, c.heal = u.clientLogin, u.heal
+		}
 		u.free[i] = make(chan *Conn, cfg.PoolSize)
 		if u.sentinel != nil {
-			for _, c := range u.mux[i].conns {
-				c.lost = u.sentinel.lost
+			for _, m := range []*Mux{u.mux[i], u.own[i]} {
+				for _, c := range m.conns {
+					c.lost = u.sentinel.lost
+				}
 			}
 		}
 	}
@@ -202,7 +224,12 @@ func (u *Upstream) Take(proto int) (*Conn, error) {
 			u.sentinel.lost()
 			return nil, errNoPrimary
 		}
-		nc, br, id, err := dial(cfg, u.tls, proto, u.cfg.Username, u.cfg.Password)
+		user, pass := u.clientLogin()
+		nc, br, id, err := dial(cfg, u.tls, proto, user, pass)
+		if err != nil && u.heal(err) {
+			user, pass = u.clientLogin()
+			nc, br, id, err = dial(cfg, u.tls, proto, user, pass)
+		}
 		if err != nil {
 			if u.sentinel != nil {
 				u.sentinel.lost()
@@ -264,7 +291,8 @@ func (u *Upstream) TakeAt(proto int, addr string) (*Conn, error) {
 	}
 	cfg := u.cfg
 	cfg.Addr = addr
-	nc, br, id, err := dial(cfg, u.tls, proto, u.cfg.Username, u.cfg.Password)
+	user, pass := u.clientLogin()
+	nc, br, id, err := dial(cfg, u.tls, proto, user, pass)
 	if err != nil {
 		return nil, err
 	}
@@ -291,7 +319,8 @@ func (u *Upstream) Put(c *Conn) {
 			return
 		}
 		proto := c.proto
-		id, err := handshake(c.nc, c.br, u.cfg, proto, u.cfg.Username, u.cfg.Password, true)
+		user, pass := u.clientLogin()
+		id, err := handshake(c.nc, c.br, u.cfg, proto, user, pass, true)
 		if err != nil {
 			c.Close()
 			return
@@ -448,6 +477,7 @@ func (u *Upstream) Close() {
 	for i := range u.free {
 		drain(u.free[i])
 		u.mux[i].close()
+		u.own[i].close()
 	}
 	u.mu.Lock()
 	for _, l := range u.nodeLists {

@@ -362,6 +362,12 @@ type Upstream struct {
 	Addr     string `yaml:"addr"`
 	Username string `yaml:"username"`
 	Password string `yaml:"password"`
+	// ClientUser and ClientPassword name an ACL user the operator made for
+	// the connections that carry clients' commands while routes are
+	// configured: every key but respite:*. Empty: the proxy creates its
+	// own (respite-client) with ACL SETUSER as Username.
+	ClientUser     string `yaml:"client_user"`
+	ClientPassword string `yaml:"client_password"`
 	// DB is the database index clients start in (default 0).
 	DB int `yaml:"db"`
 	// PoolSize bounds the shared upstream connections per RESP protocol
@@ -661,6 +667,9 @@ const (
 // validateMode checks upstream.mode and the fields that go with it.
 func (c *Config) validateMode() *fieldError {
 	u := &c.Upstream
+	if u.ClientPassword != "" && u.ClientUser == "" {
+		return bad("upstream.client_password", "set without upstream.client_user (the ACL user it is the password of)")
+	}
 	switch u.Mode {
 	case ModeStandalone:
 		if u.Addr == "" {

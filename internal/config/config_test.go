@@ -35,7 +35,7 @@ routes:
 func TestErrorsNameFileLineAndField(t *testing.T) {
 	for _, tc := range []struct{ yaml, want string }{
 		// unknown fields
-		{"listen: 127.0.0.1:1\nupstream:\n  adr: x\n", "bad.yaml:3: upstream.adr: unknown field; did you mean addr? (accepted: mode, addrs, master_name, addr, username, password, db, pool_size, multiplexer, mux_conns, tls, dial_timeout, timeout)"},
+		{"listen: 127.0.0.1:1\nupstream:\n  adr: x\n", "bad.yaml:3: upstream.adr: unknown field; did you mean addr? (accepted: mode, addrs, master_name, addr, username, password, client_user, client_password, db, pool_size, multiplexer, mux_conns, tls, dial_timeout, timeout)"},
 		{"log_levle: info\n", "bad.yaml:1: log_levle: unknown field; did you mean log_level? (accepted: listen, requirepass, log_level, log_format, admin, admin_password, admin_commands, tls, upstream, limits, postgres, transactions, write_back, shutdown_timeout, gomaxprocs, cluster_answers, routes)"},
 		{route + "    local_cache: {sise: 5}\n", "bad.yaml:10: routes[0].local_cache.sise: unknown field; did you mean size? (accepted: size, ttl)"},
 		{"transactions:\n  gate: {on: true}\n", "bad.yaml:2: transactions.gate.on: unknown field (accepted: enabled, threshold, min_attempts, max_wait)"},
@@ -72,8 +72,9 @@ func TestErrorsNameFileLineAndField(t *testing.T) {
 		// strings
 		{"listen: [a, b]\n", "bad.yaml:1: listen: a list is not a string (one value; quote it if it starts with [ or {)"},
 		{"upstream:\n  password: {a: b}\n", "bad.yaml:2: upstream.password: a section (key: value) is not a string (one value; quote it if it starts with [ or {)"},
+		{"upstream:\n  client_password: x\n", "bad.yaml:2: upstream.client_password: set without upstream.client_user (the ACL user it is the password of)"},
 		// sections and lists
-		{"upstream: 5\n", "bad.yaml:1: upstream: 5 is not a section (its fields: mode, addrs, master_name, addr, username, password, db, pool_size, multiplexer, mux_conns, tls, dial_timeout, timeout)"},
+		{"upstream: 5\n", "bad.yaml:1: upstream: 5 is not a section (its fields: mode, addrs, master_name, addr, username, password, client_user, client_password, db, pool_size, multiplexer, mux_conns, tls, dial_timeout, timeout)"},
 		{route + "    local_cache: 5\n", "bad.yaml:10: routes[0].local_cache: 5 is not a section (its fields: size, ttl)"},
 		{"routes: users\n", `bad.yaml:1: routes: users is not a list (one entry per line, each starting with "- ")`},
 		{route + "  - users\n", "bad.yaml:10: routes[1]: users is not a section (its fields: name, prefix, policy, table, key_column, key_columns, key_separator, format, value_column, cache_version, audit, ttl, ttl_jitter, negative_ttl, sliding, early_refresh, early_refresh_beta, distributed_lock, lock_ttl, contention_gate, local_cache, batch_size, flush_interval, max_retries, priority, track_changes)"},
@@ -215,7 +216,7 @@ func TestOverrides(t *testing.T) {
 	}
 	for _, tc := range []struct{ set, want string }{
 		{"upstream.pool_size=abc", "-set upstream.pool_size=abc: upstream.pool_size: abc is not an integer (a whole number such as 10)"},
-		{"upstream.adr=x", "-set upstream.adr=x: upstream.adr: unknown field; did you mean addr? (accepted: mode, addrs, master_name, addr, username, password, db, pool_size, multiplexer, mux_conns, tls, dial_timeout, timeout)"},
+		{"upstream.adr=x", "-set upstream.adr=x: upstream.adr: unknown field; did you mean addr? (accepted: mode, addrs, master_name, addr, username, password, client_user, client_password, db, pool_size, multiplexer, mux_conns, tls, dial_timeout, timeout)"},
 		{"upstream", "-set upstream: not field=value (a field of the file by its path, e.g. upstream.addr=127.0.0.1:6390)"},
 		{"routes[0].ttl=1s", "-set routes[0].ttl=1s: not field=value (a field of the file by its path, e.g. upstream.addr=127.0.0.1:6390)"},
 		{"upstream.addr=''", "-set upstream.addr='': upstream.addr: empty (host:port of the Redis, e.g. 127.0.0.1:6379)"},
