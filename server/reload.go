@@ -19,6 +19,11 @@ import (
 func (s *Server) Reload(cfg config.Config) (needRestart []string, err error) {
 	needRestart = config.RestartChanges(s.cfg, cfg)
 	next := cfg.Reloadable()
+	if len(next.Routes) > 0 && len(s.cfg.Routes) == 0 && s.cfg.Upstream.Mode != config.ModeCluster {
+		// The routes apply; the clients' restricted user (clientuser.go),
+		// which keeps Lua scripts off respite:* keys, is set up at start.
+		needRestart = append(needRestart, "routes (clients' restricted Redis user)")
+	}
 	if !reflect.DeepEqual(next.Routes, s.live.Load().Routes) {
 		set, err := policy.Open(s.cfg.With(next), s.up.Cache(), s.up.Redis(), s.log)
 		if err != nil {
