@@ -88,7 +88,8 @@ type Route struct {
 // routeHooks let tests stop a route at chosen points; nil fields do
 // nothing.
 type routeHooks struct {
-	afterLoad func(key string) // a fill's SELECT returned, before it stores
+	afterLoad   func(key string) // a fill's SELECT returned, before it stores
+	beforeStore func(key string) // a fill passed its generation check, before it stores
 }
 
 // Stats counts what a route did; read with the atomic Load methods.

@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/respite/respite/internal/config"
 	"github.com/respite/respite/router"
 )
@@ -204,5 +206,51 @@ func TestWriteThroughIntents(t *testing.T) {
 	waitFor(t, 15*time.Second, "the sweep", func() bool { return rc.Exists(ctx, other).Val() == 0 })
 	if got := setDo(ctx, s, "GET", other); got != "$1\r\n4\r\n" {
 		t.Fatalf("after the sweep: %q", got)
+	}
+}
+
+// A cache-aside fill that passed its generation check before a write, and
+// stores only while the write deletes the cached copy, cannot leave the
+// old row cached: the write waits for the fill's store, then deletes
+// (loader.quiesce). Before, the write's delete ran first and the old row
+// stayed cached for its TTL.
+func TestWriteWaitsForAFillAlreadyStoring(t *testing.T) {
+	ctx := testCtx(t)
+	table := uniqueName("fb")
+	pgExec(t, nil, "CREATE TABLE "+table+" (k text PRIMARY KEY, v int)")
+	pgExec(t, nil, "INSERT INTO "+table+" VALUES ('a', 1)")
+	cfg := setConfig(t, nil, routeItem(table, table+":", "cache-aside", table, "k", "value", "v", "ttl: 1h"))
+	s, err := openSet(t, cfg, testRedis.Addr, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := s.List()[0]
+	rc := newRedisClient(t, testRedis.Addr, 2)
+	key := table + ":a"
+	storing, release := make(chan struct{}), make(chan struct{})
+	r.hooks.beforeStore = func(string) { close(storing); <-release }
+	read := make(chan string, 1)
+	go func() { read <- setDo(ctx, s, "GET", key) }()
+	<-storing // the fill loaded 1 and passed its generation check
+	r.hooks.beforeStore = nil
+	wrote := make(chan string, 1)
+	go func() { wrote <- setDo(ctx, s, "SET", key, "2") }()
+	select {
+	case got := <-wrote:
+		t.Fatalf("the write answered %q while a fill of its key was storing", got)
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(release)
+	if got := <-read; got != "$1\r\n1\r\n" {
+		t.Fatalf("GET: %q", got)
+	}
+	if got := <-wrote; got != "+OK\r\n" {
+		t.Fatalf("SET: %q", got)
+	}
+	if v, err := rc.Get(ctx, key).Result(); err != redis.Nil {
+		t.Fatalf("after the write the cache holds %q (%v), want nothing", v, err)
+	}
+	if got := setDo(ctx, s, "GET", key); got != "$1\r\n2\r\n" {
+		t.Fatalf("GET after the write: %q", got)
 	}
 }

@@ -30,11 +30,20 @@ const loadTimeout = 10 * time.Second
 // is unchanged. It also counts fills per key, so a read that missed
 // before another load filled the key reads the cache again instead of
 // loading a second time.
+//
+// The generation check and the fill's write to Redis are two steps: a
+// write that bumps the generation between them would delete the cached
+// copy before the stale fill lands. So a fill counts itself in storing
+// before it checks (storeBegin), and invalidated waits for the fills
+// counted in the key's stripe before the write goes on to delete: a fill
+// either saw the new generation and stores nothing, or finished storing
+// before the delete.
 type loader struct {
-	group singleflight.Group
-	seed  maphash.Seed
-	gens  [4096]atomic.Uint64 // striped by key hash; a collision only skips a fill
-	fills [4096]atomic.Uint64 // fills done, striped the same way
+	group   singleflight.Group
+	seed    maphash.Seed
+	gens    [4096]atomic.Uint64 // striped by key hash; a collision only skips a fill
+	fills   [4096]atomic.Uint64 // fills done, striped the same way
+	storing [4096]atomic.Int32  // fills past their generation check, not yet stored
 }
 
 func (l *loader) init() { l.seed = maphash.MakeSeed() }
@@ -46,11 +55,45 @@ func (l *loader) slot(key string) *atomic.Uint64 { return &l.gens[l.index(key)] 
 // filled returns key's fill count, to pass to fetch.
 func (l *loader) filled(key string) uint64 { return l.fills[l.index(key)].Load() }
 
+// storeBegin reports whether a fill of key loaded at generation gen may
+// store; if so the caller stores, then calls storeEnd.
+func (l *loader) storeBegin(key string, gen uint64) bool {
+	i := l.index(key)
+	l.storing[i].Add(1)
+	if l.gens[i].Load() != gen {
+		l.storing[i].Add(-1)
+		return false
+	}
+	return true
+}
+
+func (l *loader) storeEnd(key string) { l.storing[l.index(key)].Add(-1) }
+
+// storeWait is how long invalidated waits for fills that passed their
+// generation check: a fill's write to Redis, which a Redis that is slow
+// to answer may hold longer (that fill's copy may then outlive the write
+// that invalidated it, until its TTL).
+const storeWait = time.Second
+
+// quiesce waits until no fill of key's stripe that passed its generation
+// check is still storing, at most storeWait.
+func (l *loader) quiesce(key string) {
+	i := l.index(key)
+	if l.storing[i].Load() == 0 {
+		return
+	}
+	deadline := time.Now().Add(storeWait)
+	for l.storing[i].Load() > 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Microsecond)
+	}
+}
+
 // invalidated bumps key's generation and forgets an in-flight load, so
 // the next read loads again.
 func (r *Route) invalidated(key string) {
 	r.loads.slot(key).Add(1)
 	r.loads.group.Forget(key)
+	r.loads.quiesce(key)
 	r.announce(key)
 }
 
@@ -151,8 +194,12 @@ func (r *Route) loadAndFill(ctx context.Context, key string) (row, error) {
 	if h := r.hooks.afterLoad; h != nil {
 		h(key)
 	}
-	if fillable && r.loads.slot(key).Load() == gen {
+	if fillable && r.loads.storeBegin(key, gen) {
+		if h := r.hooks.beforeStore; h != nil {
+			h(key)
+		}
 		stored, err := r.fillAfterLoad(ctx, key, rw, false, guard, ls)
+		r.loads.storeEnd(key)
 		if err != nil {
 			r.log.Warn("cache fill failed", "err", err)
 		} else if stored {
@@ -362,9 +409,10 @@ func (r *Route) refresh(key string) {
 		ls, ok := r.takeLease(ctx, key)
 		rw, err := r.loadRow(ctx, r.db.Pool(), key)
 		r.Stats.Loads.Add(1)
-		if err == nil && fillable && ok && rw.found && r.loads.slot(key).Load() == gen {
+		if err == nil && fillable && ok && rw.found && r.loads.storeBegin(key, gen) {
 			r.Stats.EarlyRefreshes.Add(1)
 			r.fillAfterLoad(ctx, key, rw, true, guard, ls)
+			r.loads.storeEnd(key)
 		}
 		return nil, err
 	})
