@@ -85,7 +85,10 @@ func Classify(cmd *Command, args [][]byte, rs *Routes) {
 	case CmdPublish, CmdSpublish:
 		cmd.Reserved = len(args) > 1 && reserved(args[1])
 	case CmdFlushall, CmdFlushdb:
-		cmd.Guarded = rs != nil && rs.writeBack
+		// With routes the route layer carries flushes: the write-back
+		// queues are checked first, and clients' own connections may not
+		// flush (upstream/clientuser.go).
+		cmd.Guarded = rs.Len() > 0
 	case CmdSwapdb:
 		cmd.Guarded = rs.Len() > 0
 	}

@@ -161,6 +161,12 @@ func Dispatch(st State, cmd *Command) Decision {
 			if len(cmd.Args) == 3 && (string(cmd.Args[1]) == st.DefaultDB || string(cmd.Args[2]) == st.DefaultDB) {
 				return Decision{Path: PathRefused, Err: ErrSwapDefaultDB}
 			}
+			if st.Restricted && !st.Multi {
+				// Clients' own connections may not swap (a script could
+				// move the proxy's keys away); it names its databases, so
+				// the proxy's connections carry it.
+				return Decision{Path: PathOwn}
+			}
 		case CmdFlushall:
 			guarded = true // it empties the proxy's database from any database
 		default:
@@ -179,7 +185,7 @@ func Dispatch(st State, cmd *Command) Decision {
 	}
 	if st.Multi {
 		if guarded {
-			return Decision{Path: PathRefused, Err: "ERR " + strings.ToUpper(cmd.Name()) + " inside MULTI is not supported while write-back routes queue writes in Redis: run it outside the transaction"}
+			return Decision{Path: PathRefused, Err: "ERR " + strings.ToUpper(cmd.Name()) + " inside MULTI is not supported while routes are configured (the proxy checks its write-back queues first): run it outside the transaction"}
 		}
 		return inMulti(st, cmd, routed)
 	}

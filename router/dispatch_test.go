@@ -294,7 +294,12 @@ func TestDispatchPermissions(t *testing.T) {
 		{"FLUSHDB", wb, State{Proto: 2, Pinned: true}, "routed"},
 		{"FLUSHALL", wb, State{Proto: 2, Pinned: true, Multi: true}, "refused:ERR FLUSHALL inside MULTI"},
 		{"FLUSHDB", wb, State{Proto: 2, Pinned: true, OtherDB: true}, "pinned"},
-		{"FLUSHALL", plain, State{Proto: 2}, "shared"},
+		// With any route the route layer carries flushes (clients' own
+		// connections may not flush: upstream/clientuser.go); without, Redis.
+		{"FLUSHALL", plain, State{Proto: 2}, "routed"},
+		{"FLUSHDB ASYNC", plain, State{Proto: 2, Restricted: true}, "routed"},
+		{"FLUSHALL", nil, State{Proto: 2}, "shared"},
+		{"FLUSHDB", nil, State{Proto: 2}, "shared"},
 		// From another database: FLUSHALL empties the proxy's too, MOVE
 		// and COPY ... DB write into it; SWAPDB would move its keys away.
 		{"FLUSHALL", wb, State{Proto: 2, Pinned: true, OtherDB: true, DefaultDB: "0"}, "routed"},
@@ -306,6 +311,9 @@ func TestDispatchPermissions(t *testing.T) {
 		{"SWAPDB 0 3", plain, State{Proto: 2, DefaultDB: "0"}, "refused:" + ErrSwapDefaultDB},
 		{"SWAPDB 3 0", plain, State{Proto: 2, Pinned: true, OtherDB: true, DefaultDB: "0"}, "refused:" + ErrSwapDefaultDB},
 		{"SWAPDB 3 4", plain, State{Proto: 2, DefaultDB: "0"}, "shared"},
+		{"SWAPDB 3 4", plain, State{Proto: 2, DefaultDB: "0", Restricted: true}, "own"},
+		{"SWAPDB 3 4", plain, State{Proto: 2, DefaultDB: "0", Restricted: true, Pinned: true, Multi: true}, "pinned"},
+		{"SWAPDB 0 3", plain, State{Proto: 2, DefaultDB: "0", Restricted: true}, "refused:" + ErrSwapDefaultDB},
 		{"SWAPDB 0 3", nil, State{Proto: 2, DefaultDB: "0"}, "shared"},
 	} {
 		var cmd Command

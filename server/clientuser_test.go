@@ -423,3 +423,53 @@ func doUntil(c *rawConn, want string, d time.Duration, args ...string) string {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// A script cannot flush or swap the proxy's database (a FLUSHALL in EVAL
+// dropped acknowledged write-back writes still queued): the restricted
+// user has no FLUSHALL, FLUSHDB or SWAPDB, so Redis refuses them inside
+// EVAL, alone or in MULTI, and nothing is flushed. Sent as commands they
+// still work, carried by the route layer on the proxy's own connections.
+func TestScriptsCannotFlush(t *testing.T) {
+	proxy, d, _ := startGuarded(t, nil)
+	c := dialRaw(t, proxy)
+	if got := c.do("INCR", "pv:flush"); !strings.HasPrefix(got, ":") {
+		t.Fatalf("INCR pv:flush: %q", got)
+	}
+	d.do("SET", "plain:keep", "1")
+	kept := func(what string) {
+		t.Helper()
+		if got := d.do("EXISTS", "plain:keep"); got != ":1\r\n" {
+			t.Fatalf("%s flushed the database: EXISTS %q", what, got)
+		}
+		if got := d.do("EXISTS", "respite:wb:pv"); got != ":1\r\n" {
+			t.Fatalf("%s dropped the write-back queue: EXISTS %q", what, got)
+		}
+	}
+	for _, src := range []string{"return redis.call('flushall')", "return redis.call('flushdb', 'async')",
+		"return redis.call('swapdb', '0', '1')", "return redis.call('swapdb', '1', '2')"} {
+		if got := c.do("EVAL", src, "0"); !strings.HasPrefix(got, "-ERR The user executing the script can't run this command") {
+			t.Errorf("EVAL %s: %q, want Redis' ACL refusal", src, got)
+		}
+		kept("EVAL " + src)
+	}
+	c.do("MULTI")
+	c.do("EVAL", "return redis.call('flushall')", "0")
+	if got := c.do("EXEC"); !strings.Contains(got, "can't run this command") {
+		t.Errorf("EXEC of a flushing script: %q", got)
+	}
+	kept("a flushing script in MULTI")
+	waitUntil(t, "the write-back queue drained", func() bool { return d.do("XLEN", "respite:wb:pv") == ":0\r\n" })
+	if got := c.do("FLUSHDB"); got != "+OK\r\n" {
+		t.Fatalf("FLUSHDB: %q", got)
+	}
+	if got := d.do("EXISTS", "plain:keep"); got != ":0\r\n" {
+		t.Fatalf("FLUSHDB did not flush: EXISTS %q", got)
+	}
+	d.do("SET", "plain:keep", "1")
+	if got := c.do("FLUSHALL", "SYNC"); got != "+OK\r\n" {
+		t.Fatalf("FLUSHALL: %q", got)
+	}
+	if got := d.do("DBSIZE"); got != ":0\r\n" && !strings.HasPrefix(d.do("TYPE", "respite:wb:pv"), "+stream") {
+		t.Fatalf("FLUSHALL left %q keys", got)
+	}
+}

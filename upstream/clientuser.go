@@ -159,13 +159,16 @@ func (e redisError) Error() string { return e.msg }
 // createClientUser runs ACL SETUSER for l with the operator's
 // credentials. It never resets the user (which would cut other proxies'
 // connections): it adds l's password and sets the key patterns, all
-// channels and all commands.
+// channels and all commands but FLUSHALL, FLUSHDB and SWAPDB.
 func (u *Upstream) createClientUser(ctx context.Context, l *login) error {
 	args := []any{"ACL", "SETUSER", l.user, "on", ">" + l.pass, "resetkeys"}
 	for _, p := range clientKeyPatterns() {
 		args = append(args, p)
 	}
-	args = append(args, "resetchannels", "&*", "clearselectors", "+@all")
+	// FLUSHALL, FLUSHDB and SWAPDB would empty or move the proxy's keys
+	// (write-back queues) from a script; the proxy runs clients' flushes
+	// itself (policy/flushall.go), on its own connections.
+	args = append(args, "resetchannels", "&*", "clearselectors", "+@all", "-flushall", "-flushdb", "-swapdb")
 	ctx, cancel := context.WithTimeout(ctx, u.timeout)
 	defer cancel()
 	err := u.redis.Do(ctx, args...).Err()
