@@ -54,6 +54,7 @@ func startProxy(t testing.TB, edit func(*config.Config)) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	srv.order.slow = raceSlow
 	go srv.Serve(l)
 	lastServer = srv
 	t.Cleanup(func() {

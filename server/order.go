@@ -61,6 +61,10 @@ type order struct {
 	pinned  atomic.Int32  // pending tickets of pinned batches
 
 	unread *unread // clients whose bytes may be on their way (nil: none looked for)
+	// slow, when above 1, multiplies orderWait and subscribeWait: tests
+	// built with the race detector, which slows every goroutine several
+	// times, set it (server/race_test.go).
+	slow time.Duration
 }
 
 type ticket struct {
@@ -128,6 +132,9 @@ func (o *order) take(id, at int64, tn turn, gc *resp.Conn) {
 		limit := orderWait
 		if tn.publishes && (behindSub || !done) {
 			limit = subscribeWait
+		}
+		if o.slow > 1 {
+			limit *= o.slow
 		}
 		left := limit - time.Since(start)
 		if left <= 0 {

@@ -171,6 +171,12 @@ type muxConn struct {
 	spare   []byte  // the other write buffer
 	writing bool    // a goroutine is writing wbuf
 	reading bool    // a call is reading replies (the leader)
+	// filling is the call whose replies the leader is reading into its
+	// buffers without mu held: failLocked leaves it to the leader
+	// (fillErr), which finishes it once it holds mu again, so its owner
+	// never reuses a Call the leader still writes to.
+	filling *Call
+	fillErr error
 	queue   []*Call // calls awaiting replies, oldest first
 	head    int     // index of the oldest call in queue
 }
@@ -335,6 +341,9 @@ func (c *muxConn) took(head *Call) {
 func (c *muxConn) read(nc net.Conn, br *bufio.Reader, cl *Call) {
 	for {
 		c.mu.Lock()
+		if f := c.filling; f != nil {
+			c.endFillLocked(f) // the call read for before, still pending or failed meanwhile
+		}
 		if c.nc != nc || c.head == len(c.queue) {
 			// The connection failed meanwhile (its calls are failed), or
 			// nobody waits: nothing more to read.
@@ -344,11 +353,13 @@ func (c *muxConn) read(nc net.Conn, br *bufio.Reader, cl *Call) {
 			return
 		}
 		head := c.queue[c.head]
+		c.filling = head
 		c.mu.Unlock()
 		n := len(head.Out)
 		out, err := resp.AppendReplyAfterPushes(head.Out, br)
 		if err != nil {
 			c.mu.Lock()
+			c.endFillLocked(head)
 			c.reading = false
 			c.failLocked(nc, err)
 			c.wakeNextLocked()
@@ -382,9 +393,11 @@ func (c *muxConn) read(nc net.Conn, br *bufio.Reader, cl *Call) {
 			continue
 		}
 		c.mu.Lock()
+		c.endFillLocked(head)
 		if c.nc != nc {
 			// The connection failed (or was retargeted) while the reply
-			// was read: failLocked has failed head and emptied the queue.
+			// was read: failLocked has emptied the queue, and
+			// endFillLocked finished head.
 			c.reading = false
 			c.wakeNextLocked()
 			c.mu.Unlock()
@@ -450,12 +463,34 @@ func (c *muxConn) failLocked(nc net.Conn, err error) {
 	c.nc, c.br = nil, nil
 	c.wbuf = c.wbuf[:0]
 	for _, cl := range c.queue[c.head:] {
+		if cl == c.filling {
+			c.fillErr = err // the leader finishes it (endFillLocked)
+			continue
+		}
 		cl.Err = err
 		cl.finished = true
 		cl.wake()
 	}
 	clear(c.queue)
 	c.queue, c.head = c.queue[:0], 0
+}
+
+// endFillLocked, on the leader with mu held again, ends its filling of
+// head: if failLocked left head to it, head is finished now, complete if
+// all its replies were read, else with the connection's error.
+func (c *muxConn) endFillLocked(head *Call) {
+	if c.filling != head {
+		return
+	}
+	c.filling = nil
+	if err := c.fillErr; err != nil {
+		c.fillErr = nil
+		if head.Got < head.Want {
+			head.Err = err
+		}
+		head.finished = true
+		head.wake()
+	}
 }
 
 func (c *muxConn) lostConn() {
