@@ -271,7 +271,10 @@ func (c *capture) consume(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
-		if err != nil && nctx.Err() == nil {
+		if err != nil && !(nctx.Err() != nil && errors.Is(err, nctx.Err())) {
+			// A real error, even one that came as the wait ran out: pgconn
+			// closes the connection on any error but a timeout, and a
+			// Ping on it would race with that close.
 			return err
 		}
 		switch {
