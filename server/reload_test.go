@@ -89,4 +89,3 @@ func TestReloadAddsRouteWithoutDroppingClients(t *testing.T) {
 		t.Fatalf("%d clients saw an error or a dropped connection during the reloads", n)
 	}
 }
-

@@ -100,9 +100,10 @@ type counts struct {
 
 // New builds a server for cfg. Without routes it does not contact the
 // upstream Redis yet: a Redis that is down at start-up is reported per
-// command, like one that goes down later (with routes it sets up the
-// clients' restricted user, clientuser.go, within upstream.timeout). With routes, it connects to PostgreSQL and checks every
-// route's table and columns; the error names the route, table and column.
+// command, like one that goes down later. With routes, it sets up the
+// clients' restricted user (clientuser.go, within upstream.timeout),
+// connects to PostgreSQL and checks every route's table and columns; the
+// error names the route, table and column.
 func New(cfg config.Config, log *slog.Logger) (_ *Server, err error) {
 	// The admin listener first, as main opens listen first: a busy port is
 	// reported before PostgreSQL is contacted or anything is logged.

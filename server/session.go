@@ -62,7 +62,7 @@ type session struct {
 	proto  int // RESP version chosen with HELLO: 2 or 3
 	authed bool
 	reply  replyMode
-	db     int // database selected with SELECT
+	db     int         // database selected with SELECT
 	quit   atomic.Bool // the client's connection ends after this command (set by the relay's reader too)
 
 	// pin is the session's own upstream connection and the state it holds;

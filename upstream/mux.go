@@ -167,10 +167,10 @@ type muxConn struct {
 	mu      sync.Mutex
 	nc      net.Conn
 	br      *bufio.Reader
-	wbuf    []byte  // requests waiting to be written
-	spare   []byte  // the other write buffer
-	writing bool    // a goroutine is writing wbuf
-	reading bool    // a call is reading replies (the leader)
+	wbuf    []byte // requests waiting to be written
+	spare   []byte // the other write buffer
+	writing bool   // a goroutine is writing wbuf
+	reading bool   // a call is reading replies (the leader)
 	// filling is the call whose replies the leader is reading into its
 	// buffers without mu held: failLocked leaves it to the leader
 	// (fillErr), which finishes it once it holds mu again, so its owner
