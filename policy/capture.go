@@ -421,7 +421,7 @@ func (c *capture) invalidate(ctx context.Context, r *Route, keys []string) error
 		}
 		for _, k := range chunk {
 			r.loads.slot(k).Add(1)
-			r.loads.group.Forget(k)
+			r.loads.flights.forget(k)
 			r.localDrop(k)
 		}
 		if r.local != nil {

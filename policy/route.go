@@ -9,7 +9,7 @@
 // writethrough.go and writeback.go (one policy each), sqlwrite.go (the
 // PostgreSQL side of a write, shared by cache-aside and write-through),
 // stampede.go (coalesced loads, distributed lease, negative caching, TTL
-// jitter, early refresh), local.go (the in-process tier), tx.go (writes
+// jitter, early refresh), flight.go (one load in flight per key), local.go (the in-process tier), tx.go (writes
 // queued in MULTI), flusher*.go, flushstream.go, flushbatch.go,
 // deadletter.go and version.go (the write-back flusher), durability.go
 // (the upstream Redis' eviction and persistence, and what they allow
@@ -22,7 +22,8 @@
 // flushall.go (FLUSHALL/FLUSHDB that cannot drop a write-back queue),
 // replicas.go (write-back writes acknowledged once replicas hold them),
 // unsettled.go (keys whose cache step failed after a committed write),
-// batch.go (reads over many keys of one route), live.go (the route set
+// batch.go (reads over many keys of one route, their misses loaded in one
+// query), live.go (the route set
 // that serves, replaced whole on reload).
 package policy
 

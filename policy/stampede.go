@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
-	"golang.org/x/sync/singleflight"
 
 	"github.com/respite/respite/backend"
 	"github.com/respite/respite/internal/config"
@@ -23,7 +22,7 @@ import (
 // loadTimeout bounds one PostgreSQL load, whoever waits for it.
 const loadTimeout = 10 * time.Second
 
-// loader coalesces concurrent loads of one key (singleflight) and keeps
+// loader coalesces concurrent loads of one key (flight.go) and keeps
 // per-key generations, so that a write during a load keeps the stale
 // result out of the cache: a write bumps the key's generation and forgets
 // the load in flight, and a load stores its result only if the generation
@@ -39,7 +38,7 @@ const loadTimeout = 10 * time.Second
 // either saw the new generation and stores nothing, or finished storing
 // before the delete.
 type loader struct {
-	group   singleflight.Group
+	flights flights
 	seed    maphash.Seed
 	gens    [4096]atomic.Uint64 // striped by key hash; a collision only skips a fill
 	fills   [4096]atomic.Uint64 // fills done, striped the same way
@@ -92,7 +91,7 @@ func (l *loader) quiesce(key string) {
 // the next read loads again.
 func (r *Route) invalidated(key string) {
 	r.loads.slot(key).Add(1)
-	r.loads.group.Forget(key)
+	r.loads.flights.forget(key)
 	r.loads.quiesce(key)
 	r.announce(key)
 }
@@ -143,34 +142,46 @@ func (r *Route) loadRow(ctx context.Context, q backend.Querier, key string) (row
 // absent row). A caller whose ctx ends stops waiting; the load goes on for
 // the others.
 func (r *Route) fetch(ctx context.Context, key string, filled uint64) (row, error) {
-	r.Stats.Coalesced.Add(1)
-	ch := r.loads.group.DoChan(key, func() (v any, err error) {
-		r.Stats.Coalesced.Add(-1)
-		defer func() {
-			if p := recover(); p != nil {
-				err = fmt.Errorf("panic while loading: %v", p)
-			}
-		}()
-		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), loadTimeout)
-		defer cancel()
-		// A load that finished just before this one started has filled
-		// the cache already: its late arrivals must not load again.
-		if r.loads.filled(key) != filled {
-			return row{found: true, cached: true}, nil
-		}
-		if r.cfg.DistributedLock {
-			return r.fetchLocked(lctx, key)
-		}
-		return r.loadAndFill(lctx, key)
-	})
+	fl, lead := r.loads.flights.join(key)
+	if lead {
+		go r.fly(ctx, key, fl, filled)
+	} else {
+		r.Stats.Coalesced.Add(1)
+	}
+	return r.await(ctx, fl)
+}
+
+// await waits for fl to land, or for ctx to end.
+func (r *Route) await(ctx context.Context, fl *flight) (row, error) {
 	select {
-	case res := <-ch:
-		if res.Err != nil {
-			return row{}, res.Err
-		}
-		return res.Val.(row), nil
+	case <-fl.done:
+		return fl.rw, fl.err
 	case <-ctx.Done():
 		return row{}, ctx.Err()
+	}
+}
+
+// fly runs the flight fl of key that its caller leads, and lands it.
+func (r *Route) fly(ctx context.Context, key string, fl *flight, filled uint64) {
+	var rw row
+	var err error
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("panic while loading: %v", p)
+		}
+		r.loads.flights.land(key, fl, rw, err)
+	}()
+	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), loadTimeout)
+	defer cancel()
+	switch {
+	case r.loads.filled(key) != filled:
+		// A load that finished just before this one started has filled
+		// the cache already: its late arrivals must not load again.
+		rw = row{found: true, cached: true}
+	case r.cfg.DistributedLock:
+		rw, err = r.fetchLocked(lctx, key)
+	default:
+		rw, err = r.loadAndFill(lctx, key)
 	}
 }
 
@@ -199,23 +210,30 @@ func (r *Route) loadAndFill(ctx context.Context, key string) (row, error) {
 			h(key)
 		}
 		stored, err := r.fillAfterLoad(ctx, key, rw, false, guard, ls)
-		r.loads.storeEnd(key)
-		if err != nil {
-			r.log.Warn("cache fill failed", "err", err)
-		} else if stored {
-			r.loads.fills[r.loads.index(key)].Add(1)
-		} else if ls != nil {
-			r.Stats.FillsRefused.Add(1)
-		}
-		if r.local != nil && rw.found && (stored || ls == nil) {
-			v := rw.value
-			if r.cfg.Format == config.FormatJSON {
-				v = string(rw.json)
-			}
-			r.localAdd(key, v, gen)
-		}
+		r.stored(key, rw, gen, ls, stored, err)
 	}
 	return rw, nil
+}
+
+// stored ends a fill of key that storeBegin let go on, loaded at
+// generation gen: it counts the fill and offers the row to the in-process
+// tier.
+func (r *Route) stored(key string, rw row, gen uint64, ls *fillLease, stored bool, err error) {
+	r.loads.storeEnd(key)
+	if err != nil {
+		r.log.Warn("cache fill failed", "err", err)
+	} else if stored {
+		r.loads.fills[r.loads.index(key)].Add(1)
+	} else if ls != nil {
+		r.Stats.FillsRefused.Add(1)
+	}
+	if r.local != nil && rw.found && (stored || ls == nil) {
+		v := rw.value
+		if r.cfg.Format == config.FormatJSON {
+			v = string(rw.json)
+		}
+		r.localAdd(key, v, gen)
+	}
 }
 
 // beforeLoad is what a fill must know from before its load: on a
@@ -233,10 +251,15 @@ func (r *Route) beforeLoad(ctx context.Context, key string) (guard string, filla
 // after ls was taken, on a route that tracks changes), and reports
 // whether it did.
 func (r *Route) fillAfterLoad(ctx context.Context, key string, rw row, overwrite bool, guard string, ls *fillLease) (bool, error) {
+	return r.runFill(ctx, r.fillOpAfterLoad(key, rw, overwrite, guard, ls))
+}
+
+// fillOpAfterLoad is fillAfterLoad's op.
+func (r *Route) fillOpAfterLoad(key string, rw row, overwrite bool, guard string, ls *fillLease) fillOp {
 	if r.stores {
-		return r.fillGuarded(ctx, key, rw, overwrite, guard, ls)
+		return r.guardedFillOp(key, rw, overwrite, guard, ls)
 	}
-	return r.fill(ctx, key, rw, overwrite, ls)
+	return r.fillOp(key, rw, overwrite, ls)
 }
 
 // observeLoad keeps an exponentially weighted mean of load times: the
@@ -262,24 +285,36 @@ return 1`
 
 var fillHash = redis.NewScript(fillHashSrc)
 
-// fill caches a loaded row with the route's TTL (± jitter), or the
-// negative marker for an absent row, and reports whether it stored. A
-// fill never overwrites a key that a write created meanwhile (NX), unless
-// overwrite is set (early refresh). With a lease (a route that tracks
-// changes) it stores only while the lease holds.
-func (r *Route) fill(ctx context.Context, key string, rw row, overwrite bool, ls *fillLease) (bool, error) {
+// fillOp is one fill as the command that stores it: a command on the
+// cache tier (cmd), stored once it succeeds, or a script run (script,
+// keys, args) that answers 1 when it stored (any: whatever it answers);
+// neither: there is nothing to store. Ops are built first and sent after,
+// one at a time (runFill) or many in one round trip (runFills).
+type fillOp struct {
+	cmd    [][]byte
+	script *redis.Script
+	keys   []string
+	args   []any
+	any    bool
+}
+
+// fillOp is the fill of a loaded row with the route's TTL (± jitter), or
+// of the negative marker for an absent row. A fill never overwrites a key
+// that a write created meanwhile (NX), unless overwrite is set (early
+// refresh). With a lease (a route that tracks changes) it stores only
+// while the lease holds.
+func (r *Route) fillOp(key string, rw row, overwrite bool, ls *fillLease) fillOp {
 	ttl := r.ttl()
 	if !rw.found {
 		neg := time.Duration(*r.cfg.NegativeTTL)
 		if neg <= 0 {
-			return false, nil
+			return fillOp{}
 		}
 		if ls != nil {
 			keys, args := ls.wrap(r, key, []string{negKey(key)}, []any{"1", neg.Milliseconds(), "0"})
-			n, err := leasedPlainFill.Run(ctx, r.rdb, keys, args...).Int()
-			return n == 1, err
+			return fillOp{script: leasedPlainFill, keys: keys, args: args}
 		}
-		return true, r.cacheCmd(ctx, []byte("SET"), []byte(negKey(key)), []byte("1"), cmdPX, itob(neg.Milliseconds()))
+		return fillOp{cmd: [][]byte{[]byte("SET"), []byte(negKey(key)), []byte("1"), cmdPX, itob(neg.Milliseconds())}}
 	}
 	switch r.cfg.Format {
 	case config.FormatHash:
@@ -289,10 +324,9 @@ func (r *Route) fill(ctx context.Context, key string, rw row, overwrite bool, ls
 		}
 		if ls != nil {
 			keys, args := ls.wrap(r, key, []string{key}, args)
-			n, err := leasedHashFill.Run(ctx, r.rdb, keys, args...).Int()
-			return n == 1, err
+			return fillOp{script: leasedHashFill, keys: keys, args: args}
 		}
-		return true, fillHash.Run(ctx, r.rdb, []string{key}, args...).Err()
+		return fillOp{script: fillHash, keys: []string{key}, args: args, any: true}
 	default:
 		v := rw.value
 		if r.cfg.Format == config.FormatJSON {
@@ -300,15 +334,79 @@ func (r *Route) fill(ctx context.Context, key string, rw row, overwrite bool, ls
 		}
 		if ls != nil {
 			keys, args := ls.wrap(r, key, []string{key}, []any{v, ttl, boolInt(!overwrite)})
-			n, err := leasedPlainFill.Run(ctx, r.rdb, keys, args...).Int()
-			return n == 1, err
+			return fillOp{script: leasedPlainFill, keys: keys, args: args}
 		}
 		cmd := [][]byte{[]byte("SET"), []byte(key), []byte(v), cmdPX, itob(ttl)}
 		if !overwrite {
 			cmd = append(cmd, []byte("NX"))
 		}
-		return true, r.cacheCmd(ctx, cmd...)
+		return fillOp{cmd: cmd}
 	}
+}
+
+// fill caches a loaded row (fillOp) and reports whether it stored.
+func (r *Route) fill(ctx context.Context, key string, rw row, overwrite bool, ls *fillLease) (bool, error) {
+	return r.runFill(ctx, r.fillOp(key, rw, overwrite, ls))
+}
+
+// runFill sends op and reports whether it stored.
+func (r *Route) runFill(ctx context.Context, op fillOp) (bool, error) {
+	switch {
+	case op.cmd != nil:
+		return true, r.cacheCmd(ctx, op.cmd...)
+	case op.script != nil:
+		n, err := op.script.Run(ctx, r.rdb, op.keys, op.args...).Int()
+		return n == 1 || op.any && err == nil, err
+	}
+	return false, nil
+}
+
+// runFills sends ops, the commands in one round trip on the cache tier
+// and the scripts in one pipeline, and reports for each whether it
+// stored.
+func (r *Route) runFills(ctx context.Context, ops []fillOp) ([]bool, []error) {
+	stored, errs := make([]bool, len(ops)), make([]error, len(ops))
+	var cmds [][][]byte
+	var cmdAt []int
+	pipe := r.rdb.Pipeline()
+	scripts := make([]*redis.Cmd, len(ops))
+	for i, op := range ops {
+		switch {
+		case op.cmd != nil:
+			cmds, cmdAt = append(cmds, op.cmd), append(cmdAt, i)
+		case op.script != nil:
+			scripts[i] = op.script.EvalSha(ctx, pipe, op.keys, op.args...)
+		}
+	}
+	if len(cmds) > 0 {
+		out, err := r.cache.Do(ctx, 2, cmds...)
+		for j, i := range cmdAt {
+			switch {
+			case err != nil:
+				errs[i] = err
+			case len(out[j]) > 0 && out[j][0] == '-':
+				errs[i] = redisErr(oneLine(string(out[j][1 : len(out[j])-2])))
+			default:
+				stored[i] = true
+			}
+		}
+	}
+	if pipe.Len() > 0 {
+		pipe.Exec(ctx)
+		for i, c := range scripts {
+			if c == nil {
+				continue
+			}
+			if redis.HasErrorPrefix(c.Err(), "NOSCRIPT") {
+				// Not loaded yet on this Redis: Run loads it.
+				stored[i], errs[i] = r.runFill(ctx, ops[i])
+				continue
+			}
+			n, err := c.Int()
+			stored[i], errs[i] = n == 1 || ops[i].any && err == nil, err
+		}
+	}
+	return stored, errs
 }
 
 // cacheCmd runs one command of the proxy's own on the cache tier (the
@@ -399,21 +497,29 @@ func (r *Route) shouldRefresh(pttlReply []byte) bool {
 	return -delta*r.cfg.EarlyRefreshBeta*math.Log(u) >= float64(left)
 }
 
-// refresh reloads key in the background and overwrites the cached copy.
+// refresh reloads key in the background and overwrites the cached copy,
+// once at a time per key.
 func (r *Route) refresh(key string) {
-	go r.loads.group.Do("refresh\x00"+key, func() (any, error) {
+	fk := "refresh\x00" + key
+	fl, lead := r.loads.flights.join(fk)
+	if !lead {
+		return
+	}
+	go func() {
+		var err error
+		defer func() { r.loads.flights.land(fk, fl, row{}, err) }()
 		ctx, cancel := context.WithTimeout(context.Background(), loadTimeout)
 		defer cancel()
 		gen := r.loads.slot(key).Load()
 		guard, fillable := r.beforeLoad(ctx, key)
 		ls, ok := r.takeLease(ctx, key)
-		rw, err := r.loadRow(ctx, r.db.Pool(), key)
+		var rw row
+		rw, err = r.loadRow(ctx, r.db.Pool(), key)
 		r.Stats.Loads.Add(1)
 		if err == nil && fillable && ok && rw.found && r.loads.storeBegin(key, gen) {
 			r.Stats.EarlyRefreshes.Add(1)
 			r.fillAfterLoad(ctx, key, rw, true, guard, ls)
 			r.loads.storeEnd(key)
 		}
-		return nil, err
-	})
+	}()
 }

@@ -404,21 +404,26 @@ func (r *Route) observe(ctx context.Context, key string) (string, error) {
 	return g, err
 }
 
-// fillGuarded is fill for a write-through route (wtFill): the row loaded
-// after observing generation g is stored only if no write began or ended
-// since and none is in progress. It reports whether it stored.
+// fillGuarded is fill for a write-through route (guardedFillOp).
 func (r *Route) fillGuarded(ctx context.Context, key string, rw row, overwrite bool, g string, ls *fillLease) (bool, error) {
+	return r.runFill(ctx, r.guardedFillOp(key, rw, overwrite, g, ls))
+}
+
+// guardedFillOp is fillOp for a write-through route (wtFill): the row
+// loaded after observing generation g is stored only if no write began or
+// ended since and none is in progress.
+func (r *Route) guardedFillOp(key string, rw row, overwrite bool, g string, ls *fillLease) fillOp {
 	args := []any{g, r.ttl(), "str", boolInt(overwrite)}
 	switch {
 	case !rw.found:
 		neg := time.Duration(*r.cfg.NegativeTTL)
 		if neg <= 0 {
-			return false, nil
+			return fillOp{}
 		}
 		args[1], args[2] = neg.Milliseconds(), "neg"
 	case r.cfg.Format == config.FormatHash:
 		if len(rw.fields) == 0 {
-			return false, nil
+			return fillOp{}
 		}
 		args[2] = "hash"
 		for _, f := range rw.fields {
@@ -431,11 +436,9 @@ func (r *Route) fillGuarded(ctx context.Context, key string, rw row, overwrite b
 	}
 	if ls != nil {
 		keys, args := ls.wrap(r, key, r.intentKeys(key), args)
-		n, err := leasedWTFill.Run(ctx, r.rdb, keys, args...).Int()
-		return n == 1, err
+		return fillOp{script: leasedWTFill, keys: keys, args: args}
 	}
-	n, err := wtFill.Run(ctx, r.rdb, r.intentKeys(key), args...).Int()
-	return n == 1, err
+	return fillOp{script: wtFill, keys: r.intentKeys(key), args: args}
 }
 
 // ResolveIntents resolves the route's dead write-through intents: those
