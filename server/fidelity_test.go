@@ -929,3 +929,26 @@ func TestSubscribeInsideMultiEntersPubSubContext(t *testing.T) {
 		}
 	}
 }
+
+// TestAbortedExecReleasesThePin: a MULTI that queued SUBSCRIBE and SELECT
+// (state the proxy keeps on the pinned connection once they run) and
+// whose EXEC aborted ran neither, so the session goes back to the shared
+// path as after any transaction, with Redis' replies.
+func TestAbortedExecReleasesThePin(t *testing.T) {
+	r, proxy := throwawayProxy(t)
+	cmds := [][]string{{"MULTI"}, {"SUBSCRIBE", "fidab"}, {"SELECT", "2"}, {"NOSUCHCOMMAND"}, {"EXEC"}, {"SET", "fidab:k", "1"}, {"GET", "fidab:k"}, {"PING"}}
+	var got [2]string
+	for i, addr := range []string{r.Addr, proxy} {
+		c := dialRaw(t, addr)
+		got[i] = c.exchange(cmds...)
+		if i == 1 {
+			if n := infoField(dialRaw(t, proxy).do("INFO", "respite"), "respite_pinned_sessions"); n != 0 {
+				t.Errorf("after an aborted EXEC that queued SUBSCRIBE and SELECT: %d pinned sessions, want 0", n)
+			}
+		}
+		c.c.Close()
+	}
+	if got[0] != got[1] {
+		t.Errorf("Redis %q\nproxy %q", got[0], got[1])
+	}
+}

@@ -27,6 +27,9 @@ type pinned struct {
 	// EXEC that changes the connection): kept until the client leaves or
 	// RESETs.
 	sticky bool
+	// stickyAtExec: this MULTI queued such a command; EXEC makes the
+	// connection sticky if it runs them (not when it aborts).
+	stickyAtExec bool
 	// tracking: CLIENT TRACKING is on; redirect is the proxy client id its
 	// REDIRECT option named.
 	tracking bool
@@ -236,8 +239,11 @@ func (c *session) follow(cmd *router.Command, reply []byte) {
 			if !cmd.ArityOK() {
 				return // refused, and the transaction flagged
 			}
+			if cmd.ID == router.CmdExec && p.stickyAtExec && execRan(reply) {
+				p.sticky = true
+			}
 			p.multi, p.watch = false, false
-			p.ops, p.locals, p.hidden, p.detachAfterExec = nil, nil, nil, false
+			p.ops, p.locals, p.hidden, p.detachAfterExec, p.stickyAtExec = nil, nil, nil, false, false
 			c.endWatch()
 			return
 		case router.CmdMulti, router.CmdWatch:
@@ -247,17 +253,17 @@ func (c *session) follow(cmd *router.Command, reply []byte) {
 			p.queued++
 			switch cmd.Kind {
 			case router.KindSubscribe, router.KindMonitor:
-				p.detachAfterExec, p.sticky = true, true
+				p.detachAfterExec, p.stickyAtExec = true, true
 			case router.KindSelect, router.KindConnState:
 				// Runs at EXEC on the pinned connection: the proxy keeps the
 				// connection rather than follow it.
-				p.sticky = true
+				p.stickyAtExec = true
 				if cmd.ID == router.CmdClientTracking && cmd.Arg(2, "on") {
 					p.detachAfterExec = true
 				}
 			}
 			if cmd.ID == router.CmdAuth {
-				p.sticky = true
+				p.stickyAtExec = true
 			}
 			c.authQueued = c.authQueued || c.changesAuth(cmd)
 		}
@@ -266,7 +272,7 @@ func (c *session) follow(cmd *router.Command, reply []byte) {
 	switch cmd.ID {
 	case router.CmdMulti:
 		if ok {
-			p.multi, p.queued, p.ops, p.locals, p.hidden = true, 0, nil, nil, nil
+			p.multi, p.queued, p.ops, p.locals, p.hidden, p.stickyAtExec = true, 0, nil, nil, nil, false
 		}
 	case router.CmdWatch:
 		if ok {
@@ -310,6 +316,12 @@ func (c *session) follow(cmd *router.Command, reply []byte) {
 			p.sticky = true
 		}
 	}
+}
+
+// execRan reports whether EXEC's reply says the queued commands ran: an
+// array, not -EXECABORT or the null of a transaction WATCH aborted.
+func execRan(reply []byte) bool {
+	return len(reply) > 0 && reply[0] == '*' && string(reply) != "*-1\r\n"
 }
 
 // sameUser reports whether a successful AUTH logged in as the user the
