@@ -340,7 +340,7 @@ func (r *Route) beforeLoadMany(ctx context.Context, keys []string) (guards []str
 		}
 		if r.cfg.TrackChanges {
 			tokens[i] = newToken()
-			takes[i] = leaseTake.EvalSha(ctx, pipe, []string{leaseKey(k), epochKey(r.cfg.Name)}, tokens[i], leaseTTL.Milliseconds())
+			takes[i] = leaseTake.EvalSha(ctx, pipe, []string{leaseKey(k), epochKey(r.rkey())}, tokens[i], leaseTTL.Milliseconds())
 		}
 	}
 	pipe.Exec(ctx)

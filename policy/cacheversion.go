@@ -32,15 +32,21 @@ func versionTag(v int) string { return versionMark + strconv.Itoa(v) + "\x00" }
 // so that Route.id gives back what the client wrote.
 func (r *Route) cacheKey(key []byte) []byte {
 	v := r.cfg.CacheVersion
-	if v <= 0 {
+	if v <= 0 && r.slotTag == "" {
 		return key
 	}
 	rest := key[len(r.cfg.Prefix):]
-	out := make([]byte, 0, len(key)+8)
+	out := make([]byte, 0, len(key)+len(r.slotTag)+8)
 	out = append(out, r.cfg.Prefix...)
-	out = append(out, versionTag(v)...)
+	out = append(out, r.slotTag...) // on a cluster (clusterkeys.go)
+	if v > 0 {
+		out = append(out, versionTag(v)...)
+	}
 	return append(out, rest...)
 }
+
+// rewritten reports whether r's keys are rewritten by cacheKey.
+func (r *Route) rewritten() bool { return r.cfg.CacheVersion > 0 || r.slotTag != "" }
 
 // untag is the part of a key after the prefix without its (first)
 // version tag.
@@ -58,7 +64,7 @@ func untag(rest string) string {
 func (s *Set) versioned(cmd *router.Command) {
 	for i, k := range cmd.Keys {
 		if ri := cmd.KeyRoute[i]; ri >= 0 && int(ri) < len(s.list) {
-			if r := s.list[ri]; r.cfg.CacheVersion > 0 {
+			if r := s.list[ri]; r.rewritten() {
 				cmd.Args[k] = r.cacheKey(cmd.Args[k])
 			}
 		}

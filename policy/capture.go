@@ -42,7 +42,7 @@ type capture struct {
 	cfg     config.Invalidation
 	dsn     string
 	db      *backend.DB
-	rdb     *redis.Client
+	rdb     redis.UniversalClient
 	cache   Cache
 	log     *slog.Logger
 	tracked []*Route
@@ -82,7 +82,7 @@ type CaptureStats struct {
 func leaderKey(slot string) string    { return "respite:cdc:leader:" + slot }
 func heartbeatKey(slot string) string { return "respite:cdc:applied:" + slot }
 
-func newCapture(cfg config.Config, db *backend.DB, rdb *redis.Client, cache Cache, routes []*Route, sh *shared, log *slog.Logger) *capture {
+func newCapture(cfg config.Config, db *backend.DB, rdb redis.UniversalClient, cache Cache, routes []*Route, sh *shared, log *slog.Logger) *capture {
 	c := &capture{cfg: cfg.Postgres.Invalidation, dsn: cfg.Postgres.DSN, db: db, rdb: rdb, cache: cache, sh: sh,
 		log:   log.With("component", "change-capture", "slot", cfg.Postgres.Invalidation.Slot),
 		token: cfg.WriteBack.Consumer + "/" + newToken()}
@@ -439,7 +439,7 @@ func (c *capture) invalidate(ctx context.Context, r *Route, keys []string) error
 // flight are refused), then its keys and negative markers (SCAN), then
 // every instance's in-process tier.
 func (c *capture) flushRoute(ctx context.Context, r *Route) error {
-	if err := c.rdb.Incr(ctx, epochKey(r.cfg.Name)).Err(); err != nil {
+	if err := c.rdb.Incr(ctx, epochKey(r.rkey())).Err(); err != nil {
 		return err
 	}
 	for _, pattern := range []string{globEscape(r.cfg.Prefix) + "*", globEscape(negKey(r.cfg.Prefix)) + "*"} {

@@ -51,6 +51,7 @@ import (
 // shared is what the routes of one Set share.
 type shared struct {
 	instance string // this proxy's name: write_back.consumer, else the host name
+	cluster  bool   // upstream.mode cluster: the routes' keys carry slot tags (clusterkeys.go)
 	guard    *guard // nil: write-back writes are not checked (routes built by New)
 	// tag is set when the change capture runs and the role may emit
 	// logical messages: write-through writes of tracked routes tag their
@@ -140,7 +141,7 @@ func (d *Durability) Meaning() string { return modeMeaning[d.Mode] }
 // readDurability reads the upstream's settings: CONFIG GET for the
 // policy, appendfsync and the save points, INFO for the rest (and for
 // the policy when CONFIG is refused).
-func readDurability(ctx context.Context, rdb *redis.Client) *Durability {
+func readDurability(ctx context.Context, rdb redis.UniversalClient) *Durability {
 	d := &Durability{MaxMemory: -1}
 	p := rdb.Pipeline()
 	pol := p.ConfigGet(ctx, "maxmemory-policy")
@@ -245,7 +246,7 @@ const durabilityEvery = 5 * time.Second
 
 // guard holds the upstream's durability for the routes of one Set.
 type guard struct {
-	rdb   *redis.Client
+	rdb   redis.UniversalClient
 	opts  config.Queue
 	log   *slog.Logger
 	every time.Duration
@@ -254,7 +255,7 @@ type guard struct {
 	told  bool // the durability line was logged (check runs in Open, then in run only)
 }
 
-func newGuard(rdb *redis.Client, opts config.Queue, wb bool, log *slog.Logger) *guard {
+func newGuard(rdb redis.UniversalClient, opts config.Queue, wb bool, log *slog.Logger) *guard {
 	g := &guard{rdb: rdb, opts: opts, log: log, every: durabilityEvery, wb: wb}
 	d := &Durability{Mode: ModeUnknown, MaxMemory: -1, Unreachable: true, Err: errors.New("not checked yet")}
 	d.evaluate(opts)

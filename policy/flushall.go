@@ -43,7 +43,7 @@ func (s *Set) flush(ctx context.Context, cmd *router.Command) resp.Reply {
 	var streams []string
 	for _, r := range s.list {
 		if r.queued {
-			streams = append(streams, StreamKey(r.cfg.Name))
+			streams = append(streams, StreamKey(r.rkey()))
 		}
 	}
 	opt := ""
@@ -58,7 +58,30 @@ func (s *Set) flush(ctx context.Context, cmd *router.Command) resp.Reply {
 	}
 	rdb := s.list[0].rdb
 	name := strings.ToUpper(cmd.Name())
+	if cl, ok := rdb.(*redis.ClusterClient); ok {
+		return s.flushCluster(ctx, cl, name, opt, streams)
+	}
 	if err := flushScript.Run(ctx, rdb, streams, ConsumerGroup, name, opt).Err(); err != nil {
+		return resp.Err(oneLine(err.Error()))
+	}
+	return resp.OK()
+}
+
+// flushCluster is flush on a cluster: the script cannot span the queues'
+// slots, nor FLUSHALL every primary, so with write-back routes it is
+// refused; without them every primary is flushed.
+func (s *Set) flushCluster(ctx context.Context, cl *redis.ClusterClient, name, opt string, streams []string) resp.Reply {
+	if len(streams) > 0 {
+		return resp.Err("ERR " + name + " is refused with write-back routes on upstream.mode cluster: it cannot be atomic with the write-back queues there; delete the keys instead")
+	}
+	args := []any{name}
+	if opt != "" {
+		args = append(args, opt)
+	}
+	err := cl.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
+		return c.Do(ctx, args...).Err()
+	})
+	if err != nil {
 		return resp.Err(oneLine(err.Error()))
 	}
 	return resp.OK()

@@ -130,7 +130,7 @@ type Flusher struct {
 	// Stats counts what the flusher did; read with the atomic Load methods.
 	Stats FlusherStats
 
-	rdb      *redis.Client
+	rdb      redis.UniversalClient
 	consumer string
 	log      *slog.Logger
 	routes   []*wbRoute // high priority first, then configuration order
@@ -191,7 +191,7 @@ type wbRoute struct {
 // ConsumerGroup; it must be stable across restarts (from the
 // configuration, or the host name) so that a restarted proxy finds its own
 // pending entries; "" means the host name. log nil means slog.Default().
-func NewFlusher(routes []*Route, rdb *redis.Client, consumer string, log *slog.Logger) *Flusher {
+func NewFlusher(routes []*Route, rdb redis.UniversalClient, consumer string, log *slog.Logger) *Flusher {
 	if consumer == "" {
 		consumer, _ = os.Hostname()
 		if consumer == "" {
@@ -221,8 +221,8 @@ func NewFlusher(routes []*Route, rdb *redis.Client, consumer string, log *slog.L
 			r:          r,
 			name:       cfg.Name,
 			prefix:     cfg.Prefix,
-			stream:     StreamKey(cfg.Name),
-			dlq:        DeadLetterKey(cfg.Name),
+			stream:     StreamKey(r.rkey()),
+			dlq:        DeadLetterKey(r.rkey()),
 			batch:      max(cfg.BatchSize, 1),
 			interval:   time.Duration(cfg.FlushInterval),
 			maxRetries: max(cfg.MaxRetries, 1),

@@ -49,7 +49,7 @@ func (r *Route) takeLease(ctx context.Context, key string) (l *fillLease, ok boo
 		return nil, true
 	}
 	tok := newToken()
-	ep, err := leaseTake.Run(ctx, r.rdb, []string{leaseKey(key), epochKey(r.cfg.Name)}, tok, leaseTTL.Milliseconds()).Text()
+	ep, err := leaseTake.Run(ctx, r.rdb, []string{leaseKey(key), epochKey(r.rkey())}, tok, leaseTTL.Milliseconds()).Text()
 	if err != nil {
 		return nil, false
 	}
@@ -93,6 +93,6 @@ var (
 
 // wrap puts l's keys after keys and its arguments before args.
 func (l *fillLease) wrap(r *Route, key string, keys []string, args []any) ([]string, []any) {
-	keys = append(append([]string(nil), keys...), leaseKey(key), epochKey(r.cfg.Name))
+	keys = append(append([]string(nil), keys...), leaseKey(key), epochKey(r.rkey()))
 	return keys, append([]any{l.token, l.epoch}, args...)
 }

@@ -142,7 +142,7 @@ func (r *Route) publish(ctx context.Context, keys ...string) error {
 // ListenInvalidations drops in-process copies when any proxy instance
 // writes a routed key, until ctx ends. After a reconnect, when messages
 // may have been missed, it empties every local tier.
-func ListenInvalidations(ctx context.Context, rdb *redis.Client, routes []*Route) {
+func ListenInvalidations(ctx context.Context, rdb redis.UniversalClient, routes []*Route) {
 	byName := map[string]*Route{}
 	any := false
 	for _, r := range routes {

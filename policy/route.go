@@ -61,7 +61,10 @@ type Route struct {
 	db     *backend.DB
 	table  *backend.Table
 	cache  Cache         // the fast shared path, for hits
-	rdb    *redis.Client // go-redis (RESP2), for fills, scripts and locks
+	rdb    redis.UniversalClient // go-redis (RESP2), for fills, scripts and locks
+	// slotTag is the hash tag of the route's keys on a cluster, "" on one
+	// Redis (clusterkeys.go).
+	slotTag string
 	log    *slog.Logger
 	policy Policy
 	traits // what the policy decides for shared code (policy.go)
@@ -112,12 +115,15 @@ type Stats struct {
 // New builds a route over a described table, on its own (tests, tools):
 // no durability check guards its write-back writes, and its
 // write-through intents are this host's (write_back.consumer's default).
-func New(cfg config.Route, db *backend.DB, table *backend.Table, cache Cache, rdb *redis.Client, log *slog.Logger) *Route {
+func New(cfg config.Route, db *backend.DB, table *backend.Table, cache Cache, rdb redis.UniversalClient, log *slog.Logger) *Route {
 	return newRoute(cfg, db, table, cache, rdb, log, newShared(""))
 }
 
-func newRoute(cfg config.Route, db *backend.DB, table *backend.Table, cache Cache, rdb *redis.Client, log *slog.Logger, sh *shared) *Route {
+func newRoute(cfg config.Route, db *backend.DB, table *backend.Table, cache Cache, rdb redis.UniversalClient, log *slog.Logger, sh *shared) *Route {
 	r := &Route{cfg: cfg, db: db, table: table, cache: cache, rdb: rdb, log: log.With("route", cfg.Name), sh: sh}
+	if sh.cluster {
+		r.slotTag = slotTag(cfg.Name)
+	}
 	r.loads.init()
 	if lc := cfg.LocalCache; lc != nil && cfg.Format != config.FormatHash {
 		r.local = newLocalTier(lc.Size, time.Duration(lc.TTL))
@@ -137,6 +143,9 @@ func (r *Route) DB() *backend.DB { return r.db }
 // A cache version's tag (cacheversion.go) is not part of it.
 func (r *Route) id(key string) string {
 	rest := key[len(r.cfg.Prefix):]
+	if r.slotTag != "" {
+		rest = strings.TrimPrefix(rest, r.slotTag) // the one cacheKey put in
+	}
 	if r.cfg.CacheVersion > 0 {
 		return untag(rest) // the tag versioned put in
 	}

@@ -50,7 +50,7 @@ type Set struct {
 // described. Redis unreachable is not one either (logged; write-back
 // writes wait for the settings to be checked). Without routes it returns
 // nil and no error.
-func Open(cfg config.Config, cache Cache, rdb *redis.Client, log *slog.Logger) (*Set, error) {
+func Open(cfg config.Config, cache Cache, rdb redis.UniversalClient, log *slog.Logger) (*Set, error) {
 	if len(cfg.Routes) == 0 {
 		return nil, nil
 	}
@@ -66,6 +66,7 @@ func Open(cfg config.Config, cache Cache, rdb *redis.Client, log *slog.Logger) (
 		}
 	}
 	sh := newShared(cfg.WriteBack.Consumer)
+	sh.cluster = cfg.Upstream.Mode == config.ModeCluster
 	if n := cfg.WriteBack.Replicas(cfg.Upstream.Mode); n > 0 {
 		sh.replicas = replicaWait{n: n, timeout: cfg.WriteBack.WaitTimeout(), log: newBurstLog(log)}
 	}
@@ -413,6 +414,29 @@ func (s *Set) plain(ctx context.Context, proto int, args [][]byte) resp.Reply {
 	return resp.Raw(out[0])
 }
 
+// plainPairs runs MSET plain (plain keys only) on the cache tier: as one
+// MSET, or on a cluster one per pair (the keys may be in other slots, and
+// Redis Cluster's MSET is per slot too).
+func (s *Set) plainPairs(ctx context.Context, proto int, plain [][]byte) resp.Reply {
+	if !s.sh.cluster {
+		return s.plain(ctx, proto, plain)
+	}
+	cmds := make([][][]byte, 0, len(plain)/2)
+	for j := 1; j+1 < len(plain); j += 2 {
+		cmds = append(cmds, [][]byte{plain[0], plain[j], plain[j+1]})
+	}
+	out, err := s.cache.Do(ctx, proto, cmds...)
+	if err != nil {
+		return resp.Err("ERR upstream unavailable: " + err.Error())
+	}
+	for _, o := range out {
+		if len(o) > 0 && o[0] == '-' {
+			return resp.Raw(o)
+		}
+	}
+	return resp.OK()
+}
+
 // mget answers MGET: each route's keys in one round trip for its hits
 // (Route.getMany), the plain keys with one MGET upstream; the array keeps
 // the client's order. An error from a route is the whole reply: Redis'
@@ -450,7 +474,24 @@ func (s *Set) mget(ctx context.Context, proto int, cmd *router.Command) resp.Rep
 			parts[at[j]] = reply
 		}
 	}
-	if len(plain) > 1 {
+	if len(plain) > 1 && s.sh.cluster {
+		// One MGET per key: the plain keys may be in other slots.
+		cmds := make([][][]byte, len(plainAt))
+		for j, k := range plain[1:] {
+			cmds[j] = [][]byte{args[0], k}
+		}
+		out, err := s.cache.Do(ctx, proto, cmds...)
+		if err != nil {
+			return resp.Err("ERR upstream unavailable: " + err.Error())
+		}
+		for j, at := range plainAt {
+			elems, ok := resp.Elements(out[j])
+			if !ok || len(elems) != 1 {
+				return resp.Raw(out[j])
+			}
+			parts[at] = resp.Raw(elems[0])
+		}
+	} else if len(plain) > 1 {
 		reply := s.plain(ctx, proto, plain)
 		elems, ok := resp.Elements(reply.Raw)
 		if !ok || len(elems) != len(plainAt) {
@@ -495,7 +536,7 @@ func (s *Set) mset(ctx context.Context, proto int, cmd *router.Command) resp.Rep
 	}
 	var applied []string
 	if len(plain) > 1 {
-		if reply := s.plain(ctx, proto, plain); reply.IsError() || len(routed) == 0 {
+		if reply := s.plainPairs(ctx, proto, plain); reply.IsError() || len(routed) == 0 {
 			return reply
 		}
 		for j := 1; j < len(plain); j += 2 {

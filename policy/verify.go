@@ -74,7 +74,7 @@ func (s *Set) Verify(ctx context.Context, name string, count int, repair bool) (
 	rep := VerifyReport{Route: name}
 	var stream []string
 	if r.queued {
-		stream = []string{StreamKey(name)}
+		stream = []string{StreamKey(r.rkey())}
 		n, err := r.rdb.XLen(ctx, stream[0]).Result()
 		if err != nil {
 			return rep, err

@@ -40,7 +40,7 @@ type writeBack struct {
 }
 
 func newWriteBack(r *Route) *writeBack {
-	return &writeBack{reader: reader{r}, stream: StreamKey(r.cfg.Name), dlq: DeadLetterKey(r.cfg.Name)}
+	return &writeBack{reader: reader{r}, stream: StreamKey(r.rkey()), dlq: DeadLetterKey(r.rkey())}
 }
 
 // StreamKey is the Redis Stream holding route's pending writes.

@@ -291,7 +291,7 @@ var (
 )
 
 func (r *Route) intentKeys(key string) []string {
-	return []string{key, negKey(key), markerKey(key), pendingKey(r.cfg.Name)}
+	return []string{key, negKey(key), markerKey(key), pendingKey(r.rkey())}
 }
 
 // instancePrefix starts the tokens of this instance's intents; a token is
@@ -455,7 +455,7 @@ func (r *Route) ResolveIntents(ctx context.Context, own bool) (int, error) {
 	if own {
 		prefix, max = r.instancePrefix(), "+inf"
 	}
-	keys, err := r.rdb.ZRangeByScore(ctx, pendingKey(r.cfg.Name), &redis.ZRangeBy{Min: "-inf", Max: max, Count: 1000}).Result()
+	keys, err := r.rdb.ZRangeByScore(ctx, pendingKey(r.rkey()), &redis.ZRangeBy{Min: "-inf", Max: max, Count: 1000}).Result()
 	if err != nil {
 		return 0, err
 	}

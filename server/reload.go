@@ -25,7 +25,7 @@ func (s *Server) Reload(cfg config.Config) (needRestart []string, err error) {
 		needRestart = append(needRestart, "routes (clients' restricted Redis user)")
 	}
 	if !reflect.DeepEqual(next.Routes, s.live.Load().Routes) {
-		set, err := policy.Open(s.cfg.With(next), s.up.Cache(), s.up.Redis(), s.log)
+		set, err := policy.Open(s.cfg.With(next), s.up.Cache(), s.up.RouteRedis(), s.log)
 		if err != nil {
 			return needRestart, fmt.Errorf("new routes refused, the old ones keep serving: %w", err)
 		}

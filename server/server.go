@@ -146,7 +146,7 @@ func New(cfg config.Config, log *slog.Logger) (_ *Server, err error) {
 	s.conflicts = newConflicts(cfg.Transactions.TrackedKeys)
 	s.gate = &gate{s: s, t: s.conflicts}
 	s.restrictClients(cfg)
-	set, err := policy.Open(cfg, up.Cache(), up.Redis(), log)
+	set, err := policy.Open(cfg, up.Cache(), up.RouteRedis(), log)
 	if err != nil {
 		up.Close()
 		return nil, err

@@ -30,6 +30,9 @@ func (c *Cache) Do(_ context.Context, proto int, cmds ...[][]byte) ([][]byte, er
 		cl = NewCall()
 	}
 	defer c.calls.Put(cl)
+	if c.u.cluster != nil {
+		return c.doCluster(proto, cmds)
+	}
 	cl.Reset()
 	for _, cmd := range cmds {
 		cl.Add(cmd)
@@ -44,6 +47,31 @@ func (c *Cache) Do(_ context.Context, proto int, cmds ...[][]byte) ([][]byte, er
 	for i, end := range cl.Ends {
 		out[i] = buf[start:end:end]
 		start = end
+	}
+	return out, nil
+}
+
+// doCluster is Do in upstream.mode cluster: each command goes to the
+// primary of its first key's slot (the route layer's commands name their
+// keys first, and a route's keys share a slot: policy/clusterkeys.go),
+// with the cluster's redirects followed.
+func (c *Cache) doCluster(proto int, cmds [][][]byte) ([][]byte, error) {
+	b := NewBatch()
+	for _, cmd := range cmds {
+		slot := AnySlot
+		if len(cmd) > 1 {
+			slot = Slot(cmd[1])
+		}
+		b.Add(cmd, slot)
+	}
+	c.u.cluster.Do(proto, b, c.pick.Add(1))
+	out := make([][]byte, b.Len())
+	for i := range out {
+		reply, err := b.Reply(i)
+		if err != nil {
+			return nil, err
+		}
+		out[i] = append([]byte(nil), reply...)
 	}
 	return out, nil
 }

@@ -60,8 +60,11 @@ type Upstream struct {
 	open atomic.Int64 // pinned connections open
 
 	// redis is go-redis (RESP2) for the route layer: fills, scripts,
-	// locks, write-back streams, invalidation pub/sub.
-	redis *redis.Client
+	// locks, write-back streams, invalidation pub/sub; in upstream.mode
+	// cluster it reaches the first seed only (INFO, the version, CLIENT
+	// commands of the proxy's own), and routes is a ClusterClient.
+	redis  *redis.Client
+	routes redis.UniversalClient
 
 	cache *Cache // the route layer's commands on the multiplexed connections
 
@@ -151,6 +154,22 @@ func New(cfg config.Upstream) (*Upstream, error) {
 		go u.sentinel.run()
 		return u, nil
 	}
+	if cfg.Mode == config.ModeCluster {
+		u.routes = redis.NewClusterClient(&redis.ClusterOptions{
+			Addrs:                 cfg.Addrs,
+			Username:              cfg.Username,
+			Password:              cfg.Password,
+			Protocol:              2,
+			DisableIdentity:       true,
+			MaxRetries:            -1,
+			PoolSize:              cfg.PoolSize,
+			DialTimeout:           time.Duration(cfg.DialTimeout),
+			ReadTimeout:           time.Duration(cfg.Timeout),
+			WriteTimeout:          time.Duration(cfg.Timeout),
+			ContextTimeoutEnabled: true,
+			TLSConfig:             tc,
+		})
+	}
 	u.redis = redis.NewClient(&redis.Options{
 		Addr:                  cfg.Addr,
 		Username:              cfg.Username,
@@ -193,8 +212,18 @@ func (u *Upstream) SentinelSwitches() int64 {
 	return u.sentinel.switches()
 }
 
-// Redis returns the go-redis client (RESP2) of the route layer.
+// Redis returns the go-redis client (RESP2) of the proxy's own commands
+// (in upstream.mode cluster: to the first seed).
 func (u *Upstream) Redis() *redis.Client { return u.redis }
+
+// RouteRedis returns the go-redis client (RESP2) of the route layer: a
+// ClusterClient in upstream.mode cluster, Redis otherwise.
+func (u *Upstream) RouteRedis() redis.UniversalClient {
+	if u.routes != nil {
+		return u.routes
+	}
+	return u.redis
+}
 
 // Timeout bounds one non-blocking round trip.
 func (u *Upstream) Timeout() time.Duration { return u.timeout }
@@ -492,4 +521,7 @@ func (u *Upstream) Close() {
 		u.sentinel.close()
 	}
 	u.redis.Close()
+	if u.routes != nil {
+		u.routes.Close()
+	}
 }

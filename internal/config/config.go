@@ -714,9 +714,32 @@ func (c *Config) validateMode() *fieldError {
 	if u.DB != 0 {
 		return bad("upstream.db", "%d: Redis Cluster has only database 0", u.DB)
 	}
-	if len(c.Routes) > 0 {
-		e := bad("routes", "not supported with upstream.mode cluster yet (run routes on a standalone or sentinel upstream)")
-		return e
+	return nil
+}
+
+// validateClusterRoutes checks the routes for upstream.mode cluster,
+// where each route's keys share one hash slot (policy/clusterkeys.go):
+// names and prefixes without braces (they make the hash tag), and none
+// of the features that need more than that slot's primary yet.
+func (c *Config) validateClusterRoutes() *fieldError {
+	if c.Upstream.Mode != ModeCluster {
+		return nil
+	}
+	for i, r := range c.Routes {
+		at := fmt.Sprintf("routes[%d].", i)
+		switch {
+		case strings.ContainsAny(r.Name, "{}"):
+			return bad(at+"name", "%q holds a brace: with upstream.mode cluster a route's name makes the hash tag of its keys", r.Name)
+		case strings.ContainsAny(r.Prefix, "{}"):
+			return bad(at+"prefix", "%q holds a brace: with upstream.mode cluster the proxy puts a hash tag of its own right after the prefix", r.Prefix)
+		case r.LocalCache != nil:
+			return bad(at+"local_cache", "not supported with upstream.mode cluster yet (the in-process tier follows one Redis)")
+		case r.TrackChanges:
+			return bad(at+"track_changes", "not supported with upstream.mode cluster yet")
+		}
+	}
+	if n := c.WriteBack.MinReplicas; n != nil && *n > 0 {
+		return bad("write_back.min_replicas", "not supported with upstream.mode cluster yet (0 turns it off)")
 	}
 	return nil
 }
@@ -776,6 +799,9 @@ func (c *Config) validateRoutes() *fieldError {
 		if err := c.Routes[i].validate(fmt.Sprintf("routes[%d]", i), i, names, prefixes); err != nil {
 			return err
 		}
+	}
+	if err := c.validateClusterRoutes(); err != nil {
+		return err
 	}
 	return c.validateInvalidation()
 }

@@ -1,0 +1,156 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/respite/respite/internal/config"
+)
+
+// TestRoutesOnCluster: the three policies with a Redis Cluster upstream.
+// A route's keys carry its hash tag (policy/clusterkeys.go), so they
+// live in one slot on one primary: 1,000 concurrent GETs of a cold key
+// run one SELECT; a write-through write that PostgreSQL refuses leaves
+// cache and row as they were, and 50 concurrent writers leave cache ==
+// row; write-back counters are exact in PostgreSQL; an MGET over routes
+// and plain keys in other slots equals the per-key GETs; FLUSHALL is
+// refused while write-back routes exist.
+func TestRoutesOnCluster(t *testing.T) {
+	cl := testCluster(t)
+	p := sharedPostgres(t)
+	p.Exec("DELETE FROM users; INSERT INTO users VALUES (2, 'Linus', NULL, 50); DELETE FROM products; INSERT INTO products VALUES ('apple', 10); DELETE FROM page_views")
+	for _, a := range cl.Addrs() {
+		raw := dialRaw(t, a)
+		raw.do("FLUSHALL")
+		raw.c.Close()
+	}
+	proxy := startProxy(t, func(c *config.Config) {
+		c.Upstream.Mode = config.ModeCluster
+		c.Upstream.Addrs = cl.Addrs()
+		c.Postgres.DSN = p.DSN
+		c.Routes = testRoutes()
+		if err := fillDefaults(c); err != nil {
+			t.Fatal(err)
+		}
+	})
+	direct := redis.NewClusterClient(&redis.ClusterOptions{Addrs: cl.Addrs()})
+	defer direct.Close()
+	ctx := context.Background()
+
+	// cache-aside: one SELECT for 1,000 concurrent misses, the copy in
+	// the route's slot.
+	resetStats(t, p)
+	var wg sync.WaitGroup
+	var bad sync.Map
+	for i := 0; i < 1000; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			c := redis.NewClient(&redis.Options{Addr: proxy, PoolSize: 1})
+			defer c.Close()
+			if v, err := c.Get(ctx, "user:2").Result(); err != nil || !strings.Contains(v, "Linus") {
+				bad.Store(i, fmt.Sprint(v, err))
+			}
+		}(i)
+	}
+	wg.Wait()
+	bad.Range(func(k, v any) bool { t.Errorf("client %v: %v", k, v); return false })
+	if n := selects(t, p, "users"); n != 1 {
+		t.Errorf("1,000 concurrent GETs of a cold key on a cluster ran %d SELECTs, want 1", n)
+	}
+	if v, err := direct.Get(ctx, "user:{respite:users}2").Result(); err != nil || !strings.Contains(v, "Linus") {
+		t.Errorf("the cached copy in the route's slot: %q %v", v, err)
+	}
+	slot, _ := direct.ClusterKeySlot(ctx, "user:{respite:users}2").Result()
+	want, _ := direct.ClusterKeySlot(ctx, "respite:users").Result()
+	if slot != want {
+		t.Errorf("cached copy in slot %d, want the route's slot %d", slot, want)
+	}
+
+	// write-through: a refused write changes nothing; concurrent writers
+	// leave cache == row.
+	c := dialRaw(t, proxy)
+	if got := c.do("GET", "stock:apple"); got != "$2\r\n10\r\n" {
+		t.Fatalf("GET stock:apple: %q", got)
+	}
+	if got := c.do("SET", "stock:apple", "-5"); !strings.HasPrefix(got, "-ERR route 'stock'") || !strings.Contains(got, "check") {
+		t.Fatalf("constraint violation: %q", got)
+	}
+	if v, _ := direct.Get(ctx, "stock:{respite:stock}apple").Result(); v != "10" {
+		t.Fatalf("cache after the refused write: %q", v)
+	}
+	if got, _ := p.Query("SELECT stock FROM products WHERE sku = 'apple'"); got != "10" {
+		t.Fatalf("row after the refused write: %q", got)
+	}
+	if got := c.do("INCRBY", "stock:apple", "5"); got != ":15\r\n" {
+		t.Fatalf("INCRBY: %q", got)
+	}
+	for i := 0; i < 50; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			w := redis.NewClient(&redis.Options{Addr: proxy, PoolSize: 1})
+			defer w.Close()
+			if err := w.Set(ctx, "stock:apple", i, 0).Err(); err != nil {
+				t.Error(err)
+			}
+		}(i)
+	}
+	wg.Wait()
+	db, _ := p.Query("SELECT stock FROM products WHERE sku = 'apple'")
+	if v, _ := direct.Get(ctx, "stock:{respite:stock}apple").Result(); v != db {
+		t.Fatalf("after 50 writers: cache %q, row %q", v, db)
+	}
+
+	// write-back: 20 clients x 500 INCRs over 50 counters.
+	for w := 0; w < 20; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			c := redis.NewClient(&redis.Options{Addr: proxy, PoolSize: 1})
+			defer c.Close()
+			_, err := c.Pipelined(ctx, func(pp redis.Pipeliner) error {
+				for i := 0; i < 500; i++ {
+					pp.Incr(ctx, fmt.Sprintf("pv:page%d", (w*500+i)%50))
+				}
+				return nil
+			})
+			if err != nil {
+				t.Error(err)
+			}
+		}(w)
+	}
+	wg.Wait()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		out, _ := p.Query("SELECT count(*) || '/' || coalesce(sum(views),0) || '/' || coalesce(min(views),0) FROM page_views")
+		if out == "50/10000/200" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("PostgreSQL holds count/sum/min %s, want 50/10000/200", out)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+
+	// MGET over three routes and plain keys of other slots.
+	c.do("SET", "plain:a", "A")
+	c.do("SET", "plain:b", "B")
+	args := []string{"MGET", "user:2", "plain:a", "stock:apple", "nosuch", "pv:page3", "plain:b"}
+	var parts []string
+	for _, k := range args[1:] {
+		parts = append(parts, c.do("GET", k))
+	}
+	if got, want := c.do(args...), fmt.Sprintf("*%d\r\n%s", len(parts), strings.Join(parts, "")); got != want {
+		t.Errorf("MGET across routes and slots = %q, want %q", got, want)
+	}
+	if got := c.do("FLUSHALL"); !strings.HasPrefix(got, "-ERR FLUSHALL is refused with write-back routes") {
+		t.Errorf("FLUSHALL on a cluster with a write-back route: %q", got)
+	}
+}
