@@ -57,17 +57,17 @@ type Cache interface {
 
 // Route is one configured route at run time.
 type Route struct {
-	cfg    config.Route
-	db     *backend.DB
-	table  *backend.Table
-	cache  Cache         // the fast shared path, for hits
-	rdb    redis.UniversalClient // go-redis (RESP2), for fills, scripts and locks
+	cfg   config.Route
+	db    *backend.DB
+	table *backend.Table
+	cache Cache                 // the fast shared path, for hits
+	rdb   redis.UniversalClient // go-redis (RESP2), for fills, scripts and locks
 	// slotTag is the hash tag of the route's keys on a cluster, "" on one
 	// Redis (clusterkeys.go).
 	slotTag string
-	log    *slog.Logger
-	policy Policy
-	traits // what the policy decides for shared code (policy.go)
+	log     *slog.Logger
+	policy  Policy
+	traits  // what the policy decides for shared code (policy.go)
 
 	loads   loader
 	locks   keyLocks
