@@ -155,6 +155,42 @@ func (c *session) forwardPinnedCluster(cl *upstream.Cluster, cmds []router.Comma
 	}
 }
 
+// placeRouted readies the session's pinned connection, inside MULTI, for
+// cmd, a command on routed keys whose Redis keys the route layer named
+// (their slot is their route's: policy/clusterkeys.go): bound to another
+// slot, or over several, it is refused with -CROSSSLOT and the MULTI
+// flagged; unbound, the connection is bound to cmd's slot, moved to its
+// primary first if it is elsewhere. False when cmd is answered already.
+// Outside upstream.mode cluster it does nothing.
+func (c *session) placeRouted(cmd *router.Command) bool {
+	cl := c.s.up.Cluster()
+	if cl == nil {
+		return true
+	}
+	slot, cross := c.slotOf(cmd)
+	p := c.pin
+	switch {
+	case slot == upstream.AnySlot:
+		return true
+	case cross || p.bound && slot != p.slot:
+		c.abortQueue(router.ErrCrossSlot)
+		return false
+	case p.bound:
+		return true
+	}
+	if addr, err := cl.NodeAddr(slot); err == nil && addr != p.conn.Addr() {
+		if p.watch || p.sticky {
+			c.abortQueue(router.ErrCrossSlot) // held on its node: cannot move
+			return false
+		}
+		if !c.rehome(cl, slot) {
+			return false
+		}
+	}
+	p.slot, p.bound, p.replay, p.replayN = slot, true, nil, 0
+	return true
+}
+
 // noteReplay keeps what an unbound pinned connection was sent (cluster
 // only), for rehome.
 func (c *session) noteReplay(req []byte, n int) {

@@ -154,3 +154,53 @@ func TestRoutesOnCluster(t *testing.T) {
 		t.Errorf("FLUSHALL on a cluster with a write-back route: %q", got)
 	}
 }
+
+// TestRoutedTransactionsOnCluster: MULTI/EXEC and WATCH over routed keys
+// on a cluster. A route's keys share its slot, so a transaction over one
+// route's keys runs (write-back and write-through writes, reads), and
+// one that adds a key of another slot (another route's, a plain key) gets
+// Redis Cluster's -CROSSSLOT when it is queued and -EXECABORT, never a
+// -MOVED; WATCH of a routed key then a write of it runs.
+func TestRoutedTransactionsOnCluster(t *testing.T) {
+	cl := testCluster(t)
+	p := sharedPostgres(t)
+	p.Exec("DELETE FROM users; INSERT INTO users VALUES (2, 'Linus', NULL, 50); DELETE FROM products; INSERT INTO products VALUES ('apple', 10); DELETE FROM page_views")
+	for _, a := range cl.Addrs() {
+		raw := dialRaw(t, a)
+		raw.do("FLUSHALL")
+		raw.c.Close()
+	}
+	proxy := startProxy(t, func(c *config.Config) {
+		c.Upstream.Mode = config.ModeCluster
+		c.Upstream.Addrs = cl.Addrs()
+		c.Postgres.DSN = p.DSN
+		c.Routes = testRoutes()
+		if err := fillDefaults(c); err != nil {
+			t.Fatal(err)
+		}
+	})
+	linus := "$45\r\n{\"id\":2,\"name\":\"Linus\",\"email\":null,\"age\":50}\r\n"
+	cross := "-CROSSSLOT Keys in request don't hash to the same slot\r\n"
+	abort := "-EXECABORT Transaction discarded because of previous errors.\r\n"
+	c := dialRaw(t, proxy)
+	for _, step := range []struct {
+		cmd  []string
+		want string
+	}{
+		{[]string{"MULTI"}, "+OK\r\n"}, {[]string{"INCR", "pv:p1"}, "+QUEUED\r\n"}, {[]string{"INCR", "pv:p2"}, "+QUEUED\r\n"}, {[]string{"EXEC"}, "*2\r\n:1\r\n:1\r\n"},
+		{[]string{"MULTI"}, "+OK\r\n"}, {[]string{"SET", "stock:apple", "3"}, "+QUEUED\r\n"}, {[]string{"GET", "stock:apple"}, "+QUEUED\r\n"}, {[]string{"EXEC"}, "*2\r\n+OK\r\n$1\r\n3\r\n"},
+		{[]string{"MULTI"}, "+OK\r\n"}, {[]string{"SET", "stock:apple", "4"}, "+QUEUED\r\n"}, {[]string{"INCR", "pv:p1"}, cross}, {[]string{"EXEC"}, abort},
+		{[]string{"MULTI"}, "+OK\r\n"}, {[]string{"SET", "stock:apple", "5"}, "+QUEUED\r\n"}, {[]string{"SET", "plainx", "1"}, cross}, {[]string{"EXEC"}, abort},
+		{[]string{"MULTI"}, "+OK\r\n"}, {[]string{"SET", "plainx", "1"}, "+QUEUED\r\n"}, {[]string{"SET", "stock:apple", "5"}, cross}, {[]string{"EXEC"}, abort},
+		{[]string{"WATCH", "user:2"}, "+OK\r\n"}, {[]string{"GET", "user:2"}, linus}, {[]string{"MULTI"}, "+OK\r\n"}, {[]string{"GET", "user:2"}, "+QUEUED\r\n"}, {[]string{"EXEC"}, "*1\r\n" + linus},
+		{[]string{"WATCH", "stock:apple"}, "+OK\r\n"}, {[]string{"MULTI"}, "+OK\r\n"}, {[]string{"INCRBY", "stock:apple", "1"}, "+QUEUED\r\n"}, {[]string{"EXEC"}, "*1\r\n:4\r\n"},
+		{[]string{"GET", "stock:apple"}, "$1\r\n4\r\n"}, {[]string{"GET", "pv:p1"}, "$1\r\n1\r\n"}, {[]string{"GET", "plainx"}, "$-1\r\n"},
+	} {
+		if got := c.do(step.cmd...); got != step.want {
+			t.Fatalf("%q = %q, want %q", step.cmd, got, step.want)
+		}
+	}
+	if got, _ := p.Query("SELECT stock FROM products WHERE sku = 'apple'"); got != "4" {
+		t.Fatalf("row after the transactions: %q, want 4", got)
+	}
+}

@@ -76,6 +76,9 @@ func (c *session) queueRouted(set *policy.Set, cmd *router.Command) {
 		c.abortQueue(policy.ErrorText(err))
 		return
 	}
+	if !c.placeRouted(cmd) {
+		return
+	}
 	var reply []byte
 	if q.Own != nil && c.ownStepNeeded() {
 		reply, err = c.queueOwn(q.Own)
@@ -85,6 +88,9 @@ func (c *session) queueRouted(set *policy.Set, cmd *router.Command) {
 	if err != nil {
 		c.pinLost(err)
 		return
+	}
+	if cl := c.s.up.Cluster(); cl != nil {
+		reply = c.pinnedRedirect(cl, reply)
 	}
 	if string(reply) != "+QUEUED\r\n" {
 		c.send(reply)
