@@ -9,22 +9,23 @@
 // writethrough.go and writeback.go (one policy each), sqlwrite.go (the
 // PostgreSQL side of a write, shared by cache-aside and write-through),
 // stampede.go (coalesced loads, distributed lease, negative caching, TTL
-// jitter, early refresh), flight.go (one load in flight per key), local.go (the in-process tier), tx.go (writes
-// queued in MULTI), flusher*.go, flushstream.go, flushbatch.go,
-// deadletter.go and version.go (the write-back flusher), durability.go
-// (the upstream Redis' eviction and persistence, and what they allow
-// write-back), cache.go (a Cache over go-redis, for tests and tools),
-// cacheversion.go (cache_version: where a cached copy lives), verify.go
-// (RESPITE VERIFY), audit.go (the audit log of routed writes),
-// capture.go and notify.go (invalidation from PostgreSQL's change stream
-// or NOTIFY), lease.go (fill leases), tag.go (the proxy's own commits in
-// the stream), tracking.go (in-process tiers following Redis),
-// flushall.go (FLUSHALL/FLUSHDB that cannot drop a write-back queue),
-// replicas.go (write-back writes acknowledged once replicas hold them),
-// unsettled.go (keys whose cache step failed after a committed write),
-// batch.go (reads over many keys of one route, their misses loaded in one
-// query), live.go (the route set
-// that serves, replaced whole on reload).
+// jitter, early refresh), flight.go (one load in flight per key),
+// local.go (the in-process tier), tx.go (writes queued in MULTI),
+// flusher*.go, flushstream.go, flushbatch.go, deadletter.go and
+// version.go (the write-back flusher), durability.go (the upstream
+// Redis' eviction and persistence, and what they allow write-back),
+// cache.go (a Cache over go-redis, for tests and tools), cacheversion.go
+// (cache_version: where a cached copy lives), clusterkeys.go (the hash
+// tag of a route's keys on a Redis Cluster), verify.go (RESPITE VERIFY),
+// audit.go (the audit log of routed writes), capture.go and notify.go
+// (invalidation from PostgreSQL's change stream or NOTIFY), lease.go
+// (fill leases), tag.go (the proxy's own commits in the stream),
+// tracking.go (in-process tiers following Redis), flushall.go
+// (FLUSHALL/FLUSHDB that cannot drop a write-back queue), replicas.go
+// (write-back writes acknowledged once replicas hold them), unsettled.go
+// (keys whose cache step failed after a committed write), batch.go (reads
+// over many keys of one route, their misses loaded in one query), live.go
+// (the route set that serves, replaced whole on reload).
 package policy
 
 import (
