@@ -357,7 +357,7 @@ func (c *capture) apply(ctx context.Context, txn *backend.Txn) error {
 				if err != nil {
 					return err
 				}
-				key := r.cfg.Prefix + canon
+				key := string(r.cacheKey([]byte(r.cfg.Prefix + canon))) // where the route caches it (cache_version)
 				if toks := own[r.cfg.Name+"\x00"+key]; toks != nil && r.stores {
 					done, err := c.ownFinished(ctx, key, toks)
 					if err != nil {

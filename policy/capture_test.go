@@ -1038,3 +1038,27 @@ func TestCaptureMaxLagReadsFromPostgres(t *testing.T) {
 		t.Fatalf("cached after the catch-up: %q", v)
 	}
 }
+
+// A route with cache_version caches its rows under tagged keys
+// (cacheversion.go): the change capture invalidates those, so an UPDATE
+// and an INSERT over a cached "absent" are seen within 2 s. Before, it
+// deleted the untagged key and the old copies stayed for their TTL.
+func TestCaptureWithCacheVersion(t *testing.T) {
+	e := newCaptureEnv(t, nil, false, "cache_version: 3")
+	ctx := testCtx(t)
+	w := e.writer(t)
+	mustExec(t, w, fmt.Sprintf("INSERT INTO %s VALUES (1, 'old')", e.table))
+	a := e.open(t)
+	waitLeader(t, a)
+	one, two := e.prefix+"1", e.prefix+"2"
+	if got := setDo(ctx, a, "GET", one); got != bulk(`{"id":1,"name":"old"}`) {
+		t.Fatalf("GET %s: %q", one, got)
+	}
+	if got := setDo(ctx, a, "GET", two); got != "$-1\r\n" {
+		t.Fatalf("GET %s: %q", two, got)
+	}
+	mustExec(t, w, fmt.Sprintf("UPDATE %s SET name = 'new' WHERE id = 1", e.table))
+	mustExec(t, w, fmt.Sprintf("INSERT INTO %s VALUES (2, 'two')", e.table))
+	pollUntil(t, ctx, 2*time.Second, one, bulk(`{"id":1,"name":"new"}`), a)
+	pollUntil(t, ctx, 2*time.Second, two, bulk(`{"id":2,"name":"two"}`), a)
+}
