@@ -1,5 +1,11 @@
 package policy
 
+import (
+	"context"
+
+	"github.com/redis/go-redis/v9"
+)
+
 // Keys on Redis Cluster (upstream.mode cluster). A script's keys must
 // share one hash slot, and the proxy's scripts mix a routed key with the
 // keys it keeps beside it ("respite:neg:" + the key, the write-through
@@ -21,3 +27,13 @@ func slotTag(route string) string { return "{respite:" + route + "}" }
 // rkey is what the route's own Redis keys are named after: its name, and
 // on a cluster its hash tag.
 func (r *Route) rkey() string { return r.cfg.Name + r.slotTag }
+
+// node is the go-redis client for the route's commands that name no key
+// (SCAN): on a cluster the primary of the route's slot, else rdb.
+func (r *Route) node(ctx context.Context) (redis.UniversalClient, error) {
+	cl, ok := r.rdb.(*redis.ClusterClient)
+	if !ok {
+		return r.rdb, nil
+	}
+	return cl.MasterForKey(ctx, r.rkey())
+}

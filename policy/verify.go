@@ -129,15 +129,19 @@ func (s *Set) Verify(ctx context.Context, name string, count int, repair bool) (
 // prefix).
 func (s *Set) sample(ctx context.Context, ri, count int) ([]string, error) {
 	r := s.list[ri]
-	pattern := globEscape(r.cfg.Prefix)
+	pattern := globEscape(r.cfg.Prefix) + globEscape(r.slotTag)
 	if v := r.cfg.CacheVersion; v > 0 {
 		pattern += globEscape(versionTag(v))
 	}
 	pattern += "*"
+	rdb, err := r.node(ctx)
+	if err != nil {
+		return nil, err
+	}
 	var out []string
 	var cursor uint64
 	for len(out) < count {
-		keys, next, err := r.rdb.Scan(ctx, cursor, pattern, 1000).Result()
+		keys, next, err := rdb.Scan(ctx, cursor, pattern, 1000).Result()
 		if err != nil {
 			return nil, err
 		}
@@ -145,7 +149,7 @@ func (s *Set) sample(ctx context.Context, ri, count int) ([]string, error) {
 			if len(out) == count {
 				break
 			}
-			rest := k[len(r.cfg.Prefix):]
+			rest := strings.TrimPrefix(k[len(r.cfg.Prefix):], r.slotTag)
 			if r.cfg.CacheVersion == 0 && strings.HasPrefix(rest, versionMark) {
 				continue // an older version's copy
 			}

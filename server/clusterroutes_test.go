@@ -73,6 +73,11 @@ func TestRoutesOnCluster(t *testing.T) {
 		t.Errorf("cached copy in slot %d, want the route's slot %d", slot, want)
 	}
 
+	// RESPITE VERIFY finds the route's copies on the route's primary.
+	if got := dialRaw(t, proxy).do("RESPITE", "VERIFY", "users"); !strings.Contains(got, "$7\r\nchecked\r\n:1\r\n$9\r\ndivergent\r\n:0\r\n") {
+		t.Errorf("RESPITE VERIFY users on a cluster: %q", got)
+	}
+
 	// write-through: a refused write changes nothing; concurrent writers
 	// leave cache == row.
 	c := dialRaw(t, proxy)
