@@ -2,6 +2,7 @@ package backend
 
 import (
 	"context"
+	"strconv"
 	"strings"
 )
 
@@ -31,18 +32,22 @@ const (
 	AsValue                // Loaded.Value, as LoadValue
 )
 
-// LoadMany returns the rows of keys, by key; a key without a row (or of
+// LoadMany returns the rows of keys (each in its canonical form,
+// CanonicalKey, as callers of the one-row loads pass them too), by key;
+// a key twice is read once. A key without a row (or of
 // another number of parts, or one that cannot be cast) is absent from the
-// map. One statement reads them all; if a key's cast fails it (a data
-// exception, e.g. an integer out of range), each key is read on its own,
-// so one bad key costs the others nothing but the retry.
+// map. One statement reads them all. Keys Go knows cannot be cast are
+// left out first (mayName); if the cast of one it could not judge fails
+// the statement (a data exception), each key is read on its own, so that
+// key costs the others nothing but the retry. Callers keep batches to a
+// few hundred keys (policy: loadChunk), which bounds that retry.
 func (t *Table) LoadMany(ctx context.Context, q Querier, f Format, keys []string) (map[string]Loaded, error) {
 	if f == AsValue && t.val < 0 {
 		return nil, ErrNoValueColumn
 	}
 	ask := make([]string, 0, len(keys))
 	for _, k := range keys {
-		if _, ok := t.keyParts(k); ok {
+		if t.mayName(k) {
 			ask = append(ask, k)
 		}
 	}
@@ -76,6 +81,46 @@ func (t *Table) LoadMany(ctx context.Context, q Querier, f Format, keys []string
 		}
 	}
 	return out, nil
+}
+
+// mayName reports whether key may name a row: it has the key's number of
+// parts and Go cannot tell that a part fails its column's cast (an
+// integer out of range, NUL in text), which would fail the statement for
+// every key (vouch).
+func (t *Table) mayName(key string) bool {
+	parts, ok := t.keyParts(key)
+	if !ok {
+		return false
+	}
+	for i, ci := range t.keys {
+		c := &t.cols[ci]
+		if vouch(c, parts[i]) < 0 || outOfRange(c, parts[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+// outOfRange reports whether s is a decimal integer (the canonical text
+// of an integer key) too large for c's integer type: its cast fails.
+func outOfRange(c *column, s string) bool {
+	bits := 0
+	switch c.kind {
+	case kindInt16:
+		bits = 16
+	case kindInt32:
+		bits = 32
+	case kindInt64:
+		bits = 64
+	default:
+		return false
+	}
+	digits := strings.TrimPrefix(s, "-")
+	if digits == "" || strings.Trim(digits, "0123456789") != "" {
+		return false
+	}
+	_, err := strconv.ParseInt(s, 10, bits)
+	return err != nil
 }
 
 func (t *Table) loadMany(ctx context.Context, q Querier, f Format, keys []string, out map[string]Loaded) error {

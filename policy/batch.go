@@ -257,9 +257,25 @@ func (r *Route) fetchMany(ctx context.Context, keys []string, filled []uint64) (
 	return rows, errs
 }
 
-// flyMany runs the flights fls[i] of keys[i], i in led, in one load, and
-// lands them.
+// loadChunk is how many keys one batched load reads and fills at most:
+// each chunk's flights land once it is stored, a fill's round trip stays
+// short (a write to one of its keys waits for it: loader.quiesce), and a
+// key whose cast fails costs at most a chunk of one-key retries.
+const loadChunk = 500
+
+// flyMany runs the flights fls[i] of keys[i], i in led, loadChunk keys at
+// a time, and lands them.
 func (r *Route) flyMany(ctx context.Context, keys []string, fls []*flight, led []int) {
+	for len(led) > 0 {
+		n := min(len(led), loadChunk)
+		r.flyChunk(ctx, keys, fls, led[:n])
+		led = led[n:]
+	}
+}
+
+// flyChunk runs the flights fls[i] of keys[i], i in led, in one load, and
+// lands them.
+func (r *Route) flyChunk(ctx context.Context, keys []string, fls []*flight, led []int) {
 	var rows []row
 	var err error
 	defer func() {

@@ -187,17 +187,37 @@ func TestRoutedMGetMissesLoadOnce(t *testing.T) {
 		}
 	}
 
-	// A key no int can hold beside keys that load: those still answer.
+	// A key no int can hold beside keys that load: those still answer,
+	// in the one query.
 	d.do("FLUSHALL")
+	resetStats(t, pg)
 	args := []string{"MGET", "mg:1", "mg:99999999999", "mg:2"}
 	if got, want := c.do(args...), "*3\r\n"+want("mg:", 1)+"$-1\r\n"+want("mg:", 2); got != want {
 		t.Fatalf("MGET with a key out of int's range = %q, want %q", got, want)
+	}
+	if n := selects(t, pg, "mg_users"); n != 1 {
+		t.Errorf("MGET with a key out of int's range ran %d SELECTs, want 1", n)
+	}
+
+	// 1,200 cold keys load 500 at a time (loadChunk): 3 SELECTs.
+	d.do("FLUSHALL")
+	resetStats(t, pg)
+	var many []int
+	for i := 1; i <= 1200; i++ {
+		many = append(many, i)
+	}
+	args, reply := mget("mg:", many...)
+	if got := c.do(args...); got != reply {
+		t.Fatalf("MGET of 1,200 cold keys = %q", got[:min(len(got), 300)])
+	}
+	if n := selects(t, pg, "mg_users"); n != 3 {
+		t.Errorf("MGET of 1,200 cold keys ran %d SELECTs, want 3", n)
 	}
 
 	// 100 clients MGET the same 20 cold keys at once: each key loads once
 	// (at most 20 SELECTs, usually one or two), every reply is right.
 	d.do("FLUSHALL")
-	args, reply := mget("mg:", ids[:20]...)
+	args, reply = mget("mg:", ids[:20]...)
 	resetStats(t, pg)
 	var wg sync.WaitGroup
 	errs := make(chan string, 100)
