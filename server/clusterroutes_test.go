@@ -165,7 +165,8 @@ func TestRoutesOnCluster(t *testing.T) {
 // route's keys runs (write-back and write-through writes, reads), and
 // one that adds a key of another slot (another route's, a plain key) gets
 // Redis Cluster's -CROSSSLOT when it is queued and -EXECABORT, never a
-// -MOVED; WATCH of a routed key then a write of it runs.
+// -MOVED; WATCH of a routed key then a write of it runs, and an EXEC
+// that WATCH aborts rolls the routed write back in PostgreSQL.
 func TestRoutedTransactionsOnCluster(t *testing.T) {
 	cl := testCluster(t)
 	p := sharedPostgres(t)
@@ -207,5 +208,22 @@ func TestRoutedTransactionsOnCluster(t *testing.T) {
 	}
 	if got, _ := p.Query("SELECT stock FROM products WHERE sku = 'apple'"); got != "4" {
 		t.Fatalf("row after the transactions: %q, want 4", got)
+	}
+	// An EXEC aborted by WATCH rolls the routed write back in PostgreSQL.
+	b := dialRaw(t, proxy)
+	c.do("WATCH", "stock:apple")
+	b.do("SET", "stock:apple", "7")
+	c.do("MULTI")
+	if got := c.do("SET", "stock:apple", "1"); got != "+QUEUED\r\n" {
+		t.Fatalf("queued routed write: %q", got)
+	}
+	if got := c.do("EXEC"); got != "*-1\r\n" {
+		t.Fatalf("EXEC after another client's write of the watched key: %q", got)
+	}
+	if got, _ := p.Query("SELECT stock FROM products WHERE sku = 'apple'"); got != "7" {
+		t.Fatalf("row after an aborted EXEC: %q, want 7 (the other client's write)", got)
+	}
+	if got := c.do("GET", "stock:apple"); got != "$1\r\n7\r\n" {
+		t.Fatalf("GET after an aborted EXEC: %q", got)
 	}
 }
