@@ -11,7 +11,32 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/respite/respite/internal/config"
+	"github.com/respite/respite/internal/testenv"
 )
+
+// clusterRouted empties the test cluster, puts the routes' tables in a
+// known state (user 2, product apple at 10, no page views) and starts a
+// proxy with the test routes in front of the cluster.
+func clusterRouted(t *testing.T) (*testenv.Cluster, *testenv.Postgres, string) {
+	t.Helper()
+	cl := testCluster(t)
+	p := sharedPostgres(t)
+	p.Exec("DELETE FROM users; INSERT INTO users VALUES (2, 'Linus', NULL, 50); DELETE FROM products; INSERT INTO products VALUES ('apple', 10); DELETE FROM page_views")
+	for _, a := range cl.Addrs() {
+		raw := dialRaw(t, a)
+		raw.do("FLUSHALL")
+		raw.c.Close()
+	}
+	return cl, p, startProxy(t, func(c *config.Config) {
+		c.Upstream.Mode = config.ModeCluster
+		c.Upstream.Addrs = cl.Addrs()
+		c.Postgres.DSN = p.DSN
+		c.Routes = testRoutes()
+		if err := fillDefaults(c); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
 
 // TestRoutesOnCluster: the three policies with a Redis Cluster upstream.
 // A route's keys carry its hash tag (policy/clusterkeys.go), so they
@@ -22,23 +47,7 @@ import (
 // and plain keys in other slots equals the per-key GETs; FLUSHALL is
 // refused while write-back routes exist.
 func TestRoutesOnCluster(t *testing.T) {
-	cl := testCluster(t)
-	p := sharedPostgres(t)
-	p.Exec("DELETE FROM users; INSERT INTO users VALUES (2, 'Linus', NULL, 50); DELETE FROM products; INSERT INTO products VALUES ('apple', 10); DELETE FROM page_views")
-	for _, a := range cl.Addrs() {
-		raw := dialRaw(t, a)
-		raw.do("FLUSHALL")
-		raw.c.Close()
-	}
-	proxy := startProxy(t, func(c *config.Config) {
-		c.Upstream.Mode = config.ModeCluster
-		c.Upstream.Addrs = cl.Addrs()
-		c.Postgres.DSN = p.DSN
-		c.Routes = testRoutes()
-		if err := fillDefaults(c); err != nil {
-			t.Fatal(err)
-		}
-	})
+	cl, p, proxy := clusterRouted(t)
 	direct := redis.NewClusterClient(&redis.ClusterOptions{Addrs: cl.Addrs()})
 	defer direct.Close()
 	ctx := context.Background()
@@ -168,23 +177,7 @@ func TestRoutesOnCluster(t *testing.T) {
 // -MOVED; WATCH of a routed key then a write of it runs, and an EXEC
 // that WATCH aborts rolls the routed write back in PostgreSQL.
 func TestRoutedTransactionsOnCluster(t *testing.T) {
-	cl := testCluster(t)
-	p := sharedPostgres(t)
-	p.Exec("DELETE FROM users; INSERT INTO users VALUES (2, 'Linus', NULL, 50); DELETE FROM products; INSERT INTO products VALUES ('apple', 10); DELETE FROM page_views")
-	for _, a := range cl.Addrs() {
-		raw := dialRaw(t, a)
-		raw.do("FLUSHALL")
-		raw.c.Close()
-	}
-	proxy := startProxy(t, func(c *config.Config) {
-		c.Upstream.Mode = config.ModeCluster
-		c.Upstream.Addrs = cl.Addrs()
-		c.Postgres.DSN = p.DSN
-		c.Routes = testRoutes()
-		if err := fillDefaults(c); err != nil {
-			t.Fatal(err)
-		}
-	})
+	_, p, proxy := clusterRouted(t)
 	linus := "$45\r\n{\"id\":2,\"name\":\"Linus\",\"email\":null,\"age\":50}\r\n"
 	cross := "-CROSSSLOT Keys in request don't hash to the same slot\r\n"
 	abort := "-EXECABORT Transaction discarded because of previous errors.\r\n"
