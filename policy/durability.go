@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -201,6 +203,57 @@ func readDurability(ctx context.Context, rdb redis.UniversalClient) *Durability 
 	return d
 }
 
+// readDurabilityAll is readDurability of the upstream: on a cluster,
+// of the weakest primary (the write-back queues live on several), with
+// every primary's run_id in RunID, so a restart of any one is seen.
+func readDurabilityAll(ctx context.Context, rdb redis.UniversalClient) *Durability {
+	cl, ok := rdb.(*redis.ClusterClient)
+	if !ok {
+		return readDurability(ctx, rdb)
+	}
+	var mu sync.Mutex
+	var all []*Durability
+	var addrs []string
+	err := cl.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
+		d := readDurability(ctx, c)
+		mu.Lock()
+		all, addrs = append(all, d), append(addrs, c.Options().Addr)
+		mu.Unlock()
+		return nil
+	})
+	if err != nil || len(all) == 0 {
+		return &Durability{MaxMemory: -1, Mode: ModeUnknown, Unreachable: true, Err: fmt.Errorf("upstream Redis Cluster unreachable: %w", err)}
+	}
+	ids := make([]string, len(all))
+	weakest := all[0]
+	for i, d := range all {
+		ids[i] = addrs[i] + "=" + d.RunID
+		if weakness(d) > weakness(weakest) {
+			weakest = d
+		}
+	}
+	slices.Sort(ids)
+	d := *weakest
+	d.RunID = strings.Join(ids, ",")
+	return &d
+}
+
+// weakness ranks what a node's settings risk for write-back: unreachable,
+// then an eviction policy unknown or not safe, then the persistence mode
+// from none to AOF always.
+func weakness(d *Durability) int {
+	switch {
+	case d.Unreachable:
+		return 100
+	case !d.Known:
+		return 90
+	case !evictionSafe[d.Policy]:
+		return 80
+	}
+	rank := map[string]int{ModeNone: 9, ModeUnknown: 8, ModeNoAOF: 7, ModeRDB: 6, ModeAOFNo: 5, ModeAOF: 4, ModeAOFEverysec: 3, ModeAOFAlways: 2}
+	return rank[d.Mode]
+}
+
 // isReply reports an error Redis answered (NOPERM, unknown command), as
 // opposed to one reaching it.
 func isReply(err error) bool {
@@ -280,7 +333,7 @@ func (g *guard) writeErr() error {
 // check reads the settings, stores them and logs what changed since the
 // last reading (first: the start-up lines).
 func (g *guard) check(ctx context.Context, first bool) *Durability {
-	d := readDurability(ctx, g.rdb)
+	d := readDurabilityAll(ctx, g.rdb)
 	d.evaluate(g.opts)
 	old := g.cur.Swap(d)
 	switch {

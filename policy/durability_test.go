@@ -486,3 +486,28 @@ func TestWriteBackSurvivesRedisRestartWithAOF(t *testing.T) {
 		})
 	}
 }
+
+// On a cluster the durability check reads every primary and reports the
+// weakest: one primary with an evicting policy is the cluster's policy,
+// and a restart of any primary changes RunID.
+func TestDurabilityOfEveryClusterPrimary(t *testing.T) {
+	cl, err := testenv.StartCluster()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cl.Stop)
+	ctx := testCtx(t)
+	rdb := redis.NewClusterClient(&redis.ClusterOptions{Addrs: cl.Addrs()})
+	defer rdb.Close()
+	d := readDurabilityAll(ctx, rdb)
+	if d.Unreachable || !d.Known || d.Policy != "noeviction" || strings.Count(d.RunID, "=") != 3 {
+		t.Fatalf("before: %+v", d)
+	}
+	one := newRedisClient(t, cl.Addrs()[1], 2)
+	if err := one.ConfigSet(ctx, "maxmemory-policy", "allkeys-lru").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if d := readDurabilityAll(ctx, rdb); d.Policy != "allkeys-lru" {
+		t.Fatalf("one primary evicting: policy %q, want allkeys-lru", d.Policy)
+	}
+}
