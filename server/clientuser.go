@@ -21,10 +21,6 @@ func (s *Server) restrictClients(cfg config.Config) {
 	}
 	u := cfg.Upstream
 	risk := "clients' Lua scripts (EVAL, EVALSHA, FCALL) can write the proxy's keys (respite:*: negative cache, write-back queues)"
-	if u.Mode == config.ModeCluster {
-		s.log.Warn(risk+": not restricted in upstream.mode cluster", "mode", u.Mode)
-		return
-	}
 	s.up.OnClientFallback(func(err error) {
 		s.log.Warn(risk+": the restricted user "+upstream.ClientUserName+" could not be created again, so clients' connections log in as upstream.username; give it the right to run ACL SETUSER, or create a user and set upstream.client_user", "err", err)
 	})

@@ -220,3 +220,50 @@ func TestRoutedTransactionsOnCluster(t *testing.T) {
 		t.Fatalf("GET after an aborted EXEC: %q", got)
 	}
 }
+
+// With routes on a cluster, clients' connections log in, on every node,
+// as the restricted user: a script cannot write the proxy's keys (here a
+// write-back queue entry, in a script whose declared key is in the
+// queue's slot), while the route layer, write-back writes queued in MULTI
+// and scripts on plain keys still work.
+func TestScriptsCannotWriteProxyKeysOnCluster(t *testing.T) {
+	cl, _, proxy := clusterRouted(t)
+	direct := redis.NewClusterClient(&redis.ClusterOptions{Addrs: cl.Addrs()})
+	defer direct.Close()
+	ctx := context.Background()
+	c := dialRaw(t, proxy)
+	if got := c.do("INCR", "pv:lua"); got != ":1\r\n" {
+		t.Fatalf("INCR pv:lua: %q", got)
+	}
+	stream := "respite:wb:pv{respite:pv}"
+	before := direct.XLen(ctx, stream).Val()
+	poison := "redis.call('SET', KEYS[1], 'x') return redis.call('XADD', '" + stream + "', '*', 'k', 'pv:evil', 'v', '999')"
+	if got := c.do("EVAL", poison, "1", "plain{respite:pv}"); !strings.HasPrefix(got, scriptDenied) {
+		t.Errorf("EVAL appending to the write-back queue: %q, want %q...", got, scriptDenied)
+	}
+	c.do("MULTI")
+	c.do("INCR", "pv:lua")
+	c.do("EVAL", poison, "1", "plain{respite:pv}")
+	if got := c.do("EXEC"); !strings.HasPrefix(got, "*2\r\n:2\r\n"+scriptDenied) {
+		t.Errorf("EXEC of a write-back INCR and the poisoning script: %q", got)
+	}
+	if n := direct.XLen(ctx, stream).Val(); n > before+1 {
+		t.Errorf("the queue grew by %d entries, want at most the INCR's one", n-before)
+	}
+	if got := c.do("EVAL", "return redis.call('SET', KEYS[1], ARGV[1])", "1", "plain:lua", "v"); got != "+OK\r\n" {
+		t.Errorf("EVAL on a plain key: %q", got)
+	}
+	if got := c.do("GET", "pv:lua"); got != "$1\r\n2\r\n" {
+		t.Errorf("GET pv:lua: %q", got)
+	}
+	err := direct.ForEachShard(ctx, func(ctx context.Context, n *redis.Client) error {
+		got, _ := n.Do(ctx, "ACL", "DRYRUN", "respite-client", "SET", "respite:neg:x", "1").Text()
+		if !strings.Contains(got, "no permissions") {
+			t.Errorf("%s: ACL DRYRUN respite-client SET respite:neg:x: %q", n.Options().Addr, got)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}

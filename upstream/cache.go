@@ -57,6 +57,7 @@ func (c *Cache) Do(_ context.Context, proto int, cmds ...[][]byte) ([][]byte, er
 // with the cluster's redirects followed.
 func (c *Cache) doCluster(proto int, cmds [][][]byte) ([][]byte, error) {
 	b := NewBatch()
+	b.Own = true
 	for _, cmd := range cmds {
 		slot := AnySlot
 		if len(cmd) > 1 {

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/respite/respite/internal/config"
 	"github.com/respite/respite/resp"
 )
@@ -125,9 +127,6 @@ var ErrUnreachable = errors.New("redis unreachable")
 // one wrapping ErrUnreachable means nothing changed: clients' connections
 // log in as the operator's user, as before.
 func (u *Upstream) RestrictClients(ctx context.Context, user, password string) error {
-	if u.cluster != nil {
-		return errors.New("not supported in upstream.mode cluster")
-	}
 	if user != "" {
 		err := u.probe(user, password)
 		if err != nil && !errors.Is(err, ErrUnreachable) {
@@ -171,7 +170,15 @@ func (u *Upstream) createClientUser(ctx context.Context, l *login) error {
 	args = append(args, "resetchannels", "&*", "clearselectors", "+@all", "-flushall", "-flushdb", "-swapdb")
 	ctx, cancel := context.WithTimeout(ctx, u.timeout)
 	defer cancel()
-	err := u.redis.Do(ctx, args...).Err()
+	var err error
+	if cl, ok := u.routes.(*redis.ClusterClient); ok {
+		// Every node, replicas too: a failover must find the user.
+		err = cl.ForEachShard(ctx, func(ctx context.Context, c *redis.Client) error {
+			return c.Do(ctx, args...).Err()
+		})
+	} else {
+		err = u.redis.Do(ctx, args...).Err()
+	}
 	if err != nil && isRedisError(err) {
 		return redisError{"ACL SETUSER " + l.user + ": " + err.Error()}
 	}

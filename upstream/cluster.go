@@ -55,10 +55,13 @@ const maxHops = 5
 // maxTryAgain bounds the retries of a -TRYAGAIN reply (10 ms apart).
 const maxTryAgain = 50
 
-// node is one primary and its multiplexers, one per RESP version.
+// node is one primary and its multiplexers, one per RESP version: mux
+// for clients' commands, own for the route layer's while clients'
+// connections log in as the restricted user (clientuser.go).
 type node struct {
 	addr string
 	mux  [2]*Mux
+	own  [2]*Mux
 	seq  int // creation order: the order in which Batch.send waits
 }
 
@@ -84,6 +87,10 @@ func (c *Cluster) nodeAt(addr string) *node {
 		n = &node{addr: addr, seq: len(c.nodes)}
 		for i, proto := range []int{2, 3} {
 			n.mux[i] = newMux(cfg, proto, c.muxConns, c.u.tls)
+			n.own[i] = newMux(cfg, proto, c.muxConns, c.u.tls)
+			for _, mc := range n.mux[i].conns {
+				mc.login, mc.heal = c.u.clientLogin, c.u.heal
+			}
 		}
 		c.nodes[addr] = n
 	}
@@ -277,6 +284,9 @@ func (c *Cluster) Stats() ClusterStats {
 // for a command without keys), or with a node of its own (AddTo: a
 // command sent to every primary). A session reuses its Batch.
 type Batch struct {
+	// Own: the route layer's commands, sent on the nodes' own
+	// multiplexers while clients' connections are restricted.
+	Own   bool
 	cmds  []batchCmd
 	calls []*Call
 	idx   [][]int // per group: the commands in it
@@ -362,7 +372,7 @@ func (c *Cluster) Do(proto int, b *Batch, pick uint32) {
 		if len(groups) == 0 {
 			return
 		}
-		b.send(groups, pi, pick)
+		b.send(groups, pi, pick, b.Own && c.u.restricted.Load())
 		redo, pause := false, false
 		for _, g := range groups {
 			for _, i := range b.idx[g] {
@@ -455,7 +465,7 @@ var askingCmd = [][]byte{[]byte("ASKING")}
 // send runs the groups' calls, each on its node: all are written first,
 // then each is waited for in the nodes' creation order (see Mux.begin),
 // and each command is handed its reply.
-func (b *Batch) send(groups []int, pi int, pick uint32) {
+func (b *Batch) send(groups []int, pi int, pick uint32, own bool) {
 	for i := 1; i < len(groups); i++ { // insertion sort: a few groups
 		for j := i; j > 0 && b.gnode[groups[j]].seq < b.gnode[groups[j-1]].seq; j-- {
 			groups[j], groups[j-1] = groups[j-1], groups[j]
@@ -466,7 +476,11 @@ func (b *Batch) send(groups []int, pi int, pick uint32) {
 	}
 	conns := b.conns[:len(groups)]
 	for i, g := range groups {
-		c, wait := b.gnode[g].mux[pi].begin(b.calls[g], pick)
+		m := b.gnode[g].mux[pi]
+		if own {
+			m = b.gnode[g].own[pi]
+		}
+		c, wait := m.begin(b.calls[g], pick)
 		if !wait {
 			c = nil
 		}
@@ -504,5 +518,7 @@ func (c *Cluster) close() {
 	for _, n := range c.nodes {
 		n.mux[0].close()
 		n.mux[1].close()
+		n.own[0].close()
+		n.own[1].close()
 	}
 }
