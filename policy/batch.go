@@ -58,12 +58,20 @@ func (r *Route) getMany(ctx context.Context, proto int, keys [][]byte) []resp.Re
 	if len(idx) == 0 {
 		return out
 	}
-	replies, err := r.cache.Do(ctx, proto, mget)
 	var elems [][]byte
-	if err == nil {
-		var ok bool
-		if elems, ok = resp.Elements(replies[0]); !ok || len(elems) != 2*len(idx) {
-			err = errUnexpectedReply
+	var err error
+	if r.slotTag != "" {
+		// On a cluster, one-key commands (see Route.get): GET and EXISTS
+		// of the marker per key, whose replies stand for MGET's pairs.
+		elems, err = r.getPairs(ctx, proto, mget[1:])
+	} else {
+		var replies [][]byte
+		replies, err = r.cache.Do(ctx, proto, mget)
+		if err == nil {
+			var ok bool
+			if elems, ok = resp.Elements(replies[0]); !ok || len(elems) != 2*len(idx) {
+				err = errUnexpectedReply
+			}
 		}
 	}
 	if err != nil {
@@ -101,6 +109,36 @@ func (r *Route) getMany(ctx context.Context, proto int, keys [][]byte) []resp.Re
 	}
 	return out
 }
+
+// getPairs is MGET k1 m1 k2 m2 ... (keys and their negative markers) as
+// one round trip of one-key commands, GET ki and EXISTS mi: the values as
+// GET gave them, a marker as a null or not.
+func (r *Route) getPairs(ctx context.Context, proto int, pairs [][]byte) ([][]byte, error) {
+	cmds := make([][][]byte, len(pairs))
+	for i := 0; i+1 < len(pairs); i += 2 {
+		cmds[i], cmds[i+1] = [][]byte{cmdGet, pairs[i]}, [][]byte{cmdExists, pairs[i+1]}
+	}
+	out, err := r.cache.Do(ctx, proto, cmds...)
+	if err != nil {
+		return nil, err
+	}
+	for i := 0; i+1 < len(out); i += 2 {
+		switch v := out[i]; {
+		case len(v) > 9 && string(v[:10]) == "-WRONGTYPE":
+			out[i] = markerNull // MGET's nil for a key of another type
+		case len(v) > 0 && v[0] == '-':
+			return nil, redisErr(oneLine(string(v[1 : len(v)-2])))
+		}
+		if string(out[i+1]) == ":1\r\n" {
+			out[i+1] = markerSet
+		} else {
+			out[i+1] = markerNull
+		}
+	}
+	return out, nil
+}
+
+var markerNull, markerSet = []byte("$-1\r\n"), []byte("$1\r\n1\r\n")
 
 // misses are the keys one read over many keys missed, in the order
 // missed (at: their positions in the read), loaded together (fetchMany)

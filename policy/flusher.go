@@ -89,8 +89,9 @@ import (
 // It then creates the group again, and still flushes the entries it had
 // read before the loss.
 //
-// Redis Cluster: Run reads all streams in one XREADGROUP, which needs them
-// in one slot; a clustered upstream needs one read per stream.
+// Redis Cluster: one XREADGROUP reads only streams of one slot, and each
+// route's stream is in its route's slot, so there Run reads each stream
+// with an XREADGROUP of its own, all at once (readNew).
 //
 // Files. This one holds the Flusher, its options and counters, Run, Drain,
 // FlushNow and the pass scheduler (pass, due, step). flushstream.go does

@@ -2,7 +2,9 @@ package policy
 
 import (
 	"context"
+	"errors"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -32,6 +34,28 @@ func (f *Flusher) readable(now time.Time) (streams []*wbRoute, count int64) {
 func (f *Flusher) readNew(ctx context.Context, ws []*wbRoute, count int64, block time.Duration) error {
 	f.readMu.Lock()
 	defer f.readMu.Unlock()
+	if _, ok := f.rdb.(*redis.ClusterClient); ok && len(ws) > 1 {
+		// One XREADGROUP reads streams of one slot, and on a cluster each
+		// route's stream is in its route's slot (clusterkeys.go): one read
+		// per stream, all at once.
+		errs := make([]error, len(ws))
+		var wg sync.WaitGroup
+		for i := range ws {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				errs[i] = f.readStreams(ctx, ws[i:i+1], count, block)
+			}()
+		}
+		wg.Wait()
+		return errors.Join(errs...)
+	}
+	return f.readStreams(ctx, ws, count, block)
+}
+
+// readStreams is readNew's XREADGROUP over the streams of ws, whose keys
+// share a slot (or the upstream is one Redis).
+func (f *Flusher) readStreams(ctx context.Context, ws []*wbRoute, count int64, block time.Duration) error {
 	args := make([]string, 0, 2*len(ws))
 	for _, w := range ws {
 		args = append(args, w.stream)

@@ -11,6 +11,7 @@ package policy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -230,5 +231,29 @@ func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool)
 			t.Fatalf("timed out after %v waiting for %s", timeout, what)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// A Redis Cluster redirect or migration error of a route's own command
+// reaches the client as a retryable -TRYAGAIN naming the route, never as
+// the redirect itself; other errors keep their text.
+func TestSlotMovingErrors(t *testing.T) {
+	r := &Route{cfg: config.Route{Name: "acct"}}
+	for _, tc := range []struct{ err, want string }{
+		{"ASK 10774 127.0.0.1:7101", "TRYAGAIN route 'acct': its hash slot is moving between nodes (ASK 10774 127.0.0.1:7101); retry"},
+		{"MOVED 10774 127.0.0.1:7101", "TRYAGAIN route 'acct': its hash slot is moving between nodes (MOVED 10774 127.0.0.1:7101); retry"},
+		{"TRYAGAIN Multiple keys request during rehashing of slot", "TRYAGAIN route 'acct': its hash slot is moving between nodes (TRYAGAIN Multiple keys request during rehashing of slot); retry"},
+		{"WRONGTYPE Operation against a key holding the wrong kind of value", "WRONGTYPE Operation against a key holding the wrong kind of value"},
+	} {
+		if got := r.errorText(redisErr(tc.err)); got != tc.want {
+			t.Errorf("errorText(%q) = %q, want %q", tc.err, got, tc.want)
+		}
+		want := tc.want // a go-redis error: the same, or named by the route
+		if !strings.HasPrefix(want, "TRYAGAIN") {
+			want = "ERR route 'acct': " + tc.err
+		}
+		if got := r.errorText(errors.New(tc.err)); got != want {
+			t.Errorf("errorText(errors.New(%q)) = %q, want %q", tc.err, got, want)
+		}
 	}
 }

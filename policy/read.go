@@ -115,12 +115,20 @@ func (r *Route) get(ctx context.Context, o Op) resp.Reply {
 			cmds[n], negAt = [][]byte{cmdExists, []byte(negKey(key))}, n
 			n++
 		}
-	case r.negative():
+	case r.negative() && r.slotTag == "":
 		cmds[n], paired = [][]byte{cmdMGet, o.Args[1], []byte(negKey(key))}, true
 		n++
 	default:
 		cmds[n] = [][]byte{cmdGet, o.Args[1]}
 		n++
+		if r.negative() {
+			// On a cluster: two one-key commands in the round trip, so
+			// that a migration of the route's slot, which refuses a
+			// command over keys split between two nodes (-TRYAGAIN),
+			// never refuses a read.
+			cmds[n], negAt = [][]byte{cmdExists, []byte(negKey(key))}, n
+			n++
+		}
 	}
 	pttlAt := -1
 	if r.cfg.EarlyRefresh {

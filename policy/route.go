@@ -307,14 +307,34 @@ func (r *Route) fail(err error) resp.Reply {
 func (r *Route) errorText(err error) string {
 	var re redisErr
 	if errors.As(err, &re) {
+		if m := r.slotMoving(string(re)); m != "" {
+			return m
+		}
 		return string(re)
 	}
 	msg := oneLine(err.Error())
+	if m := r.slotMoving(msg); m != "" {
+		return m
+	}
 	var ne net.Error
 	if !strings.HasPrefix(msg, "postgres:") && (errors.As(err, &ne) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)) {
 		msg = "upstream redis unavailable: " + msg
 	}
 	return fmt.Sprintf("ERR route '%s': %s", r.cfg.Name, msg)
+}
+
+// slotMoving is the error for msg, a Redis Cluster error of one of the
+// route's commands while its slot moves between nodes (a redirect the
+// upstream did not follow to the end, keys split by the migration): a
+// retryable -TRYAGAIN, never a redirect the client would act on; "" for
+// any other error.
+func (r *Route) slotMoving(msg string) string {
+	for _, p := range []string{"ASK ", "MOVED ", "TRYAGAIN", "CLUSTERDOWN"} {
+		if strings.HasPrefix(msg, p) {
+			return "TRYAGAIN route '" + r.cfg.Name + "': its hash slot is moving between nodes (" + msg + "); retry"
+		}
+	}
+	return ""
 }
 
 // redisErr is an error whose text is already a Redis error reply.

@@ -611,10 +611,36 @@ func (s *Set) sum(ctx context.Context, proto int, cmd *router.Command) resp.Repl
 		total += n
 	}
 	if len(plain) > 1 {
-		reply := s.plain(ctx, proto, plain)
+		reply := s.plainSum(ctx, proto, plain)
 		n, ok := reply.AsInt()
 		if !ok {
 			return reply
+		}
+		total += n
+	}
+	return resp.Int(total)
+}
+
+// plainSum runs plain (DEL, UNLINK, EXISTS or TOUCH over plain keys only)
+// on the cache tier: as one command, or on a cluster one per key (the
+// keys may be in other slots), the counts summed.
+func (s *Set) plainSum(ctx context.Context, proto int, plain [][]byte) resp.Reply {
+	if !s.sh.cluster {
+		return s.plain(ctx, proto, plain)
+	}
+	cmds := make([][][]byte, len(plain)-1)
+	for j, k := range plain[1:] {
+		cmds[j] = [][]byte{plain[0], k}
+	}
+	out, err := s.cache.Do(ctx, proto, cmds...)
+	if err != nil {
+		return resp.Err("ERR upstream unavailable: " + err.Error())
+	}
+	var total int64
+	for _, o := range out {
+		n, ok := resp.Raw(o).AsInt()
+		if !ok {
+			return resp.Raw(o)
 		}
 		total += n
 	}

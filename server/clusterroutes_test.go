@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -17,7 +18,7 @@ import (
 // clusterRouted empties the test cluster, puts the routes' tables in a
 // known state (user 2, product apple at 10, no page views) and starts a
 // proxy with the test routes in front of the cluster.
-func clusterRouted(t *testing.T) (*testenv.Cluster, *testenv.Postgres, string) {
+func clusterRouted(t *testing.T, routes ...config.Route) (*testenv.Cluster, *testenv.Postgres, string) {
 	t.Helper()
 	cl := testCluster(t)
 	p := sharedPostgres(t)
@@ -31,7 +32,7 @@ func clusterRouted(t *testing.T) (*testenv.Cluster, *testenv.Postgres, string) {
 		c.Upstream.Mode = config.ModeCluster
 		c.Upstream.Addrs = cl.Addrs()
 		c.Postgres.DSN = p.DSN
-		c.Routes = testRoutes()
+		c.Routes = append(testRoutes(), routes...)
 		if err := fillDefaults(c); err != nil {
 			t.Fatal(err)
 		}
@@ -265,5 +266,103 @@ func TestScriptsCannotWriteProxyKeysOnCluster(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// More on a cluster: with two write-back routes (two streams in two
+// slots) the flusher writes both to PostgreSQL on its own; a DEL, EXISTS
+// or UNLINK over routed keys and plain keys of other slots answers as on
+// one Redis.
+func TestRoutesOnClusterAcrossSlots(t *testing.T) {
+	_, p, proxy := clusterRouted(t, config.Route{Name: "pv2", Prefix: "pv2:", Policy: config.WriteBack, Table: "page_views", KeyColumn: "page_id", Format: config.FormatValue, ValueColumn: "views"})
+	c := dialRaw(t, proxy)
+	c.do("INCR", "pv:one")
+	c.do("INCRBY", "pv2:two", "2")
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		got, _ := p.Query("SELECT string_agg(page_id || '=' || views, ',' ORDER BY page_id) FROM page_views")
+		if got == "one=1,two=2" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("PostgreSQL holds %q, want one=1,two=2: the flusher did not flush both routes' streams", got)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	for _, k := range []string{"a", "b", "c"} {
+		c.do("SET", k, "1")
+	}
+	if got := c.do("EXISTS", "user:2", "a", "b", "nosuch", "user:404"); got != ":3\r\n" {
+		t.Errorf("EXISTS over a route and plain keys of other slots: %q, want :3", got)
+	}
+	if got := c.do("DEL", "user:2", "a", "b"); got != ":3\r\n" {
+		t.Errorf("DEL over a route and plain keys of other slots: %q, want :3", got)
+	}
+	if got := c.do("UNLINK", "c", "pv:one"); got != ":2\r\n" {
+		t.Errorf("UNLINK over a plain key and a write-back key: %q, want :2", got)
+	}
+	if got := c.do("MGET", "a", "b", "c", "user:2"); got != "*4\r\n$-1\r\n$-1\r\n$-1\r\n$-1\r\n" {
+		t.Errorf("after DEL and UNLINK: %q", got)
+	}
+	if got, _ := p.Query("SELECT count(*) FROM users WHERE id = 2"); got != "0" {
+		t.Errorf("user 2's row after DEL: count %q, want 0", got)
+	}
+}
+
+// While the slot of a route moves between primaries, its reads keep
+// answering: cached keys still on the source, keys already moved, absent
+// rows (their markers on either node), and after the move.
+func TestRoutedReadsWhileTheRoutesSlotMigrates(t *testing.T) {
+	cl, p, proxy := clusterRouted(t)
+	p.Exec("INSERT INTO users VALUES (3, 'Grace', NULL, 40)")
+	c := dialRaw(t, proxy)
+	linus, grace := c.do("GET", "user:2"), c.do("GET", "user:3")
+	if !strings.Contains(linus, "Linus") || !strings.Contains(grace, "Grace") || c.do("GET", "user:404") != "$-1\r\n" {
+		t.Fatalf("before the move: %q %q", linus, grace)
+	}
+	direct := redis.NewClusterClient(&redis.ClusterOptions{Addrs: cl.Addrs()})
+	defer direct.Close()
+	ctx := context.Background()
+	slot := int(direct.ClusterKeySlot(ctx, "respite:users").Val())
+	from := ownerOf(t, cl, slot)
+	var to string
+	for _, a := range cl.Addrs() {
+		if a != from {
+			to = a
+			break
+		}
+	}
+	src, dst := dialRaw(t, from), dialRaw(t, to)
+	srcID, dstID := strings.TrimSpace(strings.Split(src.do("CLUSTER", "MYID"), "\r\n")[1]), strings.TrimSpace(strings.Split(dst.do("CLUSTER", "MYID"), "\r\n")[1])
+	s := strconv.Itoa(slot)
+	dst.do("CLUSTER", "SETSLOT", s, "IMPORTING", srcID)
+	src.do("CLUSTER", "SETSLOT", s, "MIGRATING", dstID)
+	host, port, _ := strings.Cut(to, ":")
+	if got := src.do("MIGRATE", host, port, "", "0", "5000", "KEYS", "user:{respite:users}2", "respite:neg:user:{respite:users}404"); got != "+OK\r\n" {
+		t.Fatalf("MIGRATE: %q", got)
+	}
+	for i := 0; i < 3; i++ {
+		for k, want := range map[string]string{"user:2": linus, "user:3": grace, "user:404": "$-1\r\n", "user:405": "$-1\r\n"} {
+			if got := c.do("GET", k); got != want {
+				t.Errorf("GET %s while the slot migrates: %q, want %q", k, got, want)
+			}
+		}
+		if got, want := c.do("MGET", "user:2", "user:3", "user:404"), "*3\r\n"+linus+grace+"$-1\r\n"; got != want {
+			t.Errorf("MGET while the slot migrates: %q, want %q", got, want)
+		}
+	}
+	for _, n := range []*rawConn{dst, src} {
+		n.do("CLUSTER", "SETSLOT", s, "NODE", dstID)
+	}
+	for _, a := range cl.Addrs() {
+		if a != from && a != to {
+			dialRaw(t, a).do("CLUSTER", "SETSLOT", s, "NODE", dstID)
+		}
+	}
+	if err := cl.MigrateSlot(slot, to, from); err != nil { // and back, with the keys
+		t.Fatal(err)
+	}
+	if got := c.do("GET", "user:3"); got != grace {
+		t.Errorf("GET user:3 after the moves: %q", got)
 	}
 }

@@ -72,7 +72,14 @@ func (c *Cache) doCluster(proto int, cmds [][][]byte) ([][]byte, error) {
 		if err != nil {
 			return nil, err
 		}
+		if _, _, _, moved := redirect(reply); moved {
+			// Still redirected after the hops Cluster.Do follows: the
+			// slot is moving; the route layer's caller retries.
+			reply = tryAgain
+		}
 		out[i] = append([]byte(nil), reply...)
 	}
 	return out, nil
 }
+
+var tryAgain = []byte("-TRYAGAIN the slot of the proxy's keys is moving between nodes; retry\r\n")
