@@ -2,11 +2,14 @@ package backend
 
 import (
 	"errors"
+	"fmt"
 	"net/url"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
@@ -198,5 +201,44 @@ REVOKE CREATE ON SCHEMA public FROM PUBLIC;
 	}
 	if err := db.CheckMeta(ctx); err != nil {
 		t.Errorf("CheckMeta as the owner: %v", err)
+	}
+}
+
+// Proxies starting at once on a database without respite_versions each
+// create it: every one succeeds (the losers of CREATE TABLE IF NOT
+// EXISTS's race see the table, or its row type, made by the winner).
+func TestConcurrentSetupSucceeds(t *testing.T) {
+	ctx := ctxT(t)
+	for round := range 30 {
+		schema := fmt.Sprintf("setup_race_%d", round)
+		if err := pg.Exec("CREATE SCHEMA " + schema); err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := pgx.ParseConfig(pg.DSN)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.RuntimeParams["search_path"] = schema
+		var wg sync.WaitGroup
+		errs := make([]error, 16)
+		for i := range errs {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				conn, err := pgx.ConnectConfig(ctx, cfg)
+				if err != nil {
+					errs[i] = err
+					return
+				}
+				defer conn.Close(ctx)
+				errs[i] = createMeta(ctx, conn)
+			}()
+		}
+		wg.Wait()
+		for i, err := range errs {
+			if err != nil {
+				t.Errorf("round %d, setup %d: %v", round, i, err)
+			}
+		}
 	}
 }

@@ -217,9 +217,12 @@ func createMeta(ctx context.Context, q Querier) error {
 	_, err := q.Exec(ctx, SetupSQL)
 	var pgErr *pgconn.PgError
 	// Two concurrent CREATE TABLE IF NOT EXISTS can both pass the check;
-	// the loser fails on the catalog's unique index: the table exists.
-	if errors.As(err, &pgErr) && (pgErr.Code == "23505" || pgErr.Code == "42P07") {
-		return nil
+	// the loser fails on a catalog's unique index (23505), or finds the
+	// table (42P07) or its row type (42710, duplicate_object) made by the
+	// other: the table exists now, so the setup runs again for what
+	// follows the CREATE.
+	if errors.As(err, &pgErr) && (pgErr.Code == "23505" || pgErr.Code == "42P07" || pgErr.Code == "42710") {
+		_, err = q.Exec(ctx, SetupSQL)
 	}
 	return err
 }

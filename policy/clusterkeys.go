@@ -35,5 +35,6 @@ func (r *Route) node(ctx context.Context) (redis.UniversalClient, error) {
 	if !ok {
 		return r.rdb, nil
 	}
+	cl.ReloadState(ctx) // the slot may have moved since go-redis last looked
 	return cl.MasterForKey(ctx, r.rkey())
 }

@@ -360,7 +360,11 @@ func (g *guard) check(ctx context.Context, first bool) *Durability {
 		return d
 	}
 	if old.RunID != "" && d.RunID != "" && old.RunID != d.RunID && g.wb {
-		g.log.Warn("upstream Redis restarted", "persistence", d.Mode, "meaning", d.Meaning())
+		what := "upstream Redis restarted"
+		if strings.Contains(d.RunID, "=") {
+			what = "a primary of the upstream cluster restarted, or another node took its place (failover)"
+		}
+		g.log.Warn(what, "persistence", d.Mode, "meaning", d.Meaning())
 	}
 	if !old.Unreachable && old.Mode != d.Mode && g.wb {
 		g.log.Warn("upstream persistence changed", "from", old.Mode, "to", d.Mode, "meaning", d.Meaning())
