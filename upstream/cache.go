@@ -15,6 +15,7 @@ import (
 type Cache struct {
 	u     *Upstream
 	calls sync.Pool     // *Call, each with its channel
+	batch sync.Pool     // *Batch, upstream.mode cluster
 	pick  atomic.Uint32 // spreads calls over the multiplexed connections
 }
 
@@ -25,14 +26,14 @@ func (u *Upstream) Cache() *Cache { return u.cache }
 // each raw reply; err is set when Redis could not be reached. The replies
 // are the caller's (copied out of the reused call).
 func (c *Cache) Do(_ context.Context, proto int, cmds ...[][]byte) ([][]byte, error) {
+	if c.u.cluster != nil {
+		return c.doCluster(proto, cmds)
+	}
 	cl, _ := c.calls.Get().(*Call)
 	if cl == nil {
 		cl = NewCall()
 	}
 	defer c.calls.Put(cl)
-	if c.u.cluster != nil {
-		return c.doCluster(proto, cmds)
-	}
 	cl.Reset()
 	for _, cmd := range cmds {
 		cl.Add(cmd)
@@ -56,8 +57,13 @@ func (c *Cache) Do(_ context.Context, proto int, cmds ...[][]byte) ([][]byte, er
 // keys first, and a route's keys share a slot: policy/clusterkeys.go),
 // with the cluster's redirects followed.
 func (c *Cache) doCluster(proto int, cmds [][][]byte) ([][]byte, error) {
-	b := NewBatch()
-	b.Own = true
+	b, _ := c.batch.Get().(*Batch)
+	if b == nil {
+		b = NewBatch()
+		b.Own = true
+	}
+	defer c.batch.Put(b)
+	b.Reset()
 	for _, cmd := range cmds {
 		slot := AnySlot
 		if len(cmd) > 1 {

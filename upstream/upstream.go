@@ -135,43 +135,10 @@ func New(cfg config.Upstream) (*Upstream, error) {
 	if cfg.Mode == config.ModeCluster {
 		u.cluster = newCluster(u, cfg, muxConns)
 	}
-	if u.sentinel != nil {
-		u.redis = redis.NewClient(&redis.Options{
-			Dialer:                u.sentinel.dialPrimary,
-			Username:              cfg.Username,
-			Password:              cfg.Password,
-			DB:                    cfg.DB,
-			Protocol:              2,
-			DisableIdentity:       true,
-			MaxRetries:            -1,
-			PoolSize:              cfg.PoolSize,
-			DialTimeout:           time.Duration(cfg.DialTimeout),
-			ReadTimeout:           time.Duration(cfg.Timeout),
-			WriteTimeout:          time.Duration(cfg.Timeout),
-			ContextTimeoutEnabled: true,
-			TLSConfig:             tc,
-		})
-		go u.sentinel.run()
-		return u, nil
-	}
-	if cfg.Mode == config.ModeCluster {
-		u.routes = redis.NewClusterClient(&redis.ClusterOptions{
-			Addrs:                 cfg.Addrs,
-			Username:              cfg.Username,
-			Password:              cfg.Password,
-			Protocol:              2,
-			DisableIdentity:       true,
-			MaxRetries:            -1,
-			PoolSize:              cfg.PoolSize,
-			DialTimeout:           time.Duration(cfg.DialTimeout),
-			ReadTimeout:           time.Duration(cfg.Timeout),
-			WriteTimeout:          time.Duration(cfg.Timeout),
-			ContextTimeoutEnabled: true,
-			TLSConfig:             tc,
-		})
-	}
-	u.redis = redis.NewClient(&redis.Options{
-		Addr:                  cfg.Addr,
+	// One set of go-redis options, RESP2 and no retries (a script is never
+	// sent twice), made into each kind's client by go-redis itself.
+	opts := &redis.UniversalOptions{
+		Addrs:                 []string{cfg.Addr},
 		Username:              cfg.Username,
 		Password:              cfg.Password,
 		DB:                    cfg.DB,
@@ -184,7 +151,20 @@ func New(cfg config.Upstream) (*Upstream, error) {
 		WriteTimeout:          time.Duration(cfg.Timeout),
 		ContextTimeoutEnabled: true,
 		TLSConfig:             tc,
-	})
+	}
+	if u.sentinel != nil {
+		o := opts.Simple()
+		o.Dialer = u.sentinel.dialPrimary
+		u.redis = redis.NewClient(o)
+		go u.sentinel.run()
+		return u, nil
+	}
+	if cfg.Mode == config.ModeCluster {
+		o := *opts
+		o.Addrs = cfg.Addrs
+		u.routes = redis.NewClusterClient(o.Cluster())
+	}
+	u.redis = redis.NewClient(opts.Simple())
 	return u, nil
 }
 
