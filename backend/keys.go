@@ -23,14 +23,7 @@ import (
 func vouch(c *column, s string) int {
 	switch c.kind {
 	case kindInt16, kindInt32, kindInt64:
-		bits := 64
-		switch c.kind {
-		case kindInt16:
-			bits = 16
-		case kindInt32:
-			bits = 32
-		}
-		if _, err := strconv.ParseInt(s, 10, bits); err == nil {
+		if _, err := strconv.ParseInt(s, 10, intBits(c.kind)); err == nil {
 			return 1
 		}
 		if strings.IndexByte(s, 0) >= 0 || !utf8.ValidString(s) {
@@ -50,6 +43,19 @@ func vouch(c *column, s string) int {
 		if isUUID(s) {
 			return 1
 		}
+	}
+	return 0
+}
+
+// intBits is the size of an integer kind, 0 for the other kinds.
+func intBits(k kind) int {
+	switch k {
+	case kindInt16:
+		return 16
+	case kindInt32:
+		return 32
+	case kindInt64:
+		return 64
 	}
 	return 0
 }

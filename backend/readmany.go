@@ -104,15 +104,8 @@ func (t *Table) mayName(key string) bool {
 // outOfRange reports whether s is a decimal integer (the canonical text
 // of an integer key) too large for c's integer type: its cast fails.
 func outOfRange(c *column, s string) bool {
-	bits := 0
-	switch c.kind {
-	case kindInt16:
-		bits = 16
-	case kindInt32:
-		bits = 32
-	case kindInt64:
-		bits = 64
-	default:
+	bits := intBits(c.kind)
+	if bits == 0 {
 		return false
 	}
 	digits := strings.TrimPrefix(s, "-")

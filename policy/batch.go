@@ -123,11 +123,10 @@ func (r *Route) getPairs(ctx context.Context, proto int, pairs [][]byte) ([][]by
 		return nil, err
 	}
 	for i := 0; i+1 < len(out); i += 2 {
-		switch v := out[i]; {
-		case len(v) > 9 && string(v[:10]) == "-WRONGTYPE":
+		if len(out[i]) > 9 && string(out[i][:10]) == "-WRONGTYPE" {
 			out[i] = markerNull // MGET's nil for a key of another type
-		case len(v) > 0 && v[0] == '-':
-			return nil, redisErr(oneLine(string(v[1 : len(v)-2])))
+		} else if err := replyErr(out[i]); err != nil {
+			return nil, err
 		}
 		if string(out[i+1]) == ":1\r\n" {
 			out[i+1] = markerSet

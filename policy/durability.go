@@ -250,9 +250,11 @@ func weakness(d *Durability) int {
 	case !evictionSafe[d.Policy]:
 		return 80
 	}
-	rank := map[string]int{ModeNone: 9, ModeUnknown: 8, ModeNoAOF: 7, ModeRDB: 6, ModeAOFNo: 5, ModeAOF: 4, ModeAOFEverysec: 3, ModeAOFAlways: 2}
-	return rank[d.Mode]
+	return modeWeakness[d.Mode]
 }
+
+// modeWeakness ranks the persistence modes from none (the weakest) up.
+var modeWeakness = map[string]int{ModeNone: 9, ModeUnknown: 8, ModeNoAOF: 7, ModeRDB: 6, ModeAOFNo: 5, ModeAOF: 4, ModeAOFEverysec: 3, ModeAOFAlways: 2}
 
 // isReply reports an error Redis answered (NOPERM, unknown command), as
 // opposed to one reaching it.

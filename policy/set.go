@@ -404,38 +404,24 @@ func (s *Set) Do(ctx context.Context, proto int, cmd *router.Command) resp.Reply
 	return r.Do(ctx, Op{ID: cmd.ID, Args: cmd.Args, Proto: proto})
 }
 
-// plain runs args (a command on plain keys only) on the cache tier as it
-// is and returns Redis' reply.
-func (s *Set) plain(ctx context.Context, proto int, args [][]byte) resp.Reply {
-	out, err := s.cache.Do(ctx, proto, args)
-	if err != nil {
-		return resp.Err("ERR upstream unavailable: " + err.Error())
-	}
-	return resp.Raw(out[0])
-}
-
-// plainPairs runs MSET plain (plain keys only) on the cache tier: as one
-// MSET, or on a cluster one per pair (the keys may be in other slots, and
-// Redis Cluster's MSET is per slot too).
-func (s *Set) plainPairs(ctx context.Context, proto int, plain [][]byte) resp.Reply {
-	if !s.sh.cluster {
-		return s.plain(ctx, proto, plain)
-	}
-	cmds := make([][][]byte, 0, len(plain)/2)
-	for j := 1; j+1 < len(plain); j += 2 {
-		cmds = append(cmds, [][]byte{plain[0], plain[j], plain[j+1]})
-	}
-	out, err := s.cache.Do(ctx, proto, cmds...)
-	if err != nil {
-		return resp.Err("ERR upstream unavailable: " + err.Error())
-	}
-	for _, o := range out {
-		if len(o) > 0 && o[0] == '-' {
-			return resp.Raw(o)
+// plainRun runs plain, a command over plain keys only whose keys are
+// step arguments apart (MGET, DEL, UNLINK, EXISTS, TOUCH: 1; MSET: 2), on
+// the cache tier in one round trip: as one command, or on a cluster one
+// per key (the keys may be in other slots; Redis Cluster's own MSET is
+// per slot too). It returns each command's reply as Redis sent it.
+func (s *Set) plainRun(ctx context.Context, proto int, plain [][]byte, step int) ([][]byte, error) {
+	cmds := [][][]byte{plain}
+	if s.sh.cluster {
+		cmds = make([][][]byte, 0, (len(plain)-1)/step)
+		for j := 1; j+step <= len(plain); j += step {
+			cmds = append(cmds, append([][]byte{plain[0]}, plain[j:j+step]...))
 		}
 	}
-	return resp.OK()
+	return s.cache.Do(ctx, proto, cmds...)
 }
+
+// unavailable is the reply when the cache tier could not be reached.
+func unavailable(err error) resp.Reply { return resp.Err("ERR upstream unavailable: " + err.Error()) }
 
 // mget answers MGET: each route's keys in one round trip for its hits
 // (Route.getMany), the plain keys with one MGET upstream; the array keeps
@@ -474,28 +460,21 @@ func (s *Set) mget(ctx context.Context, proto int, cmd *router.Command) resp.Rep
 			parts[at[j]] = reply
 		}
 	}
-	if len(plain) > 1 && s.sh.cluster {
-		// One MGET per key: the plain keys may be in other slots.
-		cmds := make([][][]byte, len(plainAt))
-		for j, k := range plain[1:] {
-			cmds[j] = [][]byte{args[0], k}
-		}
-		out, err := s.cache.Do(ctx, proto, cmds...)
+	if len(plain) > 1 {
+		out, err := s.plainRun(ctx, proto, plain, 1)
 		if err != nil {
-			return resp.Err("ERR upstream unavailable: " + err.Error())
+			return unavailable(err)
 		}
-		for j, at := range plainAt {
-			elems, ok := resp.Elements(out[j])
-			if !ok || len(elems) != 1 {
-				return resp.Raw(out[j])
+		var elems [][]byte
+		for _, o := range out {
+			e, ok := resp.Elements(o)
+			if !ok {
+				return resp.Raw(o)
 			}
-			parts[at] = resp.Raw(elems[0])
+			elems = append(elems, e...)
 		}
-	} else if len(plain) > 1 {
-		reply := s.plain(ctx, proto, plain)
-		elems, ok := resp.Elements(reply.Raw)
-		if !ok || len(elems) != len(plainAt) {
-			return reply
+		if len(elems) != len(plainAt) {
+			return resp.Raw(out[0])
 		}
 		for j, at := range plainAt {
 			parts[at] = resp.Raw(elems[j])
@@ -536,8 +515,17 @@ func (s *Set) mset(ctx context.Context, proto int, cmd *router.Command) resp.Rep
 	}
 	var applied []string
 	if len(plain) > 1 {
-		if reply := s.plainPairs(ctx, proto, plain); reply.IsError() || len(routed) == 0 {
-			return reply
+		out, err := s.plainRun(ctx, proto, plain, 2)
+		if err != nil {
+			return unavailable(err)
+		}
+		for _, o := range out {
+			if len(o) > 0 && o[0] == '-' {
+				return resp.Raw(o)
+			}
+		}
+		if len(routed) == 0 {
+			return resp.OK()
 		}
 		for j := 1; j < len(plain); j += 2 {
 			applied = append(applied, string(plain[j]))
@@ -611,38 +599,17 @@ func (s *Set) sum(ctx context.Context, proto int, cmd *router.Command) resp.Repl
 		total += n
 	}
 	if len(plain) > 1 {
-		reply := s.plainSum(ctx, proto, plain)
-		n, ok := reply.AsInt()
-		if !ok {
-			return reply
+		out, err := s.plainRun(ctx, proto, plain, 1)
+		if err != nil {
+			return unavailable(err)
 		}
-		total += n
-	}
-	return resp.Int(total)
-}
-
-// plainSum runs plain (DEL, UNLINK, EXISTS or TOUCH over plain keys only)
-// on the cache tier: as one command, or on a cluster one per key (the
-// keys may be in other slots), the counts summed.
-func (s *Set) plainSum(ctx context.Context, proto int, plain [][]byte) resp.Reply {
-	if !s.sh.cluster {
-		return s.plain(ctx, proto, plain)
-	}
-	cmds := make([][][]byte, len(plain)-1)
-	for j, k := range plain[1:] {
-		cmds[j] = [][]byte{plain[0], k}
-	}
-	out, err := s.cache.Do(ctx, proto, cmds...)
-	if err != nil {
-		return resp.Err("ERR upstream unavailable: " + err.Error())
-	}
-	var total int64
-	for _, o := range out {
-		n, ok := resp.Raw(o).AsInt()
-		if !ok {
-			return resp.Raw(o)
+		for _, o := range out {
+			n, ok := resp.Raw(o).AsInt()
+			if !ok {
+				return resp.Raw(o)
+			}
+			total += n
 		}
-		total += n
 	}
 	return resp.Int(total)
 }

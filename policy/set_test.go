@@ -152,7 +152,7 @@ func TestWriteThroughIntents(t *testing.T) {
 		t.Fatal(got)
 	}
 	rc.Del(ctx, key) // as if evicted: the stale fill would land
-	if stored, err := r.fillGuarded(ctx, key, old, false, g, nil); err != nil || stored {
+	if stored, err := r.runFill(ctx, r.guardedFillOp(key, old, false, g, nil)); err != nil || stored {
 		t.Fatalf("a fill loaded before the write was stored: %v %v", stored, err)
 	}
 	if got := setDo(ctx, s, "GET", key); got != "$1\r\n5\r\n" || rc.Get(ctx, key).Val() != "5" {

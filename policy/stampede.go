@@ -344,11 +344,6 @@ func (r *Route) fillOp(key string, rw row, overwrite bool, ls *fillLease) fillOp
 	}
 }
 
-// fill caches a loaded row (fillOp) and reports whether it stored.
-func (r *Route) fill(ctx context.Context, key string, rw row, overwrite bool, ls *fillLease) (bool, error) {
-	return r.runFill(ctx, r.fillOp(key, rw, overwrite, ls))
-}
-
 // runFill sends op and reports whether it stored.
 func (r *Route) runFill(ctx context.Context, op fillOp) (bool, error) {
 	switch {
@@ -381,14 +376,10 @@ func (r *Route) runFills(ctx context.Context, ops []fillOp) ([]bool, []error) {
 	if len(cmds) > 0 {
 		out, err := r.cache.Do(ctx, 2, cmds...)
 		for j, i := range cmdAt {
-			switch {
-			case err != nil:
-				errs[i] = err
-			case len(out[j]) > 0 && out[j][0] == '-':
-				errs[i] = redisErr(oneLine(string(out[j][1 : len(out[j])-2])))
-			default:
-				stored[i] = true
+			if errs[i] = err; err == nil {
+				errs[i] = replyErr(out[j])
 			}
+			stored[i] = errs[i] == nil
 		}
 	}
 	if pipe.Len() > 0 {
@@ -416,8 +407,13 @@ func (r *Route) cacheCmd(ctx context.Context, cmd ...[]byte) error {
 	if err != nil {
 		return err
 	}
-	if len(out[0]) > 0 && out[0][0] == '-' {
-		return redisErr(oneLine(string(out[0][1 : len(out[0])-2])))
+	return replyErr(out[0])
+}
+
+// replyErr is Redis' error reply as an error, nil for any other reply.
+func replyErr(reply []byte) error {
+	if len(reply) > 0 && reply[0] == '-' {
+		return redisErr(oneLine(string(reply[1 : len(reply)-2])))
 	}
 	return nil
 }

@@ -394,7 +394,7 @@ func refusedForCertain(err error) bool {
 	return false
 }
 
-// observe reads key's write generation before a load, for fillGuarded:
+// observe reads key's write generation before a load, for guardedFillOp:
 // "" when no write marked the key lately.
 func (r *Route) observe(ctx context.Context, key string) (string, error) {
 	g, err := r.rdb.HGet(ctx, markerKey(key), "g").Result()
@@ -402,11 +402,6 @@ func (r *Route) observe(ctx context.Context, key string) (string, error) {
 		return "", nil
 	}
 	return g, err
-}
-
-// fillGuarded is fill for a write-through route (guardedFillOp).
-func (r *Route) fillGuarded(ctx context.Context, key string, rw row, overwrite bool, g string, ls *fillLease) (bool, error) {
-	return r.runFill(ctx, r.guardedFillOp(key, rw, overwrite, g, ls))
 }
 
 // guardedFillOp is fillOp for a write-through route (wtFill): the row
