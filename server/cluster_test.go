@@ -47,15 +47,31 @@ func stopTestCluster() {
 // the test cluster, which it empties first.
 func startClusterProxy(t testing.TB, cl *testenv.Cluster) string {
 	t.Helper()
+	emptyCluster(t, cl)
+	return startProxy(t, func(cfg *config.Config) {
+		cfg.Upstream.Mode = config.ModeCluster
+		cfg.Upstream.Addrs = cl.Addrs()
+	})
+}
+
+// emptyCluster runs FLUSHALL on every node of cl.
+func emptyCluster(t testing.TB, cl *testenv.Cluster) {
+	t.Helper()
 	for _, a := range cl.Addrs() {
 		raw := dialRaw(t, a)
 		raw.do("FLUSHALL")
 		raw.c.Close()
 	}
-	return startProxy(t, func(cfg *config.Config) {
-		cfg.Upstream.Mode = config.ModeCluster
-		cfg.Upstream.Addrs = cl.Addrs()
-	})
+}
+
+// anotherNode returns the address of a node of cl other than addr.
+func anotherNode(cl *testenv.Cluster, addr string) string {
+	for _, a := range cl.Addrs() {
+		if a != addr {
+			return a
+		}
+	}
+	return ""
 }
 
 // ownerOf returns the address of the primary serving slot.
@@ -212,13 +228,7 @@ func TestClusterLiveReshard(t *testing.T) {
 	}
 	time.Sleep(200 * time.Millisecond)
 	from := ownerOf(t, cl, slot)
-	var to string
-	for _, a := range cl.Addrs() {
-		if a != from {
-			to = a
-			break
-		}
-	}
+	to := anotherNode(cl, from)
 	if err := cl.MigrateSlot(slot, from, to); err != nil {
 		t.Fatal(err)
 	}
@@ -817,13 +827,7 @@ func TestClusterShardSubscribeAcrossReshard(t *testing.T) {
 		}
 	}()
 	from := ownerOf(t, cl, slot)
-	var to string
-	for _, a := range cl.Addrs() {
-		if a != from {
-			to = a
-			break
-		}
-	}
+	to := anotherNode(cl, from)
 	time.Sleep(200 * time.Millisecond)
 	if err := cl.MigrateSlot(slot, from, to); err != nil {
 		t.Fatal(err)

@@ -23,11 +23,7 @@ func clusterRouted(t *testing.T, routes ...config.Route) (*testenv.Cluster, *tes
 	cl := testCluster(t)
 	p := sharedPostgres(t)
 	p.Exec("DELETE FROM users; INSERT INTO users VALUES (2, 'Linus', NULL, 50); DELETE FROM products; INSERT INTO products VALUES ('apple', 10); DELETE FROM page_views")
-	for _, a := range cl.Addrs() {
-		raw := dialRaw(t, a)
-		raw.do("FLUSHALL")
-		raw.c.Close()
-	}
+	emptyCluster(t, cl)
 	return cl, p, startProxy(t, func(c *config.Config) {
 		c.Upstream.Mode = config.ModeCluster
 		c.Upstream.Addrs = cl.Addrs()
@@ -37,6 +33,22 @@ func clusterRouted(t *testing.T, routes ...config.Route) (*testenv.Cluster, *tes
 			t.Fatal(err)
 		}
 	})
+}
+
+// waitQuery waits until sql's result on p is want, at most within.
+func waitQuery(t *testing.T, p *testenv.Postgres, within time.Duration, sql, want string) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		got, _ := p.Query(sql)
+		if got == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("PostgreSQL answers %q to %s, want %q", got, sql, want)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // TestRoutesOnCluster: the three policies with a Redis Cluster upstream.
@@ -142,17 +154,7 @@ func TestRoutesOnCluster(t *testing.T) {
 		}(w)
 	}
 	wg.Wait()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		out, _ := p.Query("SELECT count(*) || '/' || coalesce(sum(views),0) || '/' || coalesce(min(views),0) FROM page_views")
-		if out == "50/10000/200" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("PostgreSQL holds count/sum/min %s, want 50/10000/200", out)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	waitQuery(t, p, 30*time.Second, "SELECT count(*) || '/' || coalesce(sum(views),0) || '/' || coalesce(min(views),0) FROM page_views", "50/10000/200")
 
 	// MGET over three routes and plain keys of other slots.
 	c.do("SET", "plain:a", "A")
@@ -278,17 +280,8 @@ func TestRoutesOnClusterAcrossSlots(t *testing.T) {
 	c := dialRaw(t, proxy)
 	c.do("INCR", "pv:one")
 	c.do("INCRBY", "pv2:two", "2")
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		got, _ := p.Query("SELECT string_agg(page_id || '=' || views, ',' ORDER BY page_id) FROM page_views")
-		if got == "one=1,two=2" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("PostgreSQL holds %q, want one=1,two=2: the flusher did not flush both routes' streams", got)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	// The flusher flushes both routes' streams on its own.
+	waitQuery(t, p, 15*time.Second, "SELECT string_agg(page_id || '=' || views, ',' ORDER BY page_id) FROM page_views", "one=1,two=2")
 	for _, k := range []string{"a", "b", "c"} {
 		c.do("SET", k, "1")
 	}
@@ -325,13 +318,7 @@ func TestRoutedReadsWhileTheRoutesSlotMigrates(t *testing.T) {
 	ctx := context.Background()
 	slot := int(direct.ClusterKeySlot(ctx, "respite:users").Val())
 	from := ownerOf(t, cl, slot)
-	var to string
-	for _, a := range cl.Addrs() {
-		if a != from {
-			to = a
-			break
-		}
-	}
+	to := anotherNode(cl, from)
 	src, dst := dialRaw(t, from), dialRaw(t, to)
 	srcID, dstID := strings.TrimSpace(strings.Split(src.do("CLUSTER", "MYID"), "\r\n")[1]), strings.TrimSpace(strings.Split(dst.do("CLUSTER", "MYID"), "\r\n")[1])
 	s := strconv.Itoa(slot)
